@@ -1,0 +1,1 @@
+"""Alembic plugin for pgflow: schema revisions and flow autogenerate (see docs)."""

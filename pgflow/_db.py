@@ -1,0 +1,81 @@
+"""Database URLs and engines: one place that turns what the user gave into a psycopg 3 engine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from pgflow.errors import DatabaseUnavailableError
+
+Bind = Engine | Connection | str | URL
+
+_PG_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg"}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Accept libpq-style and SQLAlchemy-style URLs; always use the psycopg 3 driver."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.drivername not in _PG_SCHEMES:
+        raise DatabaseUnavailableError(
+            f"unsupported database URL scheme {parsed.drivername!r}: "
+            "use postgresql://user@host:port/dbname"
+        )
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+def url_from_env(explicit: str | URL | None = None) -> URL:
+    """The URL given explicitly, else ``DATABASE_URL``; a clear error when neither is set."""
+    value = explicit if explicit is not None else os.environ.get("DATABASE_URL")
+    if not value:
+        raise DatabaseUnavailableError(
+            "no database configured: set DATABASE_URL (or pass --database-url), "
+            "e.g. postgresql://postgres@127.0.0.1:5432/postgres"
+        )
+    return normalize_url(value)
+
+
+def display_url(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=True)
+
+
+def create_engine(url: str | URL, **kwargs: object) -> Engine:
+    """A SQLAlchemy engine on psycopg 3 that fails fast when the server is unreachable."""
+    normalized = normalize_url(url)
+    connect_args: dict[str, object] = {"connect_timeout": 5}
+    connect_args.update(kwargs.pop("connect_args", {}) or {})  # type: ignore[call-overload]
+    return sa.create_engine(normalized, connect_args=connect_args, **kwargs)  # type: ignore[arg-type]
+
+
+@contextmanager
+def transaction(bind: Bind) -> Iterator[Connection]:
+    """A connection inside a transaction.
+
+    A caller's ``Connection`` is used as is, inside whatever transaction it has (so the work
+    commits or rolls back with the caller's); an engine or URL gets its own committed transaction.
+    """
+    if isinstance(bind, Connection):
+        yield bind
+        return
+    engine = bind if isinstance(bind, Engine) else create_engine(bind)
+    try:
+        try:
+            connection = engine.connect()
+        except sa.exc.OperationalError as exc:
+            raise unavailable(engine.url, exc) from exc
+        with connection, connection.begin():
+            yield connection
+    finally:
+        if engine is not bind:
+            engine.dispose()
+
+
+def unavailable(url: URL, exc: BaseException) -> DatabaseUnavailableError:
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    return DatabaseUnavailableError(
+        f"cannot connect to {display_url(url)}: {reason}. "
+        "Check that PostgreSQL is running and DATABASE_URL (or --database-url) points at it."
+    )

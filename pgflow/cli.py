@@ -1,0 +1,86 @@
+"""The ``pgflow`` command line. Exit codes: 0 ok, 1 schema problem, 2 usage, 3 no database."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import ParamSpec, TypeVar
+
+import click
+
+from pgflow import _db
+from pgflow.errors import DatabaseUnavailableError, PgflowError
+from pgflow.schema import PgmqMode, install, status
+
+EXIT_SCHEMA_PROBLEM = 1
+EXIT_NO_DATABASE = 3
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn pgflow errors into one line on stderr and a documented exit code."""
+
+    @wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except DatabaseUnavailableError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_NO_DATABASE)
+        except PgflowError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_SCHEMA_PROBLEM)
+
+    return wrapper
+
+
+database_url_option = click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    show_envvar=True,
+    help="PostgreSQL URL, e.g. postgresql://postgres@127.0.0.1:5432/app",
+)
+
+
+@click.group()
+@click.version_option(package_name="pgflow-python")
+def main() -> None:
+    """pgflow for Python: Postgres-native workflows."""
+
+
+@main.group()
+def db() -> None:
+    """Install and inspect the pgflow schema."""
+
+
+@db.command("install")
+@database_url_option
+@click.option(
+    "--pgmq-mode",
+    type=click.Choice(["auto", *(m.value for m in PgmqMode)]),
+    default="auto",
+    show_default=True,
+    help="How to install pgmq when it is missing (auto picks the best available).",
+)
+@_reports_errors
+def db_install(database_url: str | None, pgmq_mode: str) -> None:
+    """Install (or adopt) pgmq, upstream pgflow SQL and our extension. Idempotent."""
+    url = _db.url_from_env(database_url)
+    report = install(url, pgmq_mode=None if pgmq_mode == "auto" else pgmq_mode)
+    click.echo(report.render())
+
+
+@db.command("status")
+@database_url_option
+@click.option("--check", is_flag=True, help="Exit 1 when anything is pending or wrong.")
+@_reports_errors
+def db_status(database_url: str | None, check: bool) -> None:
+    """Show what is installed: pgmq version and mode, upstream version, pending items."""
+    url = _db.url_from_env(database_url)
+    snapshot = status(url)
+    click.echo(snapshot.render())
+    if check and not snapshot.up_to_date:
+        sys.exit(EXIT_SCHEMA_PROBLEM)

@@ -1,0 +1,27 @@
+"""Exceptions raised by pgflow. Every error a user can act on says what to do next."""
+
+from __future__ import annotations
+
+
+class PgflowError(Exception):
+    """Base class of every error raised by pgflow."""
+
+
+class DatabaseUnavailableError(PgflowError):
+    """The PostgreSQL server could not be reached (or no server was configured)."""
+
+
+class SchemaError(PgflowError):
+    """The database schema is missing, incompatible, or cannot be installed."""
+
+
+class SchemaFilesError(SchemaError):
+    """The SQL files shipped with the package are missing or do not match their pins."""
+
+
+class InsufficientPrivilegeError(SchemaError):
+    """The connected role may not make the changes the installer needs."""
+
+
+class IncompatibleSchemaError(SchemaError):
+    """The database holds a pgflow schema this version cannot adopt (older, newer or modified)."""

@@ -1,0 +1,10 @@
+"""Schema installer: pgmq, the realtime shim, upstream pgflow SQL and our extension SQL.
+
+Used by ``pgflow db install|status`` and by the Alembic revisions in ``alembic_pgflow``.
+"""
+
+from pgflow.schema._installer import InstallReport, install
+from pgflow.schema._pgmq import PgmqMode
+from pgflow.schema._status import SchemaStatus, status
+
+__all__ = ["InstallReport", "PgmqMode", "SchemaStatus", "install", "status"]
