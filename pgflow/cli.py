@@ -8,6 +8,8 @@ from functools import wraps
 from typing import ParamSpec, TypeVar
 
 import click
+import psycopg
+import sqlalchemy as sa
 
 from pgflow import _db
 from pgflow.errors import DatabaseUnavailableError, PgflowError
@@ -32,6 +34,10 @@ def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             sys.exit(EXIT_NO_DATABASE)
         except PgflowError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_SCHEMA_PROBLEM)
+        except (sa.exc.DBAPIError, psycopg.Error) as exc:
+            reason = str(getattr(exc, "orig", exc)).strip()
+            click.echo(f"error: database error: {reason}", err=True)
             sys.exit(EXIT_SCHEMA_PROBLEM)
 
     return wrapper

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
+import psycopg
 from sqlalchemy.engine import Connection
 
 from pgflow._db import Bind, transaction
@@ -55,13 +55,21 @@ class _Run:
         )
         (self.adopted if how == "adopted" else self.applied).append(f"{component}/{sql.name}")
 
-    def apply(self, component: str, sql: _sources.SqlFile, *, how: str = "applied") -> None:
+    def apply(
+        self,
+        component: str,
+        sql: _sources.SqlFile,
+        *,
+        how: str = "applied",
+        recorded_as: _sources.SqlFile | None = None,
+    ) -> None:
+        """Run ``sql`` and record it (or ``recorded_as``: the pinned file it was derived from)."""
         try:
             _catalog.run_script(self.connection, sql.sql)
-        except sa.exc.DBAPIError as exc:
-            reason = str(exc.orig).strip()
+        except psycopg.Error as exc:
+            reason = str(exc).strip()
             raise SchemaError(f"applying {component}/{sql.name} failed: {reason}") from exc
-        self.record(component, sql, how)
+        self.record(component, recorded_as or sql, how)
 
 
 def install(bind: Bind, *, pgmq_mode: PgmqMode | str | None = None) -> InstallReport:
@@ -78,6 +86,10 @@ def install(bind: Bind, *, pgmq_mode: PgmqMode | str | None = None) -> InstallRe
             raise SchemaError(f"PostgreSQL {facts['version']} is too old: pgflow needs 14 or newer")
         _catalog.execute(connection, "lock_installer")
         state = read_state(connection)
+        if forced is not None and state.pgmq_mode not in (None, forced):
+            raise SchemaError(
+                f"pgmq is already installed in mode {state.pgmq_mode!s}; cannot switch to {forced!s}"
+            )
         upstream_plan = classify_upstream(state)
         if state.nothing_to_do(upstream_plan):
             return InstallReport(pgmq_mode=state.pgmq_mode or PgmqMode.PLAIN)
@@ -94,9 +106,12 @@ def install(bind: Bind, *, pgmq_mode: PgmqMode | str | None = None) -> InstallRe
         for migration in upstream_plan.to_adopt:
             run.record("upstream", migration, "adopted")
         for migration in upstream_plan.to_apply:
-            if mode is PgmqMode.PLAIN:
-                migration = _sources.without_pgmq_extension(migration)  # noqa: PLW2901
-            run.apply("upstream", migration)
+            runnable = (
+                _sources.without_pgmq_extension(migration)
+                if mode is PgmqMode.PLAIN
+                else migration
+            )
+            run.apply("upstream", runnable, recorded_as=migration)
         for extension_sql in state.pending_extension():
             run.apply("extension", extension_sql)
         return InstallReport(mode, tuple(run.applied), tuple(run.adopted))
@@ -106,10 +121,6 @@ def _install_pgmq(run: _Run, forced: PgmqMode | None) -> PgmqMode:
     state = run.state
     version, bundled = _sources.bundled_pgmq()
     if state.pgmq_mode is not None:
-        if forced is not None and forced is not state.pgmq_mode:
-            raise SchemaError(
-                f"pgmq is already installed in mode {state.pgmq_mode!s}; cannot switch to {forced!s}"
-            )
         if not state.pgmq_recorded:
             found = _sources.SqlFile(f"pgmq {state.pgmq_extension_version or '(plain SQL)'}", "")
             run.record("pgmq", found, "adopted")

@@ -42,10 +42,15 @@ def upstream_version() -> str:
     return str(pins()["pgflow_core"]["version"])
 
 
+def upstream_directory() -> Path:
+    """Where setup/build put the fetched upstream migrations (git-ignored package data)."""
+    return Path(str(files("pgflow.schema").joinpath("upstream")))
+
+
 def upstream_migrations(directory: Path | None = None) -> list[SqlFile]:
     """The pinned upstream migrations in file-name order; any missing or changed file is an error."""
     expected: dict[str, str] = pins()["pgflow_core"]["migrations"]
-    root = directory or Path(str(files("pgflow.schema").joinpath("upstream")))
+    root = directory or upstream_directory()
     migrations = []
     for name in sorted(expected):
         path = root / name

@@ -1,0 +1,82 @@
+"""The SQL files the installer applies: pinned, hash checked, and the one declared transformation."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgflow._queries import parse_named_queries
+from pgflow.errors import SchemaFilesError
+from pgflow.schema import _sources
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_upstream_migrations_are_the_pinned_twelve_in_file_name_order() -> None:
+    migrations = _sources.upstream_migrations()
+    names = [m.name for m in migrations]
+    assert len(names) == 12
+    assert names == sorted(names)
+    assert names[0] == "20250429164909_pgflow_initial.sql"
+    assert _sources.upstream_version() == "0.8.1"
+
+
+def test_a_modified_upstream_file_is_refused_with_the_fix(tmp_path: Path) -> None:
+    shutil.copytree(_sources.upstream_directory(), tmp_path / "upstream")
+    target = tmp_path / "upstream" / "20250614124241_pgflow_add_realtime.sql"
+    target.write_text(target.read_text() + "\n-- tampered\n")
+    with pytest.raises(SchemaFilesError, match="20250614124241.*does not match its pinned sha256"):
+        _sources.upstream_migrations(tmp_path / "upstream")
+
+
+def test_missing_upstream_files_name_the_command_that_fetches_them(tmp_path: Path) -> None:
+    with pytest.raises(SchemaFilesError, match=r"make setup"):
+        _sources.upstream_migrations(tmp_path)
+
+
+def test_plain_pgmq_skips_exactly_one_statement_of_one_migration() -> None:
+    migrations = _sources.upstream_migrations()
+    transformed = [_sources.without_pgmq_extension(m) for m in migrations]
+    changed = [(a, b) for a, b in zip(migrations, transformed, strict=True) if a.sql != b.sql]
+    assert len(changed) == 1
+    original, plain = changed[0]
+    assert original.name == _sources.PLAIN_PGMQ_SKIPPED_MIGRATION
+    assert _sources.PLAIN_PGMQ_SKIPPED_STATEMENT in original.sql
+    assert "CREATE EXTENSION" not in plain.sql
+    removed = [line for line in original.sql.splitlines() if line not in plain.sql.splitlines()]
+    assert removed == [_sources.PLAIN_PGMQ_SKIPPED_STATEMENT]
+
+
+def test_the_skip_refuses_a_migration_without_the_statement() -> None:
+    initial = _sources.SqlFile(_sources.PLAIN_PGMQ_SKIPPED_MIGRATION, "CREATE SCHEMA pgflow;")
+    with pytest.raises(SchemaFilesError, match="expected exactly one"):
+        _sources.without_pgmq_extension(initial)
+
+
+def test_bundled_pgmq_sql_is_the_pinned_release() -> None:
+    version, sql = _sources.bundled_pgmq()
+    assert version == "1.13.0"
+    assert sql.name == "pgmq--1.13.0.sql"
+    assert "CREATE TABLE IF NOT EXISTS pgmq.meta" in sql.sql
+
+
+def test_fetch_script_check_passes_on_a_set_up_checkout() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fetch_upstream.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout
+
+
+def test_named_queries_parse_and_reject_duplicates() -> None:
+    text = "-- name: a\n-- first\nSELECT 1\n\n-- name: b\nSELECT 2;\n"
+    assert parse_named_queries(text) == {"a": "-- first\nSELECT 1", "b": "SELECT 2;"}
+    with pytest.raises(ValueError, match="defined twice"):
+        parse_named_queries(text + "-- name: a\nSELECT 3\n")
