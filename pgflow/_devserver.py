@@ -46,13 +46,13 @@ def _reachable(url: str) -> bool:
 
 def start_embedded() -> DevServer:
     """Start a throwaway PostgreSQL from the ``pgserver`` wheel (works as root; ~1 s)."""
-    try:
-        import pgserver  # noqa: PLC0415 - optional dependency
-    except ImportError as exc:
-        raise DatabaseUnavailableError(NO_SERVER_MESSAGE) from exc
     data_dir = tempfile.mkdtemp(prefix="pgflow-embedded-")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs deprecations inside pgserver
+        warnings.simplefilter("ignore")  # pgserver's platformdirs use warns without XDG dirs
+        try:
+            import pgserver  # noqa: PLC0415 - optional dependency
+        except ImportError as exc:
+            raise DatabaseUnavailableError(NO_SERVER_MESSAGE) from exc
         server = pgserver.get_server(data_dir, cleanup_mode="stop")
 
     def stop() -> None:

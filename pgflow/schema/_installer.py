@@ -130,7 +130,10 @@ def _install_pgmq(run: _Run, forced: PgmqMode | None) -> PgmqMode:
             "schema pgflow exists but pgmq is not installed: this database is damaged; "
             "restore pgmq (CREATE EXTENSION pgmq) before running the installer"
         )
-    if forced in (None, PgmqMode.EXTENSION) and state.pgmq_available_version:
+    server_has_own_pgmq = state.pgmq_available_version is not None and (
+        forced is PgmqMode.EXTENSION or not _pgmq.registered_by_us(run.connection)
+    )
+    if forced in (None, PgmqMode.EXTENSION) and server_has_own_pgmq:
         run.record("pgmq", bundled, "extension")  # created by upstream's first migration
         return PgmqMode.EXTENSION
     if forced is PgmqMode.EXTENSION:

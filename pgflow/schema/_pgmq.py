@@ -56,6 +56,13 @@ def extension_directory(connection: Connection) -> Path | None:
     return None
 
 
+def registered_by_us(connection: Connection) -> bool:
+    """True when the server's pgmq extension is our registration of the bundled SQL."""
+    directory = extension_directory(connection)
+    control = directory / "pgmq.control" if directory else None
+    return control is not None and control.exists() and _CONTROL_MARKER in control.read_text()
+
+
 def _write_atomically(path: Path, text: str) -> None:
     # Installers in different databases of one server do not share the advisory lock.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
