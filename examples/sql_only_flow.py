@@ -79,22 +79,34 @@ def drive(
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         with engine.begin() as connection:
-            run = connection.execute(
-                sa.text("SELECT status, output FROM pgflow.runs WHERE run_id = :id"),
-                {"id": run_id},
-            ).mappings().one()
+            run = (
+                connection.execute(
+                    sa.text("SELECT status, output FROM pgflow.runs WHERE run_id = :id"),
+                    {"id": run_id},
+                )
+                .mappings()
+                .one()
+            )
             if run["status"] != "started":
                 return dict(run)
-            msg_ids = connection.execute(
-                sa.text("SELECT msg_id FROM pgmq.read(:queue, 5, 10)"), {"queue": flow_slug}
-            ).scalars().all()
-            tasks = connection.execute(
-                sa.text(
-                    "SELECT run_id, step_slug, task_index, input"
-                    " FROM pgflow.start_tasks(:flow, CAST(:ids AS bigint[]), :worker)"
-                ),
-                {"flow": flow_slug, "ids": list(msg_ids), "worker": worker_id},
-            ).mappings().all()
+            msg_ids = (
+                connection.execute(
+                    sa.text("SELECT msg_id FROM pgmq.read(:queue, 5, 10)"), {"queue": flow_slug}
+                )
+                .scalars()
+                .all()
+            )
+            tasks = (
+                connection.execute(
+                    sa.text(
+                        "SELECT run_id, step_slug, task_index, input"
+                        " FROM pgflow.start_tasks(:flow, CAST(:ids AS bigint[]), :worker)"
+                    ),
+                    {"flow": flow_slug, "ids": list(msg_ids), "worker": worker_id},
+                )
+                .mappings()
+                .all()
+            )
         for task in tasks:
             _run_task(engine, steps, task)
         if not tasks:
@@ -108,7 +120,7 @@ def _run_task(engine: Engine, steps: dict[str, tuple[list[str], Handler]], task:
     with engine.begin() as connection:
         try:
             output = handler(task["input"])
-        except Exception as exc:  # noqa: BLE001 - every failure is reported to pgflow
+        except Exception as exc:
             connection.execute(
                 sa.text("SELECT pgflow.fail_task(:run, :step, :index, :error)"),
                 {**key, "error": f"{type(exc).__name__}: {exc}"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -42,12 +43,13 @@ def display_url(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=True)
 
 
-def create_engine(url: str | URL, **kwargs: object) -> Engine:
+def create_engine(
+    url: str | URL, *, connect_args: dict[str, Any] | None = None, **kwargs: Any
+) -> Engine:
     """A SQLAlchemy engine on psycopg 3 that fails fast when the server is unreachable."""
-    normalized = normalize_url(url)
-    connect_args: dict[str, object] = {"connect_timeout": 5}
-    connect_args.update(kwargs.pop("connect_args", {}) or {})  # type: ignore[call-overload]
-    return sa.create_engine(normalized, connect_args=connect_args, **kwargs)  # type: ignore[arg-type]
+    return sa.create_engine(
+        normalize_url(url), connect_args={"connect_timeout": 5, **(connect_args or {})}, **kwargs
+    )
 
 
 @contextmanager

@@ -53,7 +53,7 @@ def start_embedded() -> DevServer:
             import pgserver  # noqa: PLC0415 - optional dependency
         except ImportError as exc:
             raise DatabaseUnavailableError(NO_SERVER_MESSAGE) from exc
-        server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
 
     def stop() -> None:
         server.cleanup()

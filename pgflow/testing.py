@@ -90,8 +90,7 @@ def pgflow_server() -> DevServer:
 def pgflow_template_database(pgflow_server: DevServer) -> Iterator[str]:
     """Name of a database with the pgflow schema installed, cloned by ``pgflow_database``."""
     with temporary_database(pgflow_server.url, install_schema=True) as url:
-        assert url.database is not None
-        yield url.database
+        yield str(url.database)
 
 
 @pytest.fixture

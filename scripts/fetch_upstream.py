@@ -92,7 +92,8 @@ def fetch(target: Path = TARGET) -> None:
                 if name not in expected:
                     continue
                 extracted = archive.extractfile(member)
-                assert extracted is not None
+                if extracted is None:
+                    raise FetchError(f"{spec}: cannot read {member.name}")
                 data = extracted.read()
                 if _sha256(data) != expected[name]:
                     raise FetchError(f"{spec}: {name} does not match its pinned sha256")

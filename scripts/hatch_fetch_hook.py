@@ -15,7 +15,8 @@ class FetchUpstreamHook(BuildHookInterface):  # type: ignore[misc]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         script = Path(self.root) / "scripts" / "fetch_upstream.py"
         spec = importlib.util.spec_from_file_location("_pgflow_fetch_upstream", script)
-        assert spec is not None and spec.loader is not None
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"cannot load {script}")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         if not module.files_ok():

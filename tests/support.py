@@ -33,7 +33,7 @@ def scalar(url: URL, statement: str, **params: Any) -> Any:
 def run_sql(url: URL, script: str) -> None:
     """Run a multi-statement script in autocommit, as a DBA at a psql prompt would."""
     with psycopg.connect(libpq_url(url), autocommit=True) as connection:
-        connection.execute(script)  # type: ignore[call-overload]
+        connection.execute(script)
 
 
 def schemas(url: URL) -> set[str]:
@@ -86,13 +86,17 @@ def run_failing_flow(engine: Engine) -> tuple[dict[str, Any], list[dict[str, Any
         run_id = sql_only_flow.start_run(connection, slug, 41)
     run = sql_only_flow.drive(engine, slug, steps, run_id)
     with engine.begin() as connection:
-        tasks = connection.execute(
-            sa.text(
-                "SELECT status, attempts_count, error_message FROM pgflow.step_tasks"
-                " WHERE run_id = :id"
-            ),
-            {"id": run_id},
-        ).mappings().all()
+        tasks = (
+            connection.execute(
+                sa.text(
+                    "SELECT status, attempts_count, error_message FROM pgflow.step_tasks"
+                    " WHERE run_id = :id"
+                ),
+                {"id": run_id},
+            )
+            .mappings()
+            .all()
+        )
     return run, [dict(t) for t in tasks]
 
 

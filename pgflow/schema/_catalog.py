@@ -37,5 +37,6 @@ def run_script(connection: Connection, script: str) -> None:
     accepts many statements (and ``%`` signs) in one call; SQLAlchemy's text() would not.
     """
     driver_connection = connection.connection.driver_connection
-    assert driver_connection is not None
+    if driver_connection is None:
+        raise RuntimeError("the SQLAlchemy connection has no open driver connection")
     driver_connection.execute(script)

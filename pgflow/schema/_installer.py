@@ -88,7 +88,7 @@ def install(bind: Bind, *, pgmq_mode: PgmqMode | str | None = None) -> InstallRe
         state = read_state(connection)
         if forced is not None and state.pgmq_mode not in (None, forced):
             raise SchemaError(
-                f"pgmq is already installed in mode {state.pgmq_mode!s}; cannot switch to {forced!s}"
+                f"pgmq is already installed in mode {state.pgmq_mode}; cannot switch to {forced}"
             )
         upstream_plan = classify_upstream(state)
         if state.nothing_to_do(upstream_plan):
@@ -107,9 +107,7 @@ def install(bind: Bind, *, pgmq_mode: PgmqMode | str | None = None) -> InstallRe
             run.record("upstream", migration, "adopted")
         for migration in upstream_plan.to_apply:
             runnable = (
-                _sources.without_pgmq_extension(migration)
-                if mode is PgmqMode.PLAIN
-                else migration
+                _sources.without_pgmq_extension(migration) if mode is PgmqMode.PLAIN else migration
             )
             run.apply("upstream", runnable, recorded_as=migration)
         for extension_sql in state.pending_extension():

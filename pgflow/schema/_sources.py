@@ -48,7 +48,7 @@ def upstream_directory() -> Path:
 
 
 def upstream_migrations(directory: Path | None = None) -> list[SqlFile]:
-    """The pinned upstream migrations in file-name order; any missing or changed file is an error."""
+    """The pinned upstream migrations in file-name order; a missing or changed file is an error."""
     expected: dict[str, str] = pins()["pgflow_core"]["migrations"]
     root = directory or upstream_directory()
     migrations = []

@@ -117,7 +117,9 @@ def read_state(connection: Connection) -> DatabaseState:
         pgmq_available_version=pgmq["available_version"],
         realtime_send_present=realtime["send_present"],
         pgflow_schema_present=_catalog.scalar(connection, "pgflow_schema_present"),
-        pgflow_functions=frozenset(r["name"] for r in _catalog.rows(connection, "pgflow_functions")),
+        pgflow_functions=frozenset(
+            r["name"] for r in _catalog.rows(connection, "pgflow_functions")
+        ),
     )
 
 

@@ -50,8 +50,11 @@ def test_two_concurrent_installs_both_succeed_and_one_does_the_work(
     env = {**os.environ, "DATABASE_URL": support.libpq_url(pgflow_empty_database)}
     processes = [
         subprocess.Popen(
-            [*PGFLOW, "db", "install"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env,
+            [*PGFLOW, "db", "install"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for _ in range(2)
     ]
@@ -108,7 +111,8 @@ def test_tampered_record_exits_1_and_applies_nothing(pgflow_database: URL) -> No
     assert result.returncode == 1
     assert "changed file under an applied name is refused" in result.stderr
     remaining = support.scalar(
-        pgflow_database, "SELECT count(*) FROM pgflow_python.installed WHERE component = 'extension'"
+        pgflow_database,
+        "SELECT count(*) FROM pgflow_python.installed WHERE component = 'extension'",
     )
     assert remaining == 0
 

@@ -72,9 +72,7 @@ def test_status_of_an_empty_database_lists_everything_pending(pgflow_empty_datab
     assert "run `pgflow db install`" in snapshot.render()
 
 
-@pytest.mark.parametrize(
-    "mode", [PgmqMode.EXTENSION, PgmqMode.REGISTERED, PgmqMode.PLAIN], ids=str
-)
+@pytest.mark.parametrize("mode", [PgmqMode.EXTENSION, PgmqMode.REGISTERED, PgmqMode.PLAIN], ids=str)
 def test_each_pgmq_mode_runs_flows_end_to_end(
     mode: PgmqMode, engine_on_empty: Engine, request: pytest.FixtureRequest
 ) -> None:
@@ -115,7 +113,9 @@ def test_a_failed_install_leaves_nothing_behind(pgflow_empty_database: URL) -> N
         pgflow_empty_database,
         "CREATE SCHEMA pgmq; CREATE TYPE pgmq.message_record AS (msg_id bigint);",
     )
-    with pytest.raises(SchemaError, match=r"applying pgmq/pgmq--1.13.0.sql failed: .*already exists"):
+    with pytest.raises(
+        SchemaError, match=r"applying pgmq/pgmq--1.13.0.sql failed: .*already exists"
+    ):
         install(pgflow_empty_database, pgmq_mode=PgmqMode.PLAIN)
     assert support.schemas(pgflow_empty_database) == {"pgmq"}
 
@@ -152,7 +152,7 @@ def test_upstream_installed_by_other_tooling_is_adopted(pgflow_empty_database: U
 @pytest.mark.usefixtures("server_offers_pgmq")
 def test_an_older_foreign_schema_is_refused(pgflow_empty_database: URL) -> None:
     _install_like_upstream_tooling(pgflow_empty_database, support.upstream_files()[:11])
-    with pytest.raises(IncompatibleSchemaError, match="older than 0.8.1"):
+    with pytest.raises(IncompatibleSchemaError, match=r"older than 0\.8\.1"):
         install(pgflow_empty_database)
     assert support.schemas(pgflow_empty_database) == {"pgflow", "pgmq", "realtime"}
     assert "older than 0.8.1" in (status(pgflow_empty_database).problem or "")
@@ -165,7 +165,7 @@ def test_a_newer_foreign_schema_is_refused(pgflow_empty_database: URL) -> None:
         pgflow_empty_database,
         "CREATE FUNCTION pgflow.requeue_stalled_tasks() RETURNS void LANGUAGE sql AS '';",
     )
-    with pytest.raises(IncompatibleSchemaError, match="newer than 0.8.1.*requeue_stalled_tasks"):
+    with pytest.raises(IncompatibleSchemaError, match=r"newer than 0\.8\.1.*requeue_stalled_tasks"):
         install(pgflow_empty_database)
 
 
@@ -175,7 +175,9 @@ def test_a_changed_migration_under_a_recorded_name_is_refused(pgflow_database: U
         "UPDATE pgflow_python.installed SET sha256 = 'abc'"
         " WHERE name LIKE '%_pgflow_add_realtime.sql'",
     )
-    with pytest.raises(IncompatibleSchemaError, match="add_realtime.sql was applied with sha256 abc"):
+    with pytest.raises(
+        IncompatibleSchemaError, match=r"add_realtime\.sql was applied with sha256 abc"
+    ):
         install(pgflow_database)
 
 
@@ -204,16 +206,17 @@ def test_realtime_shim_notifies_compactly_even_for_huge_outputs(pgflow_engine: E
             # 100 kB of output: far past NOTIFY's 8000-byte payload limit
             connection.execute(
                 sa.text(
-                    "SELECT pgflow.complete_task(:run, 'blob', 0,"
-                    " to_jsonb(repeat('x', 100000)))"
+                    "SELECT pgflow.complete_task(:run, 'blob', 0, to_jsonb(repeat('x', 100000)))"
                 ),
                 {"run": run_id},
             )
-        events = []
+        events: list[dict[str, str]] = []
         deadline = 50
         while len(events) < 4 and deadline:
             if select.select([listener.fileno()], [], [], 0.1)[0]:
-                events += [json.loads(n.payload) for n in listener.notifies(timeout=0, stop_after=1)]
+                events += [
+                    json.loads(n.payload) for n in listener.notifies(timeout=0, stop_after=1)
+                ]
             deadline -= 1
     assert [e["event"] for e in events] == [
         "run:started",

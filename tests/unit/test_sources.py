@@ -1,4 +1,4 @@
-"""The SQL files the installer applies: pinned, hash checked, and the one declared transformation."""
+"""The SQL the installer applies: pinned, hash checked, and the one declared transformation."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_a_modified_upstream_file_is_refused_with_the_fix(tmp_path: Path) -> Non
     shutil.copytree(_sources.upstream_directory(), tmp_path / "upstream")
     target = tmp_path / "upstream" / "20250614124241_pgflow_add_realtime.sql"
     target.write_text(target.read_text() + "\n-- tampered\n")
-    with pytest.raises(SchemaFilesError, match="20250614124241.*does not match its pinned sha256"):
+    with pytest.raises(SchemaFilesError, match=r"20250614124241.*does not match its pinned sha256"):
         _sources.upstream_migrations(tmp_path / "upstream")
 
 

@@ -1,0 +1,40 @@
+# Two commands for a fresh clone: `make demo` and `make test` (both run `make setup` first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pgflow-setup
+PYTEST_ARGS ?= -n 2
+
+.PHONY: setup test demo lint docs bench clean
+
+setup: $(STAMP)
+	@$(BIN)/python scripts/fetch_upstream.py
+
+$(STAMP): pyproject.toml pgflow/schema/pins.json scripts/fetch_upstream.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "Python 3.11+ is required: run make with PYTHON=python3.11 (or newer)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python scripts/fetch_upstream.py
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/python examples/sql_only_flow.py
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+docs:
+	@echo "The documentation is Markdown in docs/ (start at docs/index.md)."
+
+bench: setup
+	@echo "Benchmarks are not written yet (issue: benchmarks against the peers)." && exit 1
+
+clean:
+	rm -rf $(VENV) pgflow/schema/upstream .pytest_cache .mypy_cache .ruff_cache dist build
