@@ -1,0 +1,240 @@
+"""Immutable flow definitions and their validation.
+
+Everything downstream (compiler, Alembic plugin, worker, shape checks) consumes these objects,
+never the DSL classes. A definition is plain data: ``to_dict``/``from_dict`` round-trip it, which
+is how Alembic revisions carry a flow without importing application code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+from pgflow.errors import PgflowError
+
+SLUG_MAX_LENGTH = 128
+RESERVED_SLUGS = frozenset({"run"})
+_SLUG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_INT4_MAX = 2**31 - 1
+
+
+class FlowDefinitionError(PgflowError, ValueError):
+    """A flow or job definition that pgflow would reject; the message says what to change."""
+
+
+class StepType(StrEnum):
+    SINGLE = "single"
+    MAP = "map"
+
+
+class FlowType(StrEnum):
+    FLOW = "flow"
+    JOB = "job"
+
+
+# option -> (smallest allowed value, what it means). Omitted options stay None so that
+# upstream's SQL defaults apply (flow: max_attempts 3, base_delay 1 s, timeout 60 s).
+OPTION_MINIMUMS: Mapping[str, tuple[int, str]] = {
+    "max_attempts": (1, "tries in total, including the first"),
+    "base_delay": (0, "seconds; retry n waits base_delay * 2^n"),
+    "timeout": (1, "seconds a task may run"),
+    "start_delay": (0, "seconds before a step's tasks become visible"),
+}
+
+
+def validate_slug(slug: object, what: str) -> str:
+    """Upstream's slug rules (SQL ``is_valid_slug`` and the TypeScript DSL's, which is stricter)."""
+    if not isinstance(slug, str) or not slug:
+        raise FlowDefinitionError(f"{what} slug must be a non-empty string, got {slug!r}")
+    if len(slug) > SLUG_MAX_LENGTH:
+        raise FlowDefinitionError(
+            f"{what} slug {slug[:20]!r}… is {len(slug)} characters; at most {SLUG_MAX_LENGTH}"
+        )
+    if slug in RESERVED_SLUGS:
+        raise FlowDefinitionError(f"{what} slug {slug!r} is reserved by pgflow; choose another")
+    if not _SLUG.match(slug):
+        raise FlowDefinitionError(
+            f"{what} slug {slug!r} is invalid: use letters, digits and underscores, "
+            "starting with a letter (e.g. 'analyze_website')"
+        )
+    return slug
+
+
+def _validate_option(owner: str, name: str, value: object) -> None:
+    if value is None:
+        return
+    minimum, meaning = OPTION_MINIMUMS[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FlowDefinitionError(f"{owner}: {name} must be an integer ({meaning}), got {value!r}")
+    if not minimum <= value <= _INT4_MAX:
+        raise FlowDefinitionError(
+            f"{owner}: {name} must be between {minimum} and {_INT4_MAX} ({meaning}), got {value}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepDefinition:
+    """One step: its slug, type, dependencies (in declaration order) and options."""
+
+    slug: str
+    step_type: StepType = StepType.SINGLE
+    depends_on: tuple[str, ...] = ()
+    max_attempts: int | None = None
+    base_delay: int | None = None
+    timeout: int | None = None
+    start_delay: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "step_type", StepType(self.step_type))
+        object.__setattr__(self, "depends_on", tuple(self.depends_on))
+
+    @property
+    def options(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in OPTION_MINIMUMS}
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"slug": self.slug}
+        if self.step_type is not StepType.SINGLE:
+            data["step_type"] = str(self.step_type)
+        if self.depends_on:
+            data["depends_on"] = list(self.depends_on)
+        data.update({k: v for k, v in self.options.items() if v is not None})
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class FlowDefinition:
+    """A validated flow: slug, options and steps in declaration order."""
+
+    slug: str
+    steps: tuple[StepDefinition, ...]
+    flow_type: FlowType = FlowType.FLOW
+    max_attempts: int | None = None
+    base_delay: int | None = None
+    timeout: int | None = None
+    _by_slug: dict[str, StepDefinition] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+        object.__setattr__(self, "flow_type", FlowType(self.flow_type))
+        _validate(self)
+        object.__setattr__(self, "_by_slug", {s.slug: s for s in self.steps})
+
+    def step(self, slug: str) -> StepDefinition:
+        try:
+            return self._by_slug[slug]
+        except KeyError:
+            raise KeyError(f"flow {self.slug!r} has no step {slug!r}") from None
+
+    @property
+    def options(self) -> dict[str, int | None]:
+        return {"max_attempts": self.max_attempts, "base_delay": self.base_delay,
+                "timeout": self.timeout}
+
+    @property
+    def shape(self) -> tuple[tuple[str, StepType, tuple[str, ...]], ...]:
+        """What cannot change once a flow exists in the database: steps, types, dependencies."""
+        return tuple((s.slug, s.step_type, s.depends_on) for s in self.steps)
+
+    def dependents(self, slug: str) -> tuple[str, ...]:
+        return tuple(s.slug for s in self.steps if slug in s.depends_on)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"slug": self.slug}
+        if self.flow_type is not FlowType.FLOW:
+            data["flow_type"] = str(self.flow_type)
+        data.update({k: v for k, v in self.options.items() if v is not None})
+        data["steps"] = [s.to_dict() for s in self.steps]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlowDefinition:
+        known = {f.name for f in fields(cls) if f.init} | {"steps"}
+        unknown = set(data) - known
+        if unknown:
+            raise FlowDefinitionError(f"unknown flow keys: {sorted(unknown)}")
+        steps = [_step_from_dict(s) for s in data.get("steps", [])]
+        return cls(**{**data, "steps": tuple(steps)})
+
+
+def _step_from_dict(data: Mapping[str, Any]) -> StepDefinition:
+    known = {f.name for f in fields(StepDefinition)}
+    unknown = set(data) - known
+    if unknown:
+        raise FlowDefinitionError(f"step {data.get('slug')!r}: unknown keys {sorted(unknown)}")
+    return StepDefinition(**data)
+
+
+def _validate(flow: FlowDefinition) -> None:
+    validate_slug(flow.slug, "flow")
+    owner = f"flow {flow.slug!r}"
+    for name in ("max_attempts", "base_delay", "timeout"):
+        _validate_option(owner, name, getattr(flow, name))
+    if not flow.steps:
+        raise FlowDefinitionError(f"{owner} has no steps; define at least one")
+    if flow.flow_type is FlowType.JOB and len(flow.steps) != 1:
+        raise FlowDefinitionError(f"job {flow.slug!r} must have exactly one step")
+    seen: dict[str, int] = {}
+    for index, step in enumerate(flow.steps):
+        validate_slug(step.slug, f"{owner}: step")
+        where = f"{owner}, step {step.slug!r}"
+        if step.slug in seen:
+            raise FlowDefinitionError(f"{owner} defines step {step.slug!r} twice")
+        seen[step.slug] = index
+        for name in OPTION_MINIMUMS:
+            _validate_option(where, name, getattr(step, name))
+    _check_dependencies(flow, seen)
+
+
+def _check_dependencies(flow: FlowDefinition, position: Mapping[str, int]) -> None:
+    owner = f"flow {flow.slug!r}"
+    cycle = _find_cycle({s.slug: s.depends_on for s in flow.steps})
+    if cycle:
+        raise FlowDefinitionError(f"{owner} has a dependency cycle: {' -> '.join(cycle)}")
+    for step in flow.steps:
+        where = f"{owner}, step {step.slug!r}"
+        if len(set(step.depends_on)) != len(step.depends_on):
+            raise FlowDefinitionError(f"{where} lists a dependency twice: {list(step.depends_on)}")
+        for dep in step.depends_on:
+            if not isinstance(dep, str) or dep not in position:
+                known = ", ".join(sorted(position)) or "none"
+                raise FlowDefinitionError(
+                    f"{where} depends on unknown step {dep!r} (steps: {known})"
+                )
+            if position[dep] > position[step.slug]:
+                raise FlowDefinitionError(
+                    f"{where} depends on {dep!r}, which is declared after it: "
+                    "declare dependencies first (pgflow keeps declaration order)"
+                )
+        if step.step_type is StepType.MAP and len(step.depends_on) > 1:
+            raise FlowDefinitionError(
+                f"{where} is a map step with {len(step.depends_on)} dependencies; a map step "
+                "maps over the flow input (no dependency) or over one step's array output"
+            )
+
+
+def _find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """A dependency cycle as a path (first node repeated at the end), or None."""
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        if node in visiting:
+            return [*visiting[visiting.index(node) :], node]
+        if node in done or node not in graph:
+            return None
+        visiting.append(node)
+        for dep in graph[node]:
+            if found := visit(dep):
+                return found
+        visiting.pop()
+        done.add(node)
+        return None
+
+    for node in graph:
+        if found := visit(node):
+            return found
+    return None
