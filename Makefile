@@ -7,8 +7,15 @@ PYTEST_ARGS ?= -n 2
 
 .PHONY: setup test demo lint docs bench clean
 
-setup: $(STAMP)
+NODE_DEPS := tests/node/node_modules/@pgflow/dsl/package.json
+
+setup: $(STAMP) $(NODE_DEPS)
 	@$(BIN)/python scripts/fetch_upstream.py
+
+# Node packages for the parity and interoperability tests (pinned in tests/node/package.json).
+$(NODE_DEPS): tests/node/package.json
+	cd tests/node && npm install --no-package-lock --no-audit --no-fund --silent
+	@touch $(NODE_DEPS)
 
 $(STAMP): pyproject.toml pgflow/schema/pins.json scripts/fetch_upstream.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

@@ -1,0 +1,312 @@
+"""Class-based flow definitions::
+
+    class AnalyzeWebsite(Flow, slug="analyze_website", max_attempts=3):
+        @step
+        def website(self, input: dict, ctx: Context) -> dict: ...
+
+        @step(depends_on=[website])
+        def summary(self, deps: dict, ctx: Context) -> str: ...
+
+Each concrete subclass is validated when the class is created and carries an immutable
+:class:`~pgflow.definition.FlowDefinition` (see :func:`definition_of`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, overload
+
+from pgflow.definition import (
+    FlowDefinition,
+    FlowDefinitionError,
+    FlowType,
+    StepDefinition,
+    StepType,
+)
+
+HandlerFunction = Callable[..., Any]
+
+JOB_STEP_SLUG = "perform"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """Where the worker finds a step's handler on a flow instance, and how to call it."""
+
+    attribute: str
+    takes_context: bool
+    is_async: bool
+
+
+class StepMethod:
+    """A step declared with :func:`step` or :func:`map_step`; still callable as a method."""
+
+    def __init__(
+        self,
+        function: HandlerFunction,
+        *,
+        step_type: StepType,
+        depends_on: Sequence[StepMethod | str],
+        slug: str | None,
+        options: dict[str, int | None],
+    ) -> None:
+        self.function = function
+        self.step_type = step_type
+        self.depends_on = tuple(depends_on)
+        self.slug = slug or function.__name__
+        self.options = options
+        self.attribute = function.__name__
+        self.__doc__ = function.__doc__
+        self.__wrapped__ = function
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attribute = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> StepMethod: ...
+    @overload
+    def __get__(self, instance: object, owner: type) -> Callable[..., Any]: ...
+    def __get__(self, instance: object | None, owner: type) -> StepMethod | Callable[..., Any]:
+        if instance is None:
+            return self
+        bound: Callable[..., Any] = self.function.__get__(instance, owner)
+        return bound
+
+    def __repr__(self) -> str:
+        return f"<{self.step_type} step {self.slug!r}>"
+
+    def definition(self) -> StepDefinition:
+        return StepDefinition(
+            slug=self.slug,
+            step_type=self.step_type,
+            depends_on=tuple(d.slug if isinstance(d, StepMethod) else d for d in self.depends_on),
+            **self.options,
+        )
+
+
+def _options(**options: int | None) -> dict[str, int | None]:
+    return options
+
+
+@overload
+def step(function: HandlerFunction, /) -> StepMethod: ...
+@overload
+def step(
+    *,
+    depends_on: Sequence[StepMethod | str] = (),
+    slug: str | None = None,
+    max_attempts: int | None = None,
+    base_delay: int | None = None,
+    timeout: int | None = None,
+    start_delay: int | None = None,
+) -> Callable[[HandlerFunction], StepMethod]: ...
+def step(
+    function: HandlerFunction | None = None,
+    /,
+    *,
+    depends_on: Sequence[StepMethod | str] = (),
+    slug: str | None = None,
+    max_attempts: int | None = None,
+    base_delay: int | None = None,
+    timeout: int | None = None,
+    start_delay: int | None = None,
+) -> StepMethod | Callable[[HandlerFunction], StepMethod]:
+    """Declare a step. A root step gets the flow input; a dependent step gets
+    ``{dependency_slug: output, ...}``. Options left out use the flow's (then upstream's) values.
+    """
+    if isinstance(depends_on, (str, StepMethod)):
+        depends_on = [depends_on]
+
+    def decorate(func: HandlerFunction) -> StepMethod:
+        return StepMethod(
+            func,
+            step_type=StepType.SINGLE,
+            depends_on=depends_on,
+            slug=slug,
+            options=_options(
+                max_attempts=max_attempts,
+                base_delay=base_delay,
+                timeout=timeout,
+                start_delay=start_delay,
+            ),
+        )
+
+    return decorate(function) if function is not None else decorate
+
+
+@overload
+def map_step(function: HandlerFunction, /) -> StepMethod: ...
+@overload
+def map_step(
+    *,
+    array: StepMethod | str | None = None,
+    slug: str | None = None,
+    max_attempts: int | None = None,
+    base_delay: int | None = None,
+    timeout: int | None = None,
+    start_delay: int | None = None,
+) -> Callable[[HandlerFunction], StepMethod]: ...
+def map_step(
+    function: HandlerFunction | None = None,
+    /,
+    *,
+    array: StepMethod | str | None = None,
+    slug: str | None = None,
+    max_attempts: int | None = None,
+    base_delay: int | None = None,
+    timeout: int | None = None,
+    start_delay: int | None = None,
+) -> StepMethod | Callable[[HandlerFunction], StepMethod]:
+    """Declare a map step: one task per element of an array, outputs collected in order.
+
+    Without ``array`` it maps over the flow input (which must then be a JSON array); with
+    ``array=other_step`` over that step's output (which must be an array).
+    """
+
+    def decorate(func: HandlerFunction) -> StepMethod:
+        return StepMethod(
+            func,
+            step_type=StepType.MAP,
+            depends_on=[array] if array is not None else [],
+            slug=slug,
+            options=_options(
+                max_attempts=max_attempts,
+                base_delay=base_delay,
+                timeout=timeout,
+                start_delay=start_delay,
+            ),
+        )
+
+    return decorate(function) if function is not None else decorate
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def _handler_spec(owner: type, attribute: str, function: HandlerFunction) -> HandlerSpec:
+    parameters = [
+        p
+        for p in inspect.signature(function).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(parameters) not in (2, 3):
+        raise FlowDefinitionError(
+            f"{owner.__qualname__}.{attribute} must take (self, input) or (self, input, ctx); "
+            f"it takes {len(parameters)} positional parameters"
+        )
+    return HandlerSpec(
+        attribute=attribute,
+        takes_context=len(parameters) == 3,
+        is_async=inspect.iscoroutinefunction(function),
+    )
+
+
+class Flow:
+    """Base class of flow definitions; see the module docstring.
+
+    Class keywords: ``slug`` (default: the class name in snake_case), ``max_attempts``,
+    ``base_delay`` (seconds), ``timeout`` (seconds), ``abstract=True`` for a base class whose
+    steps are inherited but which is not itself a flow.
+    """
+
+    __pgflow_definition__: ClassVar[FlowDefinition]
+    __pgflow_handlers__: ClassVar[dict[str, HandlerSpec]]
+
+    def __init_subclass__(
+        cls,
+        *,
+        slug: str | None = None,
+        max_attempts: int | None = None,
+        base_delay: int | None = None,
+        timeout: int | None = None,
+        abstract: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if abstract:
+            return
+        steps: dict[str, StepMethod] = {}
+        for klass in reversed(cls.__mro__):
+            for attribute, value in vars(klass).items():
+                if isinstance(value, StepMethod):
+                    steps.pop(attribute, None)
+                    steps[attribute] = value
+        _attach(
+            cls,
+            slug=slug,
+            flow_type=FlowType.FLOW,
+            steps=[method.definition() for method in steps.values()],
+            handlers={
+                m.slug: _handler_spec(cls, attr, m.function) for attr, m in steps.items()
+            },
+            options={"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
+        )
+
+
+class Job(Flow, abstract=True):
+    """A single-step flow (``flow_type`` 'job'): implement ``perform(self, input, ctx)``.
+
+    Class keywords as for :class:`Flow`, plus ``start_delay`` (seconds) for its one step.
+    """
+
+    def __init_subclass__(
+        cls,
+        *,
+        slug: str | None = None,
+        max_attempts: int | None = None,
+        base_delay: int | None = None,
+        timeout: int | None = None,
+        start_delay: int | None = None,
+        abstract: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super(Flow, cls).__init_subclass__(**kwargs)
+        if abstract:
+            return
+        perform = getattr(cls, JOB_STEP_SLUG, None)
+        if not callable(perform):
+            raise FlowDefinitionError(f"job {cls.__qualname__} must define perform(self, input, ctx)")
+        _attach(
+            cls,
+            slug=slug,
+            flow_type=FlowType.JOB,
+            steps=[StepDefinition(JOB_STEP_SLUG, start_delay=start_delay)],
+            handlers={JOB_STEP_SLUG: _handler_spec(cls, JOB_STEP_SLUG, perform)},
+            options={"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
+        )
+
+
+def _attach(
+    cls: type[Flow],
+    *,
+    slug: str | None,
+    flow_type: FlowType,
+    steps: list[StepDefinition],
+    handlers: dict[str, HandlerSpec],
+    options: dict[str, int | None],
+) -> None:
+    try:
+        definition = FlowDefinition(
+            slug=slug if slug is not None else _snake_case(cls.__name__),
+            steps=tuple(steps),
+            flow_type=flow_type,
+            **options,
+        )
+    except FlowDefinitionError as exc:
+        raise FlowDefinitionError(f"{cls.__module__}.{cls.__qualname__}: {exc}") from None
+    cls.__pgflow_definition__ = definition
+    cls.__pgflow_handlers__ = handlers
+
+
+def definition_of(target: type[Flow] | FlowDefinition) -> FlowDefinition:
+    """The validated definition of a Flow/Job class (a definition is returned as is)."""
+    if isinstance(target, FlowDefinition):
+        return target
+    definition = vars(target).get("__pgflow_definition__") if isinstance(target, type) else None
+    if not isinstance(definition, FlowDefinition):
+        raise TypeError(f"{target!r} is not a concrete pgflow Flow or Job class")
+    return definition
