@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -12,6 +13,8 @@ import psycopg
 import sqlalchemy as sa
 
 from pgflow import _db
+from pgflow._loading import load_definitions
+from pgflow.compiler import compile_flow
 from pgflow.errors import DatabaseUnavailableError, PgflowError
 from pgflow.schema import PgmqMode, install, status
 
@@ -90,3 +93,19 @@ def db_status(database_url: str | None, check: bool) -> None:
     click.echo(snapshot.render())
     if check and not snapshot.up_to_date:
         sys.exit(EXIT_SCHEMA_PROBLEM)
+
+
+@main.command("compile")
+@click.argument("references", nargs=-1, required=True)
+@_reports_errors
+def compile_command(references: tuple[str, ...]) -> None:
+    """Print the SQL that registers flows: REFERENCES are module:Class or module.
+
+    The output is the same text as the TypeScript compiler's, for teams that manage SQL by hand.
+    """
+    # Like other app runners, resolve references against the working directory.
+    sys.path.insert(0, os.getcwd())
+    for definition in load_definitions(*references):
+        click.echo(f"-- flow {definition.slug}")
+        for statement in compile_flow(definition):
+            click.echo(statement)

@@ -15,7 +15,9 @@ _OPTION_ORDER = ("max_attempts", "base_delay", "timeout", "start_delay")
 
 
 def _options_clause(options: Mapping[str, int | None]) -> str:
-    parts = [f"{name} => {options[name]}" for name in _OPTION_ORDER if options.get(name) is not None]
+    parts = [
+        f"{name} => {options[name]}" for name in _OPTION_ORDER if options.get(name) is not None
+    ]
     return f", {', '.join(parts)}" if parts else ""
 
 

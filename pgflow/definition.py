@@ -36,7 +36,7 @@ class FlowType(StrEnum):
 
 
 # option -> (smallest allowed value, what it means). Omitted options stay None so that
-# upstream's SQL defaults apply (flow: max_attempts 3, base_delay 1 s, timeout 60 s).
+# upstream's SQL defaults apply (create_flow: max_attempts 3, base_delay 5 s, timeout 60 s).
 OPTION_MINIMUMS: Mapping[str, tuple[int, str]] = {
     "max_attempts": (1, "tries in total, including the first"),
     "base_delay": (0, "seconds; retry n waits base_delay * 2^n"),
@@ -131,8 +131,11 @@ class FlowDefinition:
 
     @property
     def options(self) -> dict[str, int | None]:
-        return {"max_attempts": self.max_attempts, "base_delay": self.base_delay,
-                "timeout": self.timeout}
+        return {
+            "max_attempts": self.max_attempts,
+            "base_delay": self.base_delay,
+            "timeout": self.timeout,
+        }
 
     @property
     def shape(self) -> tuple[tuple[str, StepType, tuple[str, ...]], ...]:

@@ -56,6 +56,7 @@ class StepMethod:
         self.function = function
         self.step_type = step_type
         self.depends_on = tuple(depends_on)
+        self.explicit_slug = slug
         self.slug = slug or function.__name__
         self.options = options
         self.attribute = function.__name__
@@ -64,6 +65,7 @@ class StepMethod:
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.attribute = name
+        self.slug = self.explicit_slug or name
 
     @overload
     def __get__(self, instance: None, owner: type) -> StepMethod: ...
@@ -240,9 +242,7 @@ class Flow:
             slug=slug,
             flow_type=FlowType.FLOW,
             steps=[method.definition() for method in steps.values()],
-            handlers={
-                m.slug: _handler_spec(cls, attr, m.function) for attr, m in steps.items()
-            },
+            handlers={m.slug: _handler_spec(cls, attr, m.function) for attr, m in steps.items()},
             options={"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
         )
 
@@ -269,7 +269,9 @@ class Job(Flow, abstract=True):
             return
         perform = getattr(cls, JOB_STEP_SLUG, None)
         if not callable(perform):
-            raise FlowDefinitionError(f"job {cls.__qualname__} must define perform(self, input, ctx)")
+            raise FlowDefinitionError(
+                f"job {cls.__qualname__} must define perform(self, input, ctx)"
+            )
         _attach(
             cls,
             slug=slug,

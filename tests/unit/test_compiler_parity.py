@@ -21,13 +21,19 @@ def flow(slug: str, *steps: StepDefinition, **options: int) -> FlowDefinition:
 
 
 def st(slug: str, *deps: str, step_type: StepType = S, **options: int) -> StepDefinition:
-    return StepDefinition(slug, step_type, deps, **options)  # type: ignore[arg-type]
+    return StepDefinition(slug, step_type, deps, **options)
 
 
 CORPUS = [
     flow("single", st("only")),
     flow("chain", st("a"), st("b", "a"), st("c", "b")),
-    flow("fan_out_in", st("root"), st("left", "root"), st("right", "root"), st("join", "left", "right")),
+    flow(
+        "fan_out_in",
+        st("root"),
+        st("left", "root"),
+        st("right", "root"),
+        st("join", "left", "right"),
+    ),
     flow("all_flow_options", st("x"), max_attempts=5, base_delay=2, timeout=30),
     flow("max_attempts_only", st("x"), max_attempts=1),
     flow("base_delay_only", st("x"), base_delay=7),
@@ -38,7 +44,9 @@ CORPUS = [
     flow("step_start_delay_zero", st("x", start_delay=0)),
     flow("step_start_delay", st("x", start_delay=3600)),
     flow("step_all_options", st("x", max_attempts=2, base_delay=3, timeout=4, start_delay=5)),
-    flow("both_levels", st("a", timeout=10), st("b", "a", max_attempts=4), max_attempts=2, timeout=20),
+    flow(
+        "both_levels", st("a", timeout=10), st("b", "a", max_attempts=4), max_attempts=2, timeout=20
+    ),
     flow("root_map", st("items", step_type=M)),
     flow("root_map_options", st("items", step_type=M, max_attempts=3, start_delay=1)),
     flow("dependent_map", st("list"), st("each", "list", step_type=M)),
@@ -58,7 +66,9 @@ CORPUS = [
         st("report", "each_page", "meta", "fetch", max_attempts=7),
     ),
     flow("CamelCase_Slug9", st("Step_One"), st("stepTwo2", "Step_One")),
-    flow("big_numbers", st("x", timeout=2147483647, start_delay=2147483647), max_attempts=2147483647),
+    flow(
+        "big_numbers", st("x", timeout=2147483647, start_delay=2147483647), max_attempts=2147483647
+    ),
     flow("x" * 128, st("y" * 128)),
     flow("deps_order_kept", st("c"), st("a"), st("b"), st("z", "b", "c", "a")),
     flow(

@@ -1,0 +1,1 @@
+"""An example application package used by the docs and the tests."""
