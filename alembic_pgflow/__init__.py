@@ -1,1 +1,66 @@
-"""Alembic plugin for pgflow: schema revisions and flow autogenerate (see docs)."""
+"""Alembic plugin for pgflow: the schema as a revision branch, and flows in autogenerate.
+
+In alembic.ini, next to your own directory::
+
+    version_locations = %(here)s/migrations/versions alembic_pgflow:versions
+
+In env.py::
+
+    import alembic_pgflow
+
+    alembic_pgflow.include_flows("myapp.flows")
+    ...
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        process_revision_directives=alembic_pgflow.process_revision_directives,
+    )
+
+Then ``alembic revision --autogenerate`` writes ``op.create_flow(...)``,
+``op.update_flow_options(...)`` and ``op.drop_flow(...)`` into revisions, and
+``alembic upgrade heads`` installs the schema and the flows. See docs/alembic.md.
+"""
+
+from alembic_pgflow import _compare, _render  # noqa: F401  (registers comparator, renderers)
+from alembic_pgflow._compare import plan_operations
+from alembic_pgflow._errors import (
+    FlowConflictError,
+    FlowDiscoveryError,
+    FlowHasRunsError,
+    FlowShapeChangedError,
+    MigrationError,
+    SchemaDowngradeRefusedError,
+    SchemaRevisionError,
+)
+from alembic_pgflow._ops import CreateFlowOp, DropFlowOp, UpdateFlowOptionsOp
+from alembic_pgflow._registry import FlowRegistry, include_flows
+from alembic_pgflow._revisions import (
+    PGFLOW_SCHEMAS,
+    SCHEMA_BRANCH,
+    include_name,
+    process_revision_directives,
+    version_location,
+)
+from alembic_pgflow._schema import DROP_SCHEMA_FLAG
+
+__all__ = [
+    "DROP_SCHEMA_FLAG",
+    "PGFLOW_SCHEMAS",
+    "SCHEMA_BRANCH",
+    "CreateFlowOp",
+    "DropFlowOp",
+    "FlowConflictError",
+    "FlowDiscoveryError",
+    "FlowHasRunsError",
+    "FlowRegistry",
+    "FlowShapeChangedError",
+    "MigrationError",
+    "SchemaDowngradeRefusedError",
+    "SchemaRevisionError",
+    "UpdateFlowOptionsOp",
+    "include_flows",
+    "include_name",
+    "plan_operations",
+    "process_revision_directives",
+    "version_location",
+]

@@ -1,29 +1,58 @@
-"""Find flow definitions from ``"package.module:Class"`` / ``"package.module"`` references."""
+"""Find flow definitions from references: ``"pkg.module"``, ``"pkg.module:Class"``, modules,
+Flow/Job classes or FlowDefinition objects. Used by ``pgflow compile`` and the Alembic plugin.
+"""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from pgflow.definition import FlowDefinition
 from pgflow.dsl import Flow, definition_of
 from pgflow.errors import PgflowError
 
+FlowSource = str | ModuleType | type | FlowDefinition
+
 
 class FlowImportError(PgflowError):
-    """A flow reference that does not name an importable Flow/Job class or module."""
+    """A reference that does not name an importable Flow/Job class, definition or module."""
 
 
-def import_reference(reference: str) -> object:
+def discover(source: FlowSource) -> list[tuple[FlowDefinition, str]]:
+    """``(definition, origin)`` pairs for a source; origin names where it was found."""
+    if isinstance(source, FlowDefinition):
+        return [(source, f"FlowDefinition {source.slug!r}")]
+    if isinstance(source, str):
+        return discover(_import_reference(source))
+    if isinstance(source, ModuleType):
+        return _definitions_in_module(source)
+    if isinstance(source, type) and "__pgflow_definition__" in vars(source):
+        return [(definition_of(source), _qualname(source))]
+    raise FlowImportError(f"{source!r} is not a concrete pgflow Flow or Job class, nor a module")
+
+
+def load_definitions(*sources: FlowSource) -> list[FlowDefinition]:
+    """Definitions of all sources in order; one slug used by two different flows is an error."""
+    found: dict[str, tuple[FlowDefinition, str]] = {}
+    for source in sources:
+        for definition, origin in discover(source):
+            existing = found.setdefault(definition.slug, (definition, origin))
+            if existing[0] != definition:
+                raise FlowImportError(
+                    f"two different flows use the slug {definition.slug!r} "
+                    f"({existing[1]} and {origin}); flow slugs must be unique"
+                )
+    return [definition for definition, _ in found.values()]
+
+
+def _import_reference(reference: str) -> Any:
     module_name, _, attribute = reference.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise FlowImportError(f"cannot import {module_name!r} (from {reference!r}): {exc}") from exc
-    if not attribute:
-        return module
-    target: object = module
-    for part in attribute.split("."):
+    for part in attribute.split(".") if attribute else ():
         try:
             target = getattr(target, part)
         except AttributeError:
@@ -31,34 +60,25 @@ def import_reference(reference: str) -> object:
     return target
 
 
-def definitions_in(target: object) -> list[FlowDefinition]:
-    """Definitions of a Flow/Job class, a FlowDefinition, or every flow a module defines."""
-    if isinstance(target, FlowDefinition):
-        return [target]
-    if isinstance(target, ModuleType):
-        return [
-            definition_of(value)
-            for value in vars(target).values()
-            if isinstance(value, type)
+def _definitions_in_module(module: ModuleType) -> list[tuple[FlowDefinition, str]]:
+    prefix = module.__name__ + "."
+    found = []
+    for name, value in vars(module).items():
+        if isinstance(value, FlowDefinition):
+            found.append((value, f"{module.__name__}.{name}"))
+        elif (
+            isinstance(value, type)
             and issubclass(value, Flow)
-            and value.__module__ == target.__name__
             and "__pgflow_definition__" in vars(value)
-        ]
-    if isinstance(target, type) and issubclass(target, Flow):
-        try:
-            return [definition_of(target)]
-        except TypeError as exc:
-            raise FlowImportError(str(exc)) from None
-    raise FlowImportError(f"{target!r} is not a Flow or Job class, nor a module of them")
+            # defined here or in a submodule (a package re-exporting its flows), not imported
+            and (value.__module__ == module.__name__ or value.__module__.startswith(prefix))
+        ):
+            found.append((definition_of(value), _qualname(value)))
+    if not found:
+        # For autogenerate, registering nothing would make every flow of the module look removed.
+        raise FlowImportError(f"module {module.__name__!r} defines no concrete Flow or Job class")
+    return found
 
 
-def load_definitions(*references: str) -> list[FlowDefinition]:
-    """Definitions named by references, in order; a slug defined twice is an error."""
-    definitions: dict[str, FlowDefinition] = {}
-    for reference in references:
-        for definition in definitions_in(import_reference(reference)):
-            existing = definitions.get(definition.slug)
-            if existing is not None and existing != definition:
-                raise FlowImportError(f"two different flows use the slug {definition.slug!r}")
-            definitions[definition.slug] = definition
-    return list(definitions.values())
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"

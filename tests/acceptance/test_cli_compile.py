@@ -49,4 +49,4 @@ def test_bad_references_fail_with_one_line() -> None:
     assert missing.stderr.strip() == "error: 'myapp.flows' has no attribute 'Nope'"
     not_a_flow = compile_cli("myapp.flows:Context")
     assert not_a_flow.returncode == 1
-    assert "is not a Flow or Job class" in not_a_flow.stderr
+    assert "is not a concrete pgflow Flow or Job class" in not_a_flow.stderr

@@ -6,10 +6,10 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
 from sqlalchemy.engine import Engine
 
 import sql_only_flow
+from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
 from pgflow import compile_flow, definition_of
 from pgflow.definition import FlowDefinition, StepType
 

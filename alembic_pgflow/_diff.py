@@ -1,0 +1,88 @@
+"""Compare a flow definition with the flow stored in the database: shape, then options.
+
+Shape (steps, their order and types, dependencies) cannot change in place: runs in flight
+reference the old steps. Options and the flow type can. Dependencies compare as sets, since the
+database keeps no order among a step's dependencies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from alembic_pgflow._stored import FLOW_OPTIONS, STEP_OPTIONS, StoredFlow
+from pgflow.definition import FlowDefinition
+
+Change = tuple[Any, Any]
+"""(value in the database, value in the code)"""
+
+
+@dataclass(frozen=True)
+class FlowDiff:
+    shape: tuple[str, ...] = ()
+    """Human-readable shape changes; any of them means the flow cannot be updated in place."""
+    flow: Mapping[str, Change] = field(default_factory=dict)
+    steps: Mapping[str, Mapping[str, Change]] = field(default_factory=dict)
+
+    @property
+    def options_changed(self) -> bool:
+        return bool(self.flow or self.steps)
+
+
+def diff_flow(
+    definition: FlowDefinition, stored: StoredFlow, flow_defaults: Mapping[str, int]
+) -> FlowDiff:
+    shape = _shape_changes(definition, stored)
+    if shape:
+        return FlowDiff(shape=tuple(shape))
+    flow: dict[str, Change] = {}
+    for name in FLOW_OPTIONS:
+        wanted = definition.options[name]
+        effective = flow_defaults[name] if wanted is None else wanted
+        if stored.options[name] != effective:
+            flow[name] = (stored.options[name], wanted)
+    if stored.flow_type != definition.flow_type:
+        flow["flow_type"] = (str(stored.flow_type), str(definition.flow_type))
+    steps: dict[str, dict[str, Change]] = {}
+    for stored_step in stored.steps:
+        options = definition.step(stored_step.slug).options
+        for name in STEP_OPTIONS:
+            if stored_step.options[name] != options[name]:
+                steps.setdefault(stored_step.slug, {})[name] = (
+                    stored_step.options[name],
+                    options[name],
+                )
+    return FlowDiff(flow=flow, steps=steps)
+
+
+def _shape_changes(definition: FlowDefinition, stored: StoredFlow) -> list[str]:
+    code = [s.slug for s in definition.steps]
+    database = [s.slug for s in stored.steps]
+    changes = []
+    added = [slug for slug in code if slug not in database]
+    removed = [slug for slug in database if slug not in code]
+    if added:
+        changes.append(f"steps added: {', '.join(added)}")
+    if removed:
+        changes.append(f"steps removed: {', '.join(removed)}")
+    kept_code = [slug for slug in code if slug in database]
+    kept_database = [slug for slug in database if slug in code]
+    if kept_code != kept_database:
+        changes.append(f"steps reordered: {', '.join(kept_database)} -> {', '.join(kept_code)}")
+    for stored_step in stored.steps:
+        if stored_step.slug not in code:
+            continue
+        step = definition.step(stored_step.slug)
+        if step.step_type != stored_step.step_type:
+            changes.append(f"step {step.slug!r} type: {stored_step.step_type} -> {step.step_type}")
+        if set(step.depends_on) != set(stored_step.depends_on):
+            changes.append(
+                f"step {step.slug!r} dependencies: {_names(stored_step.depends_on)}"
+                f" -> {_names(step.depends_on)}"
+            )
+    return changes
+
+
+def _names(slugs: tuple[str, ...]) -> str:
+    return "[" + ", ".join(slugs) + "]"

@@ -1,0 +1,107 @@
+"""Flow definitions as the database holds them (pgflow.flows, steps, deps), and their runs.
+
+Read into plain records rather than ``FlowDefinition`` objects: a database may hold flows that
+our validation would reject (compiled by other tooling, or with no steps yet), and the
+comparator must still be able to describe and drop them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from pgflow import _queries
+from pgflow.definition import OPTION_MINIMUMS, FlowType, StepType
+
+FLOW_OPTIONS = ("max_attempts", "base_delay", "timeout")
+STEP_OPTIONS = tuple(OPTION_MINIMUMS)
+# pgflow.create_flow's defaults in @pgflow/core 0.8.1; the database's own signature wins.
+CREATE_FLOW_DEFAULTS: Mapping[str, int] = {"max_attempts": 3, "base_delay": 5, "timeout": 60}
+
+
+def query(name: str) -> sa.TextClause:
+    return sa.text(_queries.load("alembic_pgflow", "queries.sql")[name])
+
+
+@dataclass(frozen=True)
+class StoredStep:
+    slug: str
+    step_type: StepType
+    depends_on: tuple[str, ...]
+    options: Mapping[str, int | None]
+
+
+@dataclass(frozen=True)
+class StoredFlow:
+    slug: str
+    flow_type: FlowType
+    options: Mapping[str, int]
+    steps: tuple[StoredStep, ...]
+    runs: int = 0
+    started_runs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The same plain data as ``FlowDefinition.to_dict`` (options at their stored values)."""
+        data: dict[str, Any] = {"slug": self.slug}
+        if self.flow_type is not FlowType.FLOW:
+            data["flow_type"] = str(self.flow_type)
+        data.update(self.options)
+        steps = []
+        for step in self.steps:
+            item: dict[str, Any] = {"slug": step.slug}
+            if step.step_type is not StepType.SINGLE:
+                item["step_type"] = str(step.step_type)
+            if step.depends_on:
+                item["depends_on"] = list(step.depends_on)
+            item.update({k: v for k, v in step.options.items() if v is not None})
+            steps.append(item)
+        data["steps"] = steps
+        return data
+
+    def describe_runs(self) -> str:
+        if not self.runs:
+            return "it has no runs"
+        return f"it has {self.runs} runs ({self.started_runs} still started)"
+
+
+def read_flows(connection: Connection) -> dict[str, StoredFlow]:
+    """Every flow in the database by slug; empty when the pgflow schema is not installed."""
+    if not connection.execute(query("flows_table_present")).scalar_one():
+        return {}
+    deps: dict[tuple[str, str], list[str]] = {}
+    for row in connection.execute(query("stored_deps")).mappings():
+        deps.setdefault((row["flow_slug"], row["step_slug"]), []).append(row["dep_slug"])
+    steps: dict[str, list[StoredStep]] = {}
+    for row in connection.execute(query("stored_steps")).mappings():
+        steps.setdefault(row["flow_slug"], []).append(
+            StoredStep(
+                slug=row["step_slug"],
+                step_type=StepType(row["step_type"]),
+                depends_on=tuple(deps.get((row["flow_slug"], row["step_slug"]), ())),
+                options={name: row[name] for name in STEP_OPTIONS},
+            )
+        )
+    runs = {row["flow_slug"]: row for row in connection.execute(query("run_counts")).mappings()}
+    flows = {}
+    for row in connection.execute(query("stored_flows")).mappings():
+        slug = row["flow_slug"]
+        counts = runs.get(slug)
+        flows[slug] = StoredFlow(
+            slug=slug,
+            flow_type=FlowType(row["flow_type"]),
+            options={name: row[name] for name in FLOW_OPTIONS},
+            steps=tuple(steps.get(slug, ())),
+            runs=counts["runs"] if counts else 0,
+            started_runs=counts["started"] if counts else 0,
+        )
+    return flows
+
+
+def create_flow_defaults(connection: Connection) -> dict[str, int]:
+    """The values ``create_flow`` stores for omitted flow options on this database."""
+    found = {row.name: row.value for row in connection.execute(query("create_flow_defaults"))}
+    return {name: found.get(name, CREATE_FLOW_DEFAULTS[name]) for name in FLOW_OPTIONS}

@@ -1,0 +1,82 @@
+-- Queries of the Alembic plugin: reading flow definitions back from the database, and the
+-- flow-admin functions of pgflow/schema/sql/extension/0002_flow_admin.sql.
+
+-- name: flows_table_present
+SELECT to_regclass('pgflow.flows') IS NOT NULL AS present
+
+-- name: stored_flows
+-- flow_type is our additive column; to_jsonb reads it without failing where it is absent.
+SELECT f.flow_slug,
+       coalesce(to_jsonb(f) ->> 'flow_type', 'flow') AS flow_type,
+       f.opt_max_attempts AS max_attempts,
+       f.opt_base_delay AS base_delay,
+       f.opt_timeout AS timeout
+FROM pgflow.flows AS f
+ORDER BY f.flow_slug
+
+-- name: stored_steps
+SELECT s.flow_slug,
+       s.step_slug,
+       s.step_type,
+       s.opt_max_attempts AS max_attempts,
+       s.opt_base_delay AS base_delay,
+       s.opt_timeout AS timeout,
+       s.opt_start_delay AS start_delay
+FROM pgflow.steps AS s
+ORDER BY s.flow_slug, s.step_index
+
+-- name: stored_deps
+-- Dependencies in the order their steps were declared (the deps table keeps no order).
+SELECT d.flow_slug, d.step_slug, d.dep_slug
+FROM pgflow.deps AS d
+JOIN pgflow.steps AS s ON s.flow_slug = d.flow_slug AND s.step_slug = d.dep_slug
+ORDER BY d.flow_slug, d.step_slug, s.step_index
+
+-- name: run_counts
+SELECT r.flow_slug,
+       count(*) AS runs,
+       count(*) FILTER (WHERE r.status = 'started') AS started
+FROM pgflow.runs AS r
+GROUP BY r.flow_slug
+
+-- name: create_flow_defaults
+-- What pgflow.create_flow uses for an omitted option, read from its signature (0.8.1: 3, 5, 60).
+SELECT DISTINCT ON (a.name)
+       a.name,
+       pg_get_function_arg_default(p.oid, a.position::integer)::integer AS value
+FROM pg_proc AS p
+CROSS JOIN LATERAL unnest(p.proargnames) WITH ORDINALITY AS a(name, position)
+WHERE p.pronamespace = 'pgflow'::regnamespace
+  AND p.proname = 'create_flow'
+  AND a.name IN ('max_attempts', 'base_delay', 'timeout')
+ORDER BY a.name, p.pronargs DESC
+
+-- name: set_flow_options
+SELECT 1 FROM pgflow_python.set_flow_options(:flow_slug, CAST(:options AS jsonb))
+
+-- name: set_step_options
+SELECT 1 FROM pgflow_python.set_step_options(:flow_slug, :step_slug, CAST(:options AS jsonb))
+
+-- name: delete_flow
+SELECT pgflow_python.delete_flow(:flow_slug, delete_runs => :delete_runs)
+
+-- name: flow_slugs
+SELECT flow_slug FROM pgflow.flows ORDER BY flow_slug
+
+-- name: installed_items
+-- What pgflow-python's installer recorded; empty when it never ran here.
+SELECT component, how
+FROM pgflow_python.installed
+
+-- name: bookkeeping_present
+SELECT to_regclass('pgflow_python.installed') IS NOT NULL AS present
+
+-- name: schema_is_empty
+-- Every object in a schema has a normal dependency on it, which is what DROP SCHEMA checks
+-- (automatic ones, such as default privileges, go with the schema).
+SELECT NOT EXISTS (
+    SELECT 1 FROM pg_depend
+    WHERE deptype = 'n'
+      AND refclassid = 'pg_namespace'::regclass
+      AND refobjid = (SELECT oid FROM pg_namespace WHERE nspname = :schema)
+) AS empty
