@@ -89,8 +89,18 @@ class StepMethod:
         )
 
 
-def _options(**options: int | None) -> dict[str, int | None]:
-    return options
+def _declarer(
+    step_type: StepType,
+    depends_on: Sequence[StepMethod | str],
+    slug: str | None,
+    options: dict[str, int | None],
+) -> Callable[[HandlerFunction], StepMethod]:
+    def decorate(function: HandlerFunction) -> StepMethod:
+        return StepMethod(
+            function, step_type=step_type, depends_on=depends_on, slug=slug, options=options
+        )
+
+    return decorate
 
 
 @overload
@@ -121,21 +131,17 @@ def step(
     """
     if isinstance(depends_on, (str, StepMethod)):
         depends_on = [depends_on]
-
-    def decorate(func: HandlerFunction) -> StepMethod:
-        return StepMethod(
-            func,
-            step_type=StepType.SINGLE,
-            depends_on=depends_on,
-            slug=slug,
-            options=_options(
-                max_attempts=max_attempts,
-                base_delay=base_delay,
-                timeout=timeout,
-                start_delay=start_delay,
-            ),
-        )
-
+    decorate = _declarer(
+        StepType.SINGLE,
+        depends_on,
+        slug,
+        {
+            "max_attempts": max_attempts,
+            "base_delay": base_delay,
+            "timeout": timeout,
+            "start_delay": start_delay,
+        },
+    )
     return decorate(function) if function is not None else decorate
 
 
@@ -168,20 +174,18 @@ def map_step(
     ``array=other_step`` over that step's output (which must be an array).
     """
 
-    def decorate(func: HandlerFunction) -> StepMethod:
-        return StepMethod(
-            func,
-            step_type=StepType.MAP,
-            depends_on=[array] if array is not None else [],
-            slug=slug,
-            options=_options(
-                max_attempts=max_attempts,
-                base_delay=base_delay,
-                timeout=timeout,
-                start_delay=start_delay,
-            ),
-        )
-
+    depends_on = [array] if array is not None else []
+    decorate = _declarer(
+        StepType.MAP,
+        depends_on,
+        slug,
+        {
+            "max_attempts": max_attempts,
+            "base_delay": base_delay,
+            "timeout": timeout,
+            "start_delay": start_delay,
+        },
+    )
     return decorate(function) if function is not None else decorate
 
 
