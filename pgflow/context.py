@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_UNSET: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,3 +21,22 @@ class Context:
     """Position of the element for a map step; 0 for a single step."""
     attempt: int = 1
     """1 for the first try, 2 for the first retry, …"""
+    known_flow_input: Any = field(default=_UNSET, repr=False)
+    load_flow_input: Callable[[], Awaitable[Any]] | None = field(default=None, repr=False)
+
+    async def flow_input(self) -> Any:
+        """The run's input. Dependent and map steps do not receive it, so it is loaded on demand
+        (one query) unless the task already carried it."""
+        if self.known_flow_input is not _UNSET:
+            return self.known_flow_input
+        if self.load_flow_input is None:
+            raise LookupError("this context has no way to load the flow input")
+        return await self.load_flow_input()
+
+    def flow_input_sync(self) -> Any:
+        """:meth:`flow_input` for sync handlers (they run in the worker's threads)."""
+        if self.known_flow_input is not _UNSET:
+            return self.known_flow_input
+        import anyio.from_thread  # noqa: PLC0415 - only meaningful inside a worker thread
+
+        return anyio.from_thread.run(self.flow_input)

@@ -1,0 +1,87 @@
+-- Queries the worker runs. Upstream's functions do the orchestration; these only feed them.
+
+-- name: register_worker
+-- One row per (worker process, flow queue): upstream start_tasks needs it (foreign key).
+INSERT INTO pgflow.workers (worker_id, queue_name, function_name)
+VALUES (:worker_id, :queue_name, :function_name)
+ON CONFLICT (worker_id) DO UPDATE SET last_heartbeat_at = now(), deprecated_at = NULL
+
+-- name: heartbeat
+-- Keeps the rows alive; a non-null deprecated_at asks this worker to stop claiming.
+UPDATE pgflow.workers
+SET last_heartbeat_at = now()
+WHERE worker_id = ANY(:worker_ids)
+RETURNING worker_id, deprecated_at
+
+-- name: mark_stopped
+UPDATE pgflow.workers
+SET deprecated_at = coalesce(deprecated_at, now()), last_heartbeat_at = now()
+WHERE worker_id = ANY(:worker_ids)
+
+-- name: claim_tasks
+-- Read up to :qty messages (short reservation :vt), start their tasks, and keep each claimed
+-- message invisible for its step's timeout plus :margin seconds, in one statement. Upstream's
+-- start_tasks means to extend visibility itself, but its CTE is never referenced, so never runs.
+-- attempts_count is read from the statement's snapshot, i.e. before start_tasks incremented it.
+WITH claimed AS (
+    SELECT *
+    FROM pgflow.start_tasks(
+        :flow_slug,
+        ARRAY(SELECT r.msg_id FROM pgmq.read(:flow_slug, :vt, :qty) AS r),
+        :worker_id
+    )
+),
+timeouts AS (
+    SELECT c.msg_id, coalesce(s.opt_timeout, f.opt_timeout) AS timeout
+    FROM claimed c
+    JOIN pgflow.steps s ON s.flow_slug = c.flow_slug AND s.step_slug = c.step_slug
+    JOIN pgflow.flows f ON f.flow_slug = c.flow_slug
+),
+extended AS (
+    SELECT count(*) AS n
+    FROM pgflow.set_vt_batch(
+        :flow_slug,
+        ARRAY(SELECT t.msg_id FROM timeouts t ORDER BY t.msg_id),
+        ARRAY(SELECT t.timeout + :margin FROM timeouts t ORDER BY t.msg_id)
+    )
+)
+SELECT to_jsonb(c) AS task, t.timeout, st.attempts_count + 1 AS attempt
+FROM claimed c
+JOIN timeouts t ON t.msg_id = c.msg_id
+JOIN pgflow.step_tasks st
+  ON st.run_id = c.run_id AND st.step_slug = c.step_slug AND st.task_index = c.task_index
+CROSS JOIN extended
+
+-- name: complete_task
+SELECT count(*) AS updated
+FROM pgflow.complete_task(:run_id, :step_slug, :task_index, CAST(:output AS jsonb))
+
+-- name: fail_task
+SELECT count(*) AS updated
+FROM pgflow.fail_task(:run_id, :step_slug, :task_index, :error_message)
+
+-- name: flow_shape
+-- A flow's steps as stored, to compare with the class the worker serves.
+SELECT s.step_slug, s.step_type, s.step_index,
+       coalesce(ARRAY(SELECT d.dep_slug FROM pgflow.deps d
+                      WHERE d.flow_slug = s.flow_slug AND d.step_slug = s.step_slug
+                      ORDER BY d.dep_slug), '{}') AS depends_on
+FROM pgflow.steps s
+WHERE s.flow_slug = :flow_slug
+ORDER BY s.step_index
+
+-- name: wakeup_support
+-- Whether our extension SQL for wake-ups and recovery is installed (older installs lack it).
+SELECT to_regproc('pgflow_python.ensure_wakeup_trigger') IS NOT NULL AS wakeups,
+       to_regproc('pgflow_python.next_visible_at') IS NOT NULL AS next_visible,
+       to_regproc('pgflow_python.recover_stalled_tasks') IS NOT NULL AS recovery
+
+-- name: ensure_wakeup_trigger
+SELECT pgflow_python.ensure_wakeup_trigger(:queue_name)
+
+-- name: next_visible_at
+SELECT pgflow_python.next_visible_at(:queue_name) AS at
+
+-- name: recover_stalled_tasks
+SELECT run_id, step_slug, task_index, action
+FROM pgflow_python.recover_stalled_tasks(:heartbeat_timeout, :max_requeues)

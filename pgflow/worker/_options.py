@@ -1,0 +1,36 @@
+"""Worker settings; where they differ from the TypeScript worker's defaults, it says why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    concurrency: int = 10
+    """Handlers running at once in this process (over all flows it serves)."""
+    batch_size: int = 10
+    """Messages claimed per round trip (never more than free handler slots)."""
+    visibility_timeout: int = 5
+    """Seconds a read message is reserved before start_tasks claims it; the claim statement
+    then keeps it invisible for the step's timeout plus ``visibility_margin``."""
+    visibility_margin: int = 5
+    poll_interval: float = 2.0
+    """Longest idle wait without a wake-up; NOTIFY and the next visible message wake earlier."""
+    heartbeat_interval: float = 5.0
+    shutdown_timeout: float = 30.0
+    """After SIGTERM: how long in-flight handlers may finish before they are cancelled."""
+    recovery_interval: float = 10.0
+    """How often this worker offers to run the stalled-task sweep (one worker runs it at a time)."""
+    heartbeat_timeout: int = 30
+    """A worker silent this long is considered dead; its started tasks are recovered."""
+    max_requeues: int = 3
+    """Recoveries of one task before it is failed as stalled."""
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "batch_size", "visibility_timeout"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("poll_interval", "heartbeat_interval", "shutdown_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")

@@ -1,0 +1,47 @@
+"""Start-up checks: the schema is installed and each flow exists with its class's shape."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pgflow import _sql
+from pgflow.compiler import compile_flow
+from pgflow.definition import FlowDefinition
+from pgflow.errors import PgflowError, SchemaError
+
+
+class FlowNotReadyError(PgflowError):
+    """A flow the worker should serve is missing from the database or has another shape."""
+
+
+def check_flows(
+    engine: Engine, definitions: list[FlowDefinition], *, compile_missing: bool
+) -> None:
+    with engine.begin() as connection:
+        if connection.execute(sa.text("SELECT to_regclass('pgflow.flows')")).scalar() is None:
+            raise SchemaError("the pgflow schema is not installed: run `pgflow db install`")
+        for definition in definitions:
+            rows = (
+                connection.execute(_sql.query("flow_shape"), {"flow_slug": definition.slug})
+                .mappings()
+                .all()
+            )
+            if not rows and compile_missing:
+                for statement in compile_flow(definition):
+                    connection.execute(sa.text(statement))
+                continue
+            if not rows:
+                raise FlowNotReadyError(
+                    f"flow {definition.slug!r} is not in the database: generate and apply a "
+                    "migration (`alembic revision --autogenerate`, `alembic upgrade heads`), or "
+                    f"run the SQL of `pgflow compile`; in development, --compile-missing"
+                )
+            stored = [(r["step_slug"], r["step_type"], sorted(r["depends_on"])) for r in rows]
+            expected = [(s.slug, str(s.step_type), sorted(s.depends_on)) for s in definition.steps]
+            if stored != expected:
+                raise FlowNotReadyError(
+                    f"flow {definition.slug!r} in the database has another shape than its class "
+                    f"(database: {stored}; class: {expected}). Flows are immutable: give the "
+                    "class a new slug, or migrate with allow_data_loss (see docs/alembic.md)"
+                )
