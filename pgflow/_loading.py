@@ -82,3 +82,27 @@ def _definitions_in_module(module: ModuleType) -> list[tuple[FlowDefinition, str
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def flow_classes(reference: str) -> list[type[Flow]]:
+    """The Flow/Job classes a ``module`` or ``module:Class`` reference names (for workers)."""
+    target = _import_reference(reference)
+    if (
+        isinstance(target, type)
+        and issubclass(target, Flow)
+        and "__pgflow_definition__" in vars(target)
+    ):
+        return [target]
+    if isinstance(target, ModuleType):
+        prefix = target.__name__ + "."
+        classes = [
+            value
+            for value in vars(target).values()
+            if isinstance(value, type)
+            and issubclass(value, Flow)
+            and "__pgflow_definition__" in vars(value)
+            and (value.__module__ == target.__name__ or value.__module__.startswith(prefix))
+        ]
+        if classes:
+            return classes
+    raise FlowImportError(f"{reference!r} names no concrete Flow or Job class")

@@ -7,10 +7,9 @@ Names are unique across files.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib.resources import files
-
-import re
 
 import sqlalchemy as sa
 

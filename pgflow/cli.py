@@ -13,7 +13,8 @@ import psycopg
 import sqlalchemy as sa
 
 from pgflow import _db
-from pgflow._loading import load_definitions
+from pgflow._loading import flow_classes, load_definitions
+from pgflow._logging import configure_logging
 from pgflow.compiler import compile_flow
 from pgflow.errors import DatabaseUnavailableError, PgflowError
 from pgflow.schema import PgmqMode, install, status
@@ -109,3 +110,64 @@ def compile_command(references: tuple[str, ...]) -> None:
         click.echo(f"-- flow {definition.slug}")
         for statement in compile_flow(definition):
             click.echo(statement)
+
+
+@main.command("run-worker")
+@click.argument("references", nargs=-1, required=True)
+@database_url_option
+@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.01),
+    default=2.0,
+    show_default=True,
+    help="Longest idle wait in seconds when no wake-up arrives.",
+)
+@click.option(
+    "--visibility-timeout",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Seconds a read message is reserved before it is claimed.",
+)
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
+@click.option("--compile-missing", is_flag=True, help="Development: register missing flows.")
+@_reports_errors
+def run_worker(
+    *,
+    references: tuple[str, ...],
+    database_url: str | None,
+    concurrency: int,
+    batch_size: int,
+    poll_interval: float,
+    visibility_timeout: int,
+    shutdown_timeout: float,
+    log_format: str,
+    log_level: str,
+    compile_missing: bool,
+) -> None:
+    """Run a worker for flows: REFERENCES are module:Class or module (all its flows)."""
+    from pgflow.dsl import Flow  # noqa: PLC0415
+    from pgflow.worker import Worker, WorkerOptions  # noqa: PLC0415
+
+    configure_logging(log_format, log_level)
+    sys.path.insert(0, os.getcwd())
+    classes: list[type[Flow]] = []
+    for reference in references:
+        classes += flow_classes(reference)
+    worker = Worker(
+        classes,
+        _db.url_from_env(database_url),
+        compile_missing=compile_missing,
+        options=WorkerOptions(
+            concurrency=concurrency,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+            visibility_timeout=visibility_timeout,
+            shutdown_timeout=shutdown_timeout,
+        ),
+    )
+    worker.run()

@@ -40,7 +40,7 @@ class _ServedFlow:
     handlers: dict[str, HandlerSpec]
     instance: Flow
     worker_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    wakeup: anyio.Event = field(default_factory=anyio.Event)
+    wakeup: anyio.Event | None = None
     feeds_map: frozenset[str] = frozenset()
 
 
@@ -62,10 +62,7 @@ class Worker:
         self._conninfo = normalize_url(self._engine.url).set(drivername="postgresql")
         self._compile_missing = compile_missing
         self._flows = [self._served(flow) for flow in flows]
-        self._slots = anyio.Semaphore(self.options.concurrency)
-        self._threads = anyio.CapacityLimiter(self.options.concurrency)
-        self._stopping = anyio.Event()
-        self._handlers_scope = anyio.CancelScope()
+        self._stop_requested = False
         self._support: dict[str, bool] = {}
         self._claimer = self._connection("claim")
         self._reporter = self._connection("report")
@@ -116,14 +113,29 @@ class Worker:
 
     def stop(self) -> None:
         """Stop claiming; in-flight handlers get ``shutdown_timeout`` seconds to finish."""
-        if not self._stopping.is_set():
-            telemetry.emit("worker.stopping", shutdown_timeout=self.options.shutdown_timeout)
+        if self._stop_requested:
+            return
+        self._stop_requested = True
+        telemetry.emit("worker.stopping", shutdown_timeout=self.options.shutdown_timeout)
+        if hasattr(self, "_stopping"):
             self._stopping.set()
             for served in self._flows:
-                served.wakeup.set()
+                self._wake(served)
+
+    @staticmethod
+    def _wake(served: _ServedFlow) -> None:
+        if served.wakeup is not None:
+            served.wakeup.set()
 
     async def serve(self) -> None:
         """Serve inside the caller's event loop (asyncio or trio) until :meth:`stop`."""
+        # anyio primitives belong to the running loop, so they are made here, not in __init__.
+        self._slots = anyio.Semaphore(self.options.concurrency)
+        self._threads = anyio.CapacityLimiter(self.options.concurrency)
+        self._stopping = anyio.Event()
+        self._handlers_scope = anyio.CancelScope()
+        if self._stop_requested:
+            self._stopping.set()
         definitions = [served.definition for served in self._flows]
         await anyio.to_thread.run_sync(
             lambda: check_flows(self._engine, definitions, compile_missing=self._compile_missing)
@@ -234,6 +246,8 @@ class Worker:
                     wait = min(wait, max(0.0, (at - datetime.now(UTC)).total_seconds()))
             except psycopg.Error:
                 pass  # the plain poll interval still applies
+        if served.wakeup is None or served.wakeup.is_set():
+            return
         with anyio.move_on_after(wait):
             await served.wakeup.wait()
 
@@ -375,7 +389,7 @@ class Worker:
         def wake(queue: str) -> None:
             served = by_queue.get(queue)
             if served is not None:
-                served.wakeup.set()
+                self._wake(served)
 
         def listen_blocking() -> None:
             while not self._stopping.is_set():

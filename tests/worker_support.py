@@ -1,0 +1,102 @@
+"""Helpers for worker tests: run a worker inside the test's event loop, wait for runs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+import sql_only_flow
+from pgflow import telemetry
+from pgflow.compiler import compile_flow
+from pgflow.dsl import Flow, definition_of
+from pgflow.worker import Worker, WorkerOptions
+
+
+def register(engine: Engine, *flows: type[Flow]) -> None:
+    with engine.begin() as connection:
+        for flow in flows:
+            for statement in compile_flow(definition_of(flow)):
+                connection.execute(sa.text(statement))
+
+
+def start(engine: Engine, flow: type[Flow], flow_input: Any) -> uuid.UUID:
+    with engine.begin() as connection:
+        return sql_only_flow.start_run(connection, definition_of(flow).slug, flow_input)
+
+
+@asynccontextmanager
+async def running_worker(
+    engine: Engine, *flows: type[Flow], **options: Any
+) -> AsyncIterator[Worker]:
+    defaults: dict[str, Any] = {"poll_interval": 0.5, "shutdown_timeout": 5.0}
+    worker = Worker(list(flows), engine, options=WorkerOptions(**{**defaults, **options}))
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.serve)
+        yield worker
+        worker.stop()
+
+
+def _run_row(engine: Engine, run_id: uuid.UUID) -> dict[str, Any]:
+    with engine.begin() as connection:
+        return dict(
+            connection.execute(
+                sa.text("SELECT status, output FROM pgflow.runs WHERE run_id = :id"), {"id": run_id}
+            )
+            .mappings()
+            .one()
+        )
+
+
+async def wait_for_run(
+    engine: Engine, run_id: uuid.UUID, *, timeout: float = 20.0
+) -> dict[str, Any]:
+    """The run once it is no longer ``started``; fails the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = await anyio.to_thread.run_sync(_run_row, engine, run_id)
+        if run["status"] != "started":
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} still started after {timeout} s")
+        await anyio.sleep(0.05)
+
+
+def tasks_of(engine: Engine, run_id: uuid.UUID) -> list[dict[str, Any]]:
+    with engine.begin() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT step_slug, task_index, status, attempts_count, error_message, output"
+                " FROM pgflow.step_tasks WHERE run_id = :id ORDER BY step_slug, task_index"
+            ),
+            {"id": run_id},
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+class EventLog:
+    """Collects telemetry events (name, fields, monotonic time) while active."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any], float]] = []
+        self._unsubscribe = telemetry.subscribe(self._record)
+
+    def _record(self, event: str, fields: dict[str, Any]) -> None:
+        self.events.append((event, dict(fields), time.monotonic()))
+
+    def named(self, event: str) -> list[tuple[dict[str, Any], float]]:
+        return [(fields, at) for name, fields, at in self.events if name == event]
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+
+def seconds_between(times: Sequence[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
