@@ -19,6 +19,10 @@ from typing import Any
 
 import structlog
 
+from pgflow._logging import configure_logging
+
+__all__ = ["Hook", "configure_logging", "emit", "subscribe"]
+
 Hook = Callable[[str, dict[str, Any]], None]
 
 logger = structlog.get_logger("pgflow")
