@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from worker_support import (
     EventLog,
@@ -325,3 +327,37 @@ async def test_async_handlers_share_the_loop(pgflow_engine: Engine) -> None:
         run = await wait_for_run(pgflow_engine, start(pgflow_engine, OnLoop, [1, 2, 3]))
     assert run["output"] == {"each": [2, 4, 6]}
     assert loop_ids == {id(asyncio.get_running_loop())}
+
+
+class Survivor(Flow, slug="survivor", max_attempts=1):
+    @step
+    async def slow(self, input: Any) -> str:
+        await anyio.sleep(1.0)
+        return "reported after reconnecting"
+
+
+def _terminate_worker_backends(engine: Engine) -> int:
+    with engine.begin() as connection:
+        return int(
+            connection.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database()"
+                    " AND application_name LIKE 'pgflow-worker:%'"
+                )
+            ).scalar_one()
+        )
+
+
+async def test_worker_survives_terminated_connections(
+    pgflow_engine: Engine, events: EventLog
+) -> None:
+    register(pgflow_engine, Survivor)
+    async with running_worker(pgflow_engine, Survivor, poll_interval=0.2):
+        first = start(pgflow_engine, Survivor, {})
+        while not events.named("task.started"):
+            await anyio.sleep(0.02)
+        assert await anyio.to_thread.run_sync(_terminate_worker_backends, pgflow_engine) >= 2
+        assert (await wait_for_run(pgflow_engine, first))["status"] == "completed"
+        second = start(pgflow_engine, Survivor, {})  # claiming works again after reconnecting
+        assert (await wait_for_run(pgflow_engine, second))["status"] == "completed"
