@@ -132,6 +132,20 @@ def compile_command(references: tuple[str, ...]) -> None:
     help="Seconds a read message is reserved before it is claimed.",
 )
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option(
+    "--heartbeat-timeout",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Seconds of silence after which another worker's tasks are recovered.",
+)
+@click.option(
+    "--recovery-interval",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds between offers to run the stalled-task sweep.",
+)
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
 @click.option("--compile-missing", is_flag=True, help="Development: register missing flows.")
@@ -145,6 +159,8 @@ def run_worker(
     poll_interval: float,
     visibility_timeout: int,
     shutdown_timeout: float,
+    heartbeat_timeout: int,
+    recovery_interval: float,
     log_format: str,
     log_level: str,
     compile_missing: bool,
@@ -168,6 +184,8 @@ def run_worker(
             poll_interval=poll_interval,
             visibility_timeout=visibility_timeout,
             shutdown_timeout=shutdown_timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            recovery_interval=recovery_interval,
         ),
     )
     worker.run()

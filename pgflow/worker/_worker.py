@@ -94,7 +94,10 @@ class Worker:
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (a second signal stops at once). Blocks; owns the loop."""
-        anyio.run(self._serve_with_signals)
+        try:
+            anyio.run(self._serve_with_signals)
+        except BaseExceptionGroup as group:
+            raise _sole_exception(group) from None
 
     async def _serve_with_signals(self) -> None:
         async with anyio.create_task_group() as group:
@@ -405,3 +408,18 @@ class Worker:
                     time.sleep(1.0)
 
         await anyio.to_thread.run_sync(listen_blocking, abandon_on_cancel=True)
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Task groups wrap even a single error; unwrap it so callers see e.g. FlowNotReadyError."""
+    leaves: list[BaseException] = []
+
+    def collect(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                collect(inner)
+        else:
+            leaves.append(error)
+
+    collect(group)
+    return leaves[0] if len(leaves) == 1 else group

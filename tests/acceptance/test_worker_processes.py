@@ -1,0 +1,177 @@
+"""Workers as separate processes: several at once, SIGTERM, and kill -9 in the middle of a task."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from process_flows import SlowStep, TenSteps
+from sqlalchemy.engine import URL, Engine
+from worker_support import register
+
+import sql_only_flow
+import support
+from pgflow.dsl import definition_of
+
+HERE = Path(__file__).resolve().parent
+WorkerFactory = Callable[..., subprocess.Popen[str]]
+WORKER_COMMAND = [sys.executable, "-m", "pgflow", "run-worker", "process_flows"]
+WORKER_COMMAND += ["--log-format", "json", "--poll-interval", "0.5"]
+LOGS: dict[int, Path] = {}
+
+
+@pytest.fixture
+def spawn_worker(pgflow_database: URL, tmp_path: Path) -> Iterator[WorkerFactory]:
+    processes: list[subprocess.Popen[str]] = []
+
+    def spawn(*args: str) -> subprocess.Popen[str]:
+        env = {**os.environ, "DATABASE_URL": support.libpq_url(pgflow_database)}
+        # A file, not a pipe: an unread pipe fills up and blocks the worker's logging.
+        log_path = tmp_path / f"worker-{len(processes)}.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [*WORKER_COMMAND, *args],
+                cwd=HERE,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        LOGS[process.pid] = log_path
+        processes.append(process)
+        return process
+
+    yield spawn
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def worker_log(process: subprocess.Popen[str]) -> str:
+    return LOGS[process.pid].read_text()
+
+
+def wait_until(condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def query(engine: Engine, statement: str, **params: Any) -> list[Any]:
+    with engine.begin() as connection:
+        return list(connection.execute(sa.text(statement), params))
+
+
+def test_three_worker_processes_complete_100_runs_each_task_once(
+    pgflow_engine: Engine, spawn_worker: WorkerFactory
+) -> None:
+    register(pgflow_engine, TenSteps, SlowStep)
+    workers = [spawn_worker("--concurrency", "10") for _ in range(3)]
+    with pgflow_engine.begin() as connection:
+        run_ids = [sql_only_flow.start_run(connection, "ten_steps", {"n": n}) for n in range(100)]
+
+    def all_done() -> bool:
+        [(started,)] = query(
+            pgflow_engine, "SELECT count(*) FROM pgflow.runs WHERE status <> 'completed'"
+        )
+        return bool(started == 0)
+
+    wait_until(all_done, timeout=120, what="100 runs to complete")
+    outputs = query(pgflow_engine, "SELECT input, output FROM pgflow.runs")
+    assert len(outputs) == 100
+    for flow_input, output in outputs:
+        s2 = flow_input["n"] + 1
+        assert output == {"s10": {"n": flow_input["n"], "result": 180 * s2 + 6}}
+    tasks = query(pgflow_engine, "SELECT status, attempts_count FROM pgflow.step_tasks")
+    assert len(tasks) == 100 * (9 + 3)
+    assert {tuple(t) for t in tasks} == {("completed", 1)}  # each task claimed and done once
+    pids = query(
+        pgflow_engine,
+        "SELECT DISTINCT output->>'pid' FROM pgflow.step_tasks WHERE step_slug = 'each'",
+    )
+    assert len(pids) >= 2, "the work was not shared between processes"
+    assert all(w.poll() is None for w in workers)
+    assert run_ids
+
+
+def test_sigterm_finishes_the_task_in_flight(
+    pgflow_engine: Engine, spawn_worker: WorkerFactory
+) -> None:
+    register(pgflow_engine, TenSteps, SlowStep)
+    worker = spawn_worker()
+    with pgflow_engine.begin() as connection:
+        run_id = sql_only_flow.start_run(connection, "slow_step", {"seconds": 1.5})
+    wait_until(
+        lambda: query(pgflow_engine, "SELECT 1 FROM pgflow.step_tasks WHERE status = 'started'"),
+        timeout=20,
+        what="the task to start",
+    )
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    [(status, output)] = query(
+        pgflow_engine, "SELECT status, output FROM pgflow.runs WHERE run_id = :id", id=run_id
+    )
+    assert status == "completed"
+    assert output == {"sleepy": worker.pid}
+    assert '"event": "worker.stopped"' in worker_log(worker)
+
+
+def test_kill_9_mid_task_the_run_still_completes_once(
+    pgflow_engine: Engine, spawn_worker: WorkerFactory
+) -> None:
+    register(pgflow_engine, TenSteps, SlowStep)
+    doomed = spawn_worker("--heartbeat-timeout", "2", "--recovery-interval", "0.5")
+    with pgflow_engine.begin() as connection:
+        run_id = sql_only_flow.start_run(connection, "slow_step", {"seconds": 2.0})
+    wait_until(
+        lambda: query(pgflow_engine, "SELECT 1 FROM pgflow.step_tasks WHERE status = 'started'"),
+        timeout=20,
+        what="the task to start",
+    )
+    doomed.kill()  # SIGKILL: no shutdown, no report, heartbeats stop
+    doomed.wait(timeout=10)
+    survivor = spawn_worker("--heartbeat-timeout", "2", "--recovery-interval", "0.5")
+    wait_until(
+        lambda: query(
+            pgflow_engine,
+            "SELECT 1 FROM pgflow.runs WHERE run_id = :id AND status <> 'started'",
+            id=run_id,
+        ),
+        timeout=60,
+        what="the run to finish after recovery",
+    )
+    [(status, output)] = query(
+        pgflow_engine, "SELECT status, output FROM pgflow.runs WHERE run_id = :id", id=run_id
+    )
+    assert status == "completed"
+    assert output == {"sleepy": survivor.pid}
+    [(task_status, completed_at)] = query(
+        pgflow_engine,
+        "SELECT status, completed_at FROM pgflow.step_tasks WHERE run_id = :id",
+        id=run_id,
+    )
+    assert task_status == "completed"
+    assert completed_at is not None
+    assert definition_of(SlowStep).slug == "slow_step"
+
+
+def test_a_flow_missing_from_the_database_stops_the_worker_with_the_fix(
+    spawn_worker: WorkerFactory,
+) -> None:
+    worker = spawn_worker()
+    assert worker.wait(timeout=30) == 1
+    log = worker_log(worker)
+    assert "error: flow 'ten_steps' is not in the database" in log
+    assert "Traceback" not in log
