@@ -133,6 +133,13 @@ def compile_command(references: tuple[str, ...]) -> None:
 )
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
 @click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between this worker's heartbeats.",
+)
+@click.option(
     "--heartbeat-timeout",
     type=click.IntRange(min=1),
     default=30,
@@ -159,6 +166,7 @@ def run_worker(
     poll_interval: float,
     visibility_timeout: int,
     shutdown_timeout: float,
+    heartbeat_interval: float,
     heartbeat_timeout: int,
     recovery_interval: float,
     log_format: str,
@@ -184,6 +192,7 @@ def run_worker(
             poll_interval=poll_interval,
             visibility_timeout=visibility_timeout,
             shutdown_timeout=shutdown_timeout,
+            heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             recovery_interval=recovery_interval,
         ),

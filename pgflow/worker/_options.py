@@ -34,3 +34,9 @@ class WorkerOptions:
         for name in ("poll_interval", "heartbeat_interval", "shutdown_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            # Otherwise a live worker's own tasks look stalled between two of its heartbeats.
+            raise ValueError(
+                f"heartbeat_timeout ({self.heartbeat_timeout}) must be at least twice "
+                f"heartbeat_interval ({self.heartbeat_interval})"
+            )

@@ -26,6 +26,8 @@ WorkerFactory = Callable[..., subprocess.Popen[str]]
 WORKER_COMMAND = [sys.executable, "-m", "pgflow", "run-worker", "process_flows"]
 WORKER_COMMAND += ["--log-format", "json", "--poll-interval", "0.5"]
 LOGS: dict[int, Path] = {}
+FAST_RECOVERY = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2")
+FAST_RECOVERY += ("--recovery-interval", "0.5")
 
 
 @pytest.fixture
@@ -132,7 +134,7 @@ def test_kill_9_mid_task_the_run_still_completes_once(
     pgflow_engine: Engine, spawn_worker: WorkerFactory
 ) -> None:
     register(pgflow_engine, TenSteps, SlowStep)
-    doomed = spawn_worker("--heartbeat-timeout", "2", "--recovery-interval", "0.5")
+    doomed = spawn_worker(*FAST_RECOVERY)
     with pgflow_engine.begin() as connection:
         run_id = sql_only_flow.start_run(connection, "slow_step", {"seconds": 2.0})
     wait_until(
@@ -142,7 +144,7 @@ def test_kill_9_mid_task_the_run_still_completes_once(
     )
     doomed.kill()  # SIGKILL: no shutdown, no report, heartbeats stop
     doomed.wait(timeout=10)
-    survivor = spawn_worker("--heartbeat-timeout", "2", "--recovery-interval", "0.5")
+    survivor = spawn_worker(*FAST_RECOVERY)
     wait_until(
         lambda: query(
             pgflow_engine,
