@@ -53,12 +53,33 @@ JOIN pgflow.step_tasks st
 CROSS JOIN extended
 
 -- name: complete_task
-SELECT count(*) AS updated
-FROM pgflow.complete_task(:run_id, :step_slug, :task_index, CAST(:output AS jsonb))
+-- Only while this worker still holds the task: after a stalled-task recovery gave it to another
+-- worker, a late report must not count (upstream does not check who reports). The row lock
+-- keeps the sweep (which skips locked rows) away until the report commits.
+WITH owned AS (
+    SELECT 1 FROM pgflow.step_tasks
+    WHERE run_id = :run_id AND step_slug = :step_slug AND task_index = :task_index
+      AND status = 'started' AND last_worker_id = :worker_id
+    FOR UPDATE
+)
+SELECT (
+    SELECT count(*)
+    FROM pgflow.complete_task(:run_id, :step_slug, :task_index, CAST(:output AS jsonb))
+) AS updated
+FROM owned
 
 -- name: fail_task
-SELECT count(*) AS updated
-FROM pgflow.fail_task(:run_id, :step_slug, :task_index, :error_message)
+-- Same ownership rule as complete_task.
+WITH owned AS (
+    SELECT 1 FROM pgflow.step_tasks
+    WHERE run_id = :run_id AND step_slug = :step_slug AND task_index = :task_index
+      AND status = 'started' AND last_worker_id = :worker_id
+    FOR UPDATE
+)
+SELECT (
+    SELECT count(*) FROM pgflow.fail_task(:run_id, :step_slug, :task_index, :error_message)
+) AS updated
+FROM owned
 
 -- name: flow_shape
 -- A flow's steps as stored, to compare with the class the worker serves.

@@ -292,7 +292,7 @@ class Worker:
             )
             outcome = self._check_map_source(served, task, outcome)
             fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            await self._report(task, outcome, fields)
+            await self._report(task, outcome, fields, served.worker_id)
         finally:
             self._slots.release()
 
@@ -319,17 +319,28 @@ class Worker:
         )
         return rows[0]["input"] if rows else None
 
-    async def _report(self, task: ClaimedTask, outcome: Outcome, fields: dict[str, Any]) -> None:
+    async def _report(
+        self,
+        task: ClaimedTask,
+        outcome: Outcome,
+        fields: dict[str, Any],
+        worker_id: uuid.UUID,
+    ) -> None:
         """Record the outcome; retried across lost connections (at-least-once delivery: if this
         never succeeds, the stalled-task sweep returns the task to the queue)."""
-        key = {"run_id": task.run_id, "step_slug": task.step_slug, "task_index": task.task_index}
+        key = {
+            "run_id": task.run_id,
+            "step_slug": task.step_slug,
+            "task_index": task.task_index,
+            "worker_id": worker_id,
+        }
         if isinstance(outcome, Completed):
             query, params = "complete_task", {"output": outcome.output_json, **key}
         else:
             query, params = "fail_task", {"error_message": outcome.error, **key}
         for attempt, delay in enumerate((*_REPORT_BACKOFF, None), start=1):
             try:
-                await self._reporter.fetch(query, **params)
+                recorded = await self._reporter.fetch(query, **params)
             except psycopg.OperationalError as exc:
                 error = str(exc)
                 if delay is None:
@@ -342,7 +353,10 @@ class Worker:
                 )
                 await anyio.sleep(delay)
                 continue
-            if isinstance(outcome, Completed):
+            if not recorded:
+                # Recovered and handed to another worker meanwhile (at-least-once delivery).
+                telemetry.emit("task.report_ignored", level=logging.WARNING, **fields)
+            elif isinstance(outcome, Completed):
                 telemetry.emit("task.completed", **fields)
             else:
                 telemetry.emit("task.failed", level=logging.WARNING, error=outcome.error, **fields)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +25,7 @@ from worker_support import (
 )
 
 from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
-from pgflow import Context, Flow, map_step, step
+from pgflow import Context, Flow, _sql, map_step, step
 
 pytestmark = pytest.mark.anyio
 
@@ -361,3 +362,36 @@ async def test_worker_survives_terminated_connections(
         assert (await wait_for_run(pgflow_engine, first))["status"] == "completed"
         second = start(pgflow_engine, Survivor, {})  # claiming works again after reconnecting
         assert (await wait_for_run(pgflow_engine, second))["status"] == "completed"
+
+
+def test_a_report_from_a_worker_that_lost_the_task_is_ignored(pgflow_engine: Engine) -> None:
+    register(pgflow_engine, Graceful)
+    run_id = start(pgflow_engine, Graceful, {})
+    holder, stranger = uuid.uuid4(), uuid.uuid4()
+    with pgflow_engine.begin() as connection:
+        for worker_id in (holder, stranger):
+            connection.execute(
+                _sql.query("register_worker"),
+                {"worker_id": worker_id, "queue_name": "graceful", "function_name": "test"},
+            )
+        claimed = connection.execute(
+            _sql.query("claim_tasks"),
+            {"flow_slug": "graceful", "vt": 5, "qty": 1, "worker_id": holder, "margin": 5},
+        ).all()
+    assert len(claimed) == 1
+    report = {
+        "run_id": run_id,
+        "step_slug": "takes_a_second",
+        "task_index": 0,
+        "output": '"from the stranger"',
+    }
+    with pgflow_engine.begin() as connection:
+        ignored = connection.execute(
+            _sql.query("complete_task"), {**report, "worker_id": stranger}
+        ).all()
+        accepted = connection.execute(
+            _sql.query("complete_task"), {**report, "worker_id": holder, "output": '"mine"'}
+        ).all()
+    assert ignored == []
+    assert [tuple(row) for row in accepted] == [(1,)]
+    assert tasks_of(pgflow_engine, run_id)[0]["output"] == "mine"
