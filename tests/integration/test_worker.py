@@ -395,3 +395,13 @@ def test_a_report_from_a_worker_that_lost_the_task_is_ignored(pgflow_engine: Eng
     assert ignored == []
     assert [tuple(row) for row in accepted] == [(1,)]
     assert tasks_of(pgflow_engine, run_id)[0]["output"] == "mine"
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_the_worker_serves_on_trio(pgflow_engine: Engine) -> None:
+    register(pgflow_engine, Thumbnails, SendEmail)
+    async with running_worker(pgflow_engine, Thumbnails, SendEmail):
+        thumbs = start(pgflow_engine, Thumbnails, ["x.png"])
+        email = start(pgflow_engine, SendEmail, {"to": "trio@example.org"})
+        assert (await wait_for_run(pgflow_engine, thumbs))["output"] == {"publish": 1}
+        assert (await wait_for_run(pgflow_engine, email))["status"] == "completed"
