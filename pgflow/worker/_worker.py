@@ -292,7 +292,7 @@ class Worker:
             )
             outcome = self._check_map_source(served, task, outcome)
             fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            await self._report(task, outcome, fields, served.worker_id)
+            await self._report(served, task, outcome, fields)
         finally:
             self._slots.release()
 
@@ -320,11 +320,7 @@ class Worker:
         return rows[0]["input"] if rows else None
 
     async def _report(
-        self,
-        task: ClaimedTask,
-        outcome: Outcome,
-        fields: dict[str, Any],
-        worker_id: uuid.UUID,
+        self, served: _ServedFlow, task: ClaimedTask, outcome: Outcome, fields: dict[str, Any]
     ) -> None:
         """Record the outcome; retried across lost connections (at-least-once delivery: if this
         never succeeds, the stalled-task sweep returns the task to the queue)."""
@@ -332,7 +328,7 @@ class Worker:
             "run_id": task.run_id,
             "step_slug": task.step_slug,
             "task_index": task.task_index,
-            "worker_id": worker_id,
+            "worker_id": served.worker_id,
         }
         if isinstance(outcome, Completed):
             query, params = "complete_task", {"output": outcome.output_json, **key}
@@ -360,6 +356,9 @@ class Worker:
                 telemetry.emit("task.completed", **fields)
             else:
                 telemetry.emit("task.failed", level=logging.WARNING, error=outcome.error, **fields)
+                # A delayed retry sends no NOTIFY (only messages visible now do), so let this
+                # flow's poller recompute when the next message becomes visible.
+                self._wake(served)
             return
 
     # -- background services ---------------------------------------------------------------
