@@ -26,8 +26,8 @@ WorkerFactory = Callable[..., subprocess.Popen[str]]
 WORKER_COMMAND = [sys.executable, "-m", "pgflow", "run-worker", "process_flows"]
 WORKER_COMMAND += ["--log-format", "json", "--poll-interval", "0.5"]
 LOGS: dict[int, Path] = {}
-FAST_RECOVERY = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2")
-FAST_RECOVERY += ("--recovery-interval", "0.5")
+FAST_RECOVERY = ["--heartbeat-interval", "0.5", "--heartbeat-timeout", "2"]
+FAST_RECOVERY += ["--recovery-interval", "0.5"]
 
 
 @pytest.fixture
