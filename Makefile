@@ -30,7 +30,7 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(BIN)/python examples/sql_only_flow.py
+	$(BIN)/python examples/demo.py
 
 lint: setup
 	$(BIN)/ruff check .

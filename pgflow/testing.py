@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pytest
@@ -26,9 +27,12 @@ from sqlalchemy.engine import URL, Engine
 
 from pgflow._db import create_engine
 from pgflow._devserver import DevServer, dev_server
+from pgflow.context import Context
+from pgflow.dsl import Flow, definition_of
 from pgflow.schema import install
 
 __all__ = [
+    "call_step",
     "create_database",
     "drop_database",
     "pgflow_database",
@@ -36,6 +40,7 @@ __all__ = [
     "pgflow_engine",
     "pgflow_server",
     "pgflow_template_database",
+    "run_flow_inline",
     "temporary_database",
 ]
 
@@ -115,3 +120,75 @@ def pgflow_engine(pgflow_database: URL) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def call_step(
+    flow: type[Flow],
+    step_slug: str,
+    input: Any,
+    *,
+    run_id: uuid.UUID | None = None,
+    task_index: int = 0,
+    attempt: int = 1,
+    flow_input: Any = None,
+) -> Any:
+    """Call one step's handler directly, with a made-up :class:`Context` (no database).
+
+    ``input`` is what the handler receives (flow input, ``{dep: output}`` or a map element);
+    ``flow_input`` is what ``ctx.flow_input()`` returns. Async handlers are run to completion.
+    """
+    import anyio  # noqa: PLC0415 - keep the plugin's import light
+
+    definition = definition_of(flow)
+    spec = flow.__pgflow_handlers__[definition.step(step_slug).slug]
+    context = Context(
+        run_id=run_id or uuid.uuid4(),
+        flow_slug=definition.slug,
+        step_slug=step_slug,
+        task_index=task_index,
+        attempt=attempt,
+        known_flow_input=flow_input,
+    )
+    handler = getattr(flow(), spec.attribute)
+    args = (input, context) if spec.takes_context else (input,)
+    if spec.is_async:
+        return anyio.run(lambda: handler(*args))
+    return handler(*args)
+
+
+def run_flow_inline(
+    flow: type[Flow], input: Any, database: Engine | URL | str, *, timeout: float = 30.0
+) -> Any:
+    """Run ``flow`` to completion in this process through the real SQL and the real worker code,
+    registering the flow first if it is missing. Returns the finished :class:`pgflow.results.Run`
+    (raises :class:`pgflow.client.RunFailedError` if it fails)."""
+    import anyio  # noqa: PLC0415
+    import anyio.to_thread  # noqa: PLC0415
+
+    from pgflow.client import start_flow_and_wait  # noqa: PLC0415
+    from pgflow.worker import Worker, WorkerOptions  # noqa: PLC0415
+    from pgflow.worker._startup import check_flows  # noqa: PLC0415
+
+    engine = database if isinstance(database, Engine) else create_engine(database)
+    check_flows(engine, [definition_of(flow)], compile_missing=True)
+    worker = Worker([flow], engine, options=WorkerOptions(poll_interval=0.2, shutdown_timeout=1))
+
+    async def main() -> Any:
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker.serve)
+            try:
+                return await anyio.to_thread.run_sync(
+                    lambda: start_flow_and_wait(engine, flow, input, timeout=timeout)
+                )
+            finally:
+                worker.stop()
+
+    try:
+        return anyio.run(main)
+    except BaseExceptionGroup as group:
+        from pgflow.worker._worker import _sole_exception  # noqa: PLC0415
+
+        raise _sole_exception(group) from None
+    finally:
+        if engine is not database:
+            engine.dispose()

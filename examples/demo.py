@@ -1,0 +1,62 @@
+"""`make demo`: the whole loop in one process.
+
+Installs the schema into a throwaway database, registers the example flows (the SQL a migration
+would apply), runs a worker, starts runs from "the app" and waits for their results, while the
+worker's structlog events print as they happen.
+
+    python examples/demo.py    # DATABASE_URL, else a local or embedded PostgreSQL
+"""
+
+from __future__ import annotations
+
+import anyio
+import anyio.to_thread
+import sqlalchemy as sa
+
+from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
+from pgflow import compile_flow, definition_of, install
+from pgflow._db import create_engine
+from pgflow.client import enqueue, start_flow_and_wait, wait_for_run
+from pgflow.errors import PgflowError
+from pgflow.telemetry import configure_logging
+from pgflow.testing import temporary_database
+from pgflow.worker import Worker, WorkerOptions
+
+FLOWS = [AnalyzeWebsite, Thumbnails, SendEmail]
+
+
+def app(engine: sa.Engine) -> None:
+    """What application code does: start runs, wait for them, read the outputs."""
+    run = start_flow_and_wait(engine, AnalyzeWebsite, {"url": "good.example"}, timeout=30)
+    print(f"\n>>> analyze_website {run.status}: {run.output}\n")
+    run = start_flow_and_wait(engine, Thumbnails, ["cat.png", "dog.png", "owl.png"], timeout=30)
+    print(f"\n>>> thumbnails {run.status}: {run.output}\n")
+    with engine.begin() as connection:  # a job, enqueued inside the app's own transaction
+        job_run = enqueue(connection, SendEmail, {"to": "ada@example.org"})
+    print(f"\n>>> send_email {wait_for_run(engine, job_run, timeout=30).output}\n")
+    try:
+        start_flow_and_wait(engine, Thumbnails, {"not": "a list"}, timeout=30)
+    except PgflowError as exc:
+        print(f"\n>>> a bad input is refused before it reaches the database:\n    {exc}\n")
+
+
+async def main() -> None:
+    configure_logging("console", "info")
+    with temporary_database() as url:
+        report = install(url)
+        print(f"installed the pgflow schema ({len(report.applied)} items, pgmq {report.pgmq_mode})")
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            for flow in FLOWS:
+                for statement in compile_flow(definition_of(flow)):
+                    connection.execute(sa.text(statement))
+        worker = Worker(FLOWS, engine, options=WorkerOptions(poll_interval=0.5))
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker.serve)
+            await anyio.to_thread.run_sync(app, engine)
+            worker.stop()
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    anyio.run(main)

@@ -1,0 +1,60 @@
+"""Starting flows and jobs from an application, reading runs, waiting for them.
+
+SQLAlchemy Core over upstream pgflow's functions. Every call takes a ``Session``, ``Connection``
+or ``Engine`` (the ``*_async`` twins: ``AsyncSession``, ``AsyncConnection``, ``AsyncEngine``).
+With a Session or Connection, starting a run happens in the caller's transaction: the run
+exists only if the caller commits. See docs/starting-flows.md.
+"""
+
+from pgflow.client._common import AsyncBind, FlowRef, SyncBind
+from pgflow.client._errors import (
+    FlowInputError,
+    FlowNotRegisteredError,
+    InputNotJSONError,
+    MapInputNotArrayError,
+    NotAJobError,
+    RunExistsError,
+    RunFailedError,
+    RunTimeoutError,
+    UnknownRunError,
+)
+from pgflow.client._read import (
+    get_run,
+    get_run_async,
+    get_run_with_states,
+    get_run_with_states_async,
+)
+from pgflow.client._start import enqueue, enqueue_async, start_flow, start_flow_async
+from pgflow.client._wait import (
+    start_flow_and_wait,
+    start_flow_and_wait_async,
+    wait_for_run,
+    wait_for_run_async,
+)
+
+__all__ = [
+    "AsyncBind",
+    "FlowInputError",
+    "FlowNotRegisteredError",
+    "FlowRef",
+    "InputNotJSONError",
+    "MapInputNotArrayError",
+    "NotAJobError",
+    "RunExistsError",
+    "RunFailedError",
+    "RunTimeoutError",
+    "SyncBind",
+    "UnknownRunError",
+    "enqueue",
+    "enqueue_async",
+    "get_run",
+    "get_run_async",
+    "get_run_with_states",
+    "get_run_with_states_async",
+    "start_flow",
+    "start_flow_and_wait",
+    "start_flow_and_wait_async",
+    "start_flow_async",
+    "wait_for_run",
+    "wait_for_run_async",
+]

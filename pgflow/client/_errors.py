@@ -1,0 +1,110 @@
+"""Errors the client raises; each message says what to do about it."""
+
+from __future__ import annotations
+
+import uuid
+
+from pgflow.errors import PgflowError
+from pgflow.results import Run
+
+
+class FlowNotRegisteredError(PgflowError, LookupError):
+    """The flow is not in ``pgflow.flows`` of this database."""
+
+    def __init__(self, flow_slug: str) -> None:
+        self.flow_slug = flow_slug
+        super().__init__(
+            f"flow {flow_slug!r} is not registered in this database. Register it with a "
+            "migration (`alembic revision --autogenerate`, then `alembic upgrade heads`), or "
+            "run the SQL printed by `pgflow compile your.module:YourFlow`; also check that the "
+            "database URL points at the database your migrations ran on."
+        )
+
+
+class FlowInputError(PgflowError, ValueError):
+    """The flow input cannot be used for this flow."""
+
+
+class InputNotJSONError(FlowInputError, TypeError):
+    """The input is not JSON (raised before the database is touched)."""
+
+
+class MapInputNotArrayError(FlowInputError):
+    """The flow maps over its input (a root map step), so the input must be a JSON array."""
+
+    def __init__(self, flow_slug: str, step_slug: str, got: str) -> None:
+        self.flow_slug = flow_slug
+        self.step_slug = step_slug
+        super().__init__(
+            f"flow {flow_slug!r} maps over its input in step {step_slug!r}, so the input must "
+            f"be a JSON array (a list), got {got}. Pass a list, e.g. [item, ...]."
+        )
+
+
+class NotAJobError(PgflowError, TypeError):
+    """``enqueue`` was given a flow that is not a Job."""
+
+
+class RunExistsError(PgflowError):
+    """A run with the requested ``run_id`` already exists."""
+
+    def __init__(self, run_id: uuid.UUID) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"a run with id {run_id} already exists; pass a new run_id (or none, for a random one)"
+        )
+
+
+class UnknownRunError(PgflowError, LookupError):
+    """No run with this id is visible (it does not exist, or its transaction did not commit)."""
+
+    def __init__(self, run_id: uuid.UUID) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id} does not exist in this database. If it was started with a Session or "
+            "Connection, commit that transaction before waiting for the run."
+        )
+
+
+class RunFailedError(PgflowError):
+    """The run ended ``failed``; ``step_slug`` and ``error_message`` say where and why."""
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        step_slug: str | None,
+        error_message: str | None,
+        task_index: int | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        self.run = run
+        self.run_id = run.run_id
+        self.step_slug = step_slug
+        self.error_message = error_message
+        self.task_index = task_index
+        self.attempts = attempts
+        if step_slug is None:
+            detail = "no failed step is recorded (was the run cancelled?)"
+        else:
+            where = f"step {step_slug!r}"
+            if task_index is not None and task_index > 0:
+                where += f" (task {task_index})"
+            tries = f" after {attempts} attempt{'s' * (attempts != 1)}" if attempts else ""
+            detail = f"{where} failed{tries}: {error_message or 'no error message'}"
+        super().__init__(f"run {run.run_id} of flow {run.flow_slug!r} failed: {detail}")
+
+
+class RunTimeoutError(PgflowError, TimeoutError):
+    """The run did not finish within the timeout; it keeps running in the database."""
+
+    def __init__(self, run: Run, timeout: float) -> None:
+        self.run = run
+        self.run_id = run.run_id
+        self.timeout = timeout
+        super().__init__(
+            f"run {run.run_id} of flow {run.flow_slug!r} is still {run.status} after "
+            f"{timeout:g} s; it goes on in the database. Is a worker serving flow "
+            f"{run.flow_slug!r} (`pgflow run-worker`)? Wait again with wait_for_run(), or pass a "
+            "larger timeout."
+        )

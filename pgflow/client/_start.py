@@ -1,0 +1,191 @@
+"""Starting runs: ``start_flow`` and ``enqueue``, sync and async."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from pgflow._sql import query
+from pgflow.client._common import (
+    AsyncBind,
+    FlowRef,
+    RunId,
+    SyncBind,
+    as_run_id,
+    check_input_shape,
+    connection_for,
+    encode_input,
+    json_kind,
+    resolve_flow,
+    run_async,
+)
+from pgflow.client._errors import (
+    FlowNotRegisteredError,
+    MapInputNotArrayError,
+    NotAJobError,
+    RunExistsError,
+)
+from pgflow.definition import FlowType
+from pgflow.dsl import Job
+from pgflow.errors import PgflowError
+
+Delay = float | timedelta
+
+_INT4_MAX = 2**31 - 1
+
+
+def start_flow(
+    bind: SyncBind, flow: FlowRef, input: Any, *, run_id: RunId | None = None
+) -> uuid.UUID:
+    """Start a run of ``flow`` with ``input``; return its ``run_id``.
+
+    With a ``Session`` or ``Connection`` the run is created in the caller's transaction: it
+    exists (and workers see it) only once the caller commits, and a rollback removes it. With an
+    ``Engine`` it is committed before this returns.
+
+    ``flow`` is a Flow class, its definition, or a slug. The input must be JSON; a flow that maps
+    over its input needs a list. ``run_id`` chooses the id (e.g. an idempotency key).
+    """
+    request = prepare_start(flow, input, run_id)
+    with connection_for(bind) as connection:
+        return start_run(connection, request)
+
+
+async def start_flow_async(
+    bind: AsyncBind, flow: FlowRef, input: Any, *, run_id: RunId | None = None
+) -> uuid.UUID:
+    """:func:`start_flow` for an ``AsyncSession``, ``AsyncConnection`` or ``AsyncEngine``."""
+    return await run_async(bind, start_run, prepare_start(flow, input, run_id))
+
+
+def enqueue(
+    bind: SyncBind,
+    job: type[Job] | str,
+    input: Any,
+    *,
+    delay: Delay | None = None,
+    run_id: RunId | None = None,
+) -> uuid.UUID:
+    """Start a run of a Job; return its ``run_id``. Transactions as for :func:`start_flow`.
+
+    ``delay`` (seconds or a ``timedelta``, rounded up to whole seconds) keeps the job from
+    starting until that long after this call: the job's task message is made invisible with
+    ``pgmq.set_vt`` in the same transaction that creates it, so no worker can read it earlier.
+    It replaces the job's ``start_delay`` for this run.
+    """
+    prepared = _prepare_job(job, input, delay, run_id)
+    with connection_for(bind) as connection:
+        return _enqueue(connection, *prepared)
+
+
+async def enqueue_async(
+    bind: AsyncBind,
+    job: type[Job] | str,
+    input: Any,
+    *,
+    delay: Delay | None = None,
+    run_id: RunId | None = None,
+) -> uuid.UUID:
+    """:func:`enqueue` for an ``AsyncSession``, ``AsyncConnection`` or ``AsyncEngine``."""
+    prepared = _prepare_job(job, input, delay, run_id)
+    return await run_async(bind, _enqueue, *prepared)
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    """A start checked as far as it can be without the database."""
+
+    slug: str
+    input: Any
+    encoded_input: str
+    run_id: uuid.UUID | None
+    require_job: bool = False
+
+
+def prepare_start(flow: FlowRef, input: Any, run_id: RunId | None) -> StartRequest:
+    slug, definition = resolve_flow(flow)
+    encoded = encode_input(slug, input)
+    if definition is not None:
+        check_input_shape(definition, input)
+    return StartRequest(slug, input, encoded, None if run_id is None else as_run_id(run_id))
+
+
+def _prepare_job(
+    job: type[Job] | str, input: Any, delay: Delay | None, run_id: RunId | None
+) -> tuple[StartRequest, int | None]:
+    slug, definition = resolve_flow(job)
+    if definition is not None and definition.flow_type is not FlowType.JOB:
+        raise NotAJobError(
+            f"{slug!r} is a flow, not a Job; start it with start_flow() (enqueue is for Job "
+            "classes: class MyJob(Job): def perform(self, input, ctx): ...)"
+        )
+    request = prepare_start(job, input, run_id)
+    # A bare slug: the database checks that it names a job.
+    return replace(request, require_job=definition is None), _delay_seconds(delay)
+
+
+def _delay_seconds(delay: Delay | None) -> int | None:
+    if delay is None:
+        return None
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if not 0 <= seconds <= _INT4_MAX:
+        raise ValueError(f"delay must be between 0 and {_INT4_MAX} seconds, got {seconds:g}")
+    # Rounded up: "not before" must hold; pgmq visibility is in whole seconds.
+    return math.ceil(seconds)
+
+
+def start_run(connection: Connection, request: StartRequest) -> uuid.UUID:
+    slug = request.slug
+    row = (
+        connection.execute(
+            query("client_start_flow"),
+            {
+                "flow_slug": slug,
+                "input": request.encoded_input,
+                "run_id": request.run_id,
+                "require_job": request.require_job,
+            },
+        )
+        .mappings()
+        .one_or_none()
+    )
+    if row is None:
+        raise FlowNotRegisteredError(slug)
+    if row["run_id"] is not None:
+        started: uuid.UUID = row["run_id"]
+        return started
+    if row["run_exists"] and request.run_id is not None:
+        raise RunExistsError(request.run_id)
+    if request.require_job and row["flow_type"] != "job":
+        raise NotAJobError(
+            f"flow {slug!r} is registered as a {row['flow_type']}, not a job; start it with "
+            "start_flow() instead of enqueue()"
+        )
+    if row["root_map_step"] is not None:
+        raise MapInputNotArrayError(slug, row["root_map_step"], json_kind(request.input))
+    raise PgflowError(f"pgflow.start_flow returned no run for flow {slug!r}")
+
+
+def _enqueue(
+    connection: Connection, request: StartRequest, delay_seconds: int | None
+) -> uuid.UUID:
+    autocommit = getattr(connection.connection.dbapi_connection, "autocommit", False)
+    if delay_seconds is not None and autocommit:
+        # Each statement would commit on its own, and a worker could read the message between
+        # the start and the delay.
+        raise PgflowError(
+            "enqueue(delay=...) needs a transaction, but this connection is in autocommit mode; "
+            "pass the Engine, a Session, or a Connection without isolation_level='AUTOCOMMIT'"
+        )
+    run_id = start_run(connection, request)
+    if delay_seconds is not None:
+        connection.execute(
+            query("client_delay_queued_tasks"),
+            {"run_id": run_id, "delay_seconds": delay_seconds},
+        )
+    return run_id

@@ -1,0 +1,291 @@
+"""Waiting for a run to finish, woken by the realtime shim's NOTIFY, with a polling fallback.
+
+The waiter LISTENs on channel ``pgflow`` before its first status check, so a run that ends in
+between is seen either by that check or by a notification. Where ``realtime.send`` is not our
+shim (Supabase) no notification comes, and the status is polled every ``poll_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, cast
+
+import anyio
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from pgflow._db import unavailable
+from pgflow._sql import query
+from pgflow.client._common import (
+    AsyncBind,
+    FlowRef,
+    RunId,
+    SyncBind,
+    as_run_id,
+    async_engine_of,
+    engine_of,
+)
+from pgflow.client._errors import RunFailedError, RunTimeoutError, UnknownRunError
+from pgflow.client._read import read_run
+from pgflow.client._start import prepare_start, start_run
+from pgflow.results import Run, RunStatus
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_POLL_INTERVAL = 1.0
+
+
+def wait_for_run(
+    bind: SyncBind,
+    run_id: RunId,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    listen: bool = True,
+) -> Run:
+    """Block until the run is completed (return it, with its output) or failed (raise
+    :class:`RunFailedError`); :class:`RunTimeoutError` after ``timeout`` seconds (``None``:
+    no limit), :class:`UnknownRunError` if the run does not exist.
+
+    Uses a connection of its own from the bind's engine, so a run started in a Session must be
+    committed first. ``listen=False`` polls only.
+    """
+    waiter = _Waiter(as_run_id(run_id), timeout, poll_interval)
+    with _waiting_connection(engine_of(bind), listen) as (connection, driver):
+        return _wait(connection, driver, waiter)
+
+
+def start_flow_and_wait(
+    bind: SyncBind,
+    flow: FlowRef,
+    input: Any,
+    *,
+    run_id: RunId | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    listen: bool = True,
+) -> Run:
+    """Start a run, committed at once on a connection of its own (never in the caller's
+    transaction, which a worker could not see), and :func:`wait_for_run` for it."""
+    request = prepare_start(flow, input, run_id)
+    _Waiter.check_arguments(timeout, poll_interval)
+    with _waiting_connection(engine_of(bind), listen) as (connection, driver):
+        # In autocommit the one start statement commits by itself.
+        started = start_run(connection, request)
+        return _wait(connection, driver, _Waiter(started, timeout, poll_interval))
+
+
+async def wait_for_run_async(
+    bind: AsyncBind,
+    run_id: RunId,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    listen: bool = True,
+) -> Run:
+    """:func:`wait_for_run` for an ``AsyncSession``, ``AsyncConnection`` or ``AsyncEngine``."""
+    waiter = _Waiter(as_run_id(run_id), timeout, poll_interval)
+    async with _async_waiting_connection(async_engine_of(bind), listen) as (connection, driver):
+        return await _wait_async(connection, driver, waiter)
+
+
+async def start_flow_and_wait_async(
+    bind: AsyncBind,
+    flow: FlowRef,
+    input: Any,
+    *,
+    run_id: RunId | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    listen: bool = True,
+) -> Run:
+    """:func:`start_flow_and_wait` for an async bind."""
+    request = prepare_start(flow, input, run_id)
+    _Waiter.check_arguments(timeout, poll_interval)
+    async with _async_waiting_connection(async_engine_of(bind), listen) as (connection, driver):
+        started = await connection.run_sync(start_run, request)
+        return await _wait_async(connection, driver, _Waiter(started, timeout, poll_interval))
+
+
+class _Waiter:
+    """The waiting policy, shared by the sync and async loops (which only do the I/O)."""
+
+    def __init__(self, run_id: uuid.UUID, timeout: float | None, poll_interval: float) -> None:
+        self.check_arguments(timeout, poll_interval)
+        self.run_id = run_id
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.topic = f"pgflow:run:{run_id}"
+
+    @staticmethod
+    def check_arguments(timeout: float | None, poll_interval: float) -> None:
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+
+    def check(self, connection: Connection) -> Run | None:
+        """The finished run, ``None`` to keep waiting, or the error that ends the wait."""
+        status = connection.execute(
+            query("client_run_status"), {"run_id": self.run_id}
+        ).scalar_one_or_none()
+        if status is None:
+            raise UnknownRunError(self.run_id)
+        if RunStatus(status).is_terminal or self.remaining() <= 0:
+            run = read_run(connection, self.run_id)
+            if run is None:  # deleted in between
+                raise UnknownRunError(self.run_id)
+            if run.status is RunStatus.FAILED:
+                raise _failure(connection, run)
+            if run.status is RunStatus.STARTED:
+                raise RunTimeoutError(run, cast(float, self.timeout))
+            return run
+        return None
+
+    def remaining(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+    def pause(self) -> float:
+        return max(0.0, min(self.poll_interval, self.remaining()))
+
+    def wakes(self, payload: str) -> bool:
+        """Whether a notification may mean that this run ended (any run event but the start)."""
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return False
+        if not isinstance(message, dict) or message.get("topic") != self.topic:
+            return False
+        event = message.get("event")
+        return isinstance(event, str) and event.startswith("run:") and event != "run:started"
+
+
+def _failure(connection: Connection, run: Run) -> RunFailedError:
+    row = (
+        connection.execute(query("client_failed_step"), {"run_id": run.run_id})
+        .mappings()
+        .one_or_none()
+    )
+    if row is None:
+        return RunFailedError(run, step_slug=None, error_message=None)
+    return RunFailedError(
+        run,
+        step_slug=row["step_slug"],
+        error_message=row["error_message"],
+        task_index=row["task_index"],
+        attempts=row["attempts_count"],
+    )
+
+
+def _wait(connection: Connection, driver: psycopg.Connection[Any] | None, waiter: _Waiter) -> Run:
+    while (run := waiter.check(connection)) is None:
+        if driver is None:
+            time.sleep(waiter.pause())
+            continue
+        notifications = driver.notifies(timeout=waiter.pause())
+        try:
+            for notification in notifications:
+                if waiter.wakes(notification.payload):
+                    break
+        finally:
+            notifications.close()
+    return run
+
+
+async def _wait_async(
+    connection: AsyncConnection, driver: psycopg.AsyncConnection[Any] | None, waiter: _Waiter
+) -> Run:
+    while (run := await connection.run_sync(waiter.check)) is None:
+        if driver is None:
+            await anyio.sleep(waiter.pause())
+            continue
+        notifications = driver.notifies(timeout=waiter.pause())
+        try:
+            async for notification in notifications:
+                if waiter.wakes(notification.payload):
+                    break
+        finally:
+            await notifications.aclose()
+    return run
+
+
+@contextmanager
+def _waiting_connection(
+    engine: Engine, listen: bool
+) -> Iterator[tuple[Connection, psycopg.Connection[Any] | None]]:
+    """An autocommit connection (every status check sees the latest commit; notifications are
+    only delivered outside transactions), LISTENing if asked."""
+    try:
+        pooled = engine.connect()
+    except sa.exc.OperationalError as exc:
+        raise unavailable(engine.url, exc) from exc
+    with pooled:
+        connection = pooled.execution_options(isolation_level="AUTOCOMMIT")
+        if not listen:
+            yield connection, None
+            return
+        connection.execute(query("client_listen"))
+        driver = cast("psycopg.Connection[Any]", connection.connection.driver_connection)
+        try:
+            yield connection, driver
+        finally:
+            _unlisten(connection, driver)
+
+
+def _unlisten(connection: Connection, driver: psycopg.Connection[Any]) -> None:
+    # A pooled connection left listening would pile up every run's notifications; one that
+    # cannot be told to stop is discarded instead. An invalidated one is closed already.
+    if connection.invalidated:
+        return
+    try:
+        connection.execute(query("client_unlisten"))
+        for _ in driver.notifies(timeout=0):
+            pass
+    except (sa.exc.SQLAlchemyError, psycopg.Error):
+        connection.invalidate()
+
+
+@asynccontextmanager
+async def _async_waiting_connection(
+    engine: AsyncEngine, listen: bool
+) -> AsyncIterator[tuple[AsyncConnection, psycopg.AsyncConnection[Any] | None]]:
+    try:
+        pooled = await engine.connect()
+    except sa.exc.OperationalError as exc:
+        raise unavailable(engine.url, exc) from exc
+    try:
+        connection = await pooled.execution_options(isolation_level="AUTOCOMMIT")
+        if not listen:
+            yield connection, None
+            return
+        await connection.execute(query("client_listen"))
+        raw = await connection.get_raw_connection()
+        driver = cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
+        try:
+            yield connection, driver
+        finally:
+            # Shielded: a cancelled waiter must still not leave a pooled connection listening.
+            with anyio.CancelScope(shield=True):
+                await _unlisten_async(connection, driver)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pooled.close()
+
+
+async def _unlisten_async(
+    connection: AsyncConnection, driver: psycopg.AsyncConnection[Any]
+) -> None:
+    if connection.invalidated:
+        return
+    try:
+        await connection.execute(query("client_unlisten"))
+        async for _ in driver.notifies(timeout=0):
+            pass
+    except (sa.exc.SQLAlchemyError, psycopg.Error):
+        await connection.invalidate()

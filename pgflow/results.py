@@ -1,0 +1,186 @@
+"""What the client returns: runs, step states and tasks as frozen dataclasses.
+
+Statuses are ``str`` enums holding upstream's strings, so ``run.status == "completed"`` and
+``run.status is RunStatus.COMPLETED`` both hold. Outputs are the stored JSON values exactly:
+``0``, ``false`` and ``""`` stay themselves (the TypeScript client turns them into ``null``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RunStatus(StrEnum):
+    """``pgflow.runs.status``."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is not RunStatus.STARTED
+
+
+class StepStatus(StrEnum):
+    """``pgflow.step_states.status``: ``created`` until its dependencies complete."""
+
+    CREATED = "created"
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class TaskStatus(StrEnum):
+    """``pgflow.step_tasks.status``: a retried task goes back to ``queued``."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One row of ``pgflow.runs``. ``output`` is ``{leaf_step: output, ...}`` once completed
+    (a job's is ``{"perform": value}``), ``None`` before."""
+
+    run_id: uuid.UUID
+    flow_slug: str
+    status: RunStatus
+    input: Any
+    output: Any
+    remaining_steps: int
+    started_at: datetime
+    completed_at: datetime | None
+    failed_at: datetime | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> Run:
+        return cls(
+            run_id=uuid.UUID(row["run_id"]),
+            flow_slug=row["flow_slug"],
+            status=RunStatus(row["status"]),
+            input=row["input"],
+            output=row["output"],
+            remaining_steps=row["remaining_steps"],
+            started_at=_timestamp(row["started_at"]),
+            completed_at=_optional_timestamp(row.get("completed_at")),
+            failed_at=_optional_timestamp(row.get("failed_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """One row of ``pgflow.step_states``: a step's progress in one run."""
+
+    run_id: uuid.UUID
+    flow_slug: str
+    step_slug: str
+    status: StepStatus
+    remaining_deps: int
+    initial_tasks: int | None
+    """How many tasks the step has; ``None`` for a map step until its array is known."""
+    remaining_tasks: int | None
+    error_message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> StepState:
+        return cls(
+            run_id=uuid.UUID(row["run_id"]),
+            flow_slug=row["flow_slug"],
+            step_slug=row["step_slug"],
+            status=StepStatus(row["status"]),
+            remaining_deps=row["remaining_deps"],
+            initial_tasks=row.get("initial_tasks"),
+            remaining_tasks=row.get("remaining_tasks"),
+            error_message=row.get("error_message"),
+            created_at=_timestamp(row["created_at"]),
+            started_at=_optional_timestamp(row.get("started_at")),
+            completed_at=_optional_timestamp(row.get("completed_at")),
+            failed_at=_optional_timestamp(row.get("failed_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepTask:
+    """One row of ``pgflow.step_tasks``: a single step's task, or one element of a map step."""
+
+    run_id: uuid.UUID
+    flow_slug: str
+    step_slug: str
+    task_index: int
+    status: TaskStatus
+    attempts_count: int
+    output: Any
+    error_message: str | None
+    """The last attempt's error; kept after a retry succeeds."""
+    message_id: int | None
+    last_worker_id: uuid.UUID | None
+    queued_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> StepTask:
+        worker = row.get("last_worker_id")
+        return cls(
+            run_id=uuid.UUID(row["run_id"]),
+            flow_slug=row["flow_slug"],
+            step_slug=row["step_slug"],
+            task_index=row["task_index"],
+            status=TaskStatus(row["status"]),
+            attempts_count=row["attempts_count"],
+            output=row.get("output"),
+            error_message=row.get("error_message"),
+            message_id=row.get("message_id"),
+            last_worker_id=uuid.UUID(worker) if worker else None,
+            queued_at=_timestamp(row["queued_at"]),
+            started_at=_optional_timestamp(row.get("started_at")),
+            completed_at=_optional_timestamp(row.get("completed_at")),
+            failed_at=_optional_timestamp(row.get("failed_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunWithStates:
+    """A run with its step states and tasks, all read in one statement (one snapshot).
+
+    Steps are in declaration order; tasks in step order, then by ``task_index``.
+    """
+
+    run: Run
+    steps: tuple[StepState, ...]
+    tasks: tuple[StepTask, ...]
+
+    def step(self, step_slug: str) -> StepState:
+        for state in self.steps:
+            if state.step_slug == step_slug:
+                return state
+        raise KeyError(f"run {self.run.run_id} has no step {step_slug!r}")
+
+    def tasks_of(self, step_slug: str) -> tuple[StepTask, ...]:
+        return tuple(task for task in self.tasks if task.step_slug == step_slug)
+
+
+def _timestamp(value: str) -> datetime:
+    # to_jsonb renders timestamptz in ISO 8601 with an offset, which fromisoformat reads (3.11+).
+    return datetime.fromisoformat(value)
+
+
+def _optional_timestamp(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)

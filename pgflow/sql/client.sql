@@ -1,0 +1,112 @@
+-- Client queries: starting runs, reading them, waiting for them (pgflow/client/).
+
+-- name: client_start_flow
+-- description: Start a run unless the flow is unknown, a root map gets a non-array, the run id is taken, or a job is required and the flow is not one; one row per registered flow, run_id NULL when refused.
+-- Checking here instead of letting start_flow raise keeps the caller's transaction usable
+-- after a refusal. The start is a correlated subquery inside CASE, so it runs only when every
+-- check passed; OFFSET 0 keeps the checks from being inlined and evaluated twice.
+SELECT
+    checks.flow_type,
+    checks.root_map_step,
+    checks.run_exists,
+    CASE
+        WHEN (checks.root_map_step IS NULL
+              OR jsonb_typeof(CAST(:input AS jsonb)) = 'array')
+            AND NOT checks.run_exists
+            AND (NOT CAST(:require_job AS boolean) OR checks.flow_type = 'job')
+        THEN (
+            SELECT started.run_id
+            FROM pgflow.start_flow(
+                checks.flow_slug, CAST(:input AS jsonb), CAST(:run_id AS uuid)
+            ) AS started
+        )
+    END AS run_id
+FROM (
+    SELECT
+        f.flow_slug,
+        f.flow_type,
+        (SELECT s.step_slug FROM pgflow.steps AS s
+         WHERE s.flow_slug = f.flow_slug AND s.step_type = 'map' AND s.deps_count = 0
+         ORDER BY s.step_index LIMIT 1) AS root_map_step,
+        EXISTS (SELECT 1 FROM pgflow.runs AS r WHERE r.run_id = CAST(:run_id AS uuid))
+            AS run_exists
+    FROM pgflow.flows AS f
+    WHERE f.flow_slug = :flow_slug
+    OFFSET 0
+) AS checks;
+
+-- name: client_delay_queued_tasks
+-- description: Hide a new run's queued task messages for :delay_seconds from now (enqueue with a delay); returns how many were delayed.
+-- Run in the transaction that started the run, so no worker can read a message before its new
+-- visibility time.
+SELECT count(*) AS delayed
+FROM pgflow.step_tasks AS t
+CROSS JOIN LATERAL pgmq.set_vt(t.flow_slug, t.message_id, CAST(:delay_seconds AS integer)) AS m
+WHERE t.run_id = :run_id
+  AND t.status = 'queued'
+  AND t.message_id IS NOT NULL;
+
+-- name: client_get_run
+-- description: One run as JSON (to_jsonb keeps 0, false and "" outputs exactly), or no row.
+SELECT to_jsonb(r) AS run
+FROM pgflow.runs AS r
+WHERE r.run_id = :run_id;
+
+-- name: client_get_run_with_states
+-- description: A run with its step states (declaration order) and tasks, as JSON from one statement so that all three come from one snapshot.
+SELECT
+    to_jsonb(r) AS run,
+    coalesce((
+        SELECT jsonb_agg(to_jsonb(ss) ORDER BY st.step_index, ss.step_slug)
+        FROM pgflow.step_states AS ss
+        JOIN pgflow.steps AS st
+          ON st.flow_slug = ss.flow_slug AND st.step_slug = ss.step_slug
+        WHERE ss.run_id = r.run_id
+    ), '[]'::jsonb) AS steps,
+    coalesce((
+        SELECT jsonb_agg(to_jsonb(t) ORDER BY st.step_index, t.step_slug, t.task_index)
+        FROM pgflow.step_tasks AS t
+        JOIN pgflow.steps AS st
+          ON st.flow_slug = t.flow_slug AND st.step_slug = t.step_slug
+        WHERE t.run_id = r.run_id
+    ), '[]'::jsonb) AS tasks
+FROM pgflow.runs AS r
+WHERE r.run_id = :run_id;
+
+-- name: client_run_status
+-- description: A run's status alone: the cheap check a waiter repeats; no row for an unknown run.
+SELECT r.status
+FROM pgflow.runs AS r
+WHERE r.run_id = :run_id;
+
+-- name: client_failed_step
+-- description: Why a run failed: its first failed step with that step's error, and the failed task (index, attempts, error) if one exists.
+-- A type violation (a step feeding a map returned a non-array) is recorded on the step state;
+-- an exhausted retry on both, so the step's message comes first.
+SELECT
+    ss.step_slug,
+    coalesce(ss.error_message, t.error_message) AS error_message,
+    t.task_index,
+    t.attempts_count
+FROM pgflow.step_states AS ss
+LEFT JOIN LATERAL (
+    SELECT task.task_index, task.attempts_count, task.error_message
+    FROM pgflow.step_tasks AS task
+    WHERE task.run_id = ss.run_id
+      AND task.step_slug = ss.step_slug
+      AND task.status = 'failed'
+    ORDER BY task.failed_at, task.task_index
+    LIMIT 1
+) AS t ON true
+WHERE ss.run_id = :run_id
+  AND ss.status = 'failed'
+ORDER BY ss.failed_at, ss.step_slug
+LIMIT 1;
+
+-- name: client_listen
+-- description: Subscribe this connection to the realtime shim's NOTIFY channel (wakes run waiters).
+LISTEN pgflow;
+
+-- name: client_unlisten
+-- description: Unsubscribe before the connection goes back to the pool.
+UNLISTEN pgflow;

@@ -1,0 +1,52 @@
+"""The public testing helpers: call one step directly, or run a whole flow in-process."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from myapp.flows import AnalyzeWebsite, Thumbnails
+from pgflow import Context, Flow, step
+from pgflow.client import RunFailedError
+from pgflow.testing import call_step, run_flow_inline
+
+
+def test_call_step_runs_sync_and_async_handlers_without_a_database() -> None:
+    website = call_step(AnalyzeWebsite, "website", {"url": "good.example"})
+    assert website == {"url": "good.example", "text": "Contents of good.example"}
+    assert call_step(AnalyzeWebsite, "sentiment", {"website": website}) == 0.8
+    assert call_step(Thumbnails, "resize", "a.png", task_index=3) == "a.png@200px"
+
+
+def test_call_step_passes_the_context_it_is_given() -> None:
+    class Echo(Flow, slug="echo"):
+        @step
+        async def show(self, input: int, ctx: Context) -> list[object]:
+            return [input, ctx.attempt, ctx.task_index, await ctx.flow_input(), str(ctx.run_id)]
+
+    run_id = uuid.uuid4()
+    assert call_step(Echo, "show", 1, attempt=2, flow_input={"x": 1}, run_id=run_id) == [
+        1,
+        2,
+        0,
+        {"x": 1},
+        str(run_id),
+    ]
+
+
+def test_run_flow_inline_completes_a_real_run(pgflow_engine: Engine) -> None:
+    run = run_flow_inline(Thumbnails, ["a.png", "b.png"], pgflow_engine)
+    assert run.output == {"publish": 2}
+    assert str(run.status) == "completed"
+
+
+def test_run_flow_inline_raises_on_failure(pgflow_engine: Engine) -> None:
+    class Broken(Flow, slug="broken_inline", max_attempts=1):
+        @step
+        def boom(self, input: object) -> None:
+            raise RuntimeError("nope")
+
+    with pytest.raises(RunFailedError, match="nope"):
+        run_flow_inline(Broken, {}, pgflow_engine)
