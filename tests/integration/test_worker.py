@@ -26,6 +26,7 @@ from worker_support import (
 
 from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
 from pgflow import Context, Flow, _sql, map_step, step
+from pgflow.worker import FlowNotReadyError, Worker
 
 pytestmark = pytest.mark.anyio
 
@@ -406,3 +407,40 @@ async def test_the_worker_serves_on_trio(pgflow_engine: Engine) -> None:
         email = start(pgflow_engine, SendEmail, {"to": "trio@example.org"})
         assert (await wait_for_run(pgflow_engine, thumbs))["output"] == {"publish": 1}
         assert (await wait_for_run(pgflow_engine, email))["status"] == "completed"
+
+
+class FeedsMap(Flow, slug="feeds_map", max_attempts=1):
+    @step
+    def listing(self, input: Any) -> dict[str, int]:
+        return {"not": 1}
+
+    @map_step(array=listing)
+    def each(self, item: Any) -> Any:
+        return item
+
+
+async def test_a_non_array_feeding_a_map_step_fails_with_a_clear_message(
+    pgflow_engine: Engine,
+) -> None:
+    register(pgflow_engine, FeedsMap)
+    async with running_worker(pgflow_engine, FeedsMap):
+        run_id = start(pgflow_engine, FeedsMap, {})
+        assert (await wait_for_run(pgflow_engine, run_id))["status"] == "failed"
+    [task] = tasks_of(pgflow_engine, run_id)
+    assert task["error_message"] == (
+        "TypeError: step 'listing' feeds map step(s) ['each'] and must return a JSON array,"
+        ' got {"not": 1}'
+    )
+
+
+async def test_a_flow_with_another_shape_in_the_database_is_refused(pgflow_engine: Engine) -> None:
+    register(pgflow_engine, Graceful)
+
+    class Graceful2(Flow, slug="graceful"):  # same slug, different steps
+        @step
+        def other(self, input: Any) -> None:
+            return None
+
+    worker = Worker([Graceful2], pgflow_engine)
+    with pytest.raises(FlowNotReadyError, match="'graceful' in the database has another shape"):
+        await worker.serve()
