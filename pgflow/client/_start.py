@@ -171,9 +171,7 @@ def start_run(connection: Connection, request: StartRequest) -> uuid.UUID:
     raise PgflowError(f"pgflow.start_flow returned no run for flow {slug!r}")
 
 
-def _enqueue(
-    connection: Connection, request: StartRequest, delay_seconds: int | None
-) -> uuid.UUID:
+def _enqueue(connection: Connection, request: StartRequest, delay_seconds: int | None) -> uuid.UUID:
     autocommit = getattr(connection.connection.dbapi_connection, "autocommit", False)
     if delay_seconds is not None and autocommit:
         # Each statement would commit on its own, and a worker could read the message between

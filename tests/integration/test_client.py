@@ -187,6 +187,8 @@ def test_enqueue_starts_a_job_run(engine: Engine) -> None:
     assert run is not None
     assert (run.flow_slug, run.input) == ("reminder", {"to": "ada"})
     assert _readable(engine, "reminder") == 1
+    enqueue(engine, Reminder, {"to": "bob"}, delay=0)  # visible at once
+    assert _readable(engine, "reminder") == 2
 
 
 def test_enqueue_with_a_delay_hides_the_job_from_workers(engine: Engine) -> None:
