@@ -5,7 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 _UNSET: Any = object()
 
@@ -21,6 +24,9 @@ class Context:
     """Position of the element for a map step; 0 for a single step."""
     attempt: int = 1
     """1 for the first try, 2 for the first retry, …"""
+    engine: Engine | None = field(default=None, repr=False)
+    """The worker's SQLAlchemy engine, for handlers that need the database (a sync handler may
+    use ``with ctx.engine.begin() as conn: ...``; an async one should do that in a thread)."""
     known_flow_input: Any = field(default=_UNSET, repr=False)
     load_flow_input: Callable[[], Awaitable[Any]] | None = field(default=None, repr=False)
 

@@ -8,6 +8,7 @@ shim (Supabase) no notification comes, and the status is polled every ``poll_int
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from pgflow import telemetry
 from pgflow._db import unavailable
 from pgflow._sql import query
 from pgflow.client._common import (
@@ -77,6 +79,7 @@ def start_flow_and_wait(
     with _waiting_connection(engine_of(bind), listen) as (connection, driver):
         # In autocommit the one start statement commits by itself.
         started = start_run(connection, request)
+        telemetry.emit("run.started", flow=request.slug, run_id=str(started))
         return _wait(connection, driver, _Waiter(started, timeout, poll_interval))
 
 
@@ -109,6 +112,7 @@ async def start_flow_and_wait_async(
     _Waiter.check_arguments(timeout, poll_interval)
     async with _async_waiting_connection(async_engine_of(bind), listen) as (connection, driver):
         started = await connection.run_sync(start_run, request)
+        telemetry.emit("run.started", flow=request.slug, run_id=str(started))
         return await _wait_async(connection, driver, _Waiter(started, timeout, poll_interval))
 
 
@@ -142,9 +146,19 @@ class _Waiter:
             if run is None:  # deleted in between
                 raise UnknownRunError(self.run_id)
             if run.status is RunStatus.FAILED:
-                raise _failure(connection, run)
+                failure = _failure(connection, run)
+                telemetry.emit(
+                    "run.failed",
+                    level=logging.WARNING,
+                    flow=run.flow_slug,
+                    run_id=str(run.run_id),
+                    step=failure.step_slug,
+                    error=failure.error_message,
+                )
+                raise failure
             if run.status is RunStatus.STARTED:
                 raise RunTimeoutError(run, cast(float, self.timeout))
+            telemetry.emit("run.completed", flow=run.flow_slug, run_id=str(run.run_id))
             return run
         return None
 

@@ -270,6 +270,7 @@ class Worker:
                 step_slug=task.step_slug,
                 task_index=task.task_index,
                 attempt=task.attempt,
+                engine=self._engine,
                 **({} if known is None else {"known_flow_input": known}),
                 load_flow_input=lambda: self._load_flow_input(task.run_id),
             )

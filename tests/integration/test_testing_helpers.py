@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from myapp.flows import AnalyzeWebsite, Thumbnails
-from pgflow import Context, Flow, step
+from pgflow import Context, Flow, step, telemetry
 from pgflow.client import RunFailedError
 from pgflow.testing import call_step, run_flow_inline
 
@@ -50,3 +50,32 @@ def test_run_flow_inline_raises_on_failure(pgflow_engine: Engine) -> None:
 
     with pytest.raises(RunFailedError, match="nope"):
         run_flow_inline(Broken, {}, pgflow_engine)
+
+
+def test_runs_emit_started_and_completed_or_failed_events(pgflow_engine: Engine) -> None:
+    seen: list[tuple[str, dict[str, object]]] = []
+    unsubscribe = telemetry.subscribe(lambda event, fields: seen.append((event, fields)))
+    try:
+        run = run_flow_inline(Thumbnails, ["a"], pgflow_engine)
+        with pytest.raises(RunFailedError):
+            run_flow_inline(_AlwaysFails, {}, pgflow_engine)
+    finally:
+        unsubscribe()
+    runs = [(event, fields["flow"]) for event, fields in seen if event.startswith("run.")]
+    assert runs == [
+        ("run.started", "thumbnails"),
+        ("run.completed", "thumbnails"),
+        ("run.started", "always_fails"),
+        ("run.failed", "always_fails"),
+    ]
+    completed = next(f for e, f in seen if e == "run.completed")
+    assert completed["run_id"] == str(run.run_id)
+    failed = next(f for e, f in seen if e == "run.failed")
+    assert failed["step"] == "boom"
+    assert failed["error"] == "RuntimeError: always"
+
+
+class _AlwaysFails(Flow, slug="always_fails", max_attempts=1):
+    @step
+    def boom(self, input: object) -> None:
+        raise RuntimeError("always")

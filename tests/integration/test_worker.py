@@ -444,3 +444,20 @@ async def test_a_flow_with_another_shape_in_the_database_is_refused(pgflow_engin
     worker = Worker([Graceful2], pgflow_engine)
     with pytest.raises(FlowNotReadyError, match="'graceful' in the database has another shape"):
         await worker.serve()
+
+
+class UsesDatabase(Flow, slug="uses_database"):
+    @step
+    def count_flows(self, input: Any, ctx: Context) -> int:
+        assert ctx.engine is not None
+        with ctx.engine.begin() as connection:
+            return int(
+                connection.execute(sa.text("SELECT count(*) FROM pgflow.flows")).scalar_one()
+            )
+
+
+async def test_handlers_reach_the_database_through_the_context(pgflow_engine: Engine) -> None:
+    register(pgflow_engine, UsesDatabase)
+    async with running_worker(pgflow_engine, UsesDatabase):
+        run = await wait_for_run(pgflow_engine, start(pgflow_engine, UsesDatabase, {}))
+    assert run["output"] == {"count_flows": 1}
