@@ -141,8 +141,9 @@ async def test_retries_back_off_exponentially_then_succeed(
     gaps = seconds_between(starts)
     # upstream: delay = base_delay * 2^attempts_count -> 2 s after the 1st try, 4 s after the 2nd
     assert len(gaps) == 2
-    assert 2.0 <= gaps[0] < 3.0, gaps
-    assert 4.0 <= gaps[1] < 5.0, gaps
+    # Upper bounds leave room for a loaded CI machine and stay far below the 10 s poll interval.
+    assert 2.0 <= gaps[0] < 5.0, gaps
+    assert 4.0 <= gaps[1] < 7.0, gaps
     failures = [f["error"] for f, _ in events.named("task.failed")]
     assert failures == ["ConnectionError: attempt 1 lost", "ConnectionError: attempt 2 lost"]
 
@@ -189,7 +190,7 @@ async def test_start_delay_is_honoured_and_picked_up_promptly(pgflow_engine: Eng
         started = time.time()
         run = await wait_for_run(pgflow_engine, start(pgflow_engine, Delayed, {}))
     waited = run["output"]["later"] - started
-    assert 2.0 <= waited < 3.0, waited  # woken at visibility, not by the 10 s poll interval
+    assert 2.0 <= waited < 5.0, waited  # woken at visibility, not by the 10 s poll interval
 
 
 class Slow(Flow, slug="slow", timeout=1, max_attempts=1):
