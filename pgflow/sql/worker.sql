@@ -106,3 +106,10 @@ SELECT pgflow_python.next_visible_at(:queue_name) AS at
 -- name: recover_stalled_tasks
 SELECT run_id, step_slug, task_index, action
 FROM pgflow_python.recover_stalled_tasks(:heartbeat_timeout, :max_requeues)
+
+-- name: schema_installed
+SELECT to_regclass('pgflow.flows') IS NOT NULL AS installed
+
+-- name: run_input
+-- The flow input, for handlers of steps whose task input does not carry it (ctx.flow_input()).
+SELECT input FROM pgflow.runs WHERE run_id = :run_id

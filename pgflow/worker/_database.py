@@ -8,7 +8,7 @@ so no two threads ever share one. A lost connection is reopened with backoff on 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -72,16 +72,6 @@ class Connection:
 
     async def fetch(self, name: str, **params: Any) -> list[Row]:
         return await anyio.to_thread.run_sync(self._fetch, name, params, limiter=self._lock)
-
-    async def run(self, function: Callable[[psycopg.Connection[Row]], T]) -> T:
-        def call() -> T:
-            try:
-                return function(self._connect())
-            except psycopg.OperationalError:
-                self._discard()
-                raise
-
-        return await anyio.to_thread.run_sync(call, limiter=self._lock)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._discard, limiter=self._lock)

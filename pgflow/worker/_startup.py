@@ -19,7 +19,7 @@ def check_flows(
     engine: Engine, definitions: list[FlowDefinition], *, compile_missing: bool
 ) -> None:
     with engine.begin() as connection:
-        if connection.execute(sa.text("SELECT to_regclass('pgflow.flows')")).scalar() is None:
+        if not connection.execute(_sql.query("schema_installed")).scalar_one():
             raise SchemaError("the pgflow schema is not installed: run `pgflow db install`")
         for definition in definitions:
             rows = (

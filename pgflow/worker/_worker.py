@@ -313,11 +313,7 @@ class Worker:
         return outcome
 
     async def _load_flow_input(self, run_id: uuid.UUID) -> Any:
-        rows = await self._service.run(
-            lambda c: c.execute(
-                "SELECT input FROM pgflow.runs WHERE run_id = %s", (run_id,)
-            ).fetchall()
-        )
+        rows = await self._service.fetch("run_input", run_id=run_id)
         return rows[0]["input"] if rows else None
 
     async def _report(
