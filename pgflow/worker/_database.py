@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -19,7 +19,6 @@ from psycopg.rows import dict_row
 
 from pgflow import _sql
 
-T = TypeVar("T")
 Row = dict[str, Any]
 
 
