@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from process_flows import SlowStep, TenSteps
 from sqlalchemy.engine import URL, Engine
-from worker_support import register
 
 import sql_only_flow
 import support
 from pgflow.dsl import definition_of
+from process_flows import SlowStep, TenSteps
+from worker_support import register
 
 HERE = Path(__file__).resolve().parent
 WorkerFactory = Callable[..., subprocess.Popen[str]]

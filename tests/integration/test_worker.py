@@ -14,6 +14,10 @@ import anyio.to_thread
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
+from pgflow import Context, Flow, _sql, map_step, step
+from pgflow.worker import FlowNotReadyError, Worker
 from worker_support import (
     EventLog,
     register,
@@ -23,10 +27,6 @@ from worker_support import (
     tasks_of,
     wait_for_run,
 )
-
-from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
-from pgflow import Context, Flow, _sql, map_step, step
-from pgflow.worker import FlowNotReadyError, Worker
 
 pytestmark = pytest.mark.anyio
 

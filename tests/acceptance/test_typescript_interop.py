@@ -1,0 +1,106 @@
+"""TypeScript pgflow and pgflow-python on one database (first scenarios of the interop issue)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+import support
+from pgflow import Flow, definition_of, map_step, start_flow, step
+from worker_support import register, running_worker, wait_for_run
+
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
+
+
+class Interop(Flow, slug="interop"):
+    @step
+    def seed(self, input: dict[str, int]) -> list[int]:
+        return [input["n"], input["n"] + 1]
+
+    @map_step(array=seed)
+    def square(self, x: int) -> int:
+        return x * x
+
+    @step(depends_on=[square, seed])
+    def total(self, deps: dict[str, Any]) -> dict[str, int]:
+        return {"sum": sum(deps["square"]), "count": len(deps["seed"])}
+
+
+def node_worker(engine: Engine, flow_slug: str) -> dict[str, Any]:
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules" / "@pgflow" / "core").is_dir():
+        pytest.fail("Node.js and tests/node/node_modules are required: run `make setup`")
+    result = subprocess.run(
+        [node, str(NODE_DIR / "worker.mjs"), support.libpq_url(engine.url), flow_slug, "60"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_a_flow_compiled_by_pgflow_python_runs_on_a_typescript_worker(
+    pgflow_engine: Engine,
+) -> None:
+    register(pgflow_engine, Interop)
+    with pgflow_engine.begin() as connection:
+        run_ids = [start_flow(connection, Interop, {"n": n}) for n in range(5)]
+    report = node_worker(pgflow_engine, "interop")
+    assert report["completed"] == 5 * (1 + 2 + 1)
+    with pgflow_engine.begin() as connection:
+        rows = connection.execute(
+            sa.text("SELECT input, status, output FROM pgflow.runs ORDER BY input->>'n'")
+        ).all()
+        workers = (
+            connection.execute(
+                sa.text("SELECT DISTINCT last_worker_id::text FROM pgflow.step_tasks")
+            )
+            .scalars()
+            .all()
+        )
+    assert len(rows) == len(run_ids)
+    for flow_input, status, output in rows:
+        n = flow_input["n"]
+        assert status == "completed"
+        assert output == {"total": {"sum": n * n + (n + 1) ** 2, "count": 2}}
+    assert workers == [report["workerId"]]
+
+
+def typescript_compile(flow: type[Flow]) -> list[str]:
+    node = shutil.which("node")
+    assert node is not None, "Node.js is required: run `make setup`"
+    result = subprocess.run(
+        [node, str(NODE_DIR / "compile_flows.mjs")],
+        input=json.dumps([definition_of(flow).to_dict()]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    statements: list[list[str]] = json.loads(result.stdout)
+    return statements[0]
+
+
+@pytest.mark.anyio
+async def test_a_flow_compiled_by_typescript_runs_on_python_workers(pgflow_engine: Engine) -> None:
+    with pgflow_engine.begin() as connection:
+        for statement in typescript_compile(Interop):
+            connection.execute(sa.text(statement))
+        run_ids = [start_flow(connection, Interop, {"n": n}) for n in range(5)]
+    # The worker's start-up check accepts the TypeScript-compiled flow as Interop's shape.
+    async with running_worker(pgflow_engine, Interop):
+        runs = [await wait_for_run(pgflow_engine, run_id) for run_id in run_ids]
+    for n, run in enumerate(runs):
+        assert run == {
+            "status": "completed",
+            "output": {"total": {"sum": n * n + (n + 1) ** 2, "count": 2}},
+        }

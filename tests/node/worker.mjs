@@ -1,0 +1,47 @@
+// A minimal TypeScript-pgflow-style worker, as the interoperability tests need one: it speaks the
+// upstream protocol through @pgflow/core's PgflowSqlClient (readMessages -> startTasks ->
+// completeTask/failTask) and exits once the flow has no started runs left.
+//   node worker.mjs <database-url> <flow-slug> [max-seconds]
+import postgres from 'postgres';
+import { PgflowSqlClient } from '@pgflow/core';
+import { randomUUID } from 'node:crypto';
+
+// Handlers get upstream 0.8.1's raw task input: {run: flowInput, dep: output} or a map element.
+const handlers = {
+  interop: {
+    seed: (input) => [input.run.n, input.run.n + 1],
+    square: (x) => x * x,
+    total: (input) => ({ sum: input.square.reduce((a, b) => a + b, 0), count: input.seed.length }),
+  },
+};
+
+const [url, flowSlug, maxSeconds = '60'] = process.argv.slice(2);
+const sql = postgres(url, { max: 2, onnotice: () => {} });
+const client = new PgflowSqlClient(sql);
+const workerId = randomUUID();
+await sql`INSERT INTO pgflow.workers (worker_id, queue_name, function_name)
+          VALUES (${workerId}, ${flowSlug}, 'node-test-worker')`;
+
+const deadline = Date.now() + Number(maxSeconds) * 1000;
+let completed = 0;
+while (Date.now() < deadline) {
+  const messages = await client.readMessages(flowSlug, 5, 10, 1, 50);
+  const tasks = messages.length
+    ? await client.startTasks(flowSlug, messages.map((m) => m.msg_id), workerId)
+    : [];
+  for (const task of tasks) {
+    try {
+      await client.completeTask(task, handlers[flowSlug][task.step_slug](task.input));
+      completed += 1;
+    } catch (error) {
+      await client.failTask(task, error);
+    }
+  }
+  if (!tasks.length) {
+    const [{ open }] = await sql`SELECT count(*)::int AS open FROM pgflow.runs
+                                 WHERE flow_slug = ${flowSlug} AND status = 'started'`;
+    if (open === 0) break;
+  }
+}
+process.stdout.write(JSON.stringify({ workerId, completed }) + '\n');
+await sql.end();
