@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,6 +58,54 @@ def start_run(connection: Connection, flow_slug: str, flow_input: Any) -> uuid.U
     return run_id
 
 
+def register_worker(engine: Engine, flow_slug: str, name: str = "sql_only_flow") -> uuid.UUID:
+    """start_tasks needs a pgflow.workers row for the claiming worker."""
+    worker_id = uuid.uuid4()
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO pgflow.workers (worker_id, queue_name, function_name)"
+                " VALUES (:id, :queue, :name)"
+            ),
+            {"id": worker_id, "queue": flow_slug, "name": name},
+        )
+    return worker_id
+
+
+def work_once(
+    engine: Engine,
+    flow_slug: str,
+    handlers: Mapping[str, Handler],
+    worker_id: uuid.UUID,
+    *,
+    visibility: int = 5,
+) -> int:
+    """Read, claim and run one batch of the flow's tasks; returns how many ran."""
+    with engine.begin() as connection:
+        msg_ids = (
+            connection.execute(
+                sa.text("SELECT msg_id FROM pgmq.read(:queue, :vt, 10)"),
+                {"queue": flow_slug, "vt": visibility},
+            )
+            .scalars()
+            .all()
+        )
+        tasks = (
+            connection.execute(
+                sa.text(
+                    "SELECT run_id, step_slug, task_index, input"
+                    " FROM pgflow.start_tasks(:flow, CAST(:ids AS bigint[]), :worker)"
+                ),
+                {"flow": flow_slug, "ids": list(msg_ids), "worker": worker_id},
+            )
+            .mappings()
+            .all()
+        )
+    for task in tasks:
+        _run_task(engine, handlers[task["step_slug"]], task)
+    return len(tasks)
+
+
 def drive(
     engine: Engine,
     flow_slug: str,
@@ -67,15 +115,8 @@ def drive(
     deadline_s: float = 30.0,
 ) -> dict[str, Any]:
     """Work the flow's queue until ``run_id`` is no longer ``started``; return the run row."""
-    worker_id = uuid.uuid4()
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO pgflow.workers (worker_id, queue_name, function_name)"
-                " VALUES (:id, :queue, 'sql_only_flow')"
-            ),
-            {"id": worker_id, "queue": flow_slug},
-        )
+    worker_id = register_worker(engine, flow_slug)
+    handlers = {slug: handler for slug, (_deps, handler) in steps.items()}
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         with engine.begin() as connection:
@@ -87,35 +128,14 @@ def drive(
                 .mappings()
                 .one()
             )
-            if run["status"] != "started":
-                return dict(run)
-            msg_ids = (
-                connection.execute(
-                    sa.text("SELECT msg_id FROM pgmq.read(:queue, 5, 10)"), {"queue": flow_slug}
-                )
-                .scalars()
-                .all()
-            )
-            tasks = (
-                connection.execute(
-                    sa.text(
-                        "SELECT run_id, step_slug, task_index, input"
-                        " FROM pgflow.start_tasks(:flow, CAST(:ids AS bigint[]), :worker)"
-                    ),
-                    {"flow": flow_slug, "ids": list(msg_ids), "worker": worker_id},
-                )
-                .mappings()
-                .all()
-            )
-        for task in tasks:
-            _run_task(engine, steps, task)
-        if not tasks:
+        if run["status"] != "started":
+            return dict(run)
+        if not work_once(engine, flow_slug, handlers, worker_id):
             time.sleep(0.02)
     raise TimeoutError(f"run {run_id} still started after {deadline_s} s")
 
 
-def _run_task(engine: Engine, steps: dict[str, tuple[list[str], Handler]], task: Any) -> None:
-    _deps, handler = steps[task["step_slug"]]
+def _run_task(engine: Engine, handler: Handler, task: Any) -> None:
     key = {"run": task["run_id"], "step": task["step_slug"], "index": task["task_index"]}
     with engine.begin() as connection:
         try:

@@ -7,10 +7,8 @@ client is tested against real runs without depending on the worker.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
+import sql_only_flow
 from pgflow import compile_flow, definition_of
 from pgflow.context import Context
 from pgflow.dsl import Flow, Job, map_step, step
@@ -204,50 +203,7 @@ def driving(
 def _work_queue(
     engine: Engine, slug: str, handlers: Mapping[str, Handler], stop: threading.Event
 ) -> None:
-    worker_id = uuid.uuid4()
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO pgflow.workers (worker_id, queue_name, function_name)"
-                " VALUES (:id, :queue, 'client_tests')"
-            ),
-            {"id": worker_id, "queue": slug},
-        )
+    worker_id = sql_only_flow.register_worker(engine, slug, "client_tests")
     while not stop.is_set():
-        with engine.begin() as connection:
-            msg_ids = (
-                connection.execute(
-                    sa.text("SELECT msg_id FROM pgmq.read(:queue, 30, 10)"), {"queue": slug}
-                )
-                .scalars()
-                .all()
-            )
-            tasks = (
-                connection.execute(
-                    sa.text(
-                        "SELECT run_id, step_slug, task_index, input"
-                        " FROM pgflow.start_tasks(:flow, CAST(:ids AS bigint[]), :worker)"
-                    ),
-                    {"flow": slug, "ids": list(msg_ids), "worker": worker_id},
-                )
-                .mappings()
-                .all()
-            )
-        for task in tasks:
-            _finish_task(engine, handlers[task["step_slug"]], task)
-        if not tasks:
+        if not sql_only_flow.work_once(engine, slug, handlers, worker_id, visibility=30):
             stop.wait(0.02)
-
-
-def _finish_task(engine: Engine, handler: Handler, task: sa.RowMapping) -> None:
-    key = {"run": task["run_id"], "step": task["step_slug"], "index": task["task_index"]}
-    try:
-        output = handler(task["input"])
-    except Exception as exc:
-        statement = "SELECT pgflow.fail_task(:run, :step, :index, :error)"
-        params = {**key, "error": f"{type(exc).__name__}: {exc}"}
-    else:
-        statement = "SELECT pgflow.complete_task(:run, :step, :index, CAST(:output AS jsonb))"
-        params = {**key, "output": json.dumps(output)}
-    with engine.begin() as connection:
-        connection.execute(sa.text(statement), params)
