@@ -56,6 +56,39 @@ def _run_row(engine: Engine, run_id: uuid.UUID) -> dict[str, Any]:
         )
 
 
+def _diagnosis(engine: Engine, run_id: uuid.UUID) -> str:
+    """The run's steps, tasks and queued messages, for the failure message of a stuck run."""
+    with engine.begin() as connection:
+        flow_slug = connection.execute(
+            sa.text("SELECT flow_slug FROM pgflow.runs WHERE run_id = :id"), {"id": run_id}
+        ).scalar_one()
+        steps = connection.execute(
+            sa.text(
+                "SELECT step_slug, status, remaining_deps, remaining_tasks, initial_tasks"
+                " FROM pgflow.step_states WHERE run_id = :id ORDER BY step_slug"
+            ),
+            {"id": run_id},
+        ).all()
+        tasks = connection.execute(
+            sa.text(
+                "SELECT step_slug, task_index, status, attempts_count, message_id, last_worker_id"
+                " FROM pgflow.step_tasks WHERE run_id = :id ORDER BY step_slug, task_index"
+            ),
+            {"id": run_id},
+        ).all()
+        queue_table = "pgmq." + connection.dialect.identifier_preparer.quote("q_" + flow_slug)
+        messages = connection.execute(
+            sa.text(
+                "SELECT msg_id, read_ct, vt - now() AS visible_in, message FROM "
+                + queue_table
+                + " WHERE message->>'run_id' = :id ORDER BY msg_id"
+            ),
+            {"id": str(run_id)},
+        ).all()
+    sections = {"steps": steps, "tasks": tasks, "messages": messages}
+    return "\n".join(f"{name}:\n" + "\n".join(map(str, rows)) for name, rows in sections.items())
+
+
 async def wait_for_run(
     engine: Engine, run_id: uuid.UUID, *, timeout: float = 20.0
 ) -> dict[str, Any]:
@@ -66,7 +99,8 @@ async def wait_for_run(
         if run["status"] != "started":
             return run
         if time.monotonic() > deadline:
-            raise AssertionError(f"run {run_id} still started after {timeout} s")
+            state = await anyio.to_thread.run_sync(_diagnosis, engine, run_id)
+            raise AssertionError(f"run {run_id} still started after {timeout} s\n{state}")
         await anyio.sleep(0.05)
 
 

@@ -34,6 +34,23 @@ UPSTREAM_081_FUNCTIONS = frozenset(
 )
 # Dropped by 0.8.1's last migration: present only in older schemas.
 UPSTREAM_PRE_081_FUNCTIONS = frozenset({"read_with_poll"})
+# What pgflow-python calls at run time, as catalog.sql's runtime_signatures prints it. Another
+# upstream release changes some of these (e.g. a flow_input column in step_task_record).
+UPSTREAM_081_SIGNATURES = frozenset(
+    {
+        "pgflow.start_tasks(text,bigint[],uuid) -> SETOF pgflow.step_task_record",
+        "pgflow.complete_task(uuid,text,integer,jsonb) -> SETOF pgflow.step_tasks",
+        "pgflow.fail_task(uuid,text,integer,text) -> SETOF pgflow.step_tasks",
+        "pgflow.set_vt_batch(text,bigint[],integer[]) -> TABLE(msg_id bigint, read_ct integer, "
+        "enqueued_at timestamp with time zone, vt timestamp with time zone, message jsonb, "
+        "headers jsonb)",
+        "pgflow.start_flow(text,jsonb,uuid) -> SETOF pgflow.runs",
+        "pgflow.start_flow_with_states(text,jsonb,uuid) -> jsonb",
+        "pgflow.get_run_with_states(uuid) -> jsonb",
+        "pgflow.step_task_record(flow_slug text, run_id uuid, step_slug text, input jsonb, "
+        "msg_id bigint, task_index integer)",
+    }
+)
 
 
 class Recorded(NamedTuple):
@@ -57,6 +74,7 @@ class DatabaseState:
     realtime_send_present: bool
     pgflow_schema_present: bool
     pgflow_functions: frozenset[str]
+    runtime_signatures: frozenset[str]
 
     @property
     def pgmq_mode(self) -> PgmqMode | None:
@@ -120,6 +138,9 @@ def read_state(connection: Connection) -> DatabaseState:
         pgflow_functions=frozenset(
             r["name"] for r in _catalog.rows(connection, "pgflow_functions")
         ),
+        runtime_signatures=frozenset(
+            r["signature"] for r in _catalog.rows(connection, "runtime_signatures")
+        ),
     )
 
 
@@ -132,10 +153,15 @@ def classify_upstream(state: DatabaseState) -> UpstreamPlan:
         if component == "upstream"
     }
     if recorded:
-        return UpstreamPlan(to_apply=tuple(_check_recorded(migrations, recorded)))
+        pending = _check_recorded(migrations, recorded)
+        if not pending:
+            _check_unchanged_since_install(state)
+        return UpstreamPlan(to_apply=tuple(pending))
     if not state.pgflow_schema_present:
         return UpstreamPlan(to_apply=tuple(migrations))
-    return UpstreamPlan(to_adopt=tuple(_check_fingerprint(state.pgflow_functions)))
+    to_adopt = _check_fingerprint(state.pgflow_functions)
+    _check_unchanged_since_install(state, adopting=True)
+    return UpstreamPlan(to_adopt=tuple(to_adopt))
 
 
 def _check_recorded(
@@ -185,3 +211,27 @@ def _check_fingerprint(functions: frozenset[str]) -> list[_sources.SqlFile]:
             "(e.g. its Supabase migrations), then run `pgflow db install` to adopt it"
         )
     return _sources.upstream_migrations()
+
+
+def _check_unchanged_since_install(state: DatabaseState, *, adopting: bool = False) -> None:
+    """Refuse a schema whose run-time functions are not the ones this release calls.
+
+    Catches upgrades made by other tooling after pgflow-python installed or adopted the schema
+    (a TypeScript team applying a newer @pgflow/core's migrations), which bookkeeping cannot see.
+    """
+    version = _sources.upstream_version()
+    added = sorted(state.pgflow_functions - UPSTREAM_081_FUNCTIONS)
+    changed = sorted(UPSTREAM_081_SIGNATURES - state.runtime_signatures)
+    if not added and not changed:
+        return
+    found = f"functions not in {version}: {', '.join(added)}" if added else ""
+    if changed:
+        found += ("; " if found else "") + f"changed or missing: {changed[0]}"
+        found += f" (+{len(changed) - 1} more)" if len(changed) > 1 else ""
+    when = "is not" if adopting else "is no longer"
+    raise IncompatibleSchemaError(
+        f"schema pgflow {when} @pgflow/core {version} ({found}). Another tool, such as a "
+        "TypeScript pgflow deployment's migrations, changed it. This pgflow-python supports "
+        f"@pgflow/core {version} only: keep both sides on {version} or use the pgflow-python "
+        "release for the installed version (see docs/typescript-interop.md)"
+    )

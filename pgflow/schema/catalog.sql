@@ -59,3 +59,22 @@ ORDER BY 1
 
 -- name: pgflow_schema_present
 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgflow') AS present
+
+-- name: runtime_signatures
+-- Signatures of the upstream objects pgflow-python calls at run time, one text line each.
+SELECT p.oid::regprocedure::text || ' -> ' || pg_get_function_result(p.oid) AS signature
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = 'pgflow'
+  AND p.proname IN (
+    'start_tasks', 'complete_task', 'fail_task', 'set_vt_batch',
+    'start_flow', 'start_flow_with_states', 'get_run_with_states'
+  )
+UNION ALL
+SELECT 'pgflow.step_task_record('
+    || string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+    || ')'
+FROM pg_attribute a
+WHERE a.attrelid = (SELECT typrelid FROM pg_type WHERE oid = to_regtype('pgflow.step_task_record'))
+  AND a.attnum > 0 AND NOT a.attisdropped
+HAVING count(*) > 0

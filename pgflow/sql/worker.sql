@@ -19,38 +19,10 @@ SET deprecated_at = coalesce(deprecated_at, now()), last_heartbeat_at = now()
 WHERE worker_id = ANY(:worker_ids)
 
 -- name: claim_tasks
--- Read up to :qty messages (short reservation :vt), start their tasks, and keep each claimed
--- message invisible for its step's timeout plus :margin seconds, in one statement. Upstream's
--- start_tasks means to extend visibility itself, but its CTE is never referenced, so never runs.
--- attempts_count is read from the statement's snapshot, i.e. before start_tasks incremented it.
-WITH claimed AS (
-    SELECT *
-    FROM pgflow.start_tasks(
-        :flow_slug,
-        ARRAY(SELECT r.msg_id FROM pgmq.read(:flow_slug, :vt, :qty) AS r),
-        :worker_id
-    )
-),
-timeouts AS (
-    SELECT c.msg_id, coalesce(s.opt_timeout, f.opt_timeout) AS timeout
-    FROM claimed c
-    JOIN pgflow.steps s ON s.flow_slug = c.flow_slug AND s.step_slug = c.step_slug
-    JOIN pgflow.flows f ON f.flow_slug = c.flow_slug
-),
-extended AS (
-    SELECT count(*) AS n
-    FROM pgflow.set_vt_batch(
-        :flow_slug,
-        ARRAY(SELECT t.msg_id FROM timeouts t ORDER BY t.msg_id),
-        ARRAY(SELECT t.timeout + :margin FROM timeouts t ORDER BY t.msg_id)
-    )
-)
-SELECT to_jsonb(c) AS task, t.timeout, st.attempts_count + 1 AS attempt
-FROM claimed c
-JOIN timeouts t ON t.msg_id = c.msg_id
-JOIN pgflow.step_tasks st
-  ON st.run_id = c.run_id AND st.step_slug = c.step_slug AND st.task_index = c.task_index
-CROSS JOIN extended
+-- pgflow_python.claim_tasks (extension/0005_claim_tasks.sql) reads up to :qty messages with a
+-- short reservation :vt, starts their tasks, and reserves each for its timeout plus :margin.
+SELECT task, task_timeout AS timeout, attempt
+FROM pgflow_python.claim_tasks(:flow_slug, :worker_id, :qty, :vt, :margin)
 
 -- name: complete_task
 -- Only while this worker still holds the task: after a stalled-task recovery gave it to another
@@ -106,9 +78,6 @@ SELECT pgflow_python.next_visible_at(:queue_name) AS at
 -- name: recover_stalled_tasks
 SELECT run_id, step_slug, task_index, action
 FROM pgflow_python.recover_stalled_tasks(:heartbeat_timeout, :max_requeues)
-
--- name: schema_installed
-SELECT to_regclass('pgflow.flows') IS NOT NULL AS installed
 
 -- name: run_input
 -- The flow input, for handlers of steps whose task input does not carry it (ctx.flow_input()).

@@ -8,19 +8,32 @@ from sqlalchemy.engine import Engine
 from pgflow import _sql
 from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition
-from pgflow.errors import PgflowError, SchemaError
+from pgflow.errors import IncompatibleSchemaError, PgflowError, SchemaError
+from pgflow.schema import status
 
 
 class FlowNotReadyError(PgflowError):
     """A flow the worker should serve is missing from the database or has another shape."""
 
 
+def check_schema(engine: Engine) -> None:
+    """Refuse a database whose schema this release cannot drive, before claiming anything."""
+    report = status(engine)
+    if report.problem is not None:
+        raise IncompatibleSchemaError(f"the worker cannot use this database: {report.problem}")
+    if report.pending:
+        raise SchemaError(
+            f"the pgflow schema is not installed or not complete ({len(report.pending)} items "
+            f"pending, first {report.pending[0]}): run `pgflow db install` (it adopts a schema "
+            "installed by TypeScript pgflow tooling and adds pgflow-python's functions)"
+        )
+
+
 def check_flows(
     engine: Engine, definitions: list[FlowDefinition], *, compile_missing: bool
 ) -> None:
+    check_schema(engine)
     with engine.begin() as connection:
-        if not connection.execute(_sql.query("schema_installed")).scalar_one():
-            raise SchemaError("the pgflow schema is not installed: run `pgflow db install`")
         for definition in definitions:
             rows = (
                 connection.execute(_sql.query("flow_shape"), {"flow_slug": definition.slug})

@@ -1,7 +1,8 @@
 // A minimal TypeScript-pgflow-style worker, as the interoperability tests need one: it speaks the
 // upstream protocol through @pgflow/core's PgflowSqlClient (readMessages -> startTasks ->
 // completeTask/failTask) and exits once the flow has no started runs left.
-//   node worker.mjs <database-url> <flow-slug> [max-seconds]
+//   node worker.mjs <database-url> <flow-slug> [options-json]
+// options: maxSeconds (60), maxTasks (no limit), fail (step slugs whose handler throws).
 import postgres from 'postgres';
 import { PgflowSqlClient } from '@pgflow/core';
 import { randomUUID } from 'node:crypto';
@@ -13,35 +14,42 @@ const handlers = {
     square: (x) => x * x,
     total: (input) => ({ sum: input.square.reduce((a, b) => a + b, 0), count: input.seed.length }),
   },
+  relay: {
+    flaky: (input) => ({ by: 'node', n: input.run.n }),
+  },
 };
 
-const [url, flowSlug, maxSeconds = '60'] = process.argv.slice(2);
+const [url, flowSlug, optionsJson = '{}'] = process.argv.slice(2);
+const { maxSeconds = 60, maxTasks = Infinity, fail = [] } = JSON.parse(optionsJson);
 const sql = postgres(url, { max: 2, onnotice: () => {} });
 const client = new PgflowSqlClient(sql);
 const workerId = randomUUID();
 await sql`INSERT INTO pgflow.workers (worker_id, queue_name, function_name)
           VALUES (${workerId}, ${flowSlug}, 'node-test-worker')`;
 
-const deadline = Date.now() + Number(maxSeconds) * 1000;
+const deadline = Date.now() + maxSeconds * 1000;
+const attempts = [];
 let completed = 0;
-while (Date.now() < deadline) {
-  const messages = await client.readMessages(flowSlug, 5, 10, 1, 50);
+while (Date.now() < deadline && attempts.length < maxTasks) {
+  const messages = await client.readMessages(flowSlug, 5, Math.min(10, maxTasks - attempts.length), 1, 50);
   const tasks = messages.length
     ? await client.startTasks(flowSlug, messages.map((m) => m.msg_id), workerId)
     : [];
   for (const task of tasks) {
+    attempts.push({ step: task.step_slug, at: Date.now() / 1000 });
     try {
+      if (fail.includes(task.step_slug)) throw new Error(`node failed ${task.step_slug}`);
       await client.completeTask(task, handlers[flowSlug][task.step_slug](task.input));
       completed += 1;
     } catch (error) {
       await client.failTask(task, error);
     }
   }
-  if (!tasks.length) {
+  if (!tasks.length && maxTasks === Infinity) {
     const [{ open }] = await sql`SELECT count(*)::int AS open FROM pgflow.runs
                                  WHERE flow_slug = ${flowSlug} AND status = 'started'`;
     if (open === 0) break;
   }
 }
-process.stdout.write(JSON.stringify({ workerId, completed }) + '\n');
+process.stdout.write(JSON.stringify({ workerId, completed, attempts }) + '\n');
 await sql.end();

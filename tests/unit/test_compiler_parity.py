@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 
+from node_support import typescript_compile
 from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition, StepDefinition, StepType
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 S, M = StepType.SINGLE, StepType.MAP
 
 
@@ -81,19 +76,7 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def typescript_output() -> list[list[str]]:
-    node = shutil.which("node")
-    if node is None or not (NODE_DIR / "node_modules" / "@pgflow" / "dsl").is_dir():
-        pytest.fail("Node.js and tests/node/node_modules are required: run `make setup`")
-    result = subprocess.run(
-        [node, str(NODE_DIR / "compile_flows.mjs")],
-        input=json.dumps([f.to_dict() for f in CORPUS]),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    output: list[list[str]] = json.loads(result.stdout)
-    return output
+    return typescript_compile(CORPUS)
 
 
 def test_corpus_is_large_and_covers_every_option_and_step_type() -> None:

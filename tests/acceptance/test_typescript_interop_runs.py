@@ -1,0 +1,173 @@
+"""TypeScript pgflow and pgflow-python on one database: starting runs, retries across languages."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from interop_flows import Interop
+from node_support import node_worker, typescript_start
+from pgflow import Flow, start_flow, step
+from worker_support import register, running_worker, tasks_of, wait_for_run
+
+pytestmark = pytest.mark.anyio
+
+VOLATILE = {"run_id", "msg_id", "message_id", "last_worker_id"}
+
+
+def comparable(value: Any) -> Any:
+    """``value`` without ids and timestamps, which differ between any two runs."""
+    if isinstance(value, dict):
+        kept = {k: v for k, v in value.items() if k not in VOLATILE and not k.endswith("_at")}
+        return {k: comparable(v) for k, v in kept.items()}
+    if isinstance(value, list):
+        return [comparable(v) for v in value]
+    return value
+
+
+def stored(engine: Engine, run_id: str | uuid.UUID) -> dict[str, Any]:
+    """Everything the database holds about one run: its row, steps, tasks and queued messages."""
+    with engine.begin() as connection:
+        snapshot = connection.execute(
+            sa.text(
+                """
+                SELECT
+                  (SELECT to_jsonb(r) FROM pgflow.runs r WHERE r.run_id = CAST(:id AS uuid)) AS run,
+                  (SELECT jsonb_agg(to_jsonb(s) ORDER BY s.step_slug)
+                     FROM pgflow.step_states s WHERE s.run_id = CAST(:id AS uuid)) AS steps,
+                  (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.step_slug, t.task_index)
+                     FROM pgflow.step_tasks t WHERE t.run_id = CAST(:id AS uuid)) AS tasks,
+                  (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                            'message', q.message, 'read_ct', q.read_ct, 'headers', q.headers)
+                          ORDER BY q.message->>'step_slug', q.message->>'task_index'), '[]')
+                     FROM pgmq.q_interop q
+                     WHERE q.message->>'run_id' = CAST(:id AS text)) AS messages
+                """
+            ),
+            {"id": str(run_id)},
+        )
+        return dict(snapshot.mappings().one())
+
+
+async def test_runs_started_by_typescript_and_by_python_are_indistinguishable(
+    pgflow_engine: Engine,
+) -> None:
+    register(pgflow_engine, Interop)
+    inputs = [{"n": 1}, {"n": 2, "note": "ünïcode"}, {"n": 3, "nested": {"list": [1, None]}}]
+    typescript_runs = typescript_start(pgflow_engine, "interop", inputs)
+    with pgflow_engine.begin() as connection:
+        python_runs = [start_flow(connection, Interop, flow_input) for flow_input in inputs]
+
+    pairs = list(zip(typescript_runs, python_runs, strict=True))
+    for ts_run, py_run in pairs:
+        ts_state, py_state = stored(pgflow_engine, ts_run), stored(pgflow_engine, py_run)
+        assert ts_state["messages"], "the root step's message is queued"
+        assert comparable(ts_state) == comparable(py_state)
+        assert ts_state["messages"][0]["message"]["run_id"] == ts_run
+
+    async with running_worker(pgflow_engine, Interop):
+        for ts_run, py_run in pairs:
+            assert await wait_for_run(pgflow_engine, uuid.UUID(ts_run)) == await wait_for_run(
+                pgflow_engine, py_run
+            )
+    for ts_run, py_run in pairs:
+        ts_state, py_state = stored(pgflow_engine, ts_run), stored(pgflow_engine, py_run)
+        assert ts_state["run"]["status"] == "completed"
+        assert comparable(ts_state) == comparable(py_state)
+
+
+class PythonSide:
+    fails = False
+    attempts: list[float] = []  # noqa: RUF012 - test-wide record, reset per test
+
+
+class Relay(Flow, slug="relay", max_attempts=3, base_delay=1):
+    @step
+    def flaky(self, input: dict[str, int]) -> dict[str, Any]:
+        PythonSide.attempts.append(time.time())
+        if PythonSide.fails:
+            raise RuntimeError("python failed flaky")
+        return {"by": "python", "n": input["n"]}
+
+
+@pytest.fixture
+def relay_run(pgflow_engine: Engine) -> uuid.UUID:
+    PythonSide.attempts = []
+    register(pgflow_engine, Relay)
+    with pgflow_engine.begin() as connection:
+        return start_flow(connection, Relay, {"n": 7})
+
+
+async def python_attempt(
+    engine: Engine, run_id: uuid.UUID, *, fails: bool, done: Callable[[dict[str, Any]], bool]
+) -> None:
+    """Run a Python worker until the relay task reaches ``done``."""
+    PythonSide.fails = fails
+    deadline = time.monotonic() + 30
+    async with running_worker(engine, Relay):
+        while not done(tasks_of(engine, run_id)[0]):
+            assert time.monotonic() < deadline, tasks_of(engine, run_id)
+            await anyio.sleep(0.05)
+
+
+def node_attempt(engine: Engine, *, fails: bool) -> float:
+    report = node_worker(engine, "relay", maxTasks=1, fail=["flaky"] if fails else [])
+    [attempt] = report["attempts"]
+    return float(attempt["at"])
+
+
+def requeued_after(attempts: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda task: task["attempts_count"] == attempts and task["status"] == "queued"
+
+
+# Retry n (1-based) waits base_delay * 2^n seconds (upstream calculate_retry_delay); base_delay=1.
+FIRST_RETRY_DELAY, SECOND_RETRY_DELAY = 2.0, 4.0
+CLOCK_SLACK = 0.1  # Node's and Python's clocks are read at slightly different moments
+
+
+async def test_a_step_failing_in_node_is_retried_in_python_then_in_node(
+    pgflow_engine: Engine, relay_run: uuid.UUID
+) -> None:
+    first = await anyio.to_thread.run_sync(lambda: node_attempt(pgflow_engine, fails=True))
+    assert tasks_of(pgflow_engine, relay_run)[0]["error_message"] == "node failed flaky"
+    await python_attempt(pgflow_engine, relay_run, fails=True, done=requeued_after(2))
+    [second] = PythonSide.attempts
+    third = await anyio.to_thread.run_sync(lambda: node_attempt(pgflow_engine, fails=False))
+
+    run = await wait_for_run(pgflow_engine, relay_run)
+    assert run == {"status": "completed", "output": {"flaky": {"by": "node", "n": 7}}}
+    [task] = tasks_of(pgflow_engine, relay_run)
+    assert (task["status"], task["attempts_count"]) == ("completed", 3)
+    assert second - first >= FIRST_RETRY_DELAY - CLOCK_SLACK
+    assert third - second >= SECOND_RETRY_DELAY - CLOCK_SLACK
+
+
+async def test_a_step_failing_in_python_then_node_then_python_exhausts_max_attempts(
+    pgflow_engine: Engine, relay_run: uuid.UUID
+) -> None:
+    await python_attempt(pgflow_engine, relay_run, fails=True, done=requeued_after(1))
+    second = await anyio.to_thread.run_sync(lambda: node_attempt(pgflow_engine, fails=True))
+    await python_attempt(
+        pgflow_engine, relay_run, fails=True, done=lambda task: task["status"] == "failed"
+    )
+    first, third = PythonSide.attempts
+
+    run = await wait_for_run(pgflow_engine, relay_run)
+    assert run == {"status": "failed", "output": None}
+    [task] = tasks_of(pgflow_engine, relay_run)
+    assert (task["attempts_count"], task["error_message"]) == (
+        3,
+        "RuntimeError: python failed flaky",
+    )
+    assert second - first >= FIRST_RETRY_DELAY - CLOCK_SLACK
+    assert third - second >= SECOND_RETRY_DELAY - CLOCK_SLACK
+    with pgflow_engine.begin() as connection:  # no message left: no worker can try a fourth time
+        assert connection.execute(sa.text("SELECT count(*) FROM pgmq.q_relay")).scalar() == 0

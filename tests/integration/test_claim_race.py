@@ -1,0 +1,91 @@
+"""A claim that overlaps the commit of new tasks hands every task it starts to the worker.
+
+Regression: the claim used to be one statement; pgmq.read (volatile) saw messages committed
+after the statement began, start_tasks marked their tasks started, and the statement's own join
+on pgflow.step_tasks, still on the older snapshot, dropped them. The tasks stayed 'started'
+with no handler, and the run never finished.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pgflow import Flow, _sql, start_flow, step
+from worker_support import register
+
+
+class Racy(Flow, slug="racy"):
+    @step
+    def only(self, input: Any) -> Any:
+        return input
+
+
+def wait_until_blocked_on_a_lock(engine: Engine, application_name: str) -> None:
+    deadline = time.monotonic() + 10
+    with engine.connect() as connection:
+        while True:
+            waiting = connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE application_name = :name AND wait_event_type = 'Lock'"
+                ),
+                {"name": application_name},
+            ).scalar_one()
+            if waiting:
+                return
+            assert time.monotonic() < deadline, "the claim never reached the queue's lock"
+            time.sleep(0.01)
+            connection.rollback()
+
+
+def test_tasks_committed_while_a_claim_runs_are_returned_by_that_claim(
+    pgflow_engine: Engine,
+) -> None:
+    register(pgflow_engine, Racy)
+    worker_id = uuid.uuid4()
+    with pgflow_engine.begin() as connection:
+        connection.execute(
+            _sql.query("register_worker"),
+            {"worker_id": worker_id, "queue_name": "racy", "function_name": "test"},
+        )
+    claimer = sa.create_engine(
+        pgflow_engine.url,
+        poolclass=sa.pool.NullPool,
+        connect_args={"application_name": "racing-claim"},
+    )
+    claimed: list[Any] = []
+
+    def claim() -> None:
+        with claimer.begin() as connection:
+            claimed.extend(
+                connection.execute(
+                    _sql.query("claim_tasks"),
+                    {"flow_slug": "racy", "worker_id": worker_id, "qty": 10, "vt": 5, "margin": 5},
+                ).mappings()
+            )
+
+    with pgflow_engine.connect() as starter:
+        # Hold the queue so the claim starts, then waits inside pgmq.read; commit a new run
+        # (task + message) meanwhile; the claim then reads that message.
+        starter.execute(sa.text("LOCK TABLE pgmq.q_racy IN EXCLUSIVE MODE"))
+        racing = threading.Thread(target=claim)
+        racing.start()
+        wait_until_blocked_on_a_lock(pgflow_engine, "racing-claim")
+        run_id = start_flow(starter, Racy, {"x": 1})
+        starter.commit()
+    racing.join(timeout=30)
+    claimer.dispose()
+
+    assert [(row["task"]["run_id"], row["attempt"]) for row in claimed] == [(str(run_id), 1)]
+    with pgflow_engine.begin() as connection:
+        status, worker = connection.execute(
+            sa.text("SELECT status, last_worker_id FROM pgflow.step_tasks WHERE run_id = :id"),
+            {"id": run_id},
+        ).one()
+    assert (status, worker) == ("started", worker_id)
