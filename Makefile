@@ -40,8 +40,11 @@ lint: setup
 docs:
 	@echo "The documentation is Markdown in docs/ (start at docs/index.md)."
 
+# The peers (PgQueuer, Procrastinate, DBOS) come with the bench extra. BENCH_ARGS, e.g.
+# `make bench BENCH_ARGS="--scale 0.1 --repetitions 1"`; see `python -m bench --help`.
 bench: setup
-	@echo "Benchmarks are not written yet (issue: benchmarks against the peers)." && exit 1
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) pgflow/schema/upstream .pytest_cache .mypy_cache .ruff_cache dist build

@@ -40,6 +40,14 @@ SELECT (
 ) AS updated
 FROM owned
 
+-- name: complete_tasks
+-- A batch of completions in one transaction (extension/0006_complete_tasks.sql); returns the
+-- 1-based positions of the tasks this worker still held, which are the ones recorded.
+SELECT recorded
+FROM pgflow_python.complete_tasks(
+    :worker_id, :run_ids, :step_slugs, :task_indexes, CAST(:outputs AS jsonb[])
+) AS recorded
+
 -- name: fail_task
 -- Same ownership rule as complete_task.
 WITH owned AS (
@@ -62,12 +70,6 @@ SELECT s.step_slug, s.step_type, s.step_index,
 FROM pgflow.steps s
 WHERE s.flow_slug = :flow_slug
 ORDER BY s.step_index
-
--- name: wakeup_support
--- Whether our extension SQL for wake-ups and recovery is installed (older installs lack it).
-SELECT to_regproc('pgflow_python.ensure_wakeup_trigger') IS NOT NULL AS wakeups,
-       to_regproc('pgflow_python.next_visible_at') IS NOT NULL AS next_visible,
-       to_regproc('pgflow_python.recover_stalled_tasks') IS NOT NULL AS recovery
 
 -- name: ensure_wakeup_trigger
 SELECT pgflow_python.ensure_wakeup_trigger(:queue_name)

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import psycopg
 from sqlalchemy.engine import URL, Engine
@@ -27,10 +28,10 @@ from pgflow.worker import _inputs
 from pgflow.worker._database import ClaimedTask, Connection, claimed_from_rows
 from pgflow.worker._executor import Completed, Failed, Outcome, run_handler
 from pgflow.worker._options import WorkerOptions
+from pgflow.worker._reporting import Reporter
 from pgflow.worker._startup import check_flows
 
 WAKEUP_CHANNEL = "pgflow_wakeup"
-_REPORT_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 5.0, 5.0, 5.0, 5.0)
 
 
 @dataclass
@@ -63,7 +64,6 @@ class Worker:
         self._compile_missing = compile_missing
         self._flows = [self._served(flow) for flow in flows]
         self._stop_requested = False
-        self._support: dict[str, bool] = {}
         self._claimer = self._connection("claim")
         self._reporter = self._connection("report")
         self._service = self._connection("service")
@@ -125,6 +125,11 @@ class Worker:
             for served in self._flows:
                 self._wake(served)
 
+    def _wake_worker(self, worker_id: uuid.UUID) -> None:
+        for served in self._flows:
+            if served.worker_id == worker_id:
+                self._wake(served)
+
     @staticmethod
     def _wake(served: _ServedFlow) -> None:
         if served.wakeup is not None:
@@ -137,6 +142,7 @@ class Worker:
         self._threads = anyio.CapacityLimiter(self.options.concurrency)
         self._stopping = anyio.Event()
         self._handlers_scope = anyio.CancelScope()
+        self._reports = Reporter(self._reporter, on_failed=self._wake_worker)
         if self._stop_requested:
             self._stopping.set()
         definitions = [served.definition for served in self._flows]
@@ -153,10 +159,10 @@ class Worker:
         )
         try:
             async with anyio.create_task_group() as services:
+                services.start_soon(self._reports.run)
                 services.start_soon(self._heartbeats)
                 services.start_soon(self._listen)
-                if self._support.get("recovery"):
-                    services.start_soon(self._recover_stalled)
+                services.start_soon(self._recover_stalled)
                 await self._claim_and_run()
                 services.cancel_scope.cancel()
         finally:
@@ -177,8 +183,6 @@ class Worker:
                 self._handlers_scope.cancel()
 
     async def _register(self) -> None:
-        support = await self._service.fetch("wakeup_support")
-        self._support = dict(support[0])
         for served in self._flows:
             await self._service.fetch(
                 "register_worker",
@@ -186,10 +190,7 @@ class Worker:
                 queue_name=served.definition.slug,
                 function_name=f"{served.flow_class.__module__}.{served.flow_class.__qualname__}",
             )
-            if self._support.get("wakeups"):
-                await self._service.fetch(
-                    "ensure_wakeup_trigger", queue_name=served.definition.slug
-                )
+            await self._service.fetch("ensure_wakeup_trigger", queue_name=served.definition.slug)
 
     async def _shutdown(self) -> None:
         try:
@@ -208,6 +209,9 @@ class Worker:
         slug = served.definition.slug
         while not self._stopping.is_set():
             await self._slots.acquire()
+            # Handlers whose reports were just recorded release their slots in the next round
+            # of the event loop: let them, so the claim takes a whole batch, not one task.
+            await anyio.lowlevel.checkpoint()
             slots = 1
             while slots < self.options.batch_size and self._slots.value > 0:
                 self._slots.acquire_nowait()
@@ -239,16 +243,13 @@ class Worker:
 
     async def _idle(self, served: _ServedFlow) -> None:
         wait = self.options.poll_interval
-        if self._support.get("next_visible"):
-            try:
-                rows = await self._claimer.fetch(
-                    "next_visible_at", queue_name=served.definition.slug
-                )
-                at: datetime | None = rows[0]["at"]
-                if at is not None:
-                    wait = min(wait, max(0.0, (at - datetime.now(UTC)).total_seconds()))
-            except psycopg.Error:
-                pass  # the plain poll interval still applies
+        try:
+            rows = await self._claimer.fetch("next_visible_at", queue_name=served.definition.slug)
+            at: datetime | None = rows[0]["at"]
+            if at is not None:
+                wait = min(wait, max(0.0, (at - datetime.now(UTC)).total_seconds()))
+        except psycopg.Error:
+            pass  # the plain poll interval still applies
         if served.wakeup is None or served.wakeup.is_set():
             return
         with anyio.move_on_after(wait):
@@ -293,7 +294,7 @@ class Worker:
             )
             outcome = self._check_map_source(served, task, outcome)
             fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            await self._report(served, task, outcome, fields)
+            await self._reports.report(served.worker_id, task, outcome, fields)
         finally:
             self._slots.release()
 
@@ -315,48 +316,6 @@ class Worker:
     async def _load_flow_input(self, run_id: uuid.UUID) -> Any:
         rows = await self._service.fetch("run_input", run_id=run_id)
         return rows[0]["input"] if rows else None
-
-    async def _report(
-        self, served: _ServedFlow, task: ClaimedTask, outcome: Outcome, fields: dict[str, Any]
-    ) -> None:
-        """Record the outcome; retried across lost connections (at-least-once delivery: if this
-        never succeeds, the stalled-task sweep returns the task to the queue)."""
-        key = {
-            "run_id": task.run_id,
-            "step_slug": task.step_slug,
-            "task_index": task.task_index,
-            "worker_id": served.worker_id,
-        }
-        if isinstance(outcome, Completed):
-            query, params = "complete_task", {"output": outcome.output_json, **key}
-        else:
-            query, params = "fail_task", {"error_message": outcome.error, **key}
-        for attempt, delay in enumerate((*_REPORT_BACKOFF, None), start=1):
-            try:
-                recorded = await self._reporter.fetch(query, **params)
-            except psycopg.OperationalError as exc:
-                error = str(exc)
-                if delay is None:
-                    telemetry.emit(
-                        "task.report_abandoned", level=logging.ERROR, error=error, **fields
-                    )
-                    return
-                telemetry.emit(
-                    "task.report_retry", level=logging.WARNING, retry=attempt, error=error, **fields
-                )
-                await anyio.sleep(delay)
-                continue
-            if not recorded:
-                # Recovered and handed to another worker meanwhile (at-least-once delivery).
-                telemetry.emit("task.report_ignored", level=logging.WARNING, **fields)
-            elif isinstance(outcome, Completed):
-                telemetry.emit("task.completed", **fields)
-            else:
-                telemetry.emit("task.failed", level=logging.WARNING, error=outcome.error, **fields)
-                # A delayed retry sends no NOTIFY (only messages visible now do), so let this
-                # flow's poller recompute when the next message becomes visible.
-                self._wake(served)
-            return
 
     # -- background services ---------------------------------------------------------------
 

@@ -1,0 +1,147 @@
+"""``python -m bench``: run the workloads on every system, print the table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from bench._api import Adapter, NotSupported
+from bench._report import Results, render
+
+SYSTEMS = {
+    "pgflow-python": "bench.systems.pgflow_system:PgflowAdapter",
+    "sql-floor": "bench.systems.sql_floor:SqlFloor",
+    "pgqueuer": "bench.systems.pgqueuer_system:PgQueuerAdapter",
+    "procrastinate": "bench.systems.procrastinate_system:ProcrastinateAdapter",
+    "dbos": "bench.systems.dbos_system:DbosAdapter",
+}
+WORKLOADS = ("P1", "P2", "P3", "P4", "P6")  # P5 is measured in P1, P7 in P6
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="P1,P2,P3,P4,P6")
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=10_000, help="P1/P5/P6 jobs drained")
+    parser.add_argument("--backlog", type=int, default=1_000_000, help="P6 jobs queued behind")
+    parser.add_argument("--runs", type=int, default=500, help="P2 runs of the 3-step flow")
+    parser.add_argument("--elements", type=int, default=10_000, help="P3 map elements")
+    parser.add_argument("--samples", type=int, default=200, help="P4 start-and-wait samples")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick run)"
+    )
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a database URL on the server to use (default: DATABASE_URL, else 127.0.0.1)",
+    )
+    return parser.parse_args(argv)
+
+
+def load(name: str) -> Adapter:
+    module, _, cls = SYSTEMS[name].partition(":")
+    adapter: Adapter = getattr(importlib.import_module(module), cls)()
+    return adapter
+
+
+def fresh_database(server: str, name: str) -> str:
+    """Drop and create ``name`` on the server; its URL."""
+    with psycopg.connect(server, autocommit=True) as connection:
+        identifier = sql.Identifier(name)
+        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(identifier))
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(identifier))
+    return make_url(server).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server: str, name: str) -> None:
+    with psycopg.connect(server, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def measure(adapter: Adapter, workload: str, url: str, sizes: dict[str, int]) -> dict[str, float]:
+    if workload == "P1":
+        drained = adapter.drain(url, sizes["jobs"], 0)
+        return {"P1": drained.rate, "P5": drained.cpu_ms_per_job}
+    if workload == "P6":
+        drained = adapter.drain(url, sizes["jobs"], sizes["backlog"])
+        return {
+            "P6_rate": drained.rate,
+            "P7_before": drained.rss_before_kb / 1024,
+            "P7_after": drained.rss_after_kb / 1024,
+        }
+    if workload == "P2":
+        return {"P2": adapter.sequential_flows(url, sizes["runs"]).rate}
+    if workload == "P3":
+        timed = adapter.map_fan_in(url, sizes["elements"])
+        return {"P3_seconds": timed.seconds, "P3_rate": timed.rate}
+    timings = sorted(adapter.latency(url, sizes["samples"]))
+    return {
+        "P4_p50": statistics.median(timings),
+        "P4_p99": timings[min(len(timings) - 1, round(0.99 * (len(timings) - 1)))],
+    }
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    sizes = {
+        name: max(1, round(getattr(args, name) * args.scale))
+        for name in ("jobs", "backlog", "runs", "elements", "samples")
+    }
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
+    results = Results(sizes=sizes, repetitions=args.repetitions)
+    adapters: dict[str, Adapter] = {}
+    for name in systems:
+        try:
+            adapters[name] = load(name)
+        except ImportError as exc:
+            results.skip(name, f"not installed ({exc.name}): pip install -e '.[bench]'")
+    for repetition in range(1, args.repetitions + 1):
+        for workload in workloads:
+            for name, adapter in adapters.items():
+                database = f"bench_{name.replace('-', '_')}"
+                url = fresh_database(args.server, database)
+                print(f"[{repetition}/{args.repetitions}] {workload} {name} …", file=sys.stderr)
+                started = time.perf_counter()
+                try:
+                    adapter.install(url)
+                    figures = measure(adapter, workload, url, sizes)
+                except NotSupported as exc:
+                    results.unsupported(name, workload, str(exc))
+                    continue
+                finally:
+                    drop_database(args.server, database)
+                for metric, value in figures.items():
+                    results.add(name, metric, value)
+                took = time.perf_counter() - started
+                print(f"    {figures} ({took:.0f} s)", file=sys.stderr)
+    for name, adapter in adapters.items():
+        results.settings[name] = adapter.settings
+    print(render(results))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS_DIR / f"{stamp}.json"
+    machine = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    path.write_text(json.dumps({"machine": machine, **results.to_json()}, indent=2) + "\n")
+    print(f"\nresults written to bench/results/{path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

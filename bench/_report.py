@@ -1,0 +1,144 @@
+"""Collect figures over repetitions; render the table, the ratios and the goals."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+OURS, FLOOR = "pgflow-python", "sql-floor"
+
+# metric -> (label, unit, higher is better)
+METRICS: dict[str, tuple[str, str, bool]] = {
+    "P1": ("P1 drain, 1 worker process", "jobs/s", True),
+    "P2": ("P2 3-step flows", "flows/s", True),
+    "P3_seconds": ("P3 map + fan-in, wall", "s", False),
+    "P3_rate": ("P3 map + fan-in", "tasks/s", True),
+    "P4_p50": ("P4 start-and-wait p50", "ms", False),
+    "P4_p99": ("P4 start-and-wait p99", "ms", False),
+    "P5": ("P5 worker CPU per job", "ms", False),
+    "P6_rate": ("P6 drain with backlog", "jobs/s", True),
+    "P6": ("P6 rate with backlog / P1", "ratio", True),
+    "P7_before": ("P7 worker RSS before P6", "MiB", False),
+    "P7_after": ("P7 worker RSS after P6", "MiB", False),
+}
+
+
+@dataclass
+class Results:
+    sizes: dict[str, int]
+    repetitions: int
+    values: dict[str, dict[str, list[float]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    settings: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def add(self, system: str, metric: str, value: float) -> None:
+        self.values[system][metric].append(value)
+
+    def derive(self) -> None:
+        """P6 is the backlog drain rate over the P1 rate, from their medians."""
+        for system, metrics in self.values.items():
+            if metrics.get("P1") and metrics.get("P6_rate"):
+                metrics["P6"] = [self.median(system, "P6_rate") / self.median(system, "P1")]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "sizes": self.sizes,
+            "repetitions": self.repetitions,
+            "values": {system: dict(metrics) for system, metrics in self.values.items()},
+            "settings": self.settings,
+            "notes": self.notes,
+        }
+
+    def skip(self, system: str, why: str) -> None:
+        self.notes[system] = why
+
+    def unsupported(self, system: str, workload: str, why: str) -> None:
+        self.notes[f"{system} {workload}"] = f"n/a: {why}"
+
+    def median(self, system: str, metric: str) -> float:
+        return statistics.median(self.values[system][metric])
+
+    def has(self, system: str, metric: str) -> bool:
+        return bool(self.values.get(system, {}).get(metric))
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    median, low = statistics.median(values), min(values)
+    return f"{median:,.2f}" if len(values) == 1 else f"{median:,.2f} (min {low:,.2f})"
+
+
+def render(results: Results) -> str:
+    results.derive()
+    systems = [s for s in (OURS, FLOOR) if s in results.values] + sorted(
+        s for s in results.values if s not in (OURS, FLOOR)
+    )
+    header = ["metric", "unit", *systems]
+    rows = [header, ["---"] * len(header)]
+    for metric, (label, unit, _) in METRICS.items():
+        if any(results.has(s, metric) for s in systems):
+            rows.append([label, unit, *(_cell(results.values[s][metric]) for s in systems)])
+    lines = [
+        f"sizes {results.sizes}, {results.repetitions} repetition(s); cells: median (min)",
+        "",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        "Ratios, pgflow-python / other (medians; above 1 is better for rates, below 1 for ms):",
+    ]
+    for metric, (label, _, _) in METRICS.items():
+        if not results.has(OURS, metric) or metric.startswith("P7"):
+            continue
+        ours = results.median(OURS, metric)
+        ratios = [
+            f"{other} {ours / results.median(other, metric):.2f}x"
+            for other in systems
+            if other != OURS and results.has(other, metric) and results.median(other, metric)
+        ]
+        if ratios:
+            lines.append(f"- {label}: " + ", ".join(ratios))
+    lines += ["", "Goals:", *_goals(results), "", "Settings:"]
+    lines += [f"- {system}: {text}" for system, text in results.settings.items()]
+    lines += [f"- {key}: {text}" for key, text in results.notes.items()]
+    return "\n".join(lines)
+
+
+def _goals(results: Results) -> list[str]:
+    def ratio(metric: str, other: str) -> float | None:
+        if results.has(OURS, metric) and results.has(other, metric):
+            return results.median(OURS, metric) / results.median(other, metric)
+        return None
+
+    def absolute(metric: str) -> float | None:
+        return results.median(OURS, metric) if results.has(OURS, metric) else None
+
+    def rss_growth() -> float | None:
+        before, after = absolute("P7_before"), absolute("P7_after")
+        return None if before is None or after is None else after / before
+
+    goals: list[tuple[str, Callable[[], float | None], Callable[[float], bool]]] = [
+        ("P1 ≥ 1.0x PgQueuer", lambda: ratio("P1", "pgqueuer"), lambda v: v >= 1.0),
+        ("P1 ≥ 0.8x SQL floor", lambda: ratio("P1", FLOOR), lambda v: v >= 0.8),
+        ("P2 ≥ 4x DBOS", lambda: ratio("P2", "dbos"), lambda v: v >= 4),
+        ("P3 ≥ 5x DBOS", lambda: ratio("P3_rate", "dbos"), lambda v: v >= 5),
+        (
+            "P4 p50 ≤ 0.5x Procrastinate",
+            lambda: ratio("P4_p50", "procrastinate"),
+            lambda v: v <= 0.5,
+        ),
+        ("P4 p99 ≤ 20 ms", lambda: absolute("P4_p99"), lambda v: v <= 20),
+        ("P5 ≤ 0.35 ms CPU per job", lambda: absolute("P5"), lambda v: v <= 0.35),
+        ("P6 ≥ 0.9", lambda: absolute("P6"), lambda v: v >= 0.9),
+        ("P7 flat (RSS after/before ≤ 1.1)", rss_growth, lambda v: v <= 1.1),
+    ]
+    lines = []
+    for label, value, met in goals:
+        figure = value()
+        verdict = "not measured" if figure is None else ("met" if met(figure) else "NOT met")
+        shown = "" if figure is None else f" ({figure:.2f})"
+        lines.append(f"- {label}: {verdict}{shown}")
+    return lines

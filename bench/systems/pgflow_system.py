@@ -1,0 +1,142 @@
+"""pgflow-python under the benchmark workloads (bench/flows.py holds the flows).
+
+Worker process: ``python -m bench.systems.pgflow_system worker <url> [--concurrency N]
+[--batch-size N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from bench import flows
+from bench._api import Adapter, Drain, Timed
+from bench._process import WorkerProcess, wait_until
+from pgflow import compile_flow, definition_of, install, start_flow_and_wait, telemetry
+from pgflow.worker import Worker, WorkerOptions
+
+MODULE = "bench.systems.pgflow_system"
+CONCURRENCY, BATCH_SIZE = 10, 10
+COMPLETED_RUNS = "SELECT count(*) FROM pgflow.runs WHERE flow_slug = %s AND status = 'completed'"
+# The flows are started by SQL in one statement, as an application bulk-starting runs would.
+START_RUNS = (
+    "SELECT count(*) FROM generate_series(1, %(runs)s) AS n,"
+    " LATERAL pgflow.start_flow(%(slug)s, jsonb_build_object('n', n))"
+)
+
+
+def engine_for(url: str) -> sa.Engine:
+    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+
+def start_runs(url: str, slug: str, runs: int) -> None:
+    import psycopg  # noqa: PLC0415 - only the harness side needs the raw driver
+
+    with psycopg.connect(url) as connection:
+        connection.execute(START_RUNS, {"runs": runs, "slug": slug})
+
+
+class PgflowAdapter(Adapter):
+    name = "pgflow-python"
+    settings = (
+        f"one worker process, concurrency {CONCURRENCY}, batch {BATCH_SIZE} (the defaults), "
+        "async handlers, NOTIFY wake-ups, log level warning"
+    )
+
+    def install(self, url: str) -> None:
+        engine = engine_for(url)
+        install(engine)
+        with engine.begin() as connection:
+            for flow in flows.ALL:
+                for statement in compile_flow(definition_of(flow)):
+                    connection.execute(sa.text(statement))
+        engine.dispose()
+
+    def _worker(self, url: str) -> WorkerProcess:
+        return WorkerProcess(MODULE, "worker", url)
+
+    def drain(self, url: str, jobs: int, backlog: int) -> Drain:
+        start_runs(url, definition_of(flows.Noop).slug, jobs + backlog)
+        with self._worker(url) as worker:
+            rss_before, cpu_before = worker.rss_kb(), worker.cpu_seconds()
+            done = wait_until(
+                url,
+                COMPLETED_RUNS,
+                [definition_of(flows.Noop).slug],
+                lambda n: n >= jobs,
+                timeout=3600,
+            )
+            return Drain(
+                jobs=jobs,
+                seconds=done - worker.ready_at,
+                worker_cpu_seconds=worker.cpu_seconds() - cpu_before,
+                rss_before_kb=rss_before,
+                rss_after_kb=worker.rss_kb(),
+            )
+
+    def sequential_flows(self, url: str, runs: int) -> Timed:
+        with self._worker(url):
+            started = time.perf_counter()
+            start_runs(url, definition_of(flows.Chain).slug, runs)
+            done = wait_until(
+                url,
+                COMPLETED_RUNS,
+                [definition_of(flows.Chain).slug],
+                lambda n: n >= runs,
+                timeout=3600,
+            )
+        return Timed(runs, done - started)
+
+    def map_fan_in(self, url: str, elements: int) -> Timed:
+        engine = engine_for(url)
+        with self._worker(url):
+            started = time.perf_counter()
+            run = start_flow_and_wait(engine, flows.FanOut, {"elements": elements}, timeout=3600)
+            finished = time.perf_counter()
+        engine.dispose()
+        assert run.output == {"total": sum(x * x for x in range(elements))}, run
+        return Timed(elements, finished - started)
+
+    def latency(self, url: str, samples: int) -> list[float]:
+        engine = engine_for(url)
+        timings = []
+        with self._worker(url):
+            for _ in range(samples):
+                started = time.perf_counter()
+                start_flow_and_wait(engine, flows.Ping, {}, timeout=60)
+                timings.append(1000 * (time.perf_counter() - started))
+        engine.dispose()
+        return timings
+
+
+def serve(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE} worker")
+    parser.add_argument("url")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    args = parser.parse_args(argv)
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+    def announce(event: str, fields: dict[str, Any]) -> None:
+        if event == "worker.started":
+            print("ready", flush=True)
+
+    telemetry.subscribe(announce)
+    options = WorkerOptions(concurrency=args.concurrency, batch_size=args.batch_size)
+    Worker(flows.ALL, engine_for(args.url), options=options).run()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["worker"]:
+        sys.exit(f"usage: python -m {MODULE} worker <url> [options]")
+    serve(sys.argv[2:])
