@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import platform
 import statistics
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+import structlog
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
@@ -99,6 +101,12 @@ def measure(adapter: Adapter, workload: str, url: str, sizes: dict[str, int]) ->
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # The harness starts runs with pgflow's client: keep its info events off the report.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
     sizes = {
         name: max(1, round(getattr(args, name) * args.scale))
         for name in ("jobs", "backlog", "runs", "elements", "samples")
@@ -106,12 +114,21 @@ def main(argv: list[str]) -> int:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
     results = Results(sizes=sizes, repetitions=args.repetitions)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    machine = {"python": platform.python_version(), "cpus": os.cpu_count()}
+
+    def save() -> None:  # after every measurement, so an interrupted run keeps its figures
+        path.write_text(json.dumps({"machine": machine, **results.to_json()}, indent=2) + "\n")
+
     adapters: dict[str, Adapter] = {}
     for name in systems:
         try:
             adapters[name] = load(name)
         except ImportError as exc:
             results.skip(name, f"not installed ({exc.name}): pip install -e '.[bench]'")
+            continue
+        results.settings[name] = adapters[name].settings
     for repetition in range(1, args.repetitions + 1):
         for workload in workloads:
             for name, adapter in adapters.items():
@@ -129,16 +146,11 @@ def main(argv: list[str]) -> int:
                     drop_database(args.server, database)
                 for metric, value in figures.items():
                     results.add(name, metric, value)
+                save()
                 took = time.perf_counter() - started
                 print(f"    {figures} ({took:.0f} s)", file=sys.stderr)
-    for name, adapter in adapters.items():
-        results.settings[name] = adapter.settings
     print(render(results))
-    RESULTS_DIR.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"{stamp}.json"
-    machine = {"python": platform.python_version(), "cpus": os.cpu_count()}
-    path.write_text(json.dumps({"machine": machine, **results.to_json()}, indent=2) + "\n")
+    save()
     print(f"\nresults written to bench/results/{path.name}")
     return 0
 

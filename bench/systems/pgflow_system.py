@@ -22,7 +22,7 @@ from pgflow import compile_flow, definition_of, install, start_flow_and_wait, te
 from pgflow.worker import Worker, WorkerOptions
 
 MODULE = "bench.systems.pgflow_system"
-CONCURRENCY, BATCH_SIZE = 10, 10
+CONCURRENCY, BATCH_SIZE = 100, 50
 COMPLETED_RUNS = "SELECT count(*) FROM pgflow.runs WHERE flow_slug = %s AND status = 'completed'"
 # The flows are started by SQL in one statement, as an application bulk-starting runs would.
 START_RUNS = (
@@ -45,7 +45,7 @@ def start_runs(url: str, slug: str, runs: int) -> None:
 class PgflowAdapter(Adapter):
     name = "pgflow-python"
     settings = (
-        f"one worker process, concurrency {CONCURRENCY}, batch {BATCH_SIZE} (the defaults), "
+        f"one worker process, concurrency {CONCURRENCY}, batch {BATCH_SIZE} (defaults: 10, 10), "
         "async handlers, NOTIFY wake-ups, log level warning"
     )
 

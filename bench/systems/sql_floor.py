@@ -20,7 +20,7 @@ from bench._api import Adapter, Drain, Timed
 from bench.systems.pgflow_system import PgflowAdapter, start_runs
 from pgflow import definition_of
 
-BATCH_SIZE = 10
+BATCH_SIZE = 50  # as pgflow-python's bench worker
 # The bench flows' handlers, in SQL (bench/flows.py has them in Python).
 DRIVE = """
 SELECT count(done.*)
