@@ -47,6 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--scale", type=float, default=1.0, help="multiply every size (0.1 for a quick run)"
     )
     parser.add_argument(
+        "--report", type=Path, help="print the table of an earlier run's JSON and exit"
+    )
+    parser.add_argument(
         "--server",
         default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="a database URL on the server to use (default: DATABASE_URL, else 127.0.0.1)",
@@ -77,16 +80,15 @@ def drop_database(server: str, name: str) -> None:
 
 
 def measure(adapter: Adapter, workload: str, url: str, sizes: dict[str, int]) -> dict[str, float]:
+    # The SQL floor has no worker process: no CPU (P5) or RSS (P7) figures of its own.
     if workload == "P1":
         drained = adapter.drain(url, sizes["jobs"], 0)
-        return {"P1": drained.rate, "P5": drained.cpu_ms_per_job}
+        cpu = {"P5": drained.cpu_ms_per_job} if drained.worker_cpu_seconds else {}
+        return {"P1": drained.rate, **cpu}
     if workload == "P6":
         drained = adapter.drain(url, sizes["jobs"], sizes["backlog"])
-        return {
-            "P6_rate": drained.rate,
-            "P7_before": drained.rss_before_kb / 1024,
-            "P7_after": drained.rss_after_kb / 1024,
-        }
+        rss = {"P7_before": drained.rss_before_kb / 1024, "P7_after": drained.rss_after_kb / 1024}
+        return {"P6_rate": drained.rate, **(rss if drained.rss_before_kb else {})}
     if workload == "P2":
         return {"P2": adapter.sequential_flows(url, sizes["runs"]).rate}
     if workload == "P3":
@@ -101,6 +103,9 @@ def measure(adapter: Adapter, workload: str, url: str, sizes: dict[str, int]) ->
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.report:
+        print(render(Results.from_json(json.loads(args.report.read_text()))))
+        return 0
     # The harness starts runs with pgflow's client: keep its info events off the report.
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),

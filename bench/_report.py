@@ -6,6 +6,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 OURS, FLOOR = "pgflow-python", "sql-floor"
 
@@ -43,6 +44,16 @@ class Results:
         for system, metrics in self.values.items():
             if metrics.get("P1") and metrics.get("P6_rate"):
                 metrics["P6"] = [self.median(system, "P6_rate") / self.median(system, "P1")]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Results:
+        results = cls(sizes=data["sizes"], repetitions=data["repetitions"])
+        for system, metrics in data["values"].items():
+            for metric, values in metrics.items():
+                results.values[system][metric].extend(values)
+        results.settings.update(data["settings"])
+        results.notes.update(data["notes"])
+        return results
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -88,7 +99,7 @@ def render(results: Results) -> str:
         "",
         *("| " + " | ".join(row) + " |" for row in rows),
         "",
-        "Ratios, pgflow-python / other (medians; above 1 is better for rates, below 1 for ms):",
+        "Ratios, pgflow-python / other, of medians (rates: above 1 is better; ms, s: below 1):",
     ]
     for metric, (label, _, _) in METRICS.items():
         if not results.has(OURS, metric) or metric.startswith("P7"):

@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -27,13 +27,12 @@ from pgflow.worker._executor import Completed, Outcome
 _BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 5.0, 5.0, 5.0, 5.0)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Report:
     worker_id: uuid.UUID
     task: ClaimedTask
     outcome: Outcome
     fields: dict[str, Any]
-    recorded: anyio.Event = field(default_factory=anyio.Event)
 
 
 class Reporter:
@@ -44,15 +43,16 @@ class Reporter:
         self._on_failed = on_failed
         self._pending: list[_Report] = []
         self._arrived = anyio.Event()
+        self._recorded = anyio.Event()
+        """Set when the reports pending now are recorded (one event per batch, not per task)."""
 
     async def report(
         self, worker_id: uuid.UUID, task: ClaimedTask, outcome: Outcome, fields: dict[str, Any]
     ) -> None:
         """Return once the outcome is recorded, ignored (task lost) or abandoned."""
-        report = _Report(worker_id, task, outcome, fields)
-        self._pending.append(report)
+        self._pending.append(_Report(worker_id, task, outcome, fields))
         self._arrived.set()
-        await report.recorded.wait()
+        await self._recorded.wait()
 
     async def run(self) -> None:
         while True:
@@ -61,11 +61,11 @@ class Reporter:
             await anyio.lowlevel.checkpoint()
             self._arrived = anyio.Event()
             batch, self._pending = self._pending, []
+            recorded, self._recorded = self._recorded, anyio.Event()
             try:
                 await self._record(batch)
             finally:
-                for report in batch:
-                    report.recorded.set()
+                recorded.set()
 
     async def _record(self, batch: list[_Report]) -> None:
         completions: dict[uuid.UUID, list[_Report]] = defaultdict(list)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import socket
 import time
@@ -17,6 +18,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 import psycopg
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from sqlalchemy.engine import URL, Engine
 
 from pgflow import telemetry
@@ -170,11 +172,17 @@ class Worker:
                 await self._shutdown()
 
     async def _claim_and_run(self) -> None:
-        with self._handlers_scope:
+        claimed, to_run = anyio.create_memory_object_stream[tuple[_ServedFlow, ClaimedTask]](
+            math.inf
+        )
+        with claimed, to_run, self._handlers_scope:
             async with anyio.create_task_group() as handlers:
+                # One long-lived runner per slot: far cheaper than a new task per claimed task.
+                for _ in range(self.options.concurrency):
+                    handlers.start_soon(self._run_claimed, to_run)
                 async with anyio.create_task_group() as pollers:
                     for served in self._flows:
-                        pollers.start_soon(self._poll, served, handlers)
+                        pollers.start_soon(self._poll, served, claimed)
                 # Pollers end when stopping. Every handler holds a slot until it has reported,
                 # so holding all slots means all in-flight work is done.
                 with anyio.move_on_after(self.options.shutdown_timeout):
@@ -205,7 +213,15 @@ class Worker:
 
     # -- claiming --------------------------------------------------------------------------
 
-    async def _poll(self, served: _ServedFlow, handlers: anyio.abc.TaskGroup) -> None:
+    async def _run_claimed(
+        self, to_run: MemoryObjectReceiveStream[tuple[_ServedFlow, ClaimedTask]]
+    ) -> None:
+        async for served, task in to_run:
+            await self._execute(served, task)
+
+    async def _poll(
+        self, served: _ServedFlow, claimed: MemoryObjectSendStream[tuple[_ServedFlow, ClaimedTask]]
+    ) -> None:
         slug = served.definition.slug
         while not self._stopping.is_set():
             await self._slots.acquire()
@@ -237,8 +253,10 @@ class Worker:
                 self._slots.release()
             telemetry.emit("poll.finished", level=logging.DEBUG, flow=slug, claimed=len(tasks))
             for task in tasks:
-                handlers.start_soon(self._execute, served, task)
-            if not tasks:
+                claimed.send_nowait((served, task))
+            if len(tasks) < slots:
+                # No more visible messages: wait for a wake-up rather than claiming again at
+                # once. The wake-up event was armed before this claim, so none is missed.
                 await self._idle(served)
 
     async def _idle(self, served: _ServedFlow) -> None:
