@@ -12,6 +12,8 @@ from types import TracebackType
 
 import psycopg
 
+from bench._api import Drain
+
 READY = "ready"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -103,3 +105,18 @@ def wait_until(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"still {value} after {timeout} s: {query}")
             time.sleep(interval)
+
+
+def measured_drain(
+    worker: WorkerProcess, url: str, done_query: str, params: Sequence[object], jobs: int
+) -> Drain:
+    """Time ``worker`` from ``ready`` until ``done_query`` counts ``jobs``; its CPU and RSS."""
+    rss_before, cpu_before = worker.rss_kb(), worker.cpu_seconds()
+    done = wait_until(url, done_query, params, lambda n: n >= jobs, timeout=3600)
+    return Drain(
+        jobs=jobs,
+        seconds=done - worker.ready_at,
+        worker_cpu_seconds=worker.cpu_seconds() - cpu_before,
+        rss_before_kb=rss_before,
+        rss_after_kb=worker.rss_kb(),
+    )

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from dbos import DBOS, DBOSClient, DBOSConfig, EnqueueOptions, WorkflowHandle
 
 from bench._api import Adapter, Drain, Timed
-from bench._process import READY, WorkerProcess, wait_until
+from bench._process import READY, WorkerProcess, measured_drain, wait_until
 
 MODULE = "bench.systems.dbos_system"
 APP = "bench"
@@ -124,12 +124,7 @@ class DbosAdapter(Adapter):
             engine.dispose()
             client.destroy()
         with WorkerProcess(MODULE, "worker", url) as worker:
-            rss_before = worker.rss_kb()
-            cpu_before = worker.cpu_seconds()
-            done = wait_until(url, _SUCCESS_BY_NAME, ["noop"], lambda n: n >= jobs, timeout=TIMEOUT)
-            cpu = worker.cpu_seconds() - cpu_before
-            rss_after = worker.rss_kb()
-            return Drain(jobs, done - worker.ready_at, cpu, rss_before, rss_after)
+            return measured_drain(worker, url, _SUCCESS_BY_NAME, ["noop"], jobs)
 
     def sequential_flows(self, url: str, runs: int) -> Timed:
         client = _client(url)

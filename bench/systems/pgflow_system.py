@@ -17,7 +17,7 @@ import structlog
 
 from bench import flows
 from bench._api import Adapter, Drain, Timed
-from bench._process import WorkerProcess, wait_until
+from bench._process import WorkerProcess, measured_drain, wait_until
 from pgflow import compile_flow, definition_of, install, start_flow_and_wait, telemetry
 from pgflow.worker import Worker, WorkerOptions
 
@@ -64,20 +64,8 @@ class PgflowAdapter(Adapter):
     def drain(self, url: str, jobs: int, backlog: int) -> Drain:
         start_runs(url, definition_of(flows.Noop).slug, jobs + backlog)
         with self._worker(url) as worker:
-            rss_before, cpu_before = worker.rss_kb(), worker.cpu_seconds()
-            done = wait_until(
-                url,
-                COMPLETED_RUNS,
-                [definition_of(flows.Noop).slug],
-                lambda n: n >= jobs,
-                timeout=3600,
-            )
-            return Drain(
-                jobs=jobs,
-                seconds=done - worker.ready_at,
-                worker_cpu_seconds=worker.cpu_seconds() - cpu_before,
-                rss_before_kb=rss_before,
-                rss_after_kb=worker.rss_kb(),
+            return measured_drain(
+                worker, url, COMPLETED_RUNS, [definition_of(flows.Noop).slug], jobs
             )
 
     def sequential_flows(self, url: str, runs: int) -> Timed:

@@ -25,7 +25,7 @@ from pgqueuer.core.completion import CompletionWatcher
 from pgqueuer.ports.driver import Driver
 
 from bench._api import Adapter, Drain, Timed
-from bench._process import WorkerProcess, wait_until
+from bench._process import WorkerProcess, measured_drain, wait_until
 
 MODULE = "bench.systems.pgqueuer_system"
 BATCH_SIZE = 100
@@ -107,10 +107,7 @@ class PgQueuerAdapter(Adapter):
     def drain(self, url: str, jobs: int, backlog: int) -> Drain:
         _enqueue(url, "noop", [b""] * (jobs + backlog))
         with WorkerProcess(MODULE, "worker", url) as worker:
-            rss_before, cpu_before = worker.rss_kb(), worker.cpu_seconds()
-            end = wait_until(url, DONE, ["noop"], lambda n: n >= jobs, timeout=TIMEOUT)
-            rss_after, cpu_after = worker.rss_kb(), worker.cpu_seconds()
-            return Drain(jobs, end - worker.ready_at, cpu_after - cpu_before, rss_before, rss_after)
+            return measured_drain(worker, url, DONE, ["noop"], jobs)
 
     def sequential_flows(self, url: str, runs: int) -> Timed:
         with WorkerProcess(MODULE, "worker", url):

@@ -20,7 +20,7 @@ from procrastinate.jobs import Status
 from procrastinate.types import JSONDict
 
 from bench._api import Adapter, Drain, Timed
-from bench._process import READY, WorkerProcess, wait_until
+from bench._process import READY, WorkerProcess, measured_drain, wait_until
 
 MODULE = "bench.systems.procrastinate_system"
 # Async no-op jobs are bound by the two round trips per job (fetch, finish), so several
@@ -122,15 +122,7 @@ class ProcrastinateAdapter(Adapter):
         with app.replace_connector(procrastinate.SyncPsycopgConnector(conninfo=url)), app.open():
             noop.batch_defer(*({} for _ in range(jobs + backlog)))
         with self._worker(url) as worker:
-            rss_before, cpu_before = worker.rss_kb(), worker.cpu_seconds()
-            done = wait_until(url, SUCCEEDED, ["noop"], lambda n: n >= jobs, timeout=TIMEOUT)
-            return Drain(
-                jobs=jobs,
-                seconds=done - worker.ready_at,
-                worker_cpu_seconds=worker.cpu_seconds() - cpu_before,
-                rss_before_kb=rss_before,
-                rss_after_kb=worker.rss_kb(),
-            )
+            return measured_drain(worker, url, SUCCEEDED, ["noop"], jobs)
 
     def sequential_flows(self, url: str, runs: int) -> Timed:
         connector = procrastinate.SyncPsycopgConnector(conninfo=url)
