@@ -1,0 +1,48 @@
+"""The benchmark report: medians, ratios against each system, goal verdicts, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+from bench._report import Results, render
+
+
+def recorded() -> Results:
+    results = Results(sizes={"jobs": 10}, repetitions=2)
+    for system, p1, p5 in (("pgflow-python", 400, 0.3), ("sql-floor", 500, None)):
+        for value in (p1, p1 * 0.9):
+            results.add(system, "P1", value)
+        if p5 is not None:
+            results.add(system, "P5", p5)
+    results.add("pgqueuer", "P1", 4000)
+    results.add("pgflow-python", "P6_rate", 380)
+    results.add("pgflow-python", "P4_p99", 45.0)
+    results.settings["pgqueuer"] = "batch 100"
+    results.notes["dbos"] = "not installed (dbos): pip install -e '.[bench]'"
+    return results
+
+
+def test_the_table_shows_median_and_min_and_na_where_a_system_has_no_figure() -> None:
+    table = render(recorded())
+    assert (
+        "| P1 drain, 1 worker process | jobs/s | 380.00 (min 360.00) | 475.00 (min 450.00)" in table
+    )
+    assert "| P5 worker CPU per job | ms | 0.30 | n/a | n/a |" in table
+
+
+def test_ratios_and_goal_verdicts_come_from_the_medians() -> None:
+    table = render(recorded())
+    assert "sql-floor 0.80x, pgqueuer 0.10x" in table
+    assert "- P1 ≥ 1.0x PgQueuer: NOT met (0.10)" in table
+    assert "- P1 ≥ 0.8x SQL floor: met (0.80)" in table
+    assert "- P5 ≤ 0.35 ms CPU per job: met (0.30)" in table
+    assert "- P6 ≥ 0.9: met (1.00)" in table  # 380 with backlog / 380 without
+    assert "- P4 p99 ≤ 20 ms: NOT met (45.00)" in table
+    assert "- P2 ≥ 4x DBOS: not measured" in table
+    assert "- dbos: not installed (dbos)" in table
+
+
+def test_a_saved_run_renders_the_same_table_again() -> None:
+    results = recorded()
+    saved = json.loads(json.dumps(results.to_json()))
+    assert render(Results.from_json(saved)) == render(results)
