@@ -213,6 +213,14 @@ SHAPE_CHANGED = FLOWS.replace(
 ).replace("@map_step\n    def resize", "@step\n    def resize")
 
 
+def acme_project(root: Path, url: URL) -> AlembicProject:
+    """The test application ``acme`` with FLOWS, its database not migrated yet."""
+    app = AlembicProject(root, url)
+    app.write("acme/__init__.py", "")
+    app.write("acme/flows.py", FLOWS)
+    return app
+
+
 def flow_calls(revision_text: str, function: str) -> list[tuple[list[Any], dict[str, Any]]]:
     """``(args, kwargs)`` of each ``op.<name>(...)`` call in ``function``, as literal values."""
     tree = ast.parse(revision_text)

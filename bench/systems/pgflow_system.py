@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 import structlog
 
@@ -36,8 +37,6 @@ def engine_for(url: str) -> sa.Engine:
 
 
 def start_runs(url: str, slug: str, runs: int) -> None:
-    import psycopg  # noqa: PLC0415 - only the harness side needs the raw driver
-
     with psycopg.connect(url) as connection:
         connection.execute(START_RUNS, {"runs": runs, "slug": slug})
 

@@ -24,22 +24,6 @@ WHERE worker_id = ANY(:worker_ids)
 SELECT task, task_timeout AS timeout, attempt
 FROM pgflow_python.claim_tasks(:flow_slug, :worker_id, :qty, :vt, :margin)
 
--- name: complete_task
--- Only while this worker still holds the task: after a stalled-task recovery gave it to another
--- worker, a late report must not count (upstream does not check who reports). The row lock
--- keeps the sweep (which skips locked rows) away until the report commits.
-WITH owned AS (
-    SELECT 1 FROM pgflow.step_tasks
-    WHERE run_id = :run_id AND step_slug = :step_slug AND task_index = :task_index
-      AND status = 'started' AND last_worker_id = :worker_id
-    FOR UPDATE
-)
-SELECT (
-    SELECT count(*)
-    FROM pgflow.complete_task(:run_id, :step_slug, :task_index, CAST(:output AS jsonb))
-) AS updated
-FROM owned
-
 -- name: complete_tasks
 -- A batch of completions in one transaction (extension/0006_complete_tasks.sql); returns the
 -- 1-based positions of the tasks this worker still held, which are the ones recorded.
@@ -49,7 +33,9 @@ FROM pgflow_python.complete_tasks(
 ) AS recorded
 
 -- name: fail_task
--- Same ownership rule as complete_task.
+-- Only while this worker still holds the task: after a stalled-task recovery gave it to another
+-- worker, a late report must not count (upstream does not check who reports). The row lock
+-- keeps the sweep (which skips locked rows) away until the report commits.
 WITH owned AS (
     SELECT 1 FROM pgflow.step_tasks
     WHERE run_id = :run_id AND step_slug = :step_slug AND task_index = :task_index

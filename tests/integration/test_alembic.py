@@ -22,6 +22,7 @@ from alembic_project import (
     FLOWS,
     SHAPE_CHANGED,
     AlembicProject,
+    acme_project,
     flow_calls,
     start_greeting,
     stored_flows,
@@ -33,9 +34,7 @@ from pgflow.testing import temporary_database
 @pytest.fixture
 def project(tmp_path: Path, pgflow_empty_database: URL) -> AlembicProject:
     """An application with three flows, its database at the pgflow schema (no flows yet)."""
-    app = AlembicProject(tmp_path, pgflow_empty_database)
-    app.write("acme/__init__.py", "")
-    app.write("acme/flows.py", FLOWS)
+    app = acme_project(tmp_path, pgflow_empty_database)
     app.upgrade("heads")
     return app
 

@@ -19,6 +19,7 @@ from alembic_project import (
     FLOWS,
     SHAPE_CHANGED,
     AlembicProject,
+    acme_project,
     flow_calls,
     start_greeting,
     stored_flows,
@@ -29,10 +30,7 @@ from pgflow.testing import temporary_database
 
 @pytest.fixture
 def project(tmp_path: Path, pgflow_empty_database: URL) -> AlembicProject:
-    app = AlembicProject(tmp_path, pgflow_empty_database)
-    app.write("acme/__init__.py", "")
-    app.write("acme/flows.py", FLOWS)
-    return app
+    return acme_project(tmp_path, pgflow_empty_database)
 
 
 def revision_id(revision_text: str) -> str:

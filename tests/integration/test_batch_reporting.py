@@ -52,16 +52,16 @@ def complete_batch(
     return sorted(rows.scalars())
 
 
-def complete_one(
-    connection: Connection, worker_id: uuid.UUID, task: dict[str, Any], output: Any
-) -> None:
+def complete_one(connection: Connection, task: dict[str, Any], output: Any) -> None:
+    """Upstream's single-task path, as a TypeScript worker reports."""
     connection.execute(
-        _sql.query("complete_task"),
+        sa.text(
+            "SELECT pgflow.complete_task(:run_id, :step_slug, :task_index, CAST(:output AS jsonb))"
+        ),
         {
             "run_id": uuid.UUID(task["run_id"]),
             "step_slug": task["step_slug"],
             "task_index": task["task_index"],
-            "worker_id": worker_id,
             "output": json.dumps(output),
         },
     )
@@ -115,7 +115,7 @@ def drive(engine: Engine, *, batched: bool) -> uuid.UUID:
                 )
             else:
                 for task, output in zip(tasks, outputs, strict=True):
-                    complete_one(connection, worker_id, task, output)
+                    complete_one(connection, task, output)
 
 
 def test_a_batch_of_completions_ends_like_single_completions(pgflow_engine: Engine) -> None:

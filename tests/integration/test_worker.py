@@ -382,18 +382,14 @@ def test_a_report_from_a_worker_that_lost_the_task_is_ignored(pgflow_engine: Eng
             {"flow_slug": "graceful", "vt": 5, "qty": 1, "worker_id": holder, "margin": 5},
         ).all()
     assert len(claimed) == 1
-    report = {
-        "run_id": run_id,
-        "step_slug": "takes_a_second",
-        "task_index": 0,
-        "output": '"from the stranger"',
-    }
+    report = {"run_ids": [run_id], "step_slugs": ["takes_a_second"], "task_indexes": [0]}
     with pgflow_engine.begin() as connection:
         ignored = connection.execute(
-            _sql.query("complete_task"), {**report, "worker_id": stranger}
+            _sql.query("complete_tasks"),
+            {**report, "worker_id": stranger, "outputs": ['"from the stranger"']},
         ).all()
         accepted = connection.execute(
-            _sql.query("complete_task"), {**report, "worker_id": holder, "output": '"mine"'}
+            _sql.query("complete_tasks"), {**report, "worker_id": holder, "outputs": ['"mine"']}
         ).all()
     assert ignored == []
     assert [tuple(row) for row in accepted] == [(1,)]

@@ -13,6 +13,7 @@ from pgflow import Flow, step
 from pgflow.errors import IncompatibleSchemaError, SchemaError
 from pgflow.schema import install, status
 from pgflow.worker import Worker
+from pgflow.worker._startup import check_schema
 
 pytestmark = pytest.mark.anyio
 
@@ -44,8 +45,11 @@ async def test_a_schema_installed_only_by_typescript_tooling_asks_for_db_install
     support.run_sql(pgflow_empty_database, "DROP SCHEMA pgflow_python CASCADE")
     with pytest.raises(SchemaError, match=r"adopts a schema installed by TypeScript"):
         await serve_once(pgflow_empty_database)
-    install(pgflow_empty_database)  # adopts; then the worker starts
+    install(pgflow_empty_database)  # adopts, and adds pgflow-python's SQL
     assert status(pgflow_empty_database).up_to_date
+    engine = sa.create_engine(pgflow_empty_database, poolclass=sa.pool.NullPool)
+    check_schema(engine)  # the worker's start-up check now passes
+    engine.dispose()
 
 
 @pytest.mark.parametrize(
