@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from pgflow import _db
 from pgflow._loading import flow_classes, load_definitions
-from pgflow._logging import configure_logging
+from pgflow._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pgflow.compiler import compile_flow
 from pgflow.errors import DatabaseUnavailableError, PgflowError
 from pgflow.schema import PgmqMode, install, status
@@ -55,10 +55,35 @@ database_url_option = click.option(
 )
 
 
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    envvar="PGFLOW_LOG_FORMAT",
+    show_envvar=True,
+    help="Events as readable lines (console, the default) or one JSON object per line.",
+)
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(tuple(LOG_LEVELS)),
+    envvar="PGFLOW_LOG_LEVEL",
+    show_envvar=True,
+    help="Least severe events shown (default info).",
+)
+
+
 @click.group()
 @click.version_option(package_name="pgflow-python")
-def main() -> None:
-    """pgflow for Python: Postgres-native workflows."""
+@log_format_option
+@log_level_option
+@click.pass_context
+def main(context: click.Context, log_format: str | None, log_level: str | None) -> None:
+    """pgflow for Python: Postgres-native workflows.
+
+    Every command logs to standard error; `pgflow --log-format json <command>` sets the format.
+    """
+    settings = {"log_format": log_format or "console", "level": log_level or "info"}
+    context.obj = settings
+    configure_logging(settings["log_format"], settings["level"])
 
 
 @main.group()
@@ -153,8 +178,8 @@ def compile_command(references: tuple[str, ...]) -> None:
     show_default=True,
     help="Seconds between offers to run the stalled-task sweep.",
 )
-@click.option("--log-format", type=click.Choice(["console", "json"]), default="console")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info")
+@log_format_option
+@log_level_option
 @click.option("--compile-missing", is_flag=True, help="Development: register missing flows.")
 @_reports_errors
 def run_worker(
@@ -169,15 +194,17 @@ def run_worker(
     heartbeat_interval: float,
     heartbeat_timeout: int,
     recovery_interval: float,
-    log_format: str,
-    log_level: str,
+    log_format: str | None,
+    log_level: str | None,
     compile_missing: bool,
 ) -> None:
     """Run a worker for flows: REFERENCES are module:Class or module (all its flows)."""
     from pgflow.dsl import Flow  # noqa: PLC0415
     from pgflow.worker import Worker, WorkerOptions  # noqa: PLC0415
 
-    configure_logging(log_format, log_level)
+    if log_format or log_level:  # also accepted after the command name
+        settings = click.get_current_context().find_root().obj
+        configure_logging(log_format or settings["log_format"], log_level or settings["level"])
     sys.path.insert(0, os.getcwd())
     classes: list[type[Flow]] = []
     for reference in references:

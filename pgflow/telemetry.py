@@ -1,13 +1,19 @@
-"""Structured events (structlog) with stable names, and hooks for metrics and tracing.
+"""Structured events with stable names, routed through the application's logging, and hooks.
 
-Every event goes to the ``pgflow`` structlog logger and to each subscribed hook::
+pgflow is a library: it never configures logging and prints nothing unless the application
+asks. Every event goes
+
+- through the application's structlog configuration when it has one (``structlog.configure``
+  was called), with the logger name ``pgflow.<family>`` (``pgflow.task`` for ``task.failed``);
+- otherwise to the standard-library logger ``pgflow.<family>``, so ``logging`` configuration
+  decides levels and handlers. The record's message is an event dictionary whose text is
+  ``task.failed flow=... step=...``; structlog's ``ProcessorFormatter`` renders it as a structured
+  event (JSON or console) without any structlog configuration;
+- to each subscribed hook, at every level::
 
     unsubscribe = pgflow.telemetry.subscribe(lambda event, fields: metrics.count(event))
 
-Events: ``worker.started``, ``worker.stopping``, ``worker.stopped``, ``poll.started`` and
-``poll.finished`` (debug), ``task.started``, ``task.completed``, ``task.failed`` (flow, step,
-run_id, task_index, attempt, duration_ms, error), ``task.report_retry``, ``tasks.recovered``,
-``run.started`` (client).
+The events and their fields are listed in docs/observability.md.
 """
 
 from __future__ import annotations
@@ -25,9 +31,22 @@ __all__ = ["Hook", "configure_logging", "emit", "subscribe"]
 
 Hook = Callable[[str, dict[str, Any]], None]
 
-logger = structlog.get_logger("pgflow")
+# A library's loggers get a NullHandler (the logging HOWTO's advice for libraries): without any
+# handler, Python's last-resort handler would print warnings to stderr in an application that
+# never configured logging.
+logging.getLogger("pgflow").addHandler(logging.NullHandler())
+
 _hooks: list[Hook] = []
 _hooks_lock = threading.Lock()
+_stdlib_loggers: dict[str, logging.Logger] = {}
+_structlog_loggers: dict[str, Any] = {}
+_METHOD_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
 
 
 def subscribe(hook: Hook) -> Callable[[], None]:
@@ -43,12 +62,69 @@ def subscribe(hook: Hook) -> Callable[[], None]:
     return unsubscribe
 
 
+def logger_name(event: str) -> str:
+    """``task.failed`` is logged by ``pgflow.task``: one logger per event family, so an
+    application can set ``pgflow.poll`` to DEBUG or silence ``pgflow.task`` on its own."""
+    return "pgflow." + event.partition(".")[0]
+
+
 def emit(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
-    logger.log(level, event, **fields)
+    _log(event, level, fields)
     with _hooks_lock:
         hooks = list(_hooks)
     for hook in hooks:
         try:
             hook(event, fields)
         except Exception:  # a broken metrics hook must never stop a worker
-            logger.exception("telemetry.hook_failed", hook=repr(hook), failed_event=event)
+            _log(
+                "telemetry.hook_failed",
+                logging.ERROR,
+                {"hook": repr(hook), "failed_event": event},
+                exc_info=True,
+            )
+
+
+def _log(event: str, level: int, fields: dict[str, Any], *, exc_info: bool = False) -> None:
+    name = logger_name(event)
+    method = _METHOD_NAMES.get(level, "info")
+    if structlog.is_configured():
+        # The application chose structlog: our events take the same processors as its own.
+        bound = _structlog_loggers.get(name)
+        if bound is None:
+            bound = _structlog_loggers[name] = structlog.get_logger(name)
+        extra: dict[str, Any] = {"exc_info": True} if exc_info else {}
+        getattr(bound, method)(event, **fields, **extra)
+        return
+    logger = _stdlib_loggers.get(name)
+    if logger is None:
+        logger = _stdlib_loggers[name] = logging.getLogger(name)
+    if not logger.isEnabledFor(level):  # the common case in a quiet library: nearly free
+        return
+    # structlog's stdlib protocol (ProcessorFormatter.wrap_for_formatter): the message is the
+    # event dictionary and the record names the logger and method, so a ProcessorFormatter on
+    # any handler renders the event with its fields; plain formatters print its text.
+    (message,), options = structlog.stdlib.ProcessorFormatter.wrap_for_formatter(
+        logger, method, EventDict({"event": event, **fields})
+    )
+    logger.log(level, message, exc_info=exc_info, extra=options["extra"])
+
+
+class EventDict(dict[str, Any]):
+    """An event as a dict (for structlog's ProcessorFormatter) whose text is
+    ``event key=value ...`` (for plain ``logging`` formatters); a traceback goes below the line."""
+
+    def __str__(self) -> str:
+        fields = dict(self)
+        text = str(fields.pop("event", ""))
+        traceback = fields.pop("exception", None)
+        for key, value in fields.items():
+            text += f" {key}={_text(value)}"
+        if traceback:
+            text += "\n" + str(traceback).rstrip("\n")
+        return text
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str) and (not value or any(c.isspace() or c in "\"'=" for c in value)):
+        return repr(value)
+    return str(value)
