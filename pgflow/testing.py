@@ -1,15 +1,6 @@
-"""Test helpers and a pytest plugin (registered as ``pgflow``) for applications using pgflow.
-
-Fixtures give each test its own database, cloned from a template that has the pgflow schema
-installed once per test session::
-
-    def test_something(pgflow_engine):
-        with pgflow_engine.begin() as conn:
-            ...
-
-The server comes from ``DATABASE_URL``, else 127.0.0.1:5432, else an embedded PostgreSQL
-(``pip install 'pgflow-python[embedded]'``); if none is available the fixtures fail with a
-message saying what to set. They never skip silently.
+"""Helpers for testing applications that use pgflow: throwaway databases, calling a step
+directly, running a flow to completion in-process. No pytest here: the fixtures built on these
+helpers are in :mod:`pgflow.pytest_plugin`, which pytest loads automatically.
 """
 
 from __future__ import annotations
@@ -20,13 +11,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-import pytest
-import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import URL, Engine
 
 from pgflow._db import create_engine
-from pgflow._devserver import DevServer, dev_server
+from pgflow._devserver import dev_server
 from pgflow.context import Context
 from pgflow.dsl import Flow, definition_of
 from pgflow.schema import install
@@ -35,11 +24,6 @@ __all__ = [
     "call_step",
     "create_database",
     "drop_database",
-    "pgflow_database",
-    "pgflow_empty_database",
-    "pgflow_engine",
-    "pgflow_server",
-    "pgflow_template_database",
     "run_flow_inline",
     "temporary_database",
 ]
@@ -85,43 +69,6 @@ def temporary_database(
         drop_database(server_url, name)
 
 
-@pytest.fixture(scope="session")
-def pgflow_server() -> DevServer:
-    """The PostgreSQL server the tests use (see the module docstring for the order tried)."""
-    return dev_server()
-
-
-@pytest.fixture(scope="session")
-def pgflow_template_database(pgflow_server: DevServer) -> Iterator[str]:
-    """Name of a database with the pgflow schema installed, cloned by ``pgflow_database``."""
-    with temporary_database(pgflow_server.url, install_schema=True) as url:
-        yield str(url.database)
-
-
-@pytest.fixture
-def pgflow_database(pgflow_server: DevServer, pgflow_template_database: str) -> Iterator[URL]:
-    """URL of a fresh database with the pgflow schema installed, dropped after the test."""
-    with temporary_database(pgflow_server.url, template=pgflow_template_database) as url:
-        yield url
-
-
-@pytest.fixture
-def pgflow_empty_database(pgflow_server: DevServer) -> Iterator[URL]:
-    """URL of a fresh, empty database (no pgflow schema), dropped after the test."""
-    with temporary_database(pgflow_server.url) as url:
-        yield url
-
-
-@pytest.fixture
-def pgflow_engine(pgflow_database: URL) -> Iterator[Engine]:
-    """A SQLAlchemy engine (psycopg 3) on ``pgflow_database``."""
-    engine = create_engine(pgflow_database, poolclass=sa.pool.NullPool)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
 def call_step(
     flow: type[Flow],
     step_slug: str,
@@ -137,7 +84,7 @@ def call_step(
     ``input`` is what the handler receives (flow input, ``{dep: output}`` or a map element);
     ``flow_input`` is what ``ctx.flow_input()`` returns. Async handlers are run to completion.
     """
-    import anyio  # noqa: PLC0415 - keep the plugin's import light
+    import anyio  # noqa: PLC0415 - only call_step needs an event loop
 
     definition = definition_of(flow)
     spec = flow.__pgflow_handlers__[definition.step(step_slug).slug]

@@ -1,17 +1,11 @@
-"""Shared test setup. Database fixtures come from the public plugin in ``pgflow.testing``."""
+"""Fixtures shared by every test. Database fixtures come from the public plugin
+(``pgflow.pytest_plugin``); helpers are plain modules in ``tests/helpers``. The runnable examples
+double as test drivers (``pythonpath`` in pyproject.toml), so what the docs show is what is tested.
+"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-# The runnable examples double as test drivers, so what the docs show is what is tested.
-sys.path.insert(0, str(ROOT / "examples"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-import support
 from pgflow._devserver import DevServer, start_embedded
 from pgflow.schema import PgmqMode, status
+from tests.helpers import database
 
 PGFLOW = [sys.executable, "-m", "pgflow"]
 
@@ -22,7 +22,7 @@ PGFLOW = [sys.executable, "-m", "pgflow"]
 def pgflow_cli(*args: str, url: URL | str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     if url is not None:
-        env["DATABASE_URL"] = url if isinstance(url, str) else support.libpq_url(url)
+        env["DATABASE_URL"] = url if isinstance(url, str) else database.libpq_url(url)
     return subprocess.run(
         [*PGFLOW, *args], capture_output=True, text=True, env=env, timeout=120, check=False
     )
@@ -47,7 +47,7 @@ def test_install_and_status_from_the_command_line(pgflow_empty_database: URL) ->
 def test_two_concurrent_installs_both_succeed_and_one_does_the_work(
     pgflow_empty_database: URL,
 ) -> None:
-    env = {**os.environ, "DATABASE_URL": support.libpq_url(pgflow_empty_database)}
+    env = {**os.environ, "DATABASE_URL": database.libpq_url(pgflow_empty_database)}
     processes = [
         subprocess.Popen(
             [*PGFLOW, "db", "install"],
@@ -83,11 +83,11 @@ def test_no_database_configured_exits_3_naming_the_setting() -> None:
 @pytest.fixture
 def role_without_create(pgflow_empty_database: URL) -> Iterator[URL]:
     role = f"pgflow_nocreate_{uuid.uuid4().hex[:8]}"
-    support.run_sql(pgflow_empty_database, f'CREATE ROLE "{role}" LOGIN')
+    database.run_sql(pgflow_empty_database, f'CREATE ROLE "{role}" LOGIN')
     try:
         yield pgflow_empty_database.set(username=role, password=None)
     finally:
-        support.run_sql(pgflow_empty_database, f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+        database.run_sql(pgflow_empty_database, f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
 
 
 def test_role_without_create_privilege_is_told_the_fix_and_nothing_changes(
@@ -97,11 +97,11 @@ def test_role_without_create_privilege_is_told_the_fix_and_nothing_changes(
     assert result.returncode == 1
     assert "may not create schemas" in result.stderr
     assert "GRANT CREATE ON DATABASE" in result.stderr
-    assert support.schemas(pgflow_empty_database) == set()
+    assert database.schemas(pgflow_empty_database) == set()
 
 
 def test_tampered_record_exits_1_and_applies_nothing(pgflow_database: URL) -> None:
-    support.run_sql(
+    database.run_sql(
         pgflow_database,
         "UPDATE pgflow_python.installed SET sha256 = 'abc'"
         " WHERE name LIKE '%_pgflow_initial.sql';"
@@ -110,7 +110,7 @@ def test_tampered_record_exits_1_and_applies_nothing(pgflow_database: URL) -> No
     result = pgflow_cli("db", "install", url=pgflow_database)
     assert result.returncode == 1
     assert "changed file under an applied name is refused" in result.stderr
-    remaining = support.scalar(
+    remaining = database.scalar(
         pgflow_database,
         "SELECT count(*) FROM pgflow_python.installed WHERE component = 'extension'",
     )

@@ -8,16 +8,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from interop_flows import Interop
-from node_support import node_worker, typescript_compile
 from pgflow import definition_of, start_flow
-from worker_support import register, running_worker, wait_for_run
+from tests.helpers.database import register_flows
+from tests.helpers.interop_flows import Interop
+from tests.helpers.node import node_worker, typescript_compile
+from tests.helpers.workers import running_worker, wait_until_finished
 
 
 def test_a_flow_compiled_by_pgflow_python_runs_on_a_typescript_worker(
     pgflow_engine: Engine,
 ) -> None:
-    register(pgflow_engine, Interop)
+    register_flows(pgflow_engine, Interop)
     with pgflow_engine.begin() as connection:
         run_ids = [start_flow(connection, Interop, {"n": n}) for n in range(5)]
     report = node_worker(pgflow_engine, "interop")
@@ -49,7 +50,7 @@ async def test_a_flow_compiled_by_typescript_runs_on_python_workers(pgflow_engin
         run_ids = [start_flow(connection, Interop, {"n": n}) for n in range(5)]
     # The worker's start-up check accepts the TypeScript-compiled flow as Interop's shape.
     async with running_worker(pgflow_engine, Interop):
-        runs = [await wait_for_run(pgflow_engine, run_id) for run_id in run_ids]
+        runs = [await wait_until_finished(pgflow_engine, run_id) for run_id in run_ids]
     for n, run in enumerate(runs):
         assert run == {
             "status": "completed",
@@ -61,13 +62,13 @@ async def test_a_flow_compiled_by_typescript_runs_on_python_workers(pgflow_engin
 async def test_typescript_and_python_workers_share_one_flow_over_200_runs(
     pgflow_engine: Engine,
 ) -> None:
-    register(pgflow_engine, Interop)
+    register_flows(pgflow_engine, Interop)
     with pgflow_engine.begin() as connection:
         # n from 1: upstream's TypeScript client stores a falsy output (0 = square(0)) as null.
         run_ids = [start_flow(connection, Interop, {"n": n}) for n in range(1, 201)]
     async with running_worker(pgflow_engine, Interop, concurrency=4, batch_size=4):
         report = await anyio.to_thread.run_sync(node_worker, pgflow_engine, "interop")
-        runs = [await wait_for_run(pgflow_engine, run_id) for run_id in run_ids]
+        runs = [await wait_until_finished(pgflow_engine, run_id) for run_id in run_ids]
     assert all(run["status"] == "completed" for run in runs)
     for n, run in enumerate(runs, start=1):
         assert run["output"] == {"total": {"sum": n * n + (n + 1) ** 2, "count": 2}}

@@ -13,10 +13,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from interop_flows import Interop
-from node_support import node_worker, typescript_start
 from pgflow import Flow, start_flow, step
-from worker_support import register, running_worker, tasks_of, wait_for_run
+from tests.helpers.database import register_flows
+from tests.helpers.interop_flows import Interop
+from tests.helpers.node import node_worker, typescript_start
+from tests.helpers.workers import running_worker, tasks_of, wait_until_finished
 
 pytestmark = pytest.mark.anyio
 
@@ -60,7 +61,7 @@ def stored(engine: Engine, run_id: str | uuid.UUID) -> dict[str, Any]:
 async def test_runs_started_by_typescript_and_by_python_are_indistinguishable(
     pgflow_engine: Engine,
 ) -> None:
-    register(pgflow_engine, Interop)
+    register_flows(pgflow_engine, Interop)
     inputs = [{"n": 1}, {"n": 2, "note": "ünïcode"}, {"n": 3, "nested": {"list": [1, None]}}]
     typescript_runs = typescript_start(pgflow_engine, "interop", inputs)
     with pgflow_engine.begin() as connection:
@@ -75,9 +76,8 @@ async def test_runs_started_by_typescript_and_by_python_are_indistinguishable(
 
     async with running_worker(pgflow_engine, Interop):
         for ts_run, py_run in pairs:
-            assert await wait_for_run(pgflow_engine, uuid.UUID(ts_run)) == await wait_for_run(
-                pgflow_engine, py_run
-            )
+            ts_finished = await wait_until_finished(pgflow_engine, uuid.UUID(ts_run))
+            assert ts_finished == await wait_until_finished(pgflow_engine, py_run)
     for ts_run, py_run in pairs:
         ts_state, py_state = stored(pgflow_engine, ts_run), stored(pgflow_engine, py_run)
         assert ts_state["run"]["status"] == "completed"
@@ -101,7 +101,7 @@ class Relay(Flow, slug="relay", max_attempts=3, base_delay=1):
 @pytest.fixture
 def relay_run(pgflow_engine: Engine) -> uuid.UUID:
     PythonSide.attempts = []
-    register(pgflow_engine, Relay)
+    register_flows(pgflow_engine, Relay)
     with pgflow_engine.begin() as connection:
         return start_flow(connection, Relay, {"n": 7})
 
@@ -142,7 +142,7 @@ async def test_a_step_failing_in_node_is_retried_in_python_then_in_node(
     [second] = PythonSide.attempts
     third = await anyio.to_thread.run_sync(lambda: node_attempt(pgflow_engine, fails=False))
 
-    run = await wait_for_run(pgflow_engine, relay_run)
+    run = await wait_until_finished(pgflow_engine, relay_run)
     assert run == {"status": "completed", "output": {"flaky": {"by": "node", "n": 7}}}
     [task] = tasks_of(pgflow_engine, relay_run)
     assert (task["status"], task["attempts_count"]) == ("completed", 3)
@@ -160,7 +160,7 @@ async def test_a_step_failing_in_python_then_node_then_python_exhausts_max_attem
     )
     first, third = PythonSide.attempts
 
-    run = await wait_for_run(pgflow_engine, relay_run)
+    run = await wait_until_finished(pgflow_engine, relay_run)
     assert run == {"status": "failed", "output": None}
     [task] = tasks_of(pgflow_engine, relay_run)
     assert (task["attempts_count"], task["error_message"]) == (

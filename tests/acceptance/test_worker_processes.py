@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 import sql_only_flow
-import support
 from pgflow.dsl import definition_of
-from process_flows import SlowStep, TenSteps
-from worker_support import register
+from tests.helpers import database
+from tests.helpers.database import register_flows
+from tests.helpers.process_flows import SlowStep, TenSteps
+from tests.helpers.waiting import wait_until
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
 WorkerFactory = Callable[..., subprocess.Popen[str]]
-WORKER_COMMAND = [sys.executable, "-m", "pgflow", "run-worker", "process_flows"]
+WORKER_COMMAND = [sys.executable, "-m", "pgflow", "run-worker", "tests.helpers.process_flows"]
 WORKER_COMMAND += ["--log-format", "json", "--poll-interval", "0.5"]
 LOGS: dict[int, Path] = {}
 FAST_RECOVERY = ["--heartbeat-interval", "0.5", "--heartbeat-timeout", "2"]
@@ -35,13 +35,13 @@ def spawn_worker(pgflow_database: URL, tmp_path: Path) -> Iterator[WorkerFactory
     processes: list[subprocess.Popen[str]] = []
 
     def spawn(*args: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "DATABASE_URL": support.libpq_url(pgflow_database)}
+        env = {**os.environ, "DATABASE_URL": database.libpq_url(pgflow_database)}
         # A file, not a pipe: an unread pipe fills up and blocks the worker's logging.
         log_path = tmp_path / f"worker-{len(processes)}.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
                 [*WORKER_COMMAND, *args],
-                cwd=HERE,
+                cwd=ROOT,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -62,15 +62,6 @@ def worker_log(process: subprocess.Popen[str]) -> str:
     return LOGS[process.pid].read_text()
 
 
-def wait_until(condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def query(engine: Engine, statement: str, **params: Any) -> list[Any]:
     with engine.begin() as connection:
         return list(connection.execute(sa.text(statement), params))
@@ -79,7 +70,7 @@ def query(engine: Engine, statement: str, **params: Any) -> list[Any]:
 def test_three_worker_processes_complete_100_runs_each_task_once(
     pgflow_engine: Engine, spawn_worker: WorkerFactory
 ) -> None:
-    register(pgflow_engine, TenSteps, SlowStep)
+    register_flows(pgflow_engine, TenSteps, SlowStep)
     workers = [spawn_worker("--concurrency", "10") for _ in range(3)]
     with pgflow_engine.begin() as connection:
         run_ids = [sql_only_flow.start_run(connection, "ten_steps", {"n": n}) for n in range(100)]
@@ -111,7 +102,7 @@ def test_three_worker_processes_complete_100_runs_each_task_once(
 def test_sigterm_finishes_the_task_in_flight(
     pgflow_engine: Engine, spawn_worker: WorkerFactory
 ) -> None:
-    register(pgflow_engine, TenSteps, SlowStep)
+    register_flows(pgflow_engine, TenSteps, SlowStep)
     worker = spawn_worker()
     with pgflow_engine.begin() as connection:
         run_id = sql_only_flow.start_run(connection, "slow_step", {"seconds": 1.5})
@@ -133,7 +124,7 @@ def test_sigterm_finishes_the_task_in_flight(
 def test_kill_9_mid_task_the_run_still_completes_once(
     pgflow_engine: Engine, spawn_worker: WorkerFactory
 ) -> None:
-    register(pgflow_engine, TenSteps, SlowStep)
+    register_flows(pgflow_engine, TenSteps, SlowStep)
     doomed = spawn_worker(*FAST_RECOVERY)
     with pgflow_engine.begin() as connection:
         run_id = sql_only_flow.start_run(connection, "slow_step", {"seconds": 2.0})

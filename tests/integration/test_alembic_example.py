@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-import support
 from alembic_pgflow import version_location
+from tests.helpers import database
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "alembic_shop"
 
@@ -22,7 +22,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "alembic_shop"
 def test_the_documented_walkthrough(tmp_path: Path, pgflow_empty_database: URL) -> None:
     shutil.copytree(EXAMPLE, tmp_path / "shop", ignore=shutil.ignore_patterns("__pycache__"))
     root = tmp_path / "shop"
-    environment = {**os.environ, "DATABASE_URL": support.libpq_url(pgflow_empty_database)}
+    environment = {**os.environ, "DATABASE_URL": database.libpq_url(pgflow_empty_database)}
 
     def alembic(*args: str) -> str:
         result = subprocess.run(
@@ -52,7 +52,7 @@ def test_the_documented_walkthrough(tmp_path: Path, pgflow_empty_database: URL) 
     assert sorted(p.name for p in Path(version_location()).glob("*.py")) == [
         "pgflow_0001_schema.py"
     ]
-    assert support.scalar(
+    assert database.scalar(
         pgflow_empty_database, "SELECT array_agg(flow_slug ORDER BY flow_slug) FROM pgflow.flows"
     ) == ["process_order", "send_receipt"]
 

@@ -13,9 +13,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-import support
 from alembic_pgflow import FlowHasRunsError, SchemaDowngradeRefusedError
-from alembic_project import (
+from pgflow import install
+from pgflow.testing import temporary_database
+from tests.helpers import database
+from tests.helpers.alembic_project import (
     FLOWS,
     SHAPE_CHANGED,
     AlembicProject,
@@ -24,8 +26,6 @@ from alembic_project import (
     start_greeting,
     stored_flows,
 )
-from pgflow import install
-from pgflow.testing import temporary_database
 
 
 @pytest.fixture
@@ -63,13 +63,13 @@ def test_downgrade_of_a_created_flow_refuses_while_it_has_runs(project: AlembicP
     )
     assert sorted(stored_flows(project.url)) == ["greeting", "send_mail", "thumbnails"]
 
-    support.run_sql(
+    database.run_sql(
         project.url,
         "DELETE FROM pgflow.step_tasks; DELETE FROM pgflow.step_states; DELETE FROM pgflow.runs;",
     )
     project.downgrade("-1")
     assert stored_flows(project.url) == {}
-    assert support.scalar(project.url, "SELECT count(*) FROM pgmq.meta") == 0
+    assert database.scalar(project.url, "SELECT count(*) FROM pgmq.meta") == 0
 
 
 def test_schema_branch_downgrade_needs_an_explicit_opt_in(project: AlembicProject) -> None:
@@ -86,13 +86,13 @@ def test_schema_branch_downgrade_needs_an_explicit_opt_in(project: AlembicProjec
     start_greeting(project.url)
     with pytest.raises(FlowHasRunsError):
         project.downgrade("base", x=("pgflow_drop_schema=yes",))
-    support.run_sql(
+    database.run_sql(
         project.url,
         "DELETE FROM pgflow.step_tasks; DELETE FROM pgflow.step_states; DELETE FROM pgflow.runs;",
     )
     project.downgrade("base", x=("pgflow_drop_schema=yes",))
-    assert support.schemas(project.url) == set()
-    assert support.scalar(project.url, "SELECT count(*) FROM alembic_version") == 0
+    assert database.schemas(project.url) == set()
+    assert database.scalar(project.url, "SELECT count(*) FROM alembic_version") == 0
 
     project.upgrade("heads")  # and back again, from nothing
     assert sorted(stored_flows(project.url)) == ["greeting", "send_mail", "thumbnails"]
@@ -101,10 +101,10 @@ def test_schema_branch_downgrade_needs_an_explicit_opt_in(project: AlembicProjec
 def test_schema_branch_downgrade_removes_plain_sql_pgmq_too(project: AlembicProject) -> None:
     install(project.url, pgmq_mode="plain")  # e.g. `pgflow db install` before Alembic came in
     project.upgrade("heads")  # the schema revision finds everything installed: a no-op
-    assert support.schemas(project.url) == {"pgflow", "pgflow_python", "pgmq", "realtime"}
+    assert database.schemas(project.url) == {"pgflow", "pgflow_python", "pgmq", "realtime"}
 
     project.downgrade("base", x=("pgflow_drop_schema=yes",))
-    assert support.schemas(project.url) == set()
+    assert database.schemas(project.url) == set()
 
 
 @pytest.mark.slow

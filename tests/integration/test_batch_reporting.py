@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pgflow import Flow, _sql, map_step, start_flow, step
-from worker_support import register, running_worker, tasks_of, wait_for_run
+from tests.helpers.database import register_flows
+from tests.helpers.workers import running_worker, tasks_of, wait_until_finished
 
 
 class Squares(Flow, slug="squares", max_attempts=1):
@@ -119,7 +120,7 @@ def drive(engine: Engine, *, batched: bool) -> uuid.UUID:
 
 
 def test_a_batch_of_completions_ends_like_single_completions(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Squares)
+    register_flows(pgflow_engine, Squares)
     batched = final_state(pgflow_engine, drive(pgflow_engine, batched=True))
     single = final_state(pgflow_engine, drive(pgflow_engine, batched=False))
     assert batched == single
@@ -128,7 +129,7 @@ def test_a_batch_of_completions_ends_like_single_completions(pgflow_engine: Engi
 
 
 def test_a_batch_records_only_the_tasks_the_worker_still_holds(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Squares)
+    register_flows(pgflow_engine, Squares)
     mine, other = uuid.uuid4(), uuid.uuid4()
     with pgflow_engine.begin() as connection:
         for worker_id in (mine, other):
@@ -164,7 +165,7 @@ def test_arrays_of_different_lengths_are_refused(pgflow_engine: Engine) -> None:
 
 @pytest.mark.anyio
 async def test_an_output_the_database_refuses_fails_only_its_task(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Squares)
+    register_flows(pgflow_engine, Squares)
     with pgflow_engine.begin() as connection:
         # Stands for any rule of the application's database (a constraint, a trigger).
         connection.execute(
@@ -182,7 +183,7 @@ async def test_an_output_the_database_refuses_fails_only_its_task(pgflow_engine:
         )
         run_id = start_flow(connection, Squares, {"count": 8})
     async with running_worker(pgflow_engine, Squares, concurrency=8, batch_size=8):
-        run = await wait_for_run(pgflow_engine, run_id)
+        run = await wait_until_finished(pgflow_engine, run_id)
     assert run["status"] == "failed"
     squares = {
         t["task_index"]: t for t in tasks_of(pgflow_engine, run_id) if t["step_slug"] == "square"

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pgflow import Flow, _sql, start_flow, step
-from worker_support import register
+from tests.helpers.database import register_flows
 
 
 class Racy(Flow, slug="racy"):
@@ -47,7 +47,7 @@ def wait_until_blocked_on_a_lock(engine: Engine, application_name: str) -> None:
 def test_tasks_committed_while_a_claim_runs_are_returned_by_that_claim(
     pgflow_engine: Engine,
 ) -> None:
-    register(pgflow_engine, Racy)
+    register_flows(pgflow_engine, Racy)
     worker_id = uuid.uuid4()
     with pgflow_engine.begin() as connection:
         connection.execute(

@@ -10,19 +10,14 @@ from sqlalchemy.engine import Engine
 
 import sql_only_flow
 from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
-from pgflow import compile_flow, definition_of
-from pgflow.definition import FlowDefinition, StepType
-
-
-def register(engine: Engine, definition: FlowDefinition) -> None:
-    with engine.begin() as connection:
-        for statement in compile_flow(definition):
-            connection.execute(sa.text(statement))
+from pgflow import definition_of
+from pgflow.definition import StepType
+from tests.helpers.database import register_flows
 
 
 def test_database_holds_the_definition_shape_options_and_type(pgflow_engine: Engine) -> None:
     for flow_class in (AnalyzeWebsite, Thumbnails, SendEmail):
-        register(pgflow_engine, definition_of(flow_class))
+        register_flows(pgflow_engine, flow_class)
     with pgflow_engine.begin() as connection:
         flows = connection.execute(
             sa.text(
@@ -54,7 +49,7 @@ def test_database_holds_the_definition_shape_options_and_type(pgflow_engine: Eng
 def test_a_compiled_map_flow_runs_to_completion(pgflow_engine: Engine) -> None:
     definition = definition_of(Thumbnails)
     assert definition.step("resize").step_type is StepType.MAP
-    register(pgflow_engine, definition)
+    register_flows(pgflow_engine, Thumbnails)
     # Upstream 0.8.1 task input: a map task gets its element; a dependent step {"run", deps}.
     steps: dict[str, tuple[list[str], sql_only_flow.Handler]] = {
         "resize": ([], lambda item: f"{item}@200px"),

@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-import support
 from pgflow import IncompatibleSchemaError, PgmqMode, SchemaError, install, status
 from pgflow._db import create_engine
 from pgflow._devserver import DevServer
 from pgflow.schema import _pgmq, _sources
+from tests.helpers import database
 
 EVERYTHING = 1 + 1 + 12 + len(_sources.extension_migrations())  # pgmq, shim, upstream, ours
 
@@ -89,7 +89,7 @@ def test_each_pgmq_mode_runs_flows_end_to_end(
             sa.text("SELECT extversion FROM pg_extension WHERE extname = 'pgmq'")
         ).scalar()
     assert (extension is None) == (mode is PgmqMode.PLAIN)
-    support.assert_flows_run_end_to_end(engine_on_empty)
+    database.assert_flows_run_end_to_end(engine_on_empty)
     assert not install(engine_on_empty).changed
 
 
@@ -104,12 +104,12 @@ def test_install_runs_inside_the_callers_transaction(engine_on_empty: Engine) ->
         install(connection, pgmq_mode=PgmqMode.PLAIN)
         assert connection.execute(sa.text("SELECT to_regclass('pgflow.flows')")).scalar()
         connection.rollback()
-    assert support.schemas(engine_on_empty.url) == set()
+    assert database.schemas(engine_on_empty.url) == set()
 
 
 def test_a_failed_install_leaves_nothing_behind(pgflow_empty_database: URL) -> None:
     # A pgmq type that the bundled pgmq SQL cannot create: the install fails part-way through.
-    support.run_sql(
+    database.run_sql(
         pgflow_empty_database,
         "CREATE SCHEMA pgmq; CREATE TYPE pgmq.message_record AS (msg_id bigint);",
     )
@@ -117,23 +117,23 @@ def test_a_failed_install_leaves_nothing_behind(pgflow_empty_database: URL) -> N
         SchemaError, match=r"applying pgmq/pgmq--1.13.0.sql failed: .*already exists"
     ):
         install(pgflow_empty_database, pgmq_mode=PgmqMode.PLAIN)
-    assert support.schemas(pgflow_empty_database) == {"pgmq"}
+    assert database.schemas(pgflow_empty_database) == {"pgmq"}
 
 
 def _install_like_upstream_tooling(url: URL, migrations: list[Path]) -> None:
     """Supabase-style: pgmq extension, a realtime.send of the platform, migrations by psql."""
-    support.run_sql(
+    database.run_sql(
         url,
         "CREATE SCHEMA realtime;"
         " CREATE FUNCTION realtime.send(payload jsonb, event text, topic text,"
         " private boolean DEFAULT true) RETURNS void LANGUAGE sql AS 'SELECT NULL';",
     )
-    support.apply_with_psql(url, migrations)
+    database.apply_with_psql(url, migrations)
 
 
 @pytest.mark.usefixtures("server_offers_pgmq")
 def test_upstream_installed_by_other_tooling_is_adopted(pgflow_empty_database: URL) -> None:
-    _install_like_upstream_tooling(pgflow_empty_database, support.upstream_files())
+    _install_like_upstream_tooling(pgflow_empty_database, database.upstream_files())
     before = status(pgflow_empty_database)
     assert before.pgmq_mode is PgmqMode.EXTENSION
     assert before.realtime.startswith("native")
@@ -145,23 +145,23 @@ def test_upstream_installed_by_other_tooling_is_adopted(pgflow_empty_database: U
     assert after.realtime.startswith("native")  # the platform's realtime.send is left alone
     assert not install(pgflow_empty_database).changed
     engine = create_engine(pgflow_empty_database, poolclass=sa.pool.NullPool)
-    support.assert_flows_run_end_to_end(engine)
+    database.assert_flows_run_end_to_end(engine)
     engine.dispose()
 
 
 @pytest.mark.usefixtures("server_offers_pgmq")
 def test_an_older_foreign_schema_is_refused(pgflow_empty_database: URL) -> None:
-    _install_like_upstream_tooling(pgflow_empty_database, support.upstream_files()[:11])
+    _install_like_upstream_tooling(pgflow_empty_database, database.upstream_files()[:11])
     with pytest.raises(IncompatibleSchemaError, match=r"older than 0\.8\.1"):
         install(pgflow_empty_database)
-    assert support.schemas(pgflow_empty_database) == {"pgflow", "pgmq", "realtime"}
+    assert database.schemas(pgflow_empty_database) == {"pgflow", "pgmq", "realtime"}
     assert "older than 0.8.1" in (status(pgflow_empty_database).problem or "")
 
 
 @pytest.mark.usefixtures("server_offers_pgmq")
 def test_a_newer_foreign_schema_is_refused(pgflow_empty_database: URL) -> None:
-    _install_like_upstream_tooling(pgflow_empty_database, support.upstream_files())
-    support.run_sql(
+    _install_like_upstream_tooling(pgflow_empty_database, database.upstream_files())
+    database.run_sql(
         pgflow_empty_database,
         "CREATE FUNCTION pgflow.requeue_stalled_tasks() RETURNS void LANGUAGE sql AS '';",
     )
@@ -170,7 +170,7 @@ def test_a_newer_foreign_schema_is_refused(pgflow_empty_database: URL) -> None:
 
 
 def test_a_changed_migration_under_a_recorded_name_is_refused(pgflow_database: URL) -> None:
-    support.run_sql(
+    database.run_sql(
         pgflow_database,
         "UPDATE pgflow_python.installed SET sha256 = 'abc'"
         " WHERE name LIKE '%_pgflow_add_realtime.sql'",
@@ -182,7 +182,7 @@ def test_a_changed_migration_under_a_recorded_name_is_refused(pgflow_database: U
 
 
 def test_realtime_shim_notifies_compactly_even_for_huge_outputs(pgflow_engine: Engine) -> None:
-    with psycopg.connect(support.libpq_url(pgflow_engine.url), autocommit=True) as listener:
+    with psycopg.connect(database.libpq_url(pgflow_engine.url), autocommit=True) as listener:
         listener.execute("LISTEN pgflow")
         with pgflow_engine.begin() as connection:
             connection.execute(sa.text("SELECT pgflow.create_flow('big')"))

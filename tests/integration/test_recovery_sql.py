@@ -14,14 +14,14 @@ import pytest
 from psycopg.rows import dict_row
 from sqlalchemy.engine import URL
 
-import support
+from tests.helpers import database
 
 DEADLINE_S = 10.0
 Db = psycopg.Connection[dict[str, Any]]
 
 
 def connect(url: URL, *, autocommit: bool = True) -> Db:
-    return psycopg.connect(support.libpq_url(url), autocommit=autocommit, row_factory=dict_row)
+    return psycopg.connect(database.libpq_url(url), autocommit=autocommit, row_factory=dict_row)
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def start_run(db: Db, slug: str, flow_input: Any = None) -> uuid.UUID:
     return run_id
 
 
-def register(db: Db, slug: str, function_name: str = "tests.py_worker") -> uuid.UUID:
+def register_worker(db: Db, slug: str, function_name: str = "tests.py_worker") -> uuid.UUID:
     worker_id = uuid.uuid4()
     db.execute(
         "INSERT INTO pgflow.workers (worker_id, queue_name, function_name) VALUES (%s, %s, %s)",
@@ -144,7 +144,7 @@ def test_a_task_of_a_silent_worker_is_requeued_and_completes_on_a_second_claim(
 ) -> None:
     create_flow(db, "crash")
     run_id = start_run(db, "crash", {"n": 1})
-    crashed = register(db, "crash")
+    crashed = register_worker(db, "crash")
     first = claim_one(db, "crash", crashed)
     assert recover(db) == []  # heartbeat still fresh
     silence(db, crashed)
@@ -163,7 +163,7 @@ def test_a_task_of_a_silent_worker_is_requeued_and_completes_on_a_second_claim(
     assert task_row(db, run_id)["status"] == "queued"
     assert run_row(db, run_id)["status"] == "started"
 
-    second = claim_one(db, "crash", register(db, "crash"))
+    second = claim_one(db, "crash", register_worker(db, "crash"))
     assert second["input"] == {"run": {"n": 1}}
     assert task_row(db, run_id)["attempts_count"] == 2
     complete(db, second, {"done": True})
@@ -176,11 +176,11 @@ def test_completion_is_recorded_once_when_the_stalled_worker_reports_after_a_rec
 ) -> None:
     create_flow(db, "late_report", steps=2)
     run_id = start_run(db, "late_report")
-    slow = register(db, "late_report")
+    slow = register_worker(db, "late_report")
     first = claim_one(db, "late_report", slow)
     silence(db, slow)
     assert recover(db) == [(run_id, "s0", 0, "requeued")]
-    second = claim_one(db, "late_report", register(db, "late_report"))
+    second = claim_one(db, "late_report", register_worker(db, "late_report"))
 
     complete(db, first, "from the stalled worker")  # the task is started again: upstream takes it
     complete(db, second, "from the second worker")  # already completed: ignored
@@ -201,7 +201,7 @@ def test_completion_is_recorded_once_when_the_stalled_worker_reports_after_a_rec
 def test_a_task_past_its_timeout_is_requeued_even_with_a_live_worker(db: Db) -> None:
     create_flow(db, "overrun", timeout=10)
     run_id = start_run(db, "overrun")
-    alive = register(db, "overrun")
+    alive = register_worker(db, "overrun")
     claim_one(db, "overrun", alive)
 
     started_long_ago(db, run_id, 10 + 30 - 2)  # inside timeout + margin
@@ -220,7 +220,7 @@ def test_a_step_timeout_overrides_the_flow_timeout(db: Db) -> None:
     db.execute("SELECT pgflow.create_flow('step_timeout', 3, 0, 600)")
     db.execute("SELECT pgflow.add_step('step_timeout', 's0', timeout => 5)")
     run_id = start_run(db, "step_timeout")
-    claim_one(db, "step_timeout", register(db, "step_timeout"))
+    claim_one(db, "step_timeout", register_worker(db, "step_timeout"))
     started_long_ago(db, run_id, 5 + 30 + 1)
     assert recover(db) == [(run_id, "s0", 0, "requeued")]
 
@@ -231,12 +231,12 @@ def test_after_max_requeues_stalls_fail_the_attempt_and_exhaustion_fails_the_run
     create_flow(db, "poison", max_attempts=3)
     run_id = start_run(db, "poison")
 
-    crashed = register(db, "poison")
+    crashed = register_worker(db, "poison")
     claim_one(db, "poison", crashed)
     silence(db, crashed)
     assert recover(db, max_requeues=1) == [(run_id, "s0", 0, "requeued")]
 
-    crashed = register(db, "poison")
+    crashed = register_worker(db, "poison")
     claim_one(db, "poison", crashed)
     silence(db, crashed, 45)
     assert recover(db, max_requeues=1) == [(run_id, "s0", 0, "failed")]
@@ -248,7 +248,7 @@ def test_after_max_requeues_stalls_fail_the_attempt_and_exhaustion_fails_the_run
     assert "attempt 2 of 3; already put back 1 times (max_requeues 1)" in task["error_message"]
     assert requeue_count(db, run_id) == 1
 
-    crashed = register(db, "poison")
+    crashed = register_worker(db, "poison")
     claim_one(db, "poison", crashed)
     silence(db, crashed)
     assert recover(db, max_requeues=1) == [(run_id, "s0", 0, "failed")]
@@ -269,7 +269,7 @@ def test_after_max_requeues_stalls_fail_the_attempt_and_exhaustion_fails_the_run
 def test_a_stalled_task_with_no_attempts_left_is_failed_not_requeued(db: Db) -> None:
     create_flow(db, "one_shot", max_attempts=1)
     run_id = start_run(db, "one_shot")
-    crashed = register(db, "one_shot")
+    crashed = register_worker(db, "one_shot")
     claim_one(db, "one_shot", crashed)
     silence(db, crashed)
     assert recover(db, max_requeues=3) == [(run_id, "s0", 0, "failed")]
@@ -283,7 +283,7 @@ def test_a_stalled_task_with_no_attempts_left_is_failed_not_requeued(db: Db) -> 
 def test_healthy_and_draining_workers_keep_their_tasks(db: Db) -> None:
     create_flow(db, "healthy", timeout=60)
     run_id = start_run(db, "healthy")
-    worker = register(db, "healthy")
+    worker = register_worker(db, "healthy")
     claim_one(db, "healthy", worker)
     started_long_ago(db, run_id, 60)  # past the timeout, still inside the margin
     assert recover(db) == []
@@ -306,10 +306,10 @@ def test_healthy_and_draining_workers_keep_their_tasks(db: Db) -> None:
 def test_typescript_workers_and_deleted_worker_rows_are_treated_alike(db: Db) -> None:
     create_flow(db, "mixed")
     ts_run = start_run(db, "mixed")
-    edge = register(db, "mixed", function_name="pgflow-edge-worker/mixed_worker")
+    edge = register_worker(db, "mixed", function_name="pgflow-edge-worker/mixed_worker")
     claim_one(db, "mixed", edge)
     gone_run = start_run(db, "mixed")
-    gone = register(db, "mixed")
+    gone = register_worker(db, "mixed")
     claim_one(db, "mixed", gone)
     silence(db, edge)
     db.execute("DELETE FROM pgflow.workers WHERE worker_id = %s", (gone,))
@@ -330,7 +330,7 @@ def test_only_the_stalled_task_of_a_map_step_is_requeued(db: Db) -> None:
     db.execute("SELECT pgflow.create_flow('fan_out', 3, 0, 60)")
     db.execute("SELECT pgflow.add_step('fan_out', 'each', step_type => 'map')")
     run_id = start_run(db, "fan_out", ["a", "b", "c"])
-    live, crashed = register(db, "fan_out"), register(db, "fan_out")
+    live, crashed = register_worker(db, "fan_out"), register_worker(db, "fan_out")
     db.execute(
         "SELECT * FROM pgflow.start_tasks('fan_out', ARRAY(SELECT msg_id FROM pgmq.read("
         " 'fan_out', 60, 2)), %s)",
@@ -351,7 +351,7 @@ def test_only_the_stalled_task_of_a_map_step_is_requeued(db: Db) -> None:
 def test_two_concurrent_sweeps_do_not_both_act(pgflow_database: URL, db: Db) -> None:
     create_flow(db, "contended")
     run_id = start_run(db, "contended")
-    crashed = register(db, "contended")
+    crashed = register_worker(db, "contended")
     claim_one(db, "contended", crashed)
     silence(db, crashed)
 
@@ -361,7 +361,7 @@ def test_two_concurrent_sweeps_do_not_both_act(pgflow_database: URL, db: Db) -> 
         # A task that stalls while the first sweep is still open is not the second sweep's
         # business either: it returns at once and leaves everything to the next sweep.
         other_run = start_run(db, "contended")
-        other = register(db, "contended")
+        other = register_worker(db, "contended")
         claim_one(db, "contended", other)
         silence(db, other)
         started = time.monotonic()
@@ -375,7 +375,7 @@ def test_two_concurrent_sweeps_do_not_both_act(pgflow_database: URL, db: Db) -> 
 def test_a_sweep_skips_what_others_hold_instead_of_waiting(pgflow_database: URL, db: Db) -> None:
     create_flow(db, "busy")
     run_id = start_run(db, "busy")
-    crashed = register(db, "busy")
+    crashed = register_worker(db, "busy")
     claim_one(db, "busy", crashed)
     silence(db, crashed)
 
@@ -393,7 +393,7 @@ def test_a_sweep_skips_what_others_hold_instead_of_waiting(pgflow_database: URL,
 def test_a_started_task_without_its_message_is_left_alone(db: Db) -> None:
     create_flow(db, "archived")
     run_id = start_run(db, "archived")
-    crashed = register(db, "archived")
+    crashed = register_worker(db, "archived")
     task = claim_one(db, "archived", crashed)
     silence(db, crashed)
     # What upstream 0.14 does to a task it gives up on: archive the message, keep 'started'.
@@ -406,7 +406,7 @@ def test_tasks_of_failed_runs_are_left_alone(db: Db) -> None:
     create_flow(db, "doomed", max_attempts=1, steps=1)
     db.execute("SELECT pgflow.add_step('doomed', 'other')")
     run_id = start_run(db, "doomed")
-    crashed = register(db, "doomed")
+    crashed = register_worker(db, "doomed")
     tasks = claim(db, "doomed", crashed)
     assert len(tasks) == 2
     failing = next(t for t in tasks if t["step_slug"] == "other")
@@ -421,10 +421,10 @@ def test_a_requeue_wakes_listeners(pgflow_database: URL, db: Db) -> None:
     create_flow(db, "wake_on_requeue")
     db.execute("SELECT pgflow_python.ensure_wakeup_trigger('wake_on_requeue')")
     run_id = start_run(db, "wake_on_requeue")
-    crashed = register(db, "wake_on_requeue")
+    crashed = register_worker(db, "wake_on_requeue")
     claim_one(db, "wake_on_requeue", crashed)
     silence(db, crashed)
-    with psycopg.connect(support.libpq_url(pgflow_database), autocommit=True) as listener:
+    with psycopg.connect(database.libpq_url(pgflow_database), autocommit=True) as listener:
         listener.execute("LISTEN pgflow_wakeup")
         assert recover(db) == [(run_id, "s0", 0, "requeued")]
         payloads = [n.payload for n in listener.notifies(timeout=DEADLINE_S, stop_after=1)]

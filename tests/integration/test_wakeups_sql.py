@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import URL
 
-import support
+from tests.helpers import database
 
 CHANNEL = "pgflow_wakeup"
 DEADLINE_S = 10.0
@@ -26,13 +26,13 @@ class Listener:
 
     def __init__(self, url: URL) -> None:
         self.url = url
-        self.connection = psycopg.connect(support.libpq_url(url), autocommit=True)
+        self.connection = psycopg.connect(database.libpq_url(url), autocommit=True)
         self.connection.execute(f"LISTEN {CHANNEL}")
 
     def received(self) -> list[str]:
         """Payloads (in order) sent on the channel since the last call."""
         sentinel = f"sentinel-{uuid.uuid4().hex}"
-        with psycopg.connect(support.libpq_url(self.url), autocommit=True) as other:
+        with psycopg.connect(database.libpq_url(self.url), autocommit=True) as other:
             other.execute("SELECT pg_notify(%s, %s)", (CHANNEL, sentinel))
         payloads: list[str] = []
         deadline = time.monotonic() + DEADLINE_S
@@ -49,7 +49,7 @@ class Listener:
 
 @pytest.fixture
 def db(pgflow_database: URL) -> Iterator[Conn]:
-    with psycopg.connect(support.libpq_url(pgflow_database), autocommit=True) as connection:
+    with psycopg.connect(database.libpq_url(pgflow_database), autocommit=True) as connection:
         yield connection
 
 
@@ -114,7 +114,7 @@ def test_a_notification_is_sent_at_commit_not_before(
     pgflow_database: URL, db: Conn, listener: Listener
 ) -> None:
     create_flow(db, "committed")
-    with psycopg.connect(support.libpq_url(pgflow_database)) as writer:
+    with psycopg.connect(database.libpq_url(pgflow_database)) as writer:
         start_run(writer, "committed")
         assert listener.received() == []
         writer.rollback()
@@ -194,13 +194,13 @@ def test_triggers_are_statement_level_and_installed_once(db: Conn, listener: Lis
 def test_concurrent_ensures_both_succeed(pgflow_database: URL, db: Conn) -> None:
     create_flow(db, "raced", wakeups=False)
     errors: list[Exception] = []
-    with psycopg.connect(support.libpq_url(pgflow_database)) as first:
+    with psycopg.connect(database.libpq_url(pgflow_database)) as first:
         first.execute("SELECT pgflow_python.ensure_wakeup_trigger('raced')")
         second_pid: list[int] = []
 
         def second_caller() -> None:
             try:
-                with psycopg.connect(support.libpq_url(pgflow_database)) as second:
+                with psycopg.connect(database.libpq_url(pgflow_database)) as second:
                     second_pid.append(second.info.backend_pid)
                     second.execute("SELECT pgflow_python.ensure_wakeup_trigger('raced')")
                     second.commit()
@@ -263,7 +263,7 @@ def test_a_role_that_does_not_own_the_queue_can_ensure_the_triggers(
     try:
         db.execute(f'GRANT USAGE ON SCHEMA pgflow_python, pgmq TO "{role}"')
         as_worker = pgflow_database.set(username=role, password=None)
-        with psycopg.connect(support.libpq_url(as_worker), autocommit=True) as worker:
+        with psycopg.connect(database.libpq_url(as_worker), autocommit=True) as worker:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 worker.execute(
                     "CREATE TRIGGER t AFTER INSERT ON pgmq.q_owned_elsewhere"

@@ -18,14 +18,14 @@ from sqlalchemy.engine import Engine
 from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
 from pgflow import Context, Flow, _sql, map_step, step
 from pgflow.worker import FlowNotReadyError, Worker
-from worker_support import (
+from tests.helpers.database import register_flows
+from tests.helpers.workers import (
     EventLog,
-    register,
     running_worker,
     seconds_between,
     start,
     tasks_of,
-    wait_for_run,
+    wait_until_finished,
 )
 
 pytestmark = pytest.mark.anyio
@@ -39,19 +39,19 @@ def events() -> Iterator[EventLog]:
 
 
 async def test_inputs_fan_in_map_and_jobs(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, AnalyzeWebsite, Thumbnails, SendEmail)
+    register_flows(pgflow_engine, AnalyzeWebsite, Thumbnails, SendEmail)
     async with running_worker(pgflow_engine, AnalyzeWebsite, Thumbnails, SendEmail):
         analyze = start(pgflow_engine, AnalyzeWebsite, {"url": "good.example"})
         thumbs = start(pgflow_engine, Thumbnails, ["a.png", "b.png", "c.png"])
         empty = start(pgflow_engine, Thumbnails, [])
         email = start(pgflow_engine, SendEmail, {"to": "ada@example.org"})
-        assert await wait_for_run(pgflow_engine, analyze) == {
+        assert await wait_until_finished(pgflow_engine, analyze) == {
             "status": "completed",
             "output": {"save": {"score": 0.8, "summary": "Contents of good.example"}},
         }
-        assert (await wait_for_run(pgflow_engine, thumbs))["output"] == {"publish": 3}
-        assert (await wait_for_run(pgflow_engine, empty))["output"] == {"publish": 0}
-        assert (await wait_for_run(pgflow_engine, email))["output"] == {
+        assert (await wait_until_finished(pgflow_engine, thumbs))["output"] == {"publish": 3}
+        assert (await wait_until_finished(pgflow_engine, empty))["output"] == {"publish": 0}
+        assert (await wait_until_finished(pgflow_engine, email))["output"] == {
             "perform": {"sent_to": "ada@example.org"}
         }
     uploads = [t["output"] for t in tasks_of(pgflow_engine, thumbs) if t["step_slug"] == "upload"]
@@ -77,9 +77,9 @@ class Falsy(Flow, slug="falsy_outputs"):
 
 
 async def test_outputs_are_stored_exactly(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Falsy)
+    register_flows(pgflow_engine, Falsy)
     async with running_worker(pgflow_engine, Falsy):
-        run = await wait_for_run(pgflow_engine, start(pgflow_engine, Falsy, {}))
+        run = await wait_until_finished(pgflow_engine, start(pgflow_engine, Falsy, {}))
     assert run["output"] == {"zero": 0, "no": False, "blank": "", "nothing": None}
 
 
@@ -102,10 +102,10 @@ class Seen(Flow, slug="context_seen"):
 
 
 async def test_context_and_lazy_flow_input(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Seen)
+    register_flows(pgflow_engine, Seen)
     async with running_worker(pgflow_engine, Seen):
         run_id = start(pgflow_engine, Seen, {"k": "v"})
-        run = await wait_for_run(pgflow_engine, run_id)
+        run = await wait_until_finished(pgflow_engine, run_id)
     assert run["status"] == "completed"
     assert run["output"] == {
         "last": {
@@ -129,11 +129,11 @@ class Flaky(Flow, slug="flaky", base_delay=1, max_attempts=3):
 async def test_retries_back_off_exponentially_then_succeed(
     pgflow_engine: Engine, events: EventLog
 ) -> None:
-    register(pgflow_engine, Flaky)
+    register_flows(pgflow_engine, Flaky)
     # A 10 s poll interval: only the wake-up at the retry's visibility explains prompt retries.
     async with running_worker(pgflow_engine, Flaky, poll_interval=10.0):
         run_id = start(pgflow_engine, Flaky, {})
-        run = await wait_for_run(pgflow_engine, run_id, timeout=30)
+        run = await wait_until_finished(pgflow_engine, run_id, timeout=30)
     assert run == {"status": "completed", "output": {"fragile": 3}}
     [task] = tasks_of(pgflow_engine, run_id)
     assert task["attempts_count"] == 3
@@ -166,10 +166,10 @@ class Doomed(Flow, slug="doomed", max_attempts=2, base_delay=0):
 async def test_exhausted_attempts_fail_the_run_and_stop_its_other_tasks(
     pgflow_engine: Engine,
 ) -> None:
-    register(pgflow_engine, Doomed)
+    register_flows(pgflow_engine, Doomed)
     async with running_worker(pgflow_engine, Doomed, shutdown_timeout=0.5):
         run_id = start(pgflow_engine, Doomed, {})
-        run = await wait_for_run(pgflow_engine, run_id)
+        run = await wait_until_finished(pgflow_engine, run_id)
     assert run["status"] == "failed"
     tasks = {t["step_slug"]: t for t in tasks_of(pgflow_engine, run_id)}
     assert tasks["fails"]["status"] == "failed"
@@ -185,10 +185,10 @@ class Delayed(Flow, slug="delayed"):
 
 
 async def test_start_delay_is_honoured_and_picked_up_promptly(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Delayed)
+    register_flows(pgflow_engine, Delayed)
     async with running_worker(pgflow_engine, Delayed, poll_interval=10.0):
         started = time.time()
-        run = await wait_for_run(pgflow_engine, start(pgflow_engine, Delayed, {}))
+        run = await wait_until_finished(pgflow_engine, start(pgflow_engine, Delayed, {}))
     waited = run["output"]["later"] - started
     assert 2.0 <= waited < 5.0, waited  # woken at visibility, not by the 10 s poll interval
 
@@ -206,10 +206,10 @@ class Slow(Flow, slug="slow", timeout=1, max_attempts=1):
 
 
 async def test_timeouts_fail_async_and_sync_handlers(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Slow)
+    register_flows(pgflow_engine, Slow)
     async with running_worker(pgflow_engine, Slow):
         run_id = start(pgflow_engine, Slow, {})
-        run = await wait_for_run(pgflow_engine, run_id)
+        run = await wait_until_finished(pgflow_engine, run_id)
         await anyio.sleep(1.5)  # the abandoned sync handler finishes; its result must be ignored
     assert run["status"] == "failed"
     errors = {t["step_slug"]: t["error_message"] for t in tasks_of(pgflow_engine, run_id)}
@@ -237,10 +237,10 @@ class Bad(Flow, slug="bad_outputs", max_attempts=1):
 
 
 async def test_bad_outputs_and_base_exceptions_fail_only_the_task(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Bad)
+    register_flows(pgflow_engine, Bad)
     async with running_worker(pgflow_engine, Bad):
         run_id = start(pgflow_engine, Bad, {})
-        assert (await wait_for_run(pgflow_engine, run_id))["status"] == "failed"
+        assert (await wait_until_finished(pgflow_engine, run_id))["status"] == "failed"
     errors = {t["step_slug"]: t["error_message"] for t in tasks_of(pgflow_engine, run_id)}
     assert errors["not_json"].startswith(
         "TypeError: step 'not_json' returned a value that is not JSON"
@@ -268,10 +268,10 @@ class Busy(Flow, slug="busy"):
 
 
 async def test_concurrency_is_never_exceeded(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Busy)
+    register_flows(pgflow_engine, Busy)
     Busy.peak = 0
     async with running_worker(pgflow_engine, Busy, concurrency=3, batch_size=5):
-        run = await wait_for_run(pgflow_engine, start(pgflow_engine, Busy, list(range(30))))
+        run = await wait_until_finished(pgflow_engine, start(pgflow_engine, Busy, list(range(30))))
     assert run["status"] == "completed"
     assert Busy.peak == 3
 
@@ -286,10 +286,10 @@ class LongRunner(Flow, slug="long_runner", timeout=20, max_attempts=1):
 async def test_handler_longer_than_read_visibility_is_not_run_twice(
     pgflow_engine: Engine, events: EventLog
 ) -> None:
-    register(pgflow_engine, LongRunner)
+    register_flows(pgflow_engine, LongRunner)
     async with running_worker(pgflow_engine, LongRunner, visibility_timeout=1, poll_interval=0.2):
         run_id = start(pgflow_engine, LongRunner, {})
-        run = await wait_for_run(pgflow_engine, run_id)
+        run = await wait_until_finished(pgflow_engine, run_id)
     assert run == {"status": "completed", "output": {"long": "done"}}
     assert len(events.named("task.started")) == 1
     assert tasks_of(pgflow_engine, run_id)[0]["attempts_count"] == 1
@@ -303,13 +303,13 @@ class Graceful(Flow, slug="graceful"):
 
 
 async def test_stop_lets_in_flight_work_finish(pgflow_engine: Engine, events: EventLog) -> None:
-    register(pgflow_engine, Graceful)
+    register_flows(pgflow_engine, Graceful)
     async with running_worker(pgflow_engine, Graceful) as worker:
         run_id = start(pgflow_engine, Graceful, {})
         while not events.named("task.started"):
             await anyio.sleep(0.02)
         worker.stop()
-    run = await wait_for_run(pgflow_engine, run_id, timeout=1)
+    run = await wait_until_finished(pgflow_engine, run_id, timeout=1)
     assert run == {"status": "completed", "output": {"takes_a_second": "finished"}}
     assert [name for name, _, _ in events.events if name.startswith("worker.")][-1] == (
         "worker.stopped"
@@ -326,9 +326,9 @@ async def test_async_handlers_share_the_loop(pgflow_engine: Engine) -> None:
             await anyio.sleep(0.01)
             return item * 2
 
-    register(pgflow_engine, OnLoop)
+    register_flows(pgflow_engine, OnLoop)
     async with running_worker(pgflow_engine, OnLoop):
-        run = await wait_for_run(pgflow_engine, start(pgflow_engine, OnLoop, [1, 2, 3]))
+        run = await wait_until_finished(pgflow_engine, start(pgflow_engine, OnLoop, [1, 2, 3]))
     assert run["output"] == {"each": [2, 4, 6]}
     assert loop_ids == {id(asyncio.get_running_loop())}
 
@@ -356,19 +356,19 @@ def _terminate_worker_backends(engine: Engine) -> int:
 async def test_worker_survives_terminated_connections(
     pgflow_engine: Engine, events: EventLog
 ) -> None:
-    register(pgflow_engine, Survivor)
+    register_flows(pgflow_engine, Survivor)
     async with running_worker(pgflow_engine, Survivor, poll_interval=0.2):
         first = start(pgflow_engine, Survivor, {})
         while not events.named("task.started"):
             await anyio.sleep(0.02)
         assert await anyio.to_thread.run_sync(_terminate_worker_backends, pgflow_engine) >= 2
-        assert (await wait_for_run(pgflow_engine, first))["status"] == "completed"
+        assert (await wait_until_finished(pgflow_engine, first))["status"] == "completed"
         second = start(pgflow_engine, Survivor, {})  # claiming works again after reconnecting
-        assert (await wait_for_run(pgflow_engine, second))["status"] == "completed"
+        assert (await wait_until_finished(pgflow_engine, second))["status"] == "completed"
 
 
 def test_a_report_from_a_worker_that_lost_the_task_is_ignored(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Graceful)
+    register_flows(pgflow_engine, Graceful)
     run_id = start(pgflow_engine, Graceful, {})
     holder, stranger = uuid.uuid4(), uuid.uuid4()
     with pgflow_engine.begin() as connection:
@@ -398,12 +398,12 @@ def test_a_report_from_a_worker_that_lost_the_task_is_ignored(pgflow_engine: Eng
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_the_worker_serves_on_trio(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Thumbnails, SendEmail)
+    register_flows(pgflow_engine, Thumbnails, SendEmail)
     async with running_worker(pgflow_engine, Thumbnails, SendEmail):
         thumbs = start(pgflow_engine, Thumbnails, ["x.png"])
         email = start(pgflow_engine, SendEmail, {"to": "trio@example.org"})
-        assert (await wait_for_run(pgflow_engine, thumbs))["output"] == {"publish": 1}
-        assert (await wait_for_run(pgflow_engine, email))["status"] == "completed"
+        assert (await wait_until_finished(pgflow_engine, thumbs))["output"] == {"publish": 1}
+        assert (await wait_until_finished(pgflow_engine, email))["status"] == "completed"
 
 
 class FeedsMap(Flow, slug="feeds_map", max_attempts=1):
@@ -419,10 +419,10 @@ class FeedsMap(Flow, slug="feeds_map", max_attempts=1):
 async def test_a_non_array_feeding_a_map_step_fails_with_a_clear_message(
     pgflow_engine: Engine,
 ) -> None:
-    register(pgflow_engine, FeedsMap)
+    register_flows(pgflow_engine, FeedsMap)
     async with running_worker(pgflow_engine, FeedsMap):
         run_id = start(pgflow_engine, FeedsMap, {})
-        assert (await wait_for_run(pgflow_engine, run_id))["status"] == "failed"
+        assert (await wait_until_finished(pgflow_engine, run_id))["status"] == "failed"
     [task] = tasks_of(pgflow_engine, run_id)
     assert task["error_message"] == (
         "TypeError: step 'listing' feeds map step(s) ['each'] and must return a JSON array,"
@@ -431,7 +431,7 @@ async def test_a_non_array_feeding_a_map_step_fails_with_a_clear_message(
 
 
 async def test_a_flow_with_another_shape_in_the_database_is_refused(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, Graceful)
+    register_flows(pgflow_engine, Graceful)
 
     class Graceful2(Flow, slug="graceful"):  # same slug, different steps
         @step
@@ -454,7 +454,7 @@ class UsesDatabase(Flow, slug="uses_database"):
 
 
 async def test_handlers_reach_the_database_through_the_context(pgflow_engine: Engine) -> None:
-    register(pgflow_engine, UsesDatabase)
+    register_flows(pgflow_engine, UsesDatabase)
     async with running_worker(pgflow_engine, UsesDatabase):
-        run = await wait_for_run(pgflow_engine, start(pgflow_engine, UsesDatabase, {}))
+        run = await wait_until_finished(pgflow_engine, start(pgflow_engine, UsesDatabase, {}))
     assert run["output"] == {"count_flows": 1}

@@ -8,12 +8,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-import support
 from pgflow import Flow, step
 from pgflow.errors import IncompatibleSchemaError, SchemaError
 from pgflow.schema import install, status
 from pgflow.worker import Worker
 from pgflow.worker._startup import check_schema
+from tests.helpers import database
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +42,7 @@ async def test_a_schema_installed_only_by_typescript_tooling_asks_for_db_install
 ) -> None:
     # What a TypeScript deployment leaves: pgmq and @pgflow/core's migrations, none of ours.
     install(pgflow_empty_database)
-    support.run_sql(pgflow_empty_database, "DROP SCHEMA pgflow_python CASCADE")
+    database.run_sql(pgflow_empty_database, "DROP SCHEMA pgflow_python CASCADE")
     with pytest.raises(SchemaError, match=r"adopts a schema installed by TypeScript"):
         await serve_once(pgflow_empty_database)
     install(pgflow_empty_database)  # adopts, and adds pgflow-python's SQL
@@ -67,7 +67,7 @@ async def test_a_schema_installed_only_by_typescript_tooling_asks_for_db_install
 async def test_a_schema_upgraded_by_other_tooling_is_refused_with_the_reason(
     pgflow_database: URL, pgflow_engine: Engine, upgrade: str, named: str
 ) -> None:
-    support.run_sql(pgflow_database, upgrade)
+    database.run_sql(pgflow_database, upgrade)
     with pytest.raises(IncompatibleSchemaError) as refused:
         await serve_once(pgflow_database)
     message = str(refused.value)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from node_support import typescript_compile
 from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition, StepDefinition, StepType
+from tests.helpers.node import typescript_compile
 
 S, M = StepType.SINGLE, StepType.MAP
 

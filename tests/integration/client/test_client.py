@@ -9,21 +9,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from integration.test_client_support import (
-    FALSY_HANDLERS,
-    GREETING_HANDLERS,
-    SQUARES_HANDLERS,
-    Falsy,
-    Greeting,
-    Reminder,
-    Squares,
-    driving,
-    query_one,
-    queue_length,
-    register,
-    run_count,
-    wait_until,
-)
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session
 
@@ -46,12 +31,20 @@ from pgflow import (
     wait_for_run,
 )
 from pgflow._db import create_engine
-
-
-@pytest.fixture
-def engine(pgflow_engine: Engine) -> Engine:
-    register(pgflow_engine)
-    return pgflow_engine
+from tests.helpers.client_flows import (
+    FALSY_HANDLERS,
+    GREETING_HANDLERS,
+    SQUARES_HANDLERS,
+    Falsy,
+    Greeting,
+    Reminder,
+    Squares,
+    driving,
+    query_one,
+    queue_length,
+    run_count,
+)
+from tests.helpers.waiting import wait_until
 
 
 @pytest.fixture
@@ -209,7 +202,7 @@ def test_a_delayed_job_becomes_readable_and_the_delay_rounds_up(engine: Engine) 
         engine, "SELECT extract(epoch FROM min(vt) - clock_timestamp()) FROM pgmq.q_reminder"
     )
     assert float(left) <= 1.0
-    wait_until(lambda: _readable(engine, "reminder") == 1, deadline_s=10)
+    wait_until(lambda: _readable(engine, "reminder") == 1, timeout=10)
 
 
 def test_enqueue_with_a_delay_in_a_rolled_back_session_leaves_nothing(engine: Engine) -> None:

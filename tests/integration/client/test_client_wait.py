@@ -7,18 +7,6 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from integration.test_client_support import (
-    GREETING_HANDLERS,
-    Fragile,
-    Greeting,
-    Producer,
-    Reminder,
-    driving,
-    explode,
-    query_one,
-    register,
-    waiter_is_waiting,
-)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -33,18 +21,23 @@ from pgflow import (
     wait_for_run,
 )
 from pgflow._db import create_engine
+from tests.helpers.client_flows import (
+    GREETING_HANDLERS,
+    Fragile,
+    Greeting,
+    Producer,
+    Reminder,
+    driving,
+    explode,
+    query_one,
+    waiter_is_waiting,
+)
 
 # A wait that ends only at its timeout still returns a run completed by then, so the wake-up
 # tests bound how long the wait took: far below TIMEOUT, far above what a wake-up takes.
 TIMEOUT = 60.0
 WOKEN_WITHIN = 15.0
 NEVER_POLL = 2 * TIMEOUT
-
-
-@pytest.fixture
-def engine(pgflow_engine: Engine) -> Engine:
-    register(pgflow_engine)
-    return pgflow_engine
 
 
 def without_realtime_notify(engine: Engine) -> None:

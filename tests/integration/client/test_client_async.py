@@ -9,20 +9,6 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 import sqlalchemy as sa
-from integration.test_client_support import (
-    GREETING_HANDLERS,
-    SQUARES_HANDLERS,
-    Fragile,
-    Greeting,
-    Reminder,
-    Squares,
-    driving,
-    explode,
-    queue_length,
-    register,
-    run_count,
-    waiter_is_waiting,
-)
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
@@ -42,17 +28,24 @@ from pgflow import (
     start_flow_async,
     wait_for_run_async,
 )
+from tests.helpers.client_flows import (
+    GREETING_HANDLERS,
+    SQUARES_HANDLERS,
+    Fragile,
+    Greeting,
+    Reminder,
+    Squares,
+    driving,
+    explode,
+    queue_length,
+    run_count,
+    waiter_is_waiting,
+)
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 60.0
 WOKEN_WITHIN = 15.0  # see test_client_wait.py
-
-
-@pytest.fixture
-def engine(pgflow_engine: Engine) -> Engine:
-    register(pgflow_engine)
-    return pgflow_engine
 
 
 @pytest.fixture

@@ -16,16 +16,8 @@ from sqlalchemy.engine import Engine
 
 import sql_only_flow
 from pgflow import telemetry
-from pgflow.compiler import compile_flow
 from pgflow.dsl import Flow, definition_of
 from pgflow.worker import Worker, WorkerOptions
-
-
-def register(engine: Engine, *flows: type[Flow]) -> None:
-    with engine.begin() as connection:
-        for flow in flows:
-            for statement in compile_flow(definition_of(flow)):
-                connection.execute(sa.text(statement))
 
 
 def start(engine: Engine, flow: type[Flow], flow_input: Any) -> uuid.UUID:
@@ -89,7 +81,7 @@ def _diagnosis(engine: Engine, run_id: uuid.UUID) -> str:
     return "\n".join(f"{name}:\n" + "\n".join(map(str, rows)) for name, rows in sections.items())
 
 
-async def wait_for_run(
+async def wait_until_finished(
     engine: Engine, run_id: uuid.UUID, *, timeout: float = 20.0
 ) -> dict[str, Any]:
     """The run once it is no longer ``started``; fails the test at the deadline."""

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-import support
 from pgflow.definition import FlowDefinition
+from tests.helpers import database
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
 
 def _node(script: str, *args: str, stdin: str | None = None) -> Any:
@@ -37,7 +37,7 @@ def _node(script: str, *args: str, stdin: str | None = None) -> Any:
 def node_worker(engine: Engine, flow_slug: str, **options: Any) -> dict[str, Any]:
     """Run tests/node/worker.mjs until the flow has no started runs (or ``maxTasks``)."""
     report: dict[str, Any] = _node(
-        "worker.mjs", support.libpq_url(engine.url), flow_slug, json.dumps(options)
+        "worker.mjs", database.libpq_url(engine.url), flow_slug, json.dumps(options)
     )
     return report
 
@@ -45,7 +45,7 @@ def node_worker(engine: Engine, flow_slug: str, **options: Any) -> dict[str, Any
 def typescript_start(engine: Engine, flow_slug: str, inputs: list[Any]) -> list[str]:
     """Start one run per input with @pgflow/core's ``PgflowSqlClient.startFlow``."""
     run_ids: list[str] = _node(
-        "start_flows.mjs", support.libpq_url(engine.url), flow_slug, json.dumps(inputs)
+        "start_flows.mjs", database.libpq_url(engine.url), flow_slug, json.dumps(inputs)
     )
     return run_ids
 

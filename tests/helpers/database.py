@@ -14,7 +14,17 @@ from sqlalchemy.engine import URL, Engine
 
 import sql_only_flow
 from pgflow._db import create_engine
+from pgflow.compiler import compile_flow
+from pgflow.dsl import Flow, definition_of
 from pgflow.schema import _sources
+
+
+def register_flows(engine: Engine, *flows: type[Flow]) -> None:
+    """Register ``flows`` in the database with the SQL the compiler emits."""
+    with engine.begin() as connection:
+        for flow in flows:
+            for statement in compile_flow(definition_of(flow)):
+                connection.execute(sa.text(statement))
 
 
 def libpq_url(url: URL) -> str:

@@ -8,7 +8,6 @@ client is tested against real runs without depending on the worker.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 import sql_only_flow
-from pgflow import compile_flow, definition_of
+from pgflow import definition_of
 from pgflow.context import Context
 from pgflow.dsl import Flow, Job, map_step, step
 
@@ -117,13 +116,6 @@ class Reminder(Job, slug="reminder"):
 ALL_FLOWS: tuple[type[Flow], ...] = (Greeting, Falsy, Fragile, Squares, Producer, Reminder)
 
 
-def register(engine: Engine, *flows: type[Flow]) -> None:
-    with engine.begin() as connection:
-        for flow in flows or ALL_FLOWS:
-            for statement in compile_flow(definition_of(flow)):
-                connection.execute(sa.text(statement))
-
-
 def async_url(url: URL) -> URL:
     return url.set(drivername="postgresql+psycopg")
 
@@ -152,14 +144,6 @@ def waiter_is_waiting(engine: Engine) -> bool:
             " AND query LIKE '%A run''s status alone%')",
         )
     )
-
-
-def wait_until(condition: Callable[[], bool], *, deadline_s: float = 20.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {deadline_s} s")
-        time.sleep(0.02)
 
 
 @contextmanager
