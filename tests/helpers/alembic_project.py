@@ -3,12 +3,18 @@
 Each command gets a fresh ``Config`` (as each ``alembic`` invocation would), and afterwards the
 project's own modules are forgotten, so that a later command imports what is on disk then: a
 deleted module is really gone, not served from ``sys.modules``.
+
+A rewritten source file also loses its cached bytecode. Python trusts a ``.pyc`` whose recorded
+source mtime (whole seconds) and size match the file: a test that rewrites ``acme/flows.py``
+within the same second as the previous import, with text of the same length, would otherwise run
+the old flows (this made the option-change test fail whenever bytecode was written).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import sys
 import textwrap
 from pathlib import Path
@@ -117,12 +123,12 @@ class AlembicProject:
             options=options if plugin else "",
             metadata=metadata,
         )
-        (self.root / "migrations" / "env.py").write_text(text)
+        _write_source(self.root / "migrations" / "env.py", text)
 
     def write(self, relative: str, source: str) -> Path:
         path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(source))
+        _write_source(path, textwrap.dedent(source))
         return path
 
     def config(self, *x_arguments: str) -> Config:
@@ -170,6 +176,12 @@ class AlembicProject:
                 root
             ):
                 del sys.modules[name]
+
+
+def _write_source(path: Path, text: str) -> None:
+    path.write_text(text)
+    if path.suffix == ".py":
+        Path(importlib.util.cache_from_source(str(path))).unlink(missing_ok=True)
 
 
 # The test application's flows, and the same flows with a changed shape.

@@ -7,6 +7,8 @@ package ``acme`` defines flows with the DSL, as a user's would.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,26 @@ def test_option_change_becomes_an_update_that_downgrade_reverts(applied: Alembic
     assert greeting["steps"]["greeting"]["opt_start_delay"] is None
     assert greeting["steps"]["card"]["opt_timeout"] == 30
     assert stored_flows(applied.url)["send_mail"]["opt_timeout"] == 60
+
+
+def test_flows_rewritten_within_the_same_second_are_read_afresh(
+    project: AlembicProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bytecode is written as on a fresh clone (the environment may disable it), and the rewrite
+    # keeps the file's size and whole-second mtime: what Python checks before trusting a .pyc.
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    project.revision("add flows")
+    project.upgrade("heads")
+    flows = project.root / "acme" / "flows.py"
+    before = flows.stat()
+
+    project.write("acme/flows.py", FLOWS.replace("max_attempts=2,", "max_attempts=4,"))
+    os.utime(flows, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert flows.stat().st_size == before.st_size
+
+    assert flow_calls(project.revision("tune"), "upgrade") == [
+        (["update_flow_options", "greeting"], {"flow": {"max_attempts": 4}})
+    ]
 
 
 def test_shape_change_stops_autogenerate_and_explains_the_choices(
