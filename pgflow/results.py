@@ -157,15 +157,64 @@ class StepTask:
 
 
 @dataclass(frozen=True, slots=True)
-class RunWithStates:
-    """A run with its step states and tasks, all read in one statement (one snapshot).
+class TaskFailure:
+    """One failed attempt of a task, as a Python worker recorded it
+    (``pgflow_python.task_failures``). Upstream's ``error_message`` keeps only the last
+    attempt's ``Type: message``; this keeps every attempt, with its traceback.
 
-    Steps are in declaration order; tasks in step order, then by ``task_index``.
+    Attempts failed by TypeScript workers or by the stalled-task sweep have no record.
+    """
+
+    run_id: uuid.UUID
+    flow_slug: str
+    step_slug: str
+    task_index: int
+    attempt: int
+    error_type: str
+    """The exception's class name, e.g. ``ValueError`` or ``TimeoutError``."""
+    error_message: str
+    """``Type: message``, as stored in upstream's ``error_message``."""
+    traceback: str | None
+    """The formatted traceback (bounded in size); ``None`` when there is none (a timeout)."""
+    retryable: bool
+    """``False`` when the handler raised :class:`pgflow.errors.NonRetryableError`."""
+    retry_at: datetime | None
+    """When the retry's message becomes visible; ``None`` when no retry follows."""
+    worker_id: uuid.UUID | None
+    failed_at: datetime
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> TaskFailure:
+        worker = row.get("worker_id")
+        return cls(
+            run_id=uuid.UUID(row["run_id"]),
+            flow_slug=row["flow_slug"],
+            step_slug=row["step_slug"],
+            task_index=row["task_index"],
+            attempt=row["attempt"],
+            error_type=row["error_type"],
+            error_message=row["error_message"],
+            traceback=row.get("traceback"),
+            retryable=row["retryable"],
+            retry_at=_optional_timestamp(row.get("retry_at")),
+            worker_id=uuid.UUID(worker) if worker else None,
+            failed_at=_timestamp(row["failed_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunWithStates:
+    """A run with its step states, tasks and failed attempts, all read in one statement (one
+    snapshot).
+
+    Steps are in declaration order; tasks in step order, then by ``task_index``; failures in
+    the order they happened.
     """
 
     run: Run
     steps: tuple[StepState, ...]
     tasks: tuple[StepTask, ...]
+    failures: tuple[TaskFailure, ...] = ()
 
     def step(self, step_slug: str) -> StepState:
         for state in self.steps:
@@ -175,6 +224,12 @@ class RunWithStates:
 
     def tasks_of(self, step_slug: str) -> tuple[StepTask, ...]:
         return tuple(task for task in self.tasks if task.step_slug == step_slug)
+
+    def failures_of(self, step_slug: str, task_index: int = 0) -> tuple[TaskFailure, ...]:
+        """A task's failed attempts, first attempt first."""
+        return tuple(
+            f for f in self.failures if f.step_slug == step_slug and f.task_index == task_index
+        )
 
 
 def _timestamp(value: str) -> datetime:

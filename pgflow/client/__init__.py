@@ -23,6 +23,8 @@ from pgflow.client._read import (
     get_run_async,
     get_run_with_states,
     get_run_with_states_async,
+    get_task_failures,
+    get_task_failures_async,
 )
 from pgflow.client._start import enqueue, enqueue_async, start_flow, start_flow_async
 from pgflow.client._wait import (
@@ -51,6 +53,8 @@ __all__ = [
     "get_run_async",
     "get_run_with_states",
     "get_run_with_states_async",
+    "get_task_failures",
+    "get_task_failures_async",
     "start_flow",
     "start_flow_and_wait",
     "start_flow_and_wait_async",

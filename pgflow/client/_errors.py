@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from pgflow.errors import PgflowError
-from pgflow.results import Run
+from pgflow.results import Run, TaskFailure
 
 
 class FlowNotRegisteredError(PgflowError, LookupError):
@@ -67,7 +67,9 @@ class UnknownRunError(PgflowError, LookupError):
 
 
 class RunFailedError(PgflowError):
-    """The run ended ``failed``; ``step_slug`` and ``error_message`` say where and why."""
+    """The run ended ``failed``; ``step_slug`` and ``error_message`` say where and why, and
+    ``failure`` is the failed attempt's record (with its ``traceback``) when a Python worker ran
+    it. The message ends with that traceback."""
 
     def __init__(
         self,
@@ -77,6 +79,7 @@ class RunFailedError(PgflowError):
         error_message: str | None,
         task_index: int | None = None,
         attempts: int | None = None,
+        failure: TaskFailure | None = None,
     ) -> None:
         self.run = run
         self.run_id = run.run_id
@@ -84,6 +87,7 @@ class RunFailedError(PgflowError):
         self.error_message = error_message
         self.task_index = task_index
         self.attempts = attempts
+        self.failure = failure
         if step_slug is None:
             detail = "no failed step is recorded (was the run cancelled?)"
         else:
@@ -92,7 +96,16 @@ class RunFailedError(PgflowError):
                 where += f" (task {task_index})"
             tries = f" after {attempts} attempt{'s' * (attempts != 1)}" if attempts else ""
             detail = f"{where} failed{tries}: {error_message or 'no error message'}"
+            if failure is not None and not failure.retryable:
+                detail += " (not retryable)"
+            if failure is not None and failure.traceback:
+                detail += f"\n\nThe handler's traceback:\n{failure.traceback.rstrip()}"
         super().__init__(f"run {run.run_id} of flow {run.flow_slug!r} failed: {detail}")
+
+    @property
+    def traceback(self) -> str | None:
+        """The failed attempt's traceback as the worker recorded it (``None``: not recorded)."""
+        return None if self.failure is None else self.failure.traceback
 
 
 class RunTimeoutError(PgflowError, TimeoutError):

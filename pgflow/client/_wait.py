@@ -36,7 +36,7 @@ from pgflow.client._common import (
 from pgflow.client._errors import RunFailedError, RunTimeoutError, UnknownRunError
 from pgflow.client._read import read_run
 from pgflow.client._start import prepare_start, start_run
-from pgflow.results import Run, RunStatus
+from pgflow.results import Run, RunStatus, TaskFailure
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_POLL_INTERVAL = 1.0
@@ -194,6 +194,7 @@ def _failure(connection: Connection, run: Run) -> RunFailedError:
         error_message=row["error_message"],
         task_index=row["task_index"],
         attempts=row["attempts_count"],
+        failure=None if row["failure"] is None else TaskFailure.from_json(row["failure"]),
     )
 
 

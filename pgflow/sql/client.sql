@@ -53,7 +53,7 @@ FROM pgflow.runs AS r
 WHERE r.run_id = :run_id;
 
 -- name: client_get_run_with_states
--- description: A run with its step states (declaration order) and tasks, as JSON from one statement so that all three come from one snapshot.
+-- description: A run with its step states (declaration order), tasks and recorded failed attempts, as JSON from one statement so that all come from one snapshot.
 SELECT
     to_jsonb(r) AS run,
     coalesce((
@@ -69,9 +69,21 @@ SELECT
         JOIN pgflow.steps AS st
           ON st.flow_slug = t.flow_slug AND st.step_slug = t.step_slug
         WHERE t.run_id = r.run_id
-    ), '[]'::jsonb) AS tasks
+    ), '[]'::jsonb) AS tasks,
+    coalesce((
+        SELECT jsonb_agg(to_jsonb(f) ORDER BY f.failed_at, f.step_slug, f.task_index, f.attempt)
+        FROM pgflow_python.task_failures AS f
+        WHERE f.run_id = r.run_id
+    ), '[]'::jsonb) AS failures
 FROM pgflow.runs AS r
 WHERE r.run_id = :run_id;
+
+-- name: client_task_failures
+-- description: A run's recorded failed attempts (type, message, traceback, retry) in the order they happened.
+SELECT to_jsonb(f) AS failure
+FROM pgflow_python.task_failures AS f
+WHERE f.run_id = :run_id
+ORDER BY f.failed_at, f.step_slug, f.task_index, f.attempt;
 
 -- name: client_run_status
 -- description: A run's status alone: the cheap check a waiter repeats; no row for an unknown run.
@@ -80,14 +92,17 @@ FROM pgflow.runs AS r
 WHERE r.run_id = :run_id;
 
 -- name: client_failed_step
--- description: Why a run failed: its first failed step with that step's error, and the failed task (index, attempts, error) if one exists.
+-- description: Why a run failed: its first failed step with that step's error, the failed task (index, attempts, error) if one exists, and that attempt's failure record (with its traceback) if a Python worker recorded one.
 -- A type violation (a step feeding a map returned a non-array) is recorded on the step state;
 -- an exhausted retry on both, so the step's message comes first.
 SELECT
     ss.step_slug,
     coalesce(ss.error_message, t.error_message) AS error_message,
     t.task_index,
-    t.attempts_count
+    t.attempts_count,
+    (SELECT to_jsonb(f) FROM pgflow_python.task_failures AS f
+     WHERE f.run_id = ss.run_id AND f.step_slug = ss.step_slug
+       AND f.task_index = t.task_index AND f.attempt = t.attempts_count) AS failure
 FROM pgflow.step_states AS ss
 LEFT JOIN LATERAL (
     SELECT task.task_index, task.attempts_count, task.error_message
