@@ -17,7 +17,7 @@ import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 from pgflow.definition import (
     FlowDefinition,
@@ -26,6 +26,9 @@ from pgflow.definition import (
     StepDefinition,
     StepType,
 )
+
+if TYPE_CHECKING:
+    from pgflow.schedules import Cron
 
 HandlerFunction = Callable[..., Any]
 
@@ -215,12 +218,14 @@ class Flow:
     """Base class of flow definitions; see the module docstring.
 
     Class keywords: ``slug`` (default: the class name in snake_case), ``max_attempts``,
-    ``base_delay`` (seconds), ``timeout`` (seconds), ``abstract=True`` for a base class whose
-    steps are inherited but which is not itself a flow.
+    ``base_delay`` (seconds), ``timeout`` (seconds), ``schedule`` (a ``Cron(...)`` or a list
+    of them; see docs/schedules.md), ``abstract=True`` for a base class whose steps are
+    inherited but which is not itself a flow.
     """
 
     __pgflow_definition__: ClassVar[FlowDefinition]
     __pgflow_handlers__: ClassVar[dict[str, HandlerSpec]]
+    __pgflow_schedules__: ClassVar[tuple[Cron, ...]]
 
     def __init_subclass__(
         cls,
@@ -229,6 +234,7 @@ class Flow:
         max_attempts: int | None = None,
         base_delay: int | None = None,
         timeout: int | None = None,
+        schedule: Cron | Sequence[Cron] | None = None,
         abstract: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -248,6 +254,7 @@ class Flow:
             steps=[method.definition() for method in steps.values()],
             handlers={m.slug: _handler_spec(cls, attr, m.function) for attr, m in steps.items()},
             options={"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
+            schedule=schedule,
         )
 
 
@@ -265,6 +272,7 @@ class Job(Flow, abstract=True):
         base_delay: int | None = None,
         timeout: int | None = None,
         start_delay: int | None = None,
+        schedule: Cron | Sequence[Cron] | None = None,
         abstract: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -283,6 +291,7 @@ class Job(Flow, abstract=True):
             steps=[StepDefinition(JOB_STEP_SLUG, start_delay=start_delay)],
             handlers={JOB_STEP_SLUG: _handler_spec(cls, JOB_STEP_SLUG, perform)},
             options={"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
+            schedule=schedule,
         )
 
 
@@ -294,7 +303,11 @@ def _attach(
     steps: list[StepDefinition],
     handlers: dict[str, HandlerSpec],
     options: dict[str, int | None],
+    schedule: Cron | Sequence[Cron] | None = None,
 ) -> None:
+    # Imported here: pgflow.schedules uses the client, which imports this module.
+    from pgflow.schedules._declared import bind_declared  # noqa: PLC0415
+
     try:
         definition = FlowDefinition(
             slug=slug if slug is not None else _snake_case(cls.__name__),
@@ -306,6 +319,9 @@ def _attach(
         raise FlowDefinitionError(f"{cls.__module__}.{cls.__qualname__}: {exc}") from None
     cls.__pgflow_definition__ = definition
     cls.__pgflow_handlers__ = handlers
+    cls.__pgflow_schedules__ = bind_declared(
+        f"{cls.__module__}.{cls.__qualname__}", definition, schedule
+    )
 
 
 def definition_of(target: type[Flow] | FlowDefinition) -> FlowDefinition:

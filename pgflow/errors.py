@@ -25,3 +25,15 @@ class InsufficientPrivilegeError(SchemaError):
 
 class IncompatibleSchemaError(SchemaError):
     """The database holds a pgflow schema this version cannot adopt (older, newer or modified)."""
+
+
+class ScheduleError(PgflowError):
+    """A schedule operation that cannot be done; the message says why and what to do."""
+
+
+class InvalidScheduleError(ScheduleError, ValueError):
+    """A schedule declaration pgflow rejects: bad cron expression, unknown time zone, bad input."""
+
+
+class ScheduleNotFoundError(ScheduleError, LookupError):
+    """No schedule has the given name."""

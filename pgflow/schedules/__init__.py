@@ -1,0 +1,62 @@
+"""Cron schedules that start flows and jobs, fired exactly once however many workers run.
+
+Declare them on a class (``class Nightly(Flow, schedule=Cron("0 3 * * *"))``; Alembic
+autogenerate stores them) or manage them at run time with the functions here. Every
+``pgflow run-worker`` fires due schedules (:class:`Scheduler`). See docs/schedules.md.
+"""
+
+from pgflow.errors import InvalidScheduleError, ScheduleError, ScheduleNotFoundError
+from pgflow.schedules._api import (
+    Schedule,
+    create_schedule,
+    create_schedule_async,
+    delete_schedule,
+    delete_schedule_async,
+    get_schedule,
+    get_schedule_async,
+    list_schedules,
+    list_schedules_async,
+    pause_schedule,
+    pause_schedule_async,
+    resume_schedule,
+    resume_schedule_async,
+    sync_schedules,
+    trigger_schedule,
+    trigger_schedule_async,
+    update_schedule,
+    update_schedule_async,
+)
+from pgflow.schedules._cron import MISSED_POLICIES, Cron, Missed
+from pgflow.schedules._declared import schedules_of
+from pgflow.schedules._firing import FirePass, Scheduler, fire_due
+
+__all__ = [
+    "MISSED_POLICIES",
+    "Cron",
+    "FirePass",
+    "InvalidScheduleError",
+    "Missed",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleNotFoundError",
+    "Scheduler",
+    "create_schedule",
+    "create_schedule_async",
+    "delete_schedule",
+    "delete_schedule_async",
+    "fire_due",
+    "get_schedule",
+    "get_schedule_async",
+    "list_schedules",
+    "list_schedules_async",
+    "pause_schedule",
+    "pause_schedule_async",
+    "resume_schedule",
+    "resume_schedule_async",
+    "schedules_of",
+    "sync_schedules",
+    "trigger_schedule",
+    "trigger_schedule_async",
+    "update_schedule",
+    "update_schedule_async",
+]
