@@ -215,4 +215,3 @@ def validate_name(name: object) -> str:
             "_ . : -, starting with a letter"
         )
     return name
-

@@ -35,7 +35,7 @@ from pgflow.schedules import (
     trigger_schedule_async,
     update_schedule,
 )
-from worker_support import register
+from tests.helpers.database import register_flows as register
 
 DAY = timedelta(days=1)
 T0 = datetime(2026, 1, 1, 3, 0, tzinfo=UTC)

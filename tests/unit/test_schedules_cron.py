@@ -15,9 +15,7 @@ from pgflow.schedules import Cron, schedules_of
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-def local(
-    year: int, month: int, day: int, hour: int, minute: int, *, fold: int = 0
-) -> datetime:
+def local(year: int, month: int, day: int, hour: int, minute: int, *, fold: int = 0) -> datetime:
     """A New York wall-clock time, in UTC."""
     return datetime(year, month, day, hour, minute, tzinfo=NEW_YORK, fold=fold).astimezone(UTC)
 
