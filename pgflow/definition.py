@@ -35,12 +35,13 @@ class FlowType(StrEnum):
     JOB = "job"
 
 
-# option -> (smallest allowed value, what it means). Omitted options stay None so that
+# option -> (smallest allowed value, what it means). The minimums are @pgflow/dsl 0.8.1's, so a
+# flow defined here is one the TypeScript DSL would accept too. Omitted options stay None so that
 # upstream's SQL defaults apply (create_flow: max_attempts 3, base_delay 5 s, timeout 60 s).
 OPTION_MINIMUMS: Mapping[str, tuple[int, str]] = {
     "max_attempts": (1, "tries in total, including the first"),
-    "base_delay": (0, "seconds; retry n waits base_delay * 2^n"),
-    "timeout": (1, "seconds a task may run"),
+    "base_delay": (1, "seconds; retry n waits base_delay * 2^n"),
+    "timeout": (3, "seconds a task may run"),
     "start_delay": (0, "seconds before a step's tasks become visible"),
 }
 
@@ -69,9 +70,14 @@ def _validate_option(owner: str, name: str, value: object) -> None:
     minimum, meaning = OPTION_MINIMUMS[name]
     if isinstance(value, bool) or not isinstance(value, int):
         raise FlowDefinitionError(f"{owner}: {name} must be an integer ({meaning}), got {value!r}")
-    if not minimum <= value <= _INT4_MAX:
+    if value < minimum:
         raise FlowDefinitionError(
-            f"{owner}: {name} must be between {minimum} and {_INT4_MAX} ({meaning}), got {value}"
+            f"{owner}: {name} must be at least {minimum} ({meaning}; the same minimum as "
+            f"TypeScript pgflow's DSL), got {value}"
+        )
+    if value > _INT4_MAX:
+        raise FlowDefinitionError(
+            f"{owner}: {name} must be at most {_INT4_MAX} ({meaning}), got {value}"
         )
 
 

@@ -189,7 +189,7 @@ FLOWS = """\
 from pgflow.dsl import Flow, Job, map_step, step
 
 
-class Greeting(Flow, slug="greeting", max_attempts=2, base_delay=0):
+class Greeting(Flow, slug="greeting", max_attempts=2, base_delay=1):
     @step
     def name(self, input):
         return input["name"].strip().title()

@@ -70,7 +70,7 @@ FALSY_HANDLERS: dict[str, Handler] = {
 }
 
 
-class Fragile(Flow, slug="fragile", max_attempts=2, base_delay=0):
+class Fragile(Flow, slug="fragile", max_attempts=2, base_delay=1):
     @step
     def explode(self, input: int, ctx: Context) -> None:
         raise ValueError(f"cannot handle {input}")

@@ -9,7 +9,7 @@ from typing import Any
 from pgflow import Context, Flow, map_step, step
 
 
-class TenSteps(Flow, slug="ten_steps", base_delay=0):
+class TenSteps(Flow, slug="ten_steps", base_delay=1):
     @step
     def s1(self, input: dict[str, int]) -> int:
         return input["n"]
@@ -51,7 +51,7 @@ class TenSteps(Flow, slug="ten_steps", base_delay=0):
         return {"n": deps["s1"], "result": deps["join"]}
 
 
-class SlowStep(Flow, slug="slow_step", timeout=30, max_attempts=3, base_delay=0):
+class SlowStep(Flow, slug="slow_step", timeout=30, max_attempts=3, base_delay=1):
     @step
     def sleepy(self, input: dict[str, float]) -> int:
         time.sleep(input["seconds"])

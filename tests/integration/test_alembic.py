@@ -52,7 +52,7 @@ def applied(project: AlembicProject) -> AlembicProject:
 GREETING = {
     "slug": "greeting",
     "max_attempts": 2,
-    "base_delay": 0,
+    "base_delay": 1,
     "steps": [
         {"slug": "name"},
         {"slug": "greeting", "depends_on": ["name"]},
@@ -100,7 +100,7 @@ def test_upgrade_heads_on_a_fresh_database_installs_schema_then_flows_that_run(
         flows = stored_flows(fresh)
         assert sorted(flows) == ["greeting", "send_mail", "thumbnails"]
         greeting = flows["greeting"]
-        assert (greeting["opt_max_attempts"], greeting["opt_base_delay"]) == (2, 0)
+        assert (greeting["opt_max_attempts"], greeting["opt_base_delay"]) == (2, 1)
         assert greeting["opt_timeout"] == 60  # omitted: create_flow's default
         assert greeting["steps"]["card"]["opt_timeout"] == 30
         assert greeting["steps"]["card"]["deps"] == ["greeting", "name"]
@@ -137,7 +137,7 @@ def test_option_change_becomes_an_update_that_downgrade_reverts(applied: Alembic
     first = applied.revision_files()[0].name.split("_")[0]
     applied.write(
         "acme/flows.py",
-        FLOWS.replace("max_attempts=2, base_delay=0", "max_attempts=4")
+        FLOWS.replace("max_attempts=2, base_delay=1", "max_attempts=4")
         .replace("@step(depends_on=[name])", "@step(depends_on=[name], start_delay=3)")
         .replace(
             "@step(depends_on=[name, greeting], timeout=30)", "@step(depends_on=[name, greeting])"
@@ -161,7 +161,7 @@ def test_option_change_becomes_an_update_that_downgrade_reverts(applied: Alembic
         (
             ["update_flow_options", "greeting"],
             {
-                "flow": {"max_attempts": 2, "base_delay": 0},
+                "flow": {"max_attempts": 2, "base_delay": 1},
                 "steps": {"greeting": {"start_delay": None}, "card": {"timeout": 30}},
             },
         ),
@@ -178,7 +178,7 @@ def test_option_change_becomes_an_update_that_downgrade_reverts(applied: Alembic
 
     applied.downgrade(first)
     greeting = stored_flows(applied.url)["greeting"]
-    assert (greeting["opt_max_attempts"], greeting["opt_base_delay"]) == (2, 0)
+    assert (greeting["opt_max_attempts"], greeting["opt_base_delay"]) == (2, 1)
     assert greeting["steps"]["greeting"]["opt_start_delay"] is None
     assert greeting["steps"]["card"]["opt_timeout"] == 30
     assert stored_flows(applied.url)["send_mail"]["opt_timeout"] == 60

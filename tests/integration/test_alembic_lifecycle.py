@@ -149,7 +149,7 @@ def test_offline_mode_renders_flow_operations_as_sql(
 
     project.upgrade("pgflow_0001:heads", sql=True)
     sql = capsys.readouterr().out
-    assert "SELECT pgflow.create_flow('greeting', max_attempts => 2, base_delay => 0);" in sql
+    assert "SELECT pgflow.create_flow('greeting', max_attempts => 2, base_delay => 1);" in sql
     assert "SELECT pgflow.add_step('thumbnails', 'resize', step_type => 'map');" in sql
     assert "UPDATE pgflow.flows SET flow_type = 'job' WHERE flow_slug = 'send_mail';" in sql
 

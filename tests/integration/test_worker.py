@@ -148,7 +148,7 @@ async def test_retries_back_off_exponentially_then_succeed(
     assert failures == ["ConnectionError: attempt 1 lost", "ConnectionError: attempt 2 lost"]
 
 
-class Doomed(Flow, slug="doomed", max_attempts=2, base_delay=0):
+class Doomed(Flow, slug="doomed", max_attempts=2, base_delay=1):
     @step
     def fails(self, input: Any) -> None:
         raise ValueError("bad input")
@@ -193,15 +193,15 @@ async def test_start_delay_is_honoured_and_picked_up_promptly(pgflow_engine: Eng
     assert 2.0 <= waited < 5.0, waited  # woken at visibility, not by the 10 s poll interval
 
 
-class Slow(Flow, slug="slow", timeout=1, max_attempts=1):
+class Slow(Flow, slug="slow", timeout=3, max_attempts=1):
     @step
     async def async_sleeper(self, input: Any) -> str:
-        await anyio.sleep(5)
+        await anyio.sleep(30)
         return "late"
 
     @step
     def sync_sleeper(self, input: Any) -> str:
-        time.sleep(2)
+        time.sleep(4)
         return "late"
 
 
@@ -214,9 +214,9 @@ async def test_timeouts_fail_async_and_sync_handlers(pgflow_engine: Engine) -> N
     assert run["status"] == "failed"
     errors = {t["step_slug"]: t["error_message"] for t in tasks_of(pgflow_engine, run_id)}
     assert (
-        errors["async_sleeper"] == "TimeoutError: step 'async_sleeper' exceeded its timeout of 1s"
+        errors["async_sleeper"] == "TimeoutError: step 'async_sleeper' exceeded its timeout of 3s"
     )
-    assert errors["sync_sleeper"] == "TimeoutError: step 'sync_sleeper' exceeded its timeout of 1s"
+    assert errors["sync_sleeper"] == "TimeoutError: step 'sync_sleeper' exceeded its timeout of 3s"
 
 
 class Bad(Flow, slug="bad_outputs", max_attempts=1):

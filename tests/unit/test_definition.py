@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -101,27 +102,34 @@ def test_job_must_have_one_step() -> None:
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("max_attempts", 0, "must be between 1 and"),
-        ("base_delay", -1, "must be between 0 and"),
-        ("timeout", 0, "must be between 1 and"),
-        ("timeout", 2**31, "must be between 1 and 2147483647"),
+        ("max_attempts", 0, "must be at least 1 (tries in total, including the first;"),
+        ("base_delay", 0, "must be at least 1 (seconds; retry n waits base_delay"),
+        ("timeout", 2, "must be at least 3 (seconds a task may run;"),
+        ("timeout", 2**31, "must be at most 2147483647"),
         ("max_attempts", 2.5, "must be an integer"),
         ("base_delay", True, "must be an integer"),
         ("timeout", "60", "must be an integer"),
     ],
 )
 def test_flow_option_ranges(option: str, value: Any, message: str) -> None:
-    with pytest.raises(FlowDefinitionError, match=f"flow 'f': {option} {message}"):
+    with pytest.raises(FlowDefinitionError, match=f"flow 'f': {re.escape(option + ' ' + message)}"):
         flow(st("a"), **{option: value})
 
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("max_attempts", 0), ("base_delay", -5), ("timeout", 0), ("start_delay", -1)],
+    [("max_attempts", 0), ("base_delay", 0), ("timeout", 2), ("start_delay", -1)],
 )
-def test_step_option_ranges(option: str, value: int) -> None:
-    with pytest.raises(FlowDefinitionError, match=f"flow 'f', step 'a': {option} must be between"):
+def test_step_option_minimums_are_the_typescript_dsls(option: str, value: int) -> None:
+    with pytest.raises(FlowDefinitionError, match=f"flow 'f', step 'a': {option} must be at least"):
         flow(st("a", **{option: value}))
+
+
+def test_the_smallest_options_typescript_accepts_are_accepted() -> None:
+    smallest = {"max_attempts": 1, "base_delay": 1, "timeout": 3}
+    definition = flow(st("a", start_delay=0, **smallest), **smallest)
+    assert definition.options == smallest
+    assert definition.steps[0].options == {**smallest, "start_delay": 0}
 
 
 def test_omitted_options_stay_omitted() -> None:
@@ -143,7 +151,7 @@ def test_dict_round_trip_keeps_order_types_and_options() -> None:
         st("z"),
         st("sum", "each", "z", max_attempts=2),
         slug="report",
-        base_delay=0,
+        base_delay=1,
         flow_type=FlowType.FLOW,
     )
     data = definition.to_dict()

@@ -156,9 +156,25 @@ def test_errors_name_the_class_and_the_problem() -> None:
 
 
 def test_bad_options_fail_at_class_creation() -> None:
-    with pytest.raises(FlowDefinitionError, match="max_attempts must be between 1"):
+    with pytest.raises(FlowDefinitionError, match="max_attempts must be at least 1"):
 
         class Bad(Flow, max_attempts=0):
+            @step
+            def a(self, input: Any) -> Any:
+                return input
+
+
+def test_step_options_below_the_typescript_dsl_minimums_fail() -> None:
+    with pytest.raises(FlowDefinitionError, match=r"step 'a': timeout must be at least 3 .*got 2"):
+
+        class ShortTimeout(Flow):
+            @step(timeout=2)
+            def a(self, input: Any) -> Any:
+                return input
+
+    with pytest.raises(FlowDefinitionError, match=r"flow 'b': base_delay must be at least 1"):
+
+        class NoDelay(Flow, slug="b", base_delay=0):
             @step
             def a(self, input: Any) -> Any:
                 return input
