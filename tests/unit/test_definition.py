@@ -126,7 +126,7 @@ def test_step_option_minimums_are_the_typescript_dsls(option: str, value: int) -
 
 
 def test_the_smallest_options_typescript_accepts_are_accepted() -> None:
-    smallest = {"max_attempts": 1, "base_delay": 1, "timeout": 3}
+    smallest: dict[str, Any] = {"max_attempts": 1, "base_delay": 1, "timeout": 3}
     definition = flow(st("a", start_delay=0, **smallest), **smallest)
     assert definition.options == smallest
     assert definition.steps[0].options == {**smallest, "start_delay": 0}
