@@ -21,9 +21,9 @@ from alembic_pgflow._stored import (
     FLOW_OPTIONS,
     STEP_OPTIONS,
     create_flow_defaults,
-    query,
     read_flows,
 )
+from pgflow._sql import query
 from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition, FlowType
 

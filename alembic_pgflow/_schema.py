@@ -5,19 +5,18 @@ idempotent, so each schema revision simply brings the database to what this pack
 
 Downgrade deletes every flow, run and queue, so it refuses unless asked for explicitly:
 ``alembic -x pgflow_drop_schema=yes downgrade pgflow@base`` (or, from Python,
-``config.attributes["pgflow_drop_schema"] = True``). It removes what pgflow-python installed
-and leaves what it adopted: upstream pgflow or pgmq set up by other tooling stay.
+``config.attributes["pgflow_drop_schema"] = True``). It runs the same uninstaller as
+``pgflow db uninstall``: what pgflow-python installed goes, what it adopted stays.
 """
 
 from __future__ import annotations
 
 from alembic import context, op
-from sqlalchemy.engine import Connection
 
 from alembic_pgflow._errors import SchemaDowngradeRefusedError, SchemaRevisionError
-from alembic_pgflow._stored import query
 from pgflow.errors import PgflowError
 from pgflow.schema import install
+from pgflow.schema._uninstaller import uninstall
 
 DROP_SCHEMA_FLAG = "pgflow_drop_schema"
 
@@ -46,7 +45,7 @@ def downgrade_schema() -> None:
         raise SchemaRevisionError(
             "removing the pgflow schema needs a database connection, not --sql"
         )
-    drop_schema(op.get_bind())
+    uninstall(op.get_bind())
 
 
 def drop_allowed() -> bool:
@@ -54,34 +53,3 @@ def drop_allowed() -> bool:
         return True
     value = context.get_x_argument(as_dictionary=True).get(DROP_SCHEMA_FLAG, "")
     return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def drop_schema(connection: Connection) -> None:
-    """Remove what pgflow-python installed here (its bookkeeping says what and how)."""
-    if not connection.execute(query("bookkeeping_present")).scalar_one():
-        return
-    how = {row.component: row.how for row in connection.execute(query("installed_items"))}
-    if how.get("upstream") == "applied":
-        for slug in connection.execute(query("flow_slugs")).scalars().all():
-            # Drops each flow's pgmq queue too, which matters when pgmq itself stays.
-            connection.execute(query("delete_flow"), {"flow_slug": slug, "delete_runs": True})
-        connection.exec_driver_sql("DROP SCHEMA pgflow CASCADE")
-    elif "upstream" in how:  # adopted: only undo our additive column
-        connection.exec_driver_sql("ALTER TABLE pgflow.flows DROP COLUMN IF EXISTS flow_type")
-    if "realtime" in how:
-        connection.exec_driver_sql(
-            "DROP FUNCTION IF EXISTS realtime.send(jsonb, text, text, boolean)"
-        )
-        _drop_schema_if_empty(connection, "realtime")
-    if how.get("pgmq") == "plain":
-        connection.exec_driver_sql("DROP SCHEMA pgmq CASCADE")
-    elif how.get("pgmq") in ("extension", "registered"):
-        connection.exec_driver_sql("DROP EXTENSION IF EXISTS pgmq CASCADE")
-        # CREATE EXTENSION made the schema its control file names, but not as a member.
-        _drop_schema_if_empty(connection, "pgmq")
-    connection.exec_driver_sql("DROP SCHEMA pgflow_python CASCADE")
-
-
-def _drop_schema_if_empty(connection: Connection, schema: str) -> None:
-    if connection.execute(query("schema_is_empty"), {"schema": schema}).scalar_one():
-        connection.exec_driver_sql(f'DROP SCHEMA "{schema}"')

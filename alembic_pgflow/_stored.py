@@ -11,20 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from pgflow import _queries
+from pgflow._sql import query
 from pgflow.definition import OPTION_MINIMUMS, FlowType, StepType
 
 FLOW_OPTIONS = ("max_attempts", "base_delay", "timeout")
 STEP_OPTIONS = tuple(OPTION_MINIMUMS)
 # pgflow.create_flow's defaults in @pgflow/core 0.8.1; the database's own signature wins.
 CREATE_FLOW_DEFAULTS: Mapping[str, int] = {"max_attempts": 3, "base_delay": 5, "timeout": 60}
-
-
-def query(name: str) -> sa.TextClause:
-    return sa.text(_queries.load("alembic_pgflow", "queries.sql")[name])
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import psycopg
 from sqlalchemy.engine import Connection
 
 from pgflow._db import Bind, transaction
+from pgflow._sql import query
 from pgflow.errors import IncompatibleSchemaError, InsufficientPrivilegeError, SchemaError
-from pgflow.schema import _catalog, _pgmq, _sources
+from pgflow.schema import _pgmq, _sources
 from pgflow.schema._pgmq import PgmqMode
 from pgflow.schema._state import DatabaseState, classify_upstream, read_state
 
@@ -45,13 +46,9 @@ class _Run:
     adopted: list[str] = field(default_factory=list)
 
     def record(self, component: str, sql: _sources.SqlFile, how: str) -> None:
-        _catalog.execute(
-            self.connection,
-            "record_item",
-            component=component,
-            name=sql.name,
-            sha256=sql.sha256,
-            how=how,
+        self.connection.execute(
+            query("record_item"),
+            {"component": component, "name": sql.name, "sha256": sql.sha256, "how": how},
         )
         (self.adopted if how == "adopted" else self.applied).append(f"{component}/{sql.name}")
 
@@ -65,7 +62,7 @@ class _Run:
     ) -> None:
         """Run ``sql`` and record it (or ``recorded_as``: the pinned file it was derived from)."""
         try:
-            _catalog.run_script(self.connection, sql.sql)
+            run_script(self.connection, sql.sql)
         except psycopg.Error as exc:
             reason = str(exc).strip()
             raise SchemaError(f"applying {component}/{sql.name} failed: {reason}") from exc
@@ -81,10 +78,10 @@ def install(bind: Bind, *, pgmq_mode: PgmqMode | str | None = None) -> InstallRe
     """
     forced = PgmqMode(pgmq_mode) if pgmq_mode is not None else None
     with transaction(bind) as connection:
-        facts = _catalog.one(connection, "server_facts")
+        facts = connection.execute(query("server_facts")).mappings().one()
         if facts["version_num"] < MIN_SERVER_VERSION:
             raise SchemaError(f"PostgreSQL {facts['version']} is too old: pgflow needs 14 or newer")
-        _catalog.execute(connection, "lock_installer")
+        connection.execute(query("lock_installer"))
         state = read_state(connection)
         if forced is not None and state.pgmq_mode not in (None, forced):
             raise SchemaError(
@@ -99,7 +96,7 @@ def install(bind: Bind, *, pgmq_mode: PgmqMode | str | None = None) -> InstallRe
                 "run `pgflow db install` as the database owner or a superuser, or "
                 f'GRANT CREATE ON DATABASE "{facts["database"]}" TO "{facts["role"]}"'
             )
-        _catalog.run_script(connection, _sources.own_sql("bookkeeping.sql").sql)
+        run_script(connection, _sources.own_sql("bookkeeping.sql").sql)
         run = _Run(connection, state)
         mode = _install_pgmq(run, forced)
         _install_realtime(run)
@@ -158,5 +155,17 @@ def _install_realtime(run: _Run) -> None:
         return  # ours and current, or a real realtime service (Supabase) owns realtime.send
     recorded = run.state.recorded.get(("realtime", shim.name))
     if recorded is not None:
-        _catalog.execute(run.connection, "forget_item", component="realtime", name=shim.name)
+        run.connection.execute(query("forget_item"), {"component": "realtime", "name": shim.name})
     run.apply("realtime", shim)
+
+
+def run_script(connection: Connection, script: str) -> None:
+    """Run a multi-statement script in the connection's current transaction.
+
+    Goes to psycopg directly: without parameters it uses the simple query protocol, which
+    accepts many statements (and ``%`` signs) in one call; SQLAlchemy's text() would not.
+    """
+    driver_connection = connection.connection.driver_connection
+    if driver_connection is None:
+        raise RuntimeError("the SQLAlchemy connection has no open driver connection")
+    driver_connection.execute(script)

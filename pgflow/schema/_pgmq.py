@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Connection
 
-from pgflow.schema import _catalog
+from pgflow._sql import query
 from pgflow.schema._sources import SqlFile
 
 # Marks control files written by us, so we never overwrite another installation's pgmq.
@@ -46,10 +46,10 @@ def _control_text(version: str) -> str:
 
 def extension_directory(connection: Connection) -> Path | None:
     """The server's extension directory when this process can write to it, else None."""
-    facts = _catalog.one(connection, "server_facts")
+    facts = connection.execute(query("server_facts")).mappings().one()
     if not facts["is_superuser"]:
         return None  # pg_config is superuser-only, and so is a trusted=false fallback
-    sharedir = _catalog.scalar(connection, "server_sharedir")
+    sharedir = connection.execute(query("server_sharedir")).scalar_one()
     directory = Path(sharedir) / "extension"
     if directory.is_dir() and os.access(directory, os.W_OK):
         return directory
@@ -86,7 +86,7 @@ def register(connection: Connection, directory: Path, version: str, sql: SqlFile
         _write_atomically(control, _control_text(version))
     if not script.exists() or script.read_text() != sql.sql:
         _write_atomically(script, sql.sql)
-    if _catalog.scalar(connection, "pgmq_version_available", version=version):
+    if connection.execute(query("pgmq_version_available"), {"version": version}).scalar_one():
         return True
     for path in created:
         path.unlink(missing_ok=True)

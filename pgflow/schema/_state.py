@@ -7,8 +7,9 @@ from typing import NamedTuple
 
 from sqlalchemy.engine import Connection
 
+from pgflow._sql import query
 from pgflow.errors import IncompatibleSchemaError
-from pgflow.schema import _catalog, _sources
+from pgflow.schema import _sources
 from pgflow.schema._pgmq import PgmqMode
 
 # Function names in schema pgflow once @pgflow/core 0.8.1 is fully applied. A database that
@@ -34,7 +35,7 @@ UPSTREAM_081_FUNCTIONS = frozenset(
 )
 # Dropped by 0.8.1's last migration: present only in older schemas.
 UPSTREAM_PRE_081_FUNCTIONS = frozenset({"read_with_poll"})
-# What pgflow-python calls at run time, as catalog.sql's runtime_signatures prints it. Another
+# What pgflow-python calls at run time, as installer.sql's runtime_signatures prints it. Another
 # upstream release changes some of these (e.g. a flow_input column in step_task_record).
 UPSTREAM_081_SIGNATURES = frozenset(
     {
@@ -123,23 +124,23 @@ class DatabaseState:
 
 def read_state(connection: Connection) -> DatabaseState:
     recorded: dict[tuple[str, str], Recorded] = {}
-    if _catalog.scalar(connection, "bookkeeping_present"):
-        for row in _catalog.rows(connection, "installed_items"):
+    if connection.execute(query("bookkeeping_present")).scalar_one():
+        for row in connection.execute(query("installed_items")).mappings():
             recorded[(row["component"], row["name"])] = Recorded(row["sha256"], row["how"])
-    pgmq = _catalog.one(connection, "pgmq_state")
-    realtime = _catalog.one(connection, "realtime_state")
+    pgmq = connection.execute(query("pgmq_state")).mappings().one()
+    realtime = connection.execute(query("realtime_state")).mappings().one()
     return DatabaseState(
         recorded=recorded,
         pgmq_extension_version=pgmq["extension_version"],
         pgmq_tables_present=pgmq["tables_present"],
         pgmq_available_version=pgmq["available_version"],
         realtime_send_present=realtime["send_present"],
-        pgflow_schema_present=_catalog.scalar(connection, "pgflow_schema_present"),
+        pgflow_schema_present=connection.execute(query("pgflow_schema_present")).scalar_one(),
         pgflow_functions=frozenset(
-            r["name"] for r in _catalog.rows(connection, "pgflow_functions")
+            r["name"] for r in connection.execute(query("pgflow_functions")).mappings()
         ),
         runtime_signatures=frozenset(
-            r["signature"] for r in _catalog.rows(connection, "runtime_signatures")
+            r["signature"] for r in connection.execute(query("runtime_signatures")).mappings()
         ),
     )
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pgflow._db import Bind, transaction
+from pgflow._sql import query
 from pgflow.errors import SchemaError
-from pgflow.schema import _catalog, _sources
+from pgflow.schema import _sources
 from pgflow.schema._pgmq import PgmqMode
 from pgflow.schema._state import classify_upstream, read_state
 
@@ -63,7 +64,7 @@ class SchemaStatus:
 def status(bind: Bind) -> SchemaStatus:
     """Inspect ``bind``'s database without changing it."""
     with transaction(bind) as connection:
-        facts = _catalog.one(connection, "server_facts")
+        facts = connection.execute(query("server_facts")).mappings().one()
         state = read_state(connection)
         problem = None
         pending: list[str] = []

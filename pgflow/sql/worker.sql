@@ -1,30 +1,33 @@
 -- Queries the worker runs. Upstream's functions do the orchestration; these only feed them.
 
 -- name: register_worker
--- One row per (worker process, flow queue): upstream start_tasks needs it (foreign key).
+-- description: One row per (worker process, flow queue): upstream start_tasks needs it (foreign key).
 INSERT INTO pgflow.workers (worker_id, queue_name, function_name)
 VALUES (:worker_id, :queue_name, :function_name)
 ON CONFLICT (worker_id) DO UPDATE SET last_heartbeat_at = now(), deprecated_at = NULL
 
 -- name: heartbeat
--- Keeps the rows alive; a non-null deprecated_at asks this worker to stop claiming.
+-- description: Keeps the rows alive; a non-null deprecated_at asks this worker to stop claiming.
 UPDATE pgflow.workers
 SET last_heartbeat_at = now()
 WHERE worker_id = ANY(:worker_ids)
 RETURNING worker_id, deprecated_at
 
 -- name: mark_stopped
+-- description: Mark this worker's rows stopped (deprecated_at) when it shuts down.
 UPDATE pgflow.workers
 SET deprecated_at = coalesce(deprecated_at, now()), last_heartbeat_at = now()
 WHERE worker_id = ANY(:worker_ids)
 
 -- name: claim_tasks
+-- description: Claim up to :qty tasks of a flow for this worker; one row per started task.
 -- pgflow_python.claim_tasks (extension/0005_claim_tasks.sql) reads up to :qty messages with a
 -- short reservation :vt, starts their tasks, and reserves each for its timeout plus :margin.
 SELECT task, task_timeout AS timeout, attempt
 FROM pgflow_python.claim_tasks(:flow_slug, :worker_id, :qty, :vt, :margin)
 
 -- name: complete_tasks
+-- description: Record a batch of task outputs; returns the positions of the ones recorded.
 -- A batch of completions in one transaction (extension/0006_complete_tasks.sql); returns the
 -- 1-based positions of the tasks this worker still held, which are the ones recorded.
 SELECT recorded
@@ -33,6 +36,7 @@ FROM pgflow_python.complete_tasks(
 ) AS recorded
 
 -- name: fail_task
+-- description: Fail one task attempt (upstream retries or fails the run), if this worker still holds it.
 -- Only while this worker still holds the task: after a stalled-task recovery gave it to another
 -- worker, a late report must not count (upstream does not check who reports). The row lock
 -- keeps the sweep (which skips locked rows) away until the report commits.
@@ -48,7 +52,7 @@ SELECT (
 FROM owned
 
 -- name: flow_shape
--- A flow's steps as stored, to compare with the class the worker serves.
+-- description: A flow's steps as stored, to compare with the class the worker serves.
 SELECT s.step_slug, s.step_type, s.step_index,
        coalesce(ARRAY(SELECT d.dep_slug FROM pgflow.deps d
                       WHERE d.flow_slug = s.flow_slug AND d.step_slug = s.step_slug
@@ -58,15 +62,18 @@ WHERE s.flow_slug = :flow_slug
 ORDER BY s.step_index
 
 -- name: ensure_wakeup_trigger
+-- description: Install the wake-up trigger on a flow's queue table (extension/0003_worker_wakeups.sql).
 SELECT pgflow_python.ensure_wakeup_trigger(:queue_name)
 
 -- name: next_visible_at
+-- description: When the next message of a queue becomes visible (NULL when the queue is empty).
 SELECT pgflow_python.next_visible_at(:queue_name) AS at
 
 -- name: recover_stalled_tasks
+-- description: Requeue or fail the tasks of workers whose heartbeats stopped (extension/0004_stalled_task_recovery.sql).
 SELECT run_id, step_slug, task_index, action
 FROM pgflow_python.recover_stalled_tasks(:heartbeat_timeout, :max_requeues)
 
 -- name: run_input
--- The flow input, for handlers of steps whose task input does not carry it (ctx.flow_input()).
+-- description: The flow input, for handlers of steps whose task input does not carry it (ctx.flow_input()).
 SELECT input FROM pgflow.runs WHERE run_id = :run_id

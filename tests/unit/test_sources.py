@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pgflow._queries import parse_named_queries
+from pgflow._sql import parse_named_queries, psycopg_text, query_names
 from pgflow.errors import SchemaFilesError
 from pgflow.schema import _sources
 
@@ -76,7 +76,28 @@ def test_fetch_script_check_passes_on_a_set_up_checkout() -> None:
 
 
 def test_named_queries_parse_and_reject_duplicates() -> None:
-    text = "-- name: a\n-- first\nSELECT 1\n\n-- name: b\nSELECT 2;\n"
-    assert parse_named_queries(text) == {"a": "-- first\nSELECT 1", "b": "SELECT 2;"}
+    text = (
+        "-- The file's header.\n\n"
+        "-- name: a\n-- description: The first.\n-- why\nSELECT 1\n\n"
+        "-- name: b\n-- description: The second.\nSELECT 2;\n"
+    )
+    assert parse_named_queries(text) == {
+        "a": "-- description: The first.\n-- why\nSELECT 1",
+        "b": "-- description: The second.\nSELECT 2;",
+    }
     with pytest.raises(ValueError, match="defined twice"):
-        parse_named_queries(text + "-- name: a\nSELECT 3\n")
+        parse_named_queries(text + "-- name: a\n-- description: Again.\nSELECT 3\n")
+
+
+def test_a_named_query_without_a_description_or_a_statement_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"f.sql: query 'a' needs a '-- description: \.\.\.' line"):
+        parse_named_queries("-- name: a\n-- no description here\nSELECT 1\n", source="f.sql")
+    with pytest.raises(ValueError, match="query 'a' has no statement"):
+        parse_named_queries("-- name: a\n-- description: Nothing.\n-- only comments\n")
+
+
+def test_every_shipped_query_file_parses_with_names_unique_across_files() -> None:
+    names = query_names()
+    # One from each file: the client's, the worker's, the installer's, the Alembic plugin's.
+    assert {"client_start_flow", "claim_tasks", "server_facts", "stored_flows"} <= names
+    assert psycopg_text("claim_tasks").count("%(qty)s") >= 1

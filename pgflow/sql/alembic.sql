@@ -2,9 +2,11 @@
 -- flow-admin functions of pgflow/schema/sql/extension/0002_flow_admin.sql.
 
 -- name: flows_table_present
+-- description: Whether pgflow.flows exists (false before the schema is installed).
 SELECT to_regclass('pgflow.flows') IS NOT NULL AS present
 
 -- name: stored_flows
+-- description: Every stored flow with its type and options.
 -- flow_type is our additive column; to_jsonb reads it without failing where it is absent.
 SELECT f.flow_slug,
        coalesce(to_jsonb(f) ->> 'flow_type', 'flow') AS flow_type,
@@ -15,6 +17,7 @@ FROM pgflow.flows AS f
 ORDER BY f.flow_slug
 
 -- name: stored_steps
+-- description: Every stored step with its type and options, in declaration order per flow.
 SELECT s.flow_slug,
        s.step_slug,
        s.step_type,
@@ -26,13 +29,14 @@ FROM pgflow.steps AS s
 ORDER BY s.flow_slug, s.step_index
 
 -- name: stored_deps
--- Dependencies in the order their steps were declared (the deps table keeps no order).
+-- description: Dependencies in the order their steps were declared (the deps table keeps no order).
 SELECT d.flow_slug, d.step_slug, d.dep_slug
 FROM pgflow.deps AS d
 JOIN pgflow.steps AS s ON s.flow_slug = d.flow_slug AND s.step_slug = d.dep_slug
 ORDER BY d.flow_slug, d.step_slug, s.step_index
 
 -- name: run_counts
+-- description: Per flow, how many runs it has and how many are still started.
 SELECT r.flow_slug,
        count(*) AS runs,
        count(*) FILTER (WHERE r.status = 'started') AS started
@@ -40,7 +44,7 @@ FROM pgflow.runs AS r
 GROUP BY r.flow_slug
 
 -- name: create_flow_defaults
--- What pgflow.create_flow uses for an omitted option, read from its signature (0.8.1: 3, 5, 60).
+-- description: What pgflow.create_flow uses for an omitted option, read from its signature (0.8.1: 3, 5, 60).
 SELECT DISTINCT ON (a.name)
        a.name,
        pg_get_function_arg_default(p.oid, a.position::integer)::integer AS value
@@ -52,31 +56,13 @@ WHERE p.pronamespace = 'pgflow'::regnamespace
 ORDER BY a.name, p.pronargs DESC
 
 -- name: set_flow_options
+-- description: Change a stored flow's options (extension/0002_flow_admin.sql).
 SELECT 1 FROM pgflow_python.set_flow_options(:flow_slug, CAST(:options AS jsonb))
 
 -- name: set_step_options
+-- description: Change a stored step's options (extension/0002_flow_admin.sql).
 SELECT 1 FROM pgflow_python.set_step_options(:flow_slug, :step_slug, CAST(:options AS jsonb))
 
 -- name: delete_flow
+-- description: Delete a flow, its queue and (when :delete_runs) its runs (extension/0002_flow_admin.sql).
 SELECT pgflow_python.delete_flow(:flow_slug, delete_runs => :delete_runs)
-
--- name: flow_slugs
-SELECT flow_slug FROM pgflow.flows ORDER BY flow_slug
-
--- name: installed_items
--- What pgflow-python's installer recorded; empty when it never ran here.
-SELECT component, how
-FROM pgflow_python.installed
-
--- name: bookkeeping_present
-SELECT to_regclass('pgflow_python.installed') IS NOT NULL AS present
-
--- name: schema_is_empty
--- Every object in a schema has a normal dependency on it, which is what DROP SCHEMA checks
--- (automatic ones, such as default privileges, go with the schema).
-SELECT NOT EXISTS (
-    SELECT 1 FROM pg_depend
-    WHERE deptype = 'n'
-      AND refclassid = 'pg_namespace'::regclass
-      AND refobjid = (SELECT oid FROM pg_namespace WHERE nspname = :schema)
-) AS empty
