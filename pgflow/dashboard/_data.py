@@ -1,0 +1,285 @@
+"""What the dashboard reads: named queries from ``pgflow/sql/dashboard.sql`` and the runs list.
+
+The runs list has optional filters, so it is built with SQLAlchemy Core (bound parameters
+only) rather than one statement of ``x IS NULL OR ...`` clauses that a generic plan could not
+serve from an index.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.engine import Engine
+
+from pgflow._sql import query
+
+Row = dict[str, Any]
+
+RUN_STATUSES = ("started", "completed", "failed")
+
+_runs = sa.table(
+    "runs",
+    sa.column("run_id", PG_UUID(as_uuid=True)),
+    sa.column("flow_slug", sa.Text),
+    sa.column("status", sa.Text),
+    sa.column("remaining_steps", sa.Integer),
+    sa.column("started_at", sa.DateTime(timezone=True)),
+    sa.column("completed_at", sa.DateTime(timezone=True)),
+    sa.column("failed_at", sa.DateTime(timezone=True)),
+    schema="pgflow",
+)
+
+
+def _rows(engine: Engine, name: str, **params: Any) -> list[Row]:
+    with engine.connect() as connection:
+        return [dict(row) for row in connection.execute(query(name), params).mappings()]
+
+
+def _row(engine: Engine, name: str, **params: Any) -> Row | None:
+    rows = _rows(engine, name, **params)
+    return rows[0] if rows else None
+
+
+# --- overview ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowStats:
+    flow_slug: str
+    flow_type: str
+    started: int
+    completed: int
+    failed: int
+    running: int
+    p50_seconds: float | None
+    p95_seconds: float | None
+    queue_length: int | None = None
+    queue_visible: int | None = None
+    oldest_message_seconds: int | None = None
+
+    @property
+    def failure_rate(self) -> float | None:
+        ended = self.completed + self.failed
+        return self.failed / ended if ended else None
+
+
+@dataclass(frozen=True)
+class Overview:
+    since: datetime
+    flows: list[FlowStats]
+    throughput: list[Row]  # bucket_start, completed, failed
+    workers: Row  # alive, stale, stopped
+
+
+def overview(engine: Engine, *, now: datetime, stale_seconds: int) -> Overview:
+    since = now - timedelta(hours=24)
+    queues = {
+        row["flow_slug"]: row["metrics"] or {} for row in _rows(engine, "dashboard_queue_metrics")
+    }
+    flows = []
+    for row in _rows(engine, "dashboard_flow_stats", since=since):
+        metrics = queues.get(row["flow_slug"], {})
+        flows.append(
+            FlowStats(
+                **row,
+                queue_length=metrics.get("queue_length"),
+                queue_visible=metrics.get("queue_visible_length"),
+                oldest_message_seconds=metrics.get("oldest_msg_age_sec"),
+            )
+        )
+    throughput = _rows(engine, "dashboard_throughput", since=since, bucket="1 hour")
+    workers = _row(engine, "dashboard_worker_counts", stale_seconds=stale_seconds) or {}
+    return Overview(since=since, flows=flows, throughput=throughput, workers=workers)
+
+
+# --- flows ------------------------------------------------------------------------------------
+
+
+def flows(engine: Engine) -> list[Row]:
+    return _rows(engine, "dashboard_flows")
+
+
+def flow(engine: Engine, flow_slug: str) -> Row | None:
+    return _row(engine, "dashboard_flow", flow_slug=flow_slug)
+
+
+def flow_steps(engine: Engine, flow_slug: str) -> list[Row]:
+    return _rows(engine, "dashboard_flow_steps", flow_slug=flow_slug)
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    flow_slug: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    run_id_prefix: str | None = None  # lower-case hex digits and dashes
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Keyset position: the last row shown (runs are listed newest first)."""
+
+    started_at: datetime
+    run_id: uuid.UUID
+
+
+def uuid_prefix_bounds(prefix: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The smallest and largest UUIDs starting with ``prefix`` (hex digits, dashes ignored),
+    so a prefix search is a range scan of the primary key."""
+    digits = prefix.replace("-", "")
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
+def runs_page(
+    engine: Engine, run_filter: RunFilter, *, after: Cursor | None, limit: int
+) -> list[Row]:
+    statement = sa.select(
+        _runs.c.run_id,
+        _runs.c.flow_slug,
+        _runs.c.status,
+        _runs.c.remaining_steps,
+        _runs.c.started_at,
+        _runs.c.completed_at,
+        _runs.c.failed_at,
+    )
+    if run_filter.flow_slug is not None:
+        statement = statement.where(_runs.c.flow_slug == run_filter.flow_slug)
+    if run_filter.status is not None:
+        statement = statement.where(_runs.c.status == run_filter.status)
+    if run_filter.since is not None:
+        statement = statement.where(_runs.c.started_at >= run_filter.since)
+    if run_filter.until is not None:
+        statement = statement.where(_runs.c.started_at < run_filter.until)
+    if run_filter.run_id_prefix:
+        low, high = uuid_prefix_bounds(run_filter.run_id_prefix)
+        statement = statement.where(_runs.c.run_id.between(low, high))
+    if after is not None:
+        statement = statement.where(
+            sa.tuple_(_runs.c.started_at, _runs.c.run_id)
+            < sa.tuple_(
+                sa.literal(after.started_at, sa.DateTime(timezone=True)),
+                sa.literal(after.run_id, PG_UUID(as_uuid=True)),
+            )
+        )
+    statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc()).limit(limit)
+    with engine.connect() as connection:
+        return [dict(row) for row in connection.execute(statement).mappings()]
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    run: Row
+    steps: list[Row]
+    step_shapes: list[Row]  # dashboard_flow_steps rows, for the DAG
+    tasks: list[Row]
+
+
+def run_detail(
+    engine: Engine, run_id: uuid.UUID, *, preview_chars: int, tasks_per_step: int
+) -> RunDetail | None:
+    # One transaction at REPEATABLE READ so the run, its steps and its tasks agree.
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
+        run = connection.execute(
+            query("dashboard_run"), {"run_id": run_id, "preview_chars": preview_chars}
+        ).mappings().first()
+        if run is None:
+            return None
+        flow_slug = run["flow_slug"]
+        steps = connection.execute(
+            query("dashboard_run_steps"),
+            {"run_id": run_id, "flow_slug": flow_slug, "preview_chars": preview_chars},
+        ).mappings()
+        steps_rows = [dict(row) for row in steps]
+        shapes = connection.execute(query("dashboard_flow_steps"), {"flow_slug": flow_slug})
+        shape_rows = [dict(row) for row in shapes.mappings()]
+        tasks = connection.execute(
+            query("dashboard_run_tasks"),
+            {
+                "run_id": run_id,
+                "flow_slug": flow_slug,
+                "preview_chars": preview_chars,
+                "per_step": tasks_per_step,
+            },
+        ).mappings()
+        task_rows = [dict(row) for row in tasks]
+    return RunDetail(run=dict(run), steps=steps_rows, step_shapes=shape_rows, tasks=task_rows)
+
+
+def step_tasks_page(
+    engine: Engine,
+    run_id: uuid.UUID,
+    step_slug: str,
+    *,
+    after_index: int,
+    limit: int,
+    preview_chars: int,
+) -> list[Row]:
+    return _rows(
+        engine,
+        "dashboard_step_tasks_page",
+        run_id=run_id,
+        step_slug=step_slug,
+        after_index=after_index,
+        limit=limit,
+        preview_chars=preview_chars,
+    )
+
+
+MISSING = object()  # run_value of a run that does not exist
+
+
+def run_value(engine: Engine, run_id: uuid.UUID, which: str) -> object:
+    """The run's whole input or output; ``MISSING`` when the run does not exist."""
+    row = _row(engine, "dashboard_run_value", run_id=run_id, which=which)
+    return MISSING if row is None else row["value"]
+
+
+def task_value(engine: Engine, run_id: uuid.UUID, step_slug: str, task_index: int) -> Row | None:
+    return _row(
+        engine, "dashboard_task_value", run_id=run_id, step_slug=step_slug, task_index=task_index
+    )
+
+
+def step_error(engine: Engine, run_id: uuid.UUID, step_slug: str) -> Row | None:
+    return _row(engine, "dashboard_step_error", run_id=run_id, step_slug=step_slug)
+
+
+# --- workers ----------------------------------------------------------------------------------
+
+
+def workers_page(
+    engine: Engine,
+    *,
+    now: datetime,
+    stale_seconds: int,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Row]:
+    return _rows(
+        engine,
+        "dashboard_workers_page",
+        stale_seconds=stale_seconds,
+        since=now - timedelta(hours=1),
+        after_heartbeat=after[0] if after else None,
+        after_worker_id=after[1] if after else None,
+        limit=limit,
+    )
+
+
+def database_now(engine: Engine) -> datetime:
+    with engine.connect() as connection:
+        value = connection.execute(sa.select(sa.func.now())).scalar_one()
+    assert isinstance(value, datetime)
+    return value

@@ -1,0 +1,56 @@
+// pgflow dashboard: live updates without a framework. The run page subscribes to server-sent
+// events for its run and, on each change, fetches the server-rendered fragment and swaps it
+// in (the server escapes everything; this script never builds HTML from data).
+"use strict";
+
+(function () {
+  function debounce(fn, ms) {
+    let timer = null;
+    return function () {
+      if (timer !== null) return;
+      timer = setTimeout(function () { timer = null; fn(); }, ms);
+    };
+  }
+
+  function liveRegion(region) {
+    const source = region.dataset.liveSrc;
+    const events = region.dataset.events;
+    let stream = null;
+    let inFlight = false;
+    let again = false;
+
+    async function refresh() {
+      if (inFlight) { again = true; return; }
+      inFlight = true;
+      try {
+        const response = await fetch(source, { headers: { "accept": "text/html" }, credentials: "same-origin" });
+        if (response.ok) {
+          const opened = new Set(Array.from(region.querySelectorAll("details[open]"), function (d) { return d.dataset.step; }));
+          region.innerHTML = await response.text();
+          region.querySelectorAll("details[data-step]").forEach(function (d) {
+            if (opened.has(d.dataset.step)) d.open = true;
+          });
+          const status = region.querySelector("#run-status");
+          if (status && status.dataset.status !== "started" && stream !== null) {
+            stream.close();
+            stream = null;
+            region.dataset.live = "no";
+          }
+        }
+      } finally {
+        inFlight = false;
+        if (again) { again = false; refresh(); }
+      }
+    }
+
+    const soon = debounce(refresh, 150);
+    if (region.dataset.live !== "yes" || !window.EventSource) return;
+    stream = new EventSource(events);
+    stream.addEventListener("ready", soon);
+    stream.addEventListener("change", soon);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-live-src]").forEach(liveRegion);
+  });
+})();
