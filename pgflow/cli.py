@@ -225,3 +225,31 @@ def run_worker(
         ),
     )
     worker.run()
+
+
+@main.command("dashboard")
+@database_url_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--read-only", is_flag=True, help="Hide and refuse the run actions.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow a non-loopback address without PGFLOW_DASHBOARD_TOKEN or basic auth.",
+)
+@_reports_errors
+def dashboard(
+    *, database_url: str | None, host: str, port: int, read_only: bool, insecure: bool
+) -> None:
+    """Serve the web dashboard (needs the 'dashboard' extra)."""
+    try:
+        from pgflow.dashboard._serve import serve  # noqa: PLC0415
+    except ImportError as exc:
+        click.echo(
+            f"error: the dashboard needs its extra: pip install 'pgflow-python[dashboard]' ({exc})",
+            err=True,
+        )
+        sys.exit(2)
+    serve(
+        _db.url_from_env(database_url), host=host, port=port, read_only=read_only, insecure=insecure
+    )

@@ -19,8 +19,13 @@ from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.responses import StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -107,7 +112,9 @@ class Dashboard:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def render(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+    def render(
+        self, request: Request, name: str, status_code: int = 200, **context: Any
+    ) -> Response:
         token, is_new = csrf_token(request.headers)
         root = request.scope.get("root_path", "")
         html = self.templates.get_template(name).render(
@@ -136,9 +143,7 @@ class Dashboard:
 
     def overview(self, request: Request) -> Response:
         now = _data.database_now(self.engine)
-        data = _data.overview(
-            self.engine, now=now, stale_seconds=self.settings.stale_after_seconds
-        )
+        data = _data.overview(self.engine, now=now, stale_seconds=self.settings.stale_after_seconds)
         chart = _charts.throughput(
             data.throughput, since=data.since, buckets=24, bucket=timedelta(hours=1)
         )
@@ -387,9 +392,7 @@ class Dashboard:
         return _json_document(row["output"])
 
     def step_error(self, request: Request) -> Response:
-        row = _data.step_error(
-            self.engine, self._run_id(request), request.path_params["step_slug"]
-        )
+        row = _data.step_error(self.engine, self._run_id(request), request.path_params["step_slug"])
         if row is None:
             raise HTTPException(404, "no such step state")
         return PlainTextResponse(row["error_message"] or "")
@@ -445,7 +448,8 @@ def _step_label(row: dict[str, Any]) -> str:
 
 
 def _http_error(request: Request, exc: Exception) -> Awaitable[Response] | Response:
-    assert isinstance(exc, HTTPException)
+    if not isinstance(exc, HTTPException):
+        raise exc
     return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
@@ -474,4 +478,3 @@ def build_app(dashboard: Dashboard) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.dashboard = dashboard
     return app
-

@@ -105,7 +105,8 @@ def shapes_from_rows(
     for row in rows:
         slug = str(row["step_slug"])
         depends_on = row["depends_on"]
-        assert isinstance(depends_on, list | tuple)
+        if not isinstance(depends_on, list | tuple):
+            raise TypeError(f"depends_on of {slug!r} is {depends_on!r}, not a list")
         shapes.append(
             StepShape(
                 slug=slug,

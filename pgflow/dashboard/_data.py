@@ -191,9 +191,13 @@ def run_detail(
 ) -> RunDetail | None:
     # One transaction at REPEATABLE READ so the run, its steps and its tasks agree.
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
-        run = connection.execute(
-            query("dashboard_run"), {"run_id": run_id, "preview_chars": preview_chars}
-        ).mappings().first()
+        run = (
+            connection.execute(
+                query("dashboard_run"), {"run_id": run_id, "preview_chars": preview_chars}
+            )
+            .mappings()
+            .first()
+        )
         if run is None:
             return None
         flow_slug = run["flow_slug"]
@@ -281,5 +285,6 @@ def workers_page(
 def database_now(engine: Engine) -> datetime:
     with engine.connect() as connection:
         value = connection.execute(sa.select(sa.func.now())).scalar_one()
-    assert isinstance(value, datetime)
+    if not isinstance(value, datetime):
+        raise TypeError(f"now() returned {value!r}")
     return value

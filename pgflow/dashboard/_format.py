@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+NOTHING = "\u2013"  # an en dash: no value
+
 
 @dataclass(frozen=True)
 class Preview:
@@ -37,7 +39,7 @@ def text_preview(preview: str | None, total_chars: int | None) -> Preview | None
 
 def duration(seconds: float | None) -> str:
     if seconds is None:
-        return "–"
+        return NOTHING
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
@@ -49,7 +51,7 @@ def duration(seconds: float | None) -> str:
 
 def between(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
-        return "–"
+        return NOTHING
     return duration((end - start).total_seconds())
 
 
@@ -64,13 +66,13 @@ def ago(moment: datetime | None, now: datetime) -> str:
 
 def timestamp(moment: datetime | None) -> str:
     if moment is None:
-        return "–"
+        return NOTHING
     moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S") + f".{moment.microsecond // 1000:03d}"
 
 
 def percent(ratio: float | None) -> str:
-    return "–" if ratio is None else f"{ratio * 100:.1f} %"
+    return NOTHING if ratio is None else f"{ratio * 100:.1f} %"
 
 
 def parse_time(value: str | None) -> datetime | None:

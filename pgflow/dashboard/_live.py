@@ -41,7 +41,7 @@ class Broadcaster:
         self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._subscriptions: set[Subscription] = set()
         self._listener: asyncio.Task[None] | None = None
-        self._ready: asyncio.Event | None = None
+        self._ready = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def subscribe(self, run_id: str | None) -> AsyncIterator[Subscription]:
@@ -52,7 +52,6 @@ class Broadcaster:
             if self._listener is None or self._listener.done():
                 self._ready = asyncio.Event()
                 self._listener = asyncio.create_task(self._listen(self._ready))
-            assert self._ready is not None
             await self._ready.wait()
             yield subscription
         finally:

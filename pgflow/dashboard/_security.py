@@ -21,10 +21,11 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-TOKEN_ENV = "PGFLOW_DASHBOARD_TOKEN"
+# Names of environment variables and cookies, not secrets (hence the noqa for S105).
+TOKEN_ENV = "PGFLOW_DASHBOARD_TOKEN"  # noqa: S105
 USERNAME_ENV = "PGFLOW_DASHBOARD_USERNAME"
-PASSWORD_ENV = "PGFLOW_DASHBOARD_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
-TOKEN_COOKIE = "pgflow_dashboard_token"
+PASSWORD_ENV = "PGFLOW_DASHBOARD_PASSWORD"  # noqa: S105
+TOKEN_COOKIE = "pgflow_dashboard_token"  # noqa: S105
 CSRF_COOKIE = "pgflow_dashboard_csrf"
 CSRF_FIELD = "csrf_token"
 
@@ -85,7 +86,7 @@ def _cookies(headers: Headers) -> dict[str, str]:
     jar: SimpleCookie = SimpleCookie()
     try:
         jar.load(headers.get("cookie", ""))
-    except Exception:  # noqa: BLE001 - a malformed cookie header is treated as no cookies
+    except Exception:
         return {}
     return {key: morsel.value for key, morsel in jar.items()}
 
@@ -103,7 +104,7 @@ class AuthMiddleware:
             return
         headers = Headers(scope=scope)
         if isinstance(self.auth, BasicAuth):
-            if self._basic_ok(headers):
+            if _basic_ok(self.auth, headers):
                 await self.app(scope, receive, send)
                 return
             response: Response = PlainTextResponse(
@@ -113,7 +114,7 @@ class AuthMiddleware:
             )
             await response(scope, receive, send)
             return
-        if self._token_ok(headers):
+        if _token_ok(self.auth, headers):
             await self.app(scope, receive, send)
             return
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
@@ -140,28 +141,28 @@ class AuthMiddleware:
         )
         await response(scope, receive, send)
 
-    def _basic_ok(self, headers: Headers) -> bool:
-        assert isinstance(self.auth, BasicAuth)
-        scheme, _, encoded = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        username, _, password = decoded.partition(":")
-        # Both compared, always, so the time taken says nothing about which one was wrong.
-        user_ok = _same(username, self.auth.username)
-        password_ok = _same(password, self.auth.password)
-        return user_ok and password_ok
 
-    def _token_ok(self, headers: Headers) -> bool:
-        assert isinstance(self.auth, TokenAuth)
-        scheme, _, given = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and _same(given.strip(), self.auth.token):
-            return True
-        cookie = _cookies(headers).get(TOKEN_COOKIE)
-        return cookie is not None and _same(cookie, self.auth.token)
+def _basic_ok(auth: BasicAuth, headers: Headers) -> bool:
+    scheme, _, encoded = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    username, _, password = decoded.partition(":")
+    # Both compared, always, so the time taken says nothing about which one was wrong.
+    user_ok = _same(username, auth.username)
+    password_ok = _same(password, auth.password)
+    return user_ok and password_ok
+
+
+def _token_ok(auth: TokenAuth, headers: Headers) -> bool:
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and _same(given.strip(), auth.token):
+        return True
+    cookie = _cookies(headers).get(TOKEN_COOKIE)
+    return cookie is not None and _same(cookie, auth.token)
 
 
 def csrf_token(headers: Headers) -> tuple[str, bool]:
@@ -173,9 +174,7 @@ def csrf_token(headers: Headers) -> tuple[str, bool]:
 
 
 def set_csrf_cookie(response: Response, token: str, root_path: str) -> None:
-    response.set_cookie(
-        CSRF_COOKIE, token, httponly=True, samesite="strict", path=root_path or "/"
-    )
+    response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict", path=root_path or "/")
 
 
 def csrf_ok(headers: Headers, submitted: str | None) -> bool:

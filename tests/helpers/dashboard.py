@@ -1,0 +1,153 @@
+"""Helpers for the dashboard tests: flows, runs driven through upstream's SQL, a live server."""
+
+from __future__ import annotations
+
+import html
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+import uvicorn
+from sqlalchemy.engine import Engine
+from starlette.types import ASGIApp
+
+import sql_only_flow
+from pgflow.compiler import compile_flow
+from pgflow.context import Context
+from pgflow.dsl import Flow, definition_of, map_step, step
+
+XSS = "<script>alert('pwned')</script>"
+
+
+class Pipeline(Flow, slug="pipeline", max_attempts=1, base_delay=1):
+    """fetch -> (left, right) -> join: a diamond, to see a DAG with a fan-out and a fan-in."""
+
+    @step
+    def fetch(self, input: Any, ctx: Context) -> Any: ...
+
+    @step(depends_on=[fetch])
+    def left(self, deps: Any, ctx: Context) -> Any: ...
+
+    @step(depends_on=[fetch])
+    def right(self, deps: Any, ctx: Context) -> Any: ...
+
+    @step(depends_on=[left, right])
+    def join(self, deps: Any, ctx: Context) -> Any: ...
+
+
+class Fanout(Flow, slug="fanout"):
+    @map_step
+    def square(self, item: int, ctx: Context) -> Any: ...
+
+    @step(depends_on=[square])
+    def total(self, deps: Any, ctx: Context) -> Any: ...
+
+
+def _echo(task: dict[str, Any]) -> Any:
+    return task["run"]
+
+
+def _fail_on_boom(task: dict[str, Any]) -> Any:
+    run = task["run"]
+    if isinstance(run, dict) and "boom" in run:
+        raise RuntimeError(run["boom"])
+    return run
+
+
+PIPELINE_HANDLERS = {
+    "fetch": _fail_on_boom,
+    "left": _echo,
+    "right": _echo,
+    "join": _echo,
+}
+FANOUT_HANDLERS = {
+    "square": lambda task: task * task if isinstance(task, int) else task,
+    "total": lambda task: sum(task["square"]),
+}
+
+
+def register(engine: Engine, *flows: type[Flow]) -> None:
+    with engine.begin() as connection:
+        for flow in flows:
+            for statement in compile_flow(definition_of(flow)):
+                connection.execute(sa.text(statement))
+
+
+def start(engine: Engine, flow_slug: str, flow_input: Any) -> uuid.UUID:
+    with engine.begin() as connection:
+        return sql_only_flow.start_run(connection, flow_slug, flow_input)
+
+
+def drive(
+    engine: Engine, flow_slug: str, handlers: dict[str, Any], run_id: uuid.UUID
+) -> dict[str, Any]:
+    """Work the queue through upstream's SQL functions until the run ends."""
+    worker_id = sql_only_flow.register_worker(engine, flow_slug, "dashboard_tests")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with engine.connect() as connection:
+            run = (
+                connection.execute(
+                    sa.text("SELECT status, output FROM pgflow.runs WHERE run_id = :id"),
+                    {"id": run_id},
+                )
+                .mappings()
+                .one()
+            )
+        if run["status"] != "started":
+            return dict(run)
+        if not sql_only_flow.work_once(engine, flow_slug, handlers, worker_id):
+            time.sleep(0.02)
+    raise TimeoutError(f"run {run_id} still started after 30 s")
+
+
+def row_cells(page: str, attribute: str, value: str) -> list[str]:
+    """The text of each cell of the table row ``<tr attribute="value">``."""
+    match = re.search(
+        rf'<tr {re.escape(attribute)}="{re.escape(value)}">(.*?)</tr>', page, re.DOTALL
+    )
+    if match is None:
+        raise AssertionError(f"no row {attribute}={value!r} in the page")
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", match.group(1), re.DOTALL)
+    return [html.unescape(re.sub(r"<[^>]+>", "", cell)).strip() for cell in cells]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def serving(app: ASGIApp) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, name="dashboard-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the dashboard test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@contextmanager
+def http_client(app: ASGIApp) -> Iterator[httpx.Client]:
+    """An HTTP client on ``app`` served by uvicorn (the real server, streaming included)."""
+    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=15) as client:
+        yield client
