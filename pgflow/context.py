@@ -29,6 +29,8 @@ class Context:
     use ``with ctx.engine.begin() as conn: ...``; an async one should do that in a thread)."""
     known_flow_input: Any = field(default=_UNSET, repr=False)
     load_flow_input: Callable[[], Awaitable[Any]] | None = field(default=None, repr=False)
+    event_loop: Any = field(default=None, repr=False)
+    """The worker's event loop token (``anyio.lowlevel.current_token()``), for sync handlers."""
 
     async def flow_input(self) -> Any:
         """The run's input. Dependent and map steps do not receive it, so it is loaded on demand
@@ -45,4 +47,4 @@ class Context:
             return self.known_flow_input
         import anyio.from_thread  # noqa: PLC0415 - only meaningful inside a worker thread
 
-        return anyio.from_thread.run(self.flow_input)
+        return anyio.from_thread.run(self.flow_input, token=self.event_loop)

@@ -37,3 +37,11 @@ class InvalidScheduleError(ScheduleError, ValueError):
 
 class ScheduleNotFoundError(ScheduleError, LookupError):
     """No schedule has the given name."""
+
+
+class WorkerCrashedError(PgflowError):
+    """A worker stopped serving without being asked to (its ``__cause__`` says why).
+
+    The process should exit non-zero and be restarted by its supervisor; ``worker.crashed`` was
+    logged before this was raised.
+    """

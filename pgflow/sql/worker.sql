@@ -65,6 +65,10 @@ ORDER BY s.step_index
 -- description: Install the wake-up trigger on a flow's queue table (extension/0003_worker_wakeups.sql).
 SELECT pgflow_python.ensure_wakeup_trigger(:queue_name)
 
+-- name: listen_for_wakeups
+-- The channel the queue triggers of extension/0003_worker_wakeups.sql notify (payload: queue).
+LISTEN pgflow_wakeup
+
 -- name: next_visible_at
 -- description: When the next message of a queue becomes visible (NULL when the queue is empty).
 SELECT pgflow_python.next_visible_at(:queue_name) AS at

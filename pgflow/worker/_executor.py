@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
 from pgflow.context import Context
 from pgflow.dsl import HandlerSpec
+from pgflow.worker._threads import HandlerThreads
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +29,40 @@ class Failed:
 Outcome = Completed | Failed
 
 
+MAX_ERROR_LENGTH = 8000
+"""Characters of an error message kept (tracebacks and huge reprs belong in logs, not rows)."""
+
+
+def sanitize(text: str) -> str:
+    """A message PostgreSQL's text accepts: no NUL, no lone surrogate, bounded length."""
+    text = text.replace("\x00", "")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > MAX_ERROR_LENGTH:
+        cut = len(text) - MAX_ERROR_LENGTH
+        text = f"{text[:MAX_ERROR_LENGTH]}... ({cut} more characters cut)"
+    return text
+
+
 def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """``ExceptionType: message``, whatever the exception's ``__str__`` does."""
+    try:
+        message = str(exc)
+    except BaseException as broken:  # a __str__ that raises, or recurses without end
+        message = f"<message not printable: {type(broken).__name__}>"
+    return sanitize(f"{type(exc).__name__}: {message}")
 
 
 def to_json(value: Any) -> str:
     """The exact JSON text of an output (0, false and "" stay themselves); NaN is not JSON."""
     return json.dumps(value, allow_nan=False, ensure_ascii=False)
+
+
+def output_problem(value: Any, error: BaseException) -> str:
+    if isinstance(error, RecursionError):
+        return "it is nested too deeply to convert to JSON"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN or Infinity"
+    return describe(error)
 
 
 async def run_handler(
@@ -44,7 +72,8 @@ async def run_handler(
     context: Context,
     *,
     timeout: float,
-    thread_limiter: anyio.CapacityLimiter,
+    threads: HandlerThreads,
+    keep_slot: Callable[[], Callable[[], None]],
 ) -> Outcome:
     handler = getattr(instance, spec.attribute)
     args = (handler_input, context) if spec.takes_context else (handler_input,)
@@ -58,11 +87,13 @@ async def run_handler(
             else:
                 # A sync handler cannot be interrupted: past its timeout it is abandoned (the
                 # thread finishes on its own) and its late result is ignored.
-                result = await anyio.to_thread.run_sync(
-                    lambda: handler(*args), abandon_on_cancel=True, limiter=thread_limiter
-                )
-    except anyio.get_cancelled_exc_class():
-        raise
+                result = await threads.run(lambda: handler(*args), keep_slot=keep_slot)
+    except anyio.get_cancelled_exc_class() as exc:
+        if anyio.current_effective_deadline() == -math.inf:
+            raise  # the worker's own shutdown (or the caller's): not this attempt's outcome
+        # Raised by the handler itself (e.g. an awaited future that someone cancelled): only
+        # a failed attempt, never the end of the runner that called it.
+        return Failed(f"{describe(exc)} (a cancellation the worker did not request)")
     except BaseException as exc:
         # Whatever a handler raises (even SystemExit or a BaseException subclass) fails only
         # that attempt; the worker's own shutdown arrives as cancellation, re-raised above.
@@ -72,9 +103,13 @@ async def run_handler(
             f"TimeoutError: step {context.step_slug!r} exceeded its timeout of {timeout:g}s"
         )
     try:
-        return Completed(to_json(result))
-    except (TypeError, ValueError) as exc:
-        kind = "NaN or Infinity" if isinstance(result, float) and not math.isfinite(result) else exc
+        output = to_json(result)
+        # A lone surrogate passes json.dumps but is not valid UTF-8, so PostgreSQL (and the
+        # driver, before it) cannot take it.
+        output.encode("utf-8")
+    except Exception as exc:  # TypeError, ValueError, RecursionError, UnicodeEncodeError...
         return Failed(
-            f"TypeError: step {context.step_slug!r} returned a value that is not JSON: {kind}"
+            f"TypeError: step {context.step_slug!r} returned a value that is not JSON: "
+            f"{output_problem(result, exc)}"
         )
+    return Completed(output)

@@ -1,10 +1,14 @@
-"""Recording task outcomes: completions in batches, failures one by one, retried across lost
-connections.
+"""Recording task outcomes: completions in batches, failures one by one, kept until recorded.
 
 Handlers hand in their outcome and wait until it is recorded (they hold their concurrency slot
-until then). One reporter loop owns the report connection: whatever completions arrived while
-the previous report was in flight go out together, in one transaction, so an idle worker reports
-at once and a busy one commits once per batch instead of once per task.
+until then). One reporter loop records them: whatever completions arrived while the previous
+report was in flight go out together, in one transaction, so an idle worker reports at once and
+a busy one commits once per batch instead of once per task.
+
+Across a database outage a report is retried for as long as the process lives: every report is
+fenced in SQL (it counts only while this worker still holds the task), so repeating one whose
+first try did commit records nothing twice. Giving up instead would leave the task ``started``
+until the stalled-task sweep, then run the handler again.
 """
 
 from __future__ import annotations
@@ -12,19 +16,19 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
-import psycopg
 
 from pgflow import telemetry
-from pgflow.worker._database import ClaimedTask, Connection
-from pgflow.worker._executor import Completed, Outcome
+from pgflow.worker._executor import Completed, Outcome, describe, sanitize
+from pgflow.worker._store import ClaimedTask, ConnectionLost, WorkerStore
 
-_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 5.0, 5.0, 5.0, 5.0)
+_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -38,8 +42,8 @@ class _Report:
 class Reporter:
     """Queues outcomes for :meth:`run`, the loop that records them."""
 
-    def __init__(self, connection: Connection, *, on_failed: Callable[[uuid.UUID], None]) -> None:
-        self._connection = connection
+    def __init__(self, store: WorkerStore, *, on_failed: Callable[[uuid.UUID], None]) -> None:
+        self._store = store
         self._on_failed = on_failed
         self._pending: list[_Report] = []
         self._arrived = anyio.Event()
@@ -49,7 +53,7 @@ class Reporter:
     async def report(
         self, worker_id: uuid.UUID, task: ClaimedTask, outcome: Outcome, fields: dict[str, Any]
     ) -> None:
-        """Return once the outcome is recorded, ignored (task lost) or abandoned."""
+        """Return once the outcome is recorded or ignored (the task was no longer ours)."""
         self._pending.append(_Report(worker_id, task, outcome, fields))
         self._arrived.set()
         await self._recorded.wait()
@@ -79,73 +83,75 @@ class Reporter:
 
     async def _complete(self, worker_id: uuid.UUID, reports: list[_Report]) -> None:
         outputs = [r.outcome.output_json for r in reports if isinstance(r.outcome, Completed)]
-        params = {
-            "worker_id": worker_id,
-            "run_ids": [r.task.run_id for r in reports],
-            "step_slugs": [r.task.step_slug for r in reports],
-            "task_indexes": [r.task.task_index for r in reports],
-            "outputs": outputs,
-        }
+        tasks = [r.task for r in reports]
         try:
-            rows = await self._with_retries("complete_tasks", params, reports)
-        except psycopg.Error as exc:
+            recorded = await self._until_recorded(
+                lambda: self._store.complete(worker_id, tasks, outputs), reports
+            )
+        except Exception as exc:
             if len(reports) > 1:
                 # One task the database refuses must not sink the others: one by one.
                 for report in reports:
                     await self._complete(worker_id, [report])
                 return
             [report] = reports
-            error = f"the database refused the output: {type(exc).__name__}: {exc}"
-            await self._fail(report, error)
+            await self._fail(report, f"the database refused the output: {describe(exc)}")
             return
-        if rows is None:
-            return
-        recorded = {row["recorded"] for row in rows}
-        for position, report in enumerate(reports, start=1):
+        for position, report in enumerate(reports):
             if position in recorded:
                 telemetry.emit("task.completed", **report.fields)
             else:
-                # Recovered and handed to another worker meanwhile (at-least-once delivery).
+                # Recovered and handed to another worker meanwhile (at-least-once delivery),
+                # or recorded by an earlier try whose reply was lost.
                 telemetry.emit("task.report_ignored", level=logging.WARNING, **report.fields)
 
     async def _fail(self, report: _Report, error: str) -> None:
-        params = {
-            "run_id": report.task.run_id,
-            "step_slug": report.task.step_slug,
-            "task_index": report.task.task_index,
-            "worker_id": report.worker_id,
-            "error_message": error,
-        }
-        rows = await self._with_retries("fail_task", params, [report])
-        if rows is None:
-            return
-        if not rows:
+        store, task, worker_id = self._store, report.task, report.worker_id
+        error = sanitize(error)
+        try:
+            recorded = await self._until_recorded(
+                lambda: store.fail(worker_id, task, error), [report]
+            )
+        except Exception as exc:
+            # The message itself may be what the database refuses: record a plain one.
+            plain = f"the worker could not record this attempt's error ({describe(exc)})"
+            try:
+                recorded = await self._until_recorded(
+                    lambda: store.fail(worker_id, task, plain), [report]
+                )
+            except Exception as again:
+                # Left started: the stalled-task sweep returns it to the queue.
+                telemetry.emit(
+                    "task.report_failed",
+                    level=logging.ERROR,
+                    error=describe(again),
+                    **report.fields,
+                )
+                return
+        if not recorded:
             telemetry.emit("task.report_ignored", level=logging.WARNING, **report.fields)
             return
         telemetry.emit("task.failed", level=logging.WARNING, error=error, **report.fields)
         # A delayed retry sends no NOTIFY (only messages visible now do): let the flow's poller
         # recompute when its next message becomes visible.
-        self._on_failed(report.worker_id)
+        self._on_failed(worker_id)
 
-    async def _with_retries(
-        self, query: str, params: dict[str, Any], reports: list[_Report]
-    ) -> list[dict[str, Any]] | None:
-        """The query's rows; None when the connection stayed lost (the stalled-task sweep
-        returns such tasks to the queue, so nothing is lost, only delayed)."""
-        for attempt, delay in enumerate((*_BACKOFF, None), start=1):
+    @staticmethod
+    async def _until_recorded(call: Callable[[], Awaitable[T]], reports: list[_Report]) -> T:
+        """Retry ``call`` across lost connections until it goes through."""
+        retry = 0
+        while True:
             try:
-                return await self._connection.fetch(query, **params)
-            except psycopg.OperationalError as exc:
-                event, level = (
-                    ("task.report_abandoned", logging.ERROR)
-                    if delay is None
-                    else ("task.report_retry", logging.WARNING)
-                )
+                return await call()
+            except ConnectionLost as exc:
+                delay = _BACKOFF[min(retry, len(_BACKOFF) - 1)]
+                retry += 1
                 for report in reports:
                     telemetry.emit(
-                        event, level=level, retry=attempt, error=str(exc), **report.fields
+                        "task.report_retry",
+                        level=logging.WARNING,
+                        retry=retry,
+                        error=str(exc),
+                        **report.fields,
                     )
-                if delay is None:
-                    return None
                 await anyio.sleep(delay)
-        return None

@@ -1,4 +1,11 @@
-"""The worker: claims tasks of the flows it serves, runs their handlers, reports results."""
+"""The worker: claims tasks of the flows it serves, runs their handlers, reports results.
+
+Lifecycle of ``serve()``: check the database, register, emit ``worker.started`` and signal
+readiness (``task_status.started()``), then claim and run until :meth:`Worker.stop`; drain
+in-flight handlers for up to ``shutdown_timeout``; cancel the background services; mark the
+workers stopped; emit ``worker.stopped``. Ending any other way (an error escaping a service or
+the claim loop) emits ``worker.crashed`` and raises, so the process exits non-zero.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +13,40 @@ import logging
 import math
 import signal
 import socket
-import time
-import uuid
+import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
-import psycopg
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 from sqlalchemy.engine import URL, Engine
 
 from pgflow import telemetry
 from pgflow._db import create_engine, normalize_url
-from pgflow.context import Context
-from pgflow.definition import FlowDefinition, StepType
-from pgflow.dsl import Flow, HandlerSpec, definition_of
-from pgflow.worker import _inputs
-from pgflow.worker._database import ClaimedTask, Connection, claimed_from_rows
-from pgflow.worker._executor import Completed, Failed, Outcome, run_handler
+from pgflow.dsl import Flow
+from pgflow.errors import WorkerCrashedError
+from pgflow.worker._claiming import Claimed, poll
+from pgflow.worker._executor import describe
 from pgflow.worker._options import WorkerOptions
+from pgflow.worker._postgres import PostgresStore
 from pgflow.worker._reporting import Reporter
+from pgflow.worker._running import execute
+from pgflow.worker._services import Heartbeats, RecoverySweep, WakeupListener, WorkerService
+from pgflow.worker._session import ServedFlow, ServingSession
 from pgflow.worker._startup import check_flows
-
-WAKEUP_CHANNEL = "pgflow_wakeup"
-
-
-@dataclass
-class _ServedFlow:
-    flow_class: type[Flow]
-    definition: FlowDefinition
-    handlers: dict[str, HandlerSpec]
-    instance: Flow
-    worker_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    wakeup: anyio.Event | None = None
-    feeds_map: frozenset[str] = frozenset()
+from pgflow.worker._store import WorkerStore
+from pgflow.worker._threads import HandlerThreads
 
 
 class Worker:
-    """Serves flows: ``Worker([MyFlow, MyJob], engine).run()`` or ``await worker.serve()``."""
+    """Serves flows: ``Worker([MyFlow, MyJob], engine).run()`` or ``await worker.serve()``.
+
+    ``services`` are extra background services (objects with ``async run(session)``, see
+    :mod:`pgflow.worker._services`) started next to the built-in ones while serving.
+    ``store`` replaces the PostgreSQL store (tests script one); start-up checks then skip the
+    database.
+    """
 
     def __init__(
         self,
@@ -57,45 +55,34 @@ class Worker:
         *,
         options: WorkerOptions | None = None,
         compile_missing: bool = False,
+        services: Sequence[WorkerService] = (),
+        store: WorkerStore | None = None,
     ) -> None:
         if not flows:
             raise ValueError("a worker needs at least one Flow or Job class")
         self.options = options or WorkerOptions()
         self._engine = database if isinstance(database, Engine) else create_engine(database)
-        self._conninfo = normalize_url(self._engine.url).set(drivername="postgresql")
+        conninfo = normalize_url(self._engine.url).set(drivername="postgresql")
+        self._scripted_store = store is not None
+        self._store = store or PostgresStore(conninfo.render_as_string(hide_password=False))
         self._compile_missing = compile_missing
-        self._flows = [self._served(flow) for flow in flows]
+        self._flows = [ServedFlow.of(flow) for flow in flows]
+        self._services = [*services]
         self._stop_requested = False
-        self._claimer = self._connection("claim")
-        self._reporter = self._connection("report")
-        self._service = self._connection("service")
+        self._session: ServingSession | None = None
 
-    @staticmethod
-    def _served(flow_class: type[Flow]) -> _ServedFlow:
-        definition = definition_of(flow_class)
-        feeds_map = frozenset(
-            dep
-            for step in definition.steps
-            if step.step_type is StepType.MAP
-            for dep in step.depends_on
-            if definition.step(dep).step_type is StepType.SINGLE
-        )
-        return _ServedFlow(
-            flow_class,
-            definition,
-            dict(flow_class.__pgflow_handlers__),
-            flow_class(),
-            feeds_map=feeds_map,
-        )
-
-    def _connection(self, role: str) -> Connection:
-        conninfo = self._conninfo.render_as_string(hide_password=False)
-        return Connection(conninfo, application_name=f"pgflow-worker:{role}")
+    def add_service(self, service: WorkerService) -> None:
+        """Run ``service`` in the background of every later :meth:`serve`."""
+        self._services.append(service)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until SIGTERM/SIGINT (a second signal stops at once). Blocks; owns the loop."""
+        """Serve until SIGTERM/SIGINT (a second signal stops at once). Blocks; owns the loop.
+
+        Raises :class:`WorkerCrashedError` (after a ``worker.crashed`` event) when serving
+        ends for any other reason, so the process exits non-zero and a supervisor restarts it.
+        """
         try:
             anyio.run(self._serve_with_signals)
         except BaseExceptionGroup as group:
@@ -110,48 +97,67 @@ class Worker:
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                if self._stopping.is_set():
+                session = self._session
+                if session is not None and session.stopping.is_set():
                     telemetry.emit("worker.stopping", now=True, signal=signum)
-                    self._handlers_scope.cancel()
+                    session.cancel_handlers()
                 else:
                     self.stop()
 
     def stop(self) -> None:
-        """Stop claiming; in-flight handlers get ``shutdown_timeout`` seconds to finish."""
+        """Stop claiming; in-flight handlers get ``shutdown_timeout`` seconds to finish.
+
+        Called before :meth:`serve`, the next ``serve()`` stops as soon as it has started.
+        Call it from the event loop's thread (from elsewhere: ``anyio.from_thread.run_sync``).
+        """
         if self._stop_requested:
             return
         self._stop_requested = True
         telemetry.emit("worker.stopping", shutdown_timeout=self.options.shutdown_timeout)
-        if hasattr(self, "_stopping"):
-            self._stopping.set()
-            for served in self._flows:
-                self._wake(served)
+        if self._session is not None:
+            self._session.stop()
 
-    def _wake_worker(self, worker_id: uuid.UUID) -> None:
-        for served in self._flows:
-            if served.worker_id == worker_id:
-                self._wake(served)
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve inside the caller's event loop (asyncio or trio) until :meth:`stop`.
 
-    @staticmethod
-    def _wake(served: _ServedFlow) -> None:
-        if served.wakeup is not None:
-            served.wakeup.set()
-
-    async def serve(self) -> None:
-        """Serve inside the caller's event loop (asyncio or trio) until :meth:`stop`."""
-        # anyio primitives belong to the running loop, so they are made here, not in __init__.
-        self._slots = anyio.Semaphore(self.options.concurrency)
-        self._threads = anyio.CapacityLimiter(self.options.concurrency)
-        self._stopping = anyio.Event()
-        self._handlers_scope = anyio.CancelScope()
-        self._reports = Reporter(self._reporter, on_failed=self._wake_worker)
+        ``await task_group.start(worker.serve)`` returns once the worker is registered and
+        about to claim. Returns after a stop; raises if serving fails.
+        """
+        if self._session is not None:
+            raise RuntimeError("this worker is already serving")
+        session = ServingSession(self._flows, self._store, self.options, self._engine)
+        self._session = session
         if self._stop_requested:
-            self._stopping.set()
+            session.stop()
+        try:
+            await self._start(session)
+        except BaseException:
+            self._session = None
+            self._stop_requested = False
+            with anyio.CancelScope(shield=True):
+                await self._store.close()
+            raise
+        task_status.started()
+        try:
+            await self._serve(session)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._finish(session, crash=exc)
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise
+            raise WorkerCrashedError(f"the worker stopped serving: {_crash_text(exc)}") from exc
+        with anyio.CancelScope(shield=True):
+            await self._finish(session, crash=None)
+
+    async def _start(self, session: ServingSession) -> None:
         definitions = [served.definition for served in self._flows]
-        await anyio.to_thread.run_sync(
-            lambda: check_flows(self._engine, definitions, compile_missing=self._compile_missing)
-        )
-        await self._register()
+        if not self._scripted_store:
+            await anyio.to_thread.run_sync(
+                lambda: check_flows(
+                    self._engine, definitions, compile_missing=self._compile_missing
+                )
+            )
+        await self._store.register([served.registration for served in self._flows])
         telemetry.emit(
             "worker.started",
             flows=[d.slug for d in definitions],
@@ -159,242 +165,80 @@ class Worker:
             concurrency=self.options.concurrency,
             host=socket.gethostname(),
         )
-        try:
-            async with anyio.create_task_group() as services:
-                services.start_soon(self._reports.run)
-                services.start_soon(self._heartbeats)
-                services.start_soon(self._listen)
-                services.start_soon(self._recover_stalled)
-                await self._claim_and_run()
-                services.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._shutdown()
 
-    async def _claim_and_run(self) -> None:
-        claimed, to_run = anyio.create_memory_object_stream[tuple[_ServedFlow, ClaimedTask]](
-            math.inf
-        )
-        with claimed, to_run, self._handlers_scope:
-            async with anyio.create_task_group() as handlers:
-                # One long-lived runner per slot: far cheaper than a new task per claimed task.
-                for _ in range(self.options.concurrency):
-                    handlers.start_soon(self._run_claimed, to_run)
-                async with anyio.create_task_group() as pollers:
-                    for served in self._flows:
-                        pollers.start_soon(self._poll, served, claimed)
-                # Pollers end when stopping. Every handler holds a slot until it has reported,
-                # so holding all slots means all in-flight work is done.
-                with anyio.move_on_after(self.options.shutdown_timeout):
+    async def _serve(self, session: ServingSession) -> None:
+        reporter = Reporter(self._store, on_failed=session.wake_worker)
+        services: list[WorkerService] = [Heartbeats(), RecoverySweep(), WakeupListener()]
+        async with anyio.create_task_group() as background:
+            background.start_soon(reporter.run)
+            for service in [*services, *self._services]:
+                background.start_soon(service.run, session)
+            await self._claim_and_run(session, reporter)
+            background.cancel_scope.cancel()
+
+    async def _claim_and_run(self, session: ServingSession, reporter: Reporter) -> None:
+        claimed, to_run = anyio.create_memory_object_stream[Claimed](math.inf)
+
+        def all_threads_stuck(count: int) -> None:
+            telemetry.emit("worker.threads_stuck", level=logging.ERROR, threads=count)
+
+        threads = HandlerThreads(self.options.concurrency, on_all_stuck=all_threads_stuck)
+        try:
+            with claimed, to_run, session.handlers_scope:
+                async with anyio.create_task_group() as handlers:
+                    # One long-lived runner per slot: far cheaper than a task per claimed task.
                     for _ in range(self.options.concurrency):
-                        await self._slots.acquire()
-                self._handlers_scope.cancel()
-
-    async def _register(self) -> None:
-        for served in self._flows:
-            await self._service.fetch(
-                "register_worker",
-                worker_id=served.worker_id,
-                queue_name=served.definition.slug,
-                function_name=f"{served.flow_class.__module__}.{served.flow_class.__qualname__}",
-            )
-            await self._service.fetch("ensure_wakeup_trigger", queue_name=served.definition.slug)
-
-    async def _shutdown(self) -> None:
-        try:
-            await self._service.fetch(
-                "mark_stopped", worker_ids=[served.worker_id for served in self._flows]
-            )
-        except psycopg.Error as exc:
-            telemetry.emit("worker.stop_unrecorded", level=logging.WARNING, error=str(exc))
-        for connection in (self._claimer, self._reporter, self._service):
-            await connection.close()
-        telemetry.emit("worker.stopped", flows=[s.definition.slug for s in self._flows])
-
-    # -- claiming --------------------------------------------------------------------------
-
-    async def _run_claimed(
-        self, to_run: MemoryObjectReceiveStream[tuple[_ServedFlow, ClaimedTask]]
-    ) -> None:
-        async for served, task in to_run:
-            await self._execute(served, task)
-
-    async def _poll(
-        self, served: _ServedFlow, claimed: MemoryObjectSendStream[tuple[_ServedFlow, ClaimedTask]]
-    ) -> None:
-        slug = served.definition.slug
-        while not self._stopping.is_set():
-            await self._slots.acquire()
-            # Handlers whose reports were just recorded release their slots in the next round
-            # of the event loop: let them, so the claim takes a whole batch, not one task.
-            await anyio.lowlevel.checkpoint()
-            slots = 1
-            while slots < self.options.batch_size and self._slots.value > 0:
-                self._slots.acquire_nowait()
-                slots += 1
-            served.wakeup = anyio.Event()
-            telemetry.emit("poll.started", level=logging.DEBUG, flow=slug, slots=slots)
-            try:
-                tasks = claimed_from_rows(
-                    await self._claimer.fetch(
-                        "claim_tasks",
-                        flow_slug=slug,
-                        vt=self.options.visibility_timeout,
-                        qty=slots,
-                        worker_id=served.worker_id,
-                        margin=self.options.visibility_margin,
-                    )
-                )
-            except psycopg.Error as exc:
-                tasks = []
-                telemetry.emit("poll.failed", level=logging.WARNING, flow=slug, error=str(exc))
-                await self._backoff()
-            for _ in range(slots - len(tasks)):
-                self._slots.release()
-            telemetry.emit("poll.finished", level=logging.DEBUG, flow=slug, claimed=len(tasks))
-            for task in tasks:
-                claimed.send_nowait((served, task))
-            if len(tasks) < slots:
-                # No more visible messages: wait for a wake-up rather than claiming again at
-                # once. The wake-up event was armed before this claim, so none is missed.
-                await self._idle(served)
-
-    async def _idle(self, served: _ServedFlow) -> None:
-        wait = self.options.poll_interval
-        try:
-            rows = await self._claimer.fetch("next_visible_at", queue_name=served.definition.slug)
-            at: datetime | None = rows[0]["at"]
-            if at is not None:
-                wait = min(wait, max(0.0, (at - datetime.now(UTC)).total_seconds()))
-        except psycopg.Error:
-            pass  # the plain poll interval still applies
-        if served.wakeup is None or served.wakeup.is_set():
-            return
-        with anyio.move_on_after(wait):
-            await served.wakeup.wait()
-
-    async def _backoff(self) -> None:
-        with anyio.move_on_after(1.0):
-            await self._stopping.wait()
-
-    # -- running ---------------------------------------------------------------------------
-
-    async def _execute(self, served: _ServedFlow, task: ClaimedTask) -> None:
-        try:
-            step = served.definition.step(task.step_slug)
-            known = _inputs.flow_input(task.record)
-            context = Context(
-                run_id=task.run_id,
-                flow_slug=task.flow_slug,
-                step_slug=task.step_slug,
-                task_index=task.task_index,
-                attempt=task.attempt,
-                engine=self._engine,
-                **({} if known is None else {"known_flow_input": known}),
-                load_flow_input=lambda: self._load_flow_input(task.run_id),
-            )
-            fields: dict[str, Any] = {
-                "flow": task.flow_slug,
-                "step": task.step_slug,
-                "run_id": str(task.run_id),
-                "task_index": task.task_index,
-                "attempt": task.attempt,
-            }
-            telemetry.emit("task.started", **fields)
-            started = time.perf_counter()
-            outcome = await run_handler(
-                served.instance,
-                served.handlers[task.step_slug],
-                _inputs.handler_input(step, task.record),
-                context,
-                timeout=task.timeout,
-                thread_limiter=self._threads,
-            )
-            outcome = self._check_map_source(served, task, outcome)
-            fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            await self._reports.report(served.worker_id, task, outcome, fields)
+                        handlers.start_soon(_run_claimed, session, reporter, threads, to_run)
+                    async with anyio.create_task_group() as pollers:
+                        for served in self._flows:
+                            pollers.start_soon(poll, session, served, claimed)
+                        await session.stopping.wait()
+                        pollers.cancel_scope.cancel()
+                    # Every handler holds a slot until it has reported, so holding all slots
+                    # means all in-flight work is done.
+                    with anyio.move_on_after(self.options.shutdown_timeout):
+                        for _ in range(self.options.concurrency):
+                            await session.slots.acquire()
+                    session.handlers_scope.cancel()
         finally:
-            self._slots.release()
+            threads.close()
 
-    @staticmethod
-    def _check_map_source(served: _ServedFlow, task: ClaimedTask, outcome: Outcome) -> Outcome:
-        """Upstream fails the whole run when a step feeding a map returns a non-array; say why."""
-        if (
-            isinstance(outcome, Completed)
-            and task.step_slug in served.feeds_map
-            and not outcome.output_json.startswith("[")
-        ):
-            dependents = served.definition.dependents(task.step_slug)
-            return Failed(
-                f"TypeError: step {task.step_slug!r} feeds map step(s) {list(dependents)} "
-                f"and must return a JSON array, got {outcome.output_json[:80]}"
+    async def _finish(self, session: ServingSession, *, crash: BaseException | None) -> None:
+        self._session = None
+        self._stop_requested = False
+        flows = [served.slug for served in self._flows]
+        try:
+            await self._store.mark_stopped(session.worker_ids)
+        except Exception as exc:
+            telemetry.emit("worker.stop_unrecorded", level=logging.WARNING, error=str(exc))
+        await self._store.close()
+        if crash is None:
+            telemetry.emit("worker.stopped", flows=flows)
+        elif isinstance(crash, anyio.get_cancelled_exc_class()):
+            # The caller cancelled serve(): a stop, if an abrupt one.
+            telemetry.emit("worker.stopped", flows=flows, cancelled=True)
+        else:
+            telemetry.emit(
+                "worker.crashed",
+                level=logging.ERROR,
+                flows=flows,
+                error=_crash_text(crash),
+                traceback="".join(traceback.format_exception(crash)),
             )
-        return outcome
 
-    async def _load_flow_input(self, run_id: uuid.UUID) -> Any:
-        rows = await self._service.fetch("run_input", run_id=run_id)
-        return rows[0]["input"] if rows else None
 
-    # -- background services ---------------------------------------------------------------
+async def _run_claimed(
+    session: ServingSession,
+    reporter: Reporter,
+    threads: HandlerThreads,
+    to_run: MemoryObjectReceiveStream[Claimed],
+) -> None:
+    async for served, task in to_run:
+        await execute(session, reporter, threads, served, task)
 
-    async def _heartbeats(self) -> None:
-        ids = [served.worker_id for served in self._flows]
-        while True:
-            await anyio.sleep(self.options.heartbeat_interval)
-            try:
-                rows = await self._service.fetch("heartbeat", worker_ids=ids)
-            except psycopg.Error as exc:
-                telemetry.emit("worker.heartbeat_failed", level=logging.WARNING, error=str(exc))
-                continue
-            if not rows:
-                await self._register()  # rows deleted by someone: register again
-            elif any(row["deprecated_at"] is not None for row in rows):
-                telemetry.emit("worker.deprecated")
-                self.stop()
 
-    async def _recover_stalled(self) -> None:
-        while True:
-            await anyio.sleep(self.options.recovery_interval)
-            try:
-                rows = await self._service.fetch(
-                    "recover_stalled_tasks",
-                    heartbeat_timeout=self.options.heartbeat_timeout,
-                    max_requeues=self.options.max_requeues,
-                )
-            except psycopg.Error as exc:
-                telemetry.emit("tasks.recovery_failed", level=logging.WARNING, error=str(exc))
-                continue
-            if rows:
-                telemetry.emit(
-                    "tasks.recovered",
-                    level=logging.WARNING,
-                    tasks=[{k: str(v) for k, v in row.items()} for row in rows],
-                )
-
-    async def _listen(self) -> None:
-        """Wake pollers on NOTIFY from the queue triggers; polling covers any gap."""
-        by_queue = {served.definition.slug: served for served in self._flows}
-        conninfo = self._conninfo.render_as_string(hide_password=False)
-
-        def wake(queue: str) -> None:
-            served = by_queue.get(queue)
-            if served is not None:
-                self._wake(served)
-
-        def listen_blocking() -> None:
-            while not self._stopping.is_set():
-                try:
-                    with psycopg.connect(
-                        conninfo, autocommit=True, application_name="pgflow-worker:listen"
-                    ) as connection:
-                        connection.execute(f"LISTEN {WAKEUP_CHANNEL}")
-                        while not self._stopping.is_set():
-                            for notice in connection.notifies(timeout=0.5):
-                                anyio.from_thread.run_sync(wake, notice.payload)
-                except psycopg.OperationalError:
-                    time.sleep(1.0)
-
-        await anyio.to_thread.run_sync(listen_blocking, abandon_on_cancel=True)
+def _crash_text(error: BaseException) -> str:
+    return describe(_sole_exception(error) if isinstance(error, BaseExceptionGroup) else error)
 
 
 def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -1,0 +1,104 @@
+"""Claiming: one poller per served flow takes free slots, claims that many tasks, hands them on.
+
+Pollers run until the session stops; they are cancelled then, wherever they wait. A claim
+itself is shielded: once sent, its reply is always taken and its tasks are always handed to a
+runner, because the database has already started them for this worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import anyio
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectSendStream
+
+from pgflow import telemetry
+from pgflow.worker._session import ServedFlow, ServingSession
+from pgflow.worker._store import ClaimedTask, ConnectionLost
+
+Claimed = tuple[ServedFlow, ClaimedTask]
+
+
+async def poll(
+    session: ServingSession, served: ServedFlow, claimed: MemoryObjectSendStream[Claimed]
+) -> None:
+    while True:
+        await session.slots.acquire()
+        # From here until the tasks are handed on, nothing may be cut short: the slots taken
+        # must be given back or passed to the tasks, and a claim sent must be received.
+        with anyio.CancelScope(shield=True):
+            tasks, claim_failed, wakeup = await _claim_free_slots(session, served, claimed)
+        telemetry.emit("poll.finished", level=logging.DEBUG, flow=served.slug, claimed=len(tasks))
+        if session.stopping.is_set():
+            return
+        if claim_failed:
+            with anyio.move_on_after(1.0):
+                await session.stopping.wait()
+        elif wakeup is not None:
+            # No more visible messages: wait for a wake-up rather than claiming again at once.
+            # The wake-up event was armed before this claim, so none is missed.
+            await _idle(session, served, wakeup)
+
+
+async def _claim_free_slots(
+    session: ServingSession, served: ServedFlow, claimed: MemoryObjectSendStream[Claimed]
+) -> tuple[list[ClaimedTask], bool, anyio.Event | None]:
+    """Claim as many tasks as there are free slots (one is held already), hand them on.
+
+    Returns the tasks, whether the claim failed, and, when fewer tasks than slots came back,
+    the wake-up event to wait on before the next claim.
+    """
+    # Handlers whose reports were just recorded release their slots in the next round of the
+    # event loop: let them, so the claim takes a whole batch, not one task.
+    await anyio.lowlevel.checkpoint()
+    slots = 1
+    while slots < session.options.batch_size and session.slots.value > 0:
+        session.slots.acquire_nowait()
+        slots += 1
+    wakeup = session.arm_wakeup(served.slug)
+    telemetry.emit("poll.started", level=logging.DEBUG, flow=served.slug, slots=slots)
+    claim: list[ClaimedTask] | None = []
+    async with session.claim_lock:
+        # Checked under the lock, after every wait: no claim starts after stop().
+        if not session.stopping.is_set():
+            claim = await _claim(session, served, slots)
+            session.running.update(task.key for task in claim or ())
+    tasks = claim or []
+    for _ in range(slots - len(tasks)):
+        session.slots.release()
+    for task in tasks:
+        claimed.send_nowait((served, task))
+    return tasks, claim is None, wakeup if len(tasks) < slots else None
+
+
+async def _claim(
+    session: ServingSession, served: ServedFlow, slots: int
+) -> list[ClaimedTask] | None:
+    """The tasks claimed; None when the claim failed (the caller backs off)."""
+    options = session.options
+    try:
+        return await session.store.claim(
+            served.slug,
+            served.worker_id,
+            quantity=slots,
+            reservation=options.visibility_timeout,
+            margin=options.visibility_margin,
+        )
+    except Exception as exc:
+        level = logging.WARNING if isinstance(exc, ConnectionLost) else logging.ERROR
+        telemetry.emit("poll.failed", level=level, flow=served.slug, error=str(exc))
+        return None
+
+
+async def _idle(session: ServingSession, served: ServedFlow, wakeup: anyio.Event) -> None:
+    wait = session.options.poll_interval
+    try:
+        at = await session.store.next_visible_at(served.slug)
+        if at is not None:
+            wait = min(wait, max(0.0, (at - datetime.now(UTC)).total_seconds()))
+    except Exception:  # noqa: S110 - the plain poll interval still applies
+        pass
+    with anyio.move_on_after(wait):
+        await wakeup.wait()

@@ -1,0 +1,208 @@
+"""The worker's store on PostgreSQL: sync psycopg connections, driven from anyio through threads.
+
+psycopg's async connections only run on asyncio; blocking connections in threads work the same
+on asyncio and trio. Each connection belongs to one activity (claiming, reporting, the service
+calls, heartbeats, LISTEN), so no two threads ever share one. A lost connection is reopened on
+next use; the callers decide when to retry.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import psycopg
+from psycopg.rows import dict_row
+
+from pgflow import _sql
+from pgflow.worker._store import (
+    ClaimedTask,
+    ConnectionLost,
+    HeartbeatReply,
+    RecoveredTask,
+    Registration,
+)
+
+Row = dict[str, Any]
+CONNECT_TIMEOUT = 5
+
+
+class Connection:
+    """One lazily (re)opened autocommit connection, used from a single activity at a time."""
+
+    def __init__(self, conninfo: str, *, application_name: str) -> None:
+        self._conninfo = conninfo
+        self._application_name = application_name
+        self._connection: psycopg.Connection[Row] | None = None
+        self._lock = anyio.CapacityLimiter(1)
+
+    def connect(self) -> psycopg.Connection[Row]:
+        if self._connection is None or self._connection.closed:
+            try:
+                self._connection = psycopg.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    row_factory=dict_row,
+                    application_name=self._application_name,
+                    connect_timeout=CONNECT_TIMEOUT,
+                )
+            except psycopg.OperationalError as exc:
+                raise ConnectionLost(str(exc)) from exc
+        return self._connection
+
+    def discard(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def fetch_blocking(self, name: str, params: Mapping[str, Any]) -> list[Row]:
+        connection = self.connect()
+        try:
+            cursor = connection.execute(_sql.psycopg_text(name), params, prepare=True)
+            return cursor.fetchall() if cursor.description else []
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if connection.broken or connection.closed or isinstance(exc, psycopg.InterfaceError):
+                self.discard()
+                raise ConnectionLost(str(exc)) from exc
+            raise  # e.g. a statement timeout or a serialization failure: the statement's own
+
+    async def fetch(self, name: str, **params: Any) -> list[Row]:
+        # The thread cannot be cancelled midway (the statement would run on regardless), so the
+        # caller waits for the reply even when cancelled; the connection stays consistent.
+        return await anyio.to_thread.run_sync(self.fetch_blocking, name, params, limiter=self._lock)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self.discard, limiter=self._lock)
+
+
+def claimed_from_rows(rows: Sequence[Row]) -> list[ClaimedTask]:
+    tasks = []
+    for row in rows:
+        record = row["task"]
+        tasks.append(
+            ClaimedTask(
+                flow_slug=record["flow_slug"],
+                run_id=uuid.UUID(record["run_id"]),
+                step_slug=record["step_slug"],
+                task_index=record.get("task_index") or 0,
+                message_id=record["msg_id"],
+                attempt=row["attempt"],
+                timeout=row["timeout"],
+                record=record,
+            )
+        )
+    return tasks
+
+
+class PostgresStore:
+    """:class:`~pgflow.worker._store.WorkerStore` on PostgreSQL (libpq connection string)."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._claims = self._connection("claim")
+        self._reports = self._connection("report")
+        self._service = self._connection("service")
+        self._heartbeats = self._connection("heartbeat")
+
+    def _connection(self, role: str) -> Connection:
+        return Connection(self._conninfo, application_name=f"pgflow-worker:{role}")
+
+    async def register(self, registrations: Sequence[Registration]) -> None:
+        for registration in registrations:
+            await self._service.fetch(
+                "register_worker",
+                worker_id=registration.worker_id,
+                queue_name=registration.queue_name,
+                function_name=registration.function_name,
+            )
+            await self._service.fetch("ensure_wakeup_trigger", queue_name=registration.queue_name)
+
+    async def claim(
+        self, flow_slug: str, worker_id: uuid.UUID, *, quantity: int, reservation: int, margin: int
+    ) -> list[ClaimedTask]:
+        rows = await self._claims.fetch(
+            "claim_tasks",
+            flow_slug=flow_slug,
+            vt=reservation,
+            qty=quantity,
+            worker_id=worker_id,
+            margin=margin,
+        )
+        return claimed_from_rows(rows)
+
+    async def next_visible_at(self, flow_slug: str) -> datetime | None:
+        rows = await self._claims.fetch("next_visible_at", queue_name=flow_slug)
+        at: datetime | None = rows[0]["at"]
+        return at
+
+    async def complete(
+        self, worker_id: uuid.UUID, tasks: Sequence[ClaimedTask], outputs: Sequence[str]
+    ) -> set[int]:
+        rows = await self._reports.fetch(
+            "complete_tasks",
+            worker_id=worker_id,
+            run_ids=[t.run_id for t in tasks],
+            step_slugs=[t.step_slug for t in tasks],
+            task_indexes=[t.task_index for t in tasks],
+            outputs=list(outputs),
+        )
+        return {row["recorded"] - 1 for row in rows}
+
+    async def fail(self, worker_id: uuid.UUID, task: ClaimedTask, error: str) -> bool:
+        rows = await self._reports.fetch(
+            "fail_task",
+            run_id=task.run_id,
+            step_slug=task.step_slug,
+            task_index=task.task_index,
+            worker_id=worker_id,
+            error_message=error,
+        )
+        return bool(rows)
+
+    def heartbeat(self, worker_ids: Sequence[uuid.UUID]) -> list[HeartbeatReply]:
+        rows = self._heartbeats.fetch_blocking("heartbeat", {"worker_ids": list(worker_ids)})
+        return [HeartbeatReply(r["worker_id"], r["deprecated_at"] is not None) for r in rows]
+
+    async def recover(self, *, heartbeat_timeout: int, max_requeues: int) -> list[RecoveredTask]:
+        rows = await self._service.fetch(
+            "recover_stalled_tasks", heartbeat_timeout=heartbeat_timeout, max_requeues=max_requeues
+        )
+        return [
+            RecoveredTask(r["run_id"], r["step_slug"], r["task_index"], r["action"]) for r in rows
+        ]
+
+    async def mark_stopped(self, worker_ids: Sequence[uuid.UUID]) -> None:
+        await self._service.fetch("mark_stopped", worker_ids=list(worker_ids))
+
+    async def run_input(self, run_id: uuid.UUID) -> Any:
+        rows = await self._service.fetch("run_input", run_id=run_id)
+        return rows[0]["input"] if rows else None
+
+    def wait_for_wakeups(self, stop: threading.Event, wake: Callable[[str], None]) -> None:
+        while not stop.is_set():
+            try:
+                with psycopg.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    application_name="pgflow-worker:listen",
+                    connect_timeout=CONNECT_TIMEOUT,
+                ) as connection:
+                    connection.execute(_sql.psycopg_text("listen_for_wakeups"))
+                    while not stop.is_set():
+                        for notice in connection.notifies(timeout=0.5):
+                            wake(notice.payload)
+                            if stop.is_set():
+                                break
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                stop.wait(1.0)
+
+    async def close(self) -> None:
+        for connection in (self._claims, self._reports, self._service):
+            await connection.close()
+        # The heartbeat thread has ended by now; its connection is closed here, from any thread.
+        await anyio.to_thread.run_sync(self._heartbeats.discard)

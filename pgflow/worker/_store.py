@@ -1,0 +1,124 @@
+"""What the worker asks of the database, as a typed interface.
+
+The worker's loops call a :class:`WorkerStore` with domain values and get domain values back;
+only the store knows SQL, connections and drivers (:mod:`pgflow.worker._postgres` is the real
+one). Unit tests script a store to drive the loops through stop, crash and outage sequences
+without a server.
+
+Errors: a store raises :class:`ConnectionLost` when the database could not be reached or the
+connection broke (retrying later is the cure) and lets any other exception through (the
+statement itself failed: retrying the same thing will fail the same way).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class ConnectionLost(Exception):
+    """The database could not be reached, or the connection broke during the call.
+
+    For a call that changes data the outcome is unknown: it may or may not have committed.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    flow_slug: str
+    run_id: uuid.UUID
+    step_slug: str
+    task_index: int
+    message_id: int
+    attempt: int
+    timeout: int
+    """Effective step timeout in seconds (step option, else flow option)."""
+    record: Mapping[str, Any]
+    """start_tasks' record by column name; its shape depends on the upstream version."""
+
+    @property
+    def key(self) -> TaskKey:
+        return TaskKey(self.run_id, self.step_slug, self.task_index)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKey:
+    run_id: uuid.UUID
+    step_slug: str
+    task_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """One ``pgflow.workers`` row: a worker process serves each flow under its own id."""
+
+    worker_id: uuid.UUID
+    queue_name: str
+    function_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    worker_id: uuid.UUID
+    deprecated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredTask:
+    run_id: uuid.UUID
+    step_slug: str
+    task_index: int
+    action: str
+    """``requeued`` (back in the queue) or ``failed`` (reported through upstream's fail_task)."""
+
+
+class WorkerStore(Protocol):
+    """The database operations of a serving worker.
+
+    Async methods are awaited from the event loop. ``heartbeat`` and ``wait_for_wakeups`` block:
+    they are called from threads of their own, so they keep working while the loop is busy.
+    """
+
+    async def register(self, registrations: Sequence[Registration]) -> None:
+        """Create or revive the workers' rows and the wake-up triggers of their queues."""
+
+    async def claim(
+        self, flow_slug: str, worker_id: uuid.UUID, *, quantity: int, reservation: int, margin: int
+    ) -> list[ClaimedTask]:
+        """Read up to ``quantity`` visible messages, start their tasks for ``worker_id`` and
+        keep each invisible for its step's timeout plus ``margin`` seconds."""
+
+    async def next_visible_at(self, flow_slug: str) -> datetime | None:
+        """When the flow's next invisible message becomes visible (None: no such message)."""
+
+    async def complete(
+        self, worker_id: uuid.UUID, tasks: Sequence[ClaimedTask], outputs: Sequence[str]
+    ) -> set[int]:
+        """Record outputs (JSON texts) in one transaction; returns the positions (0-based)
+        recorded, i.e. of the tasks ``worker_id`` still held."""
+
+    async def fail(self, worker_id: uuid.UUID, task: ClaimedTask, error: str) -> bool:
+        """Record a failed attempt if ``worker_id`` still holds the task; True if recorded."""
+
+    def heartbeat(self, worker_ids: Sequence[uuid.UUID]) -> list[HeartbeatReply]:
+        """Blocking. Mark the workers alive; no reply for a row that no longer exists."""
+
+    async def recover(self, *, heartbeat_timeout: int, max_requeues: int) -> list[RecoveredTask]:
+        """Run the stalled-task sweep (one caller at a time across workers)."""
+
+    async def mark_stopped(self, worker_ids: Sequence[uuid.UUID]) -> None:
+        """Record that the workers stopped (their rows stay, deprecated)."""
+
+    async def run_input(self, run_id: uuid.UUID) -> Any:
+        """The run's flow input (None if the run does not exist)."""
+
+    def wait_for_wakeups(self, stop: threading.Event, wake: Callable[[str], None]) -> None:
+        """Blocking. Call ``wake(queue_name)`` for each wake-up notification until ``stop`` is
+        set; survive lost connections by reconnecting. Returns soon after ``stop`` is set."""
+
+    async def close(self) -> None:
+        """Close every connection; the store may be used again afterwards (it reconnects)."""
