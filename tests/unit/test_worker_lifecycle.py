@@ -9,11 +9,11 @@ from typing import Any
 
 import anyio
 import pytest
-from tests.helpers.scripted_store import ScriptedStore, task
 
 from pgflow import Flow, step
 from pgflow.errors import WorkerCrashedError
 from pgflow.worker import ServingSession, Worker, WorkerOptions
+from tests.helpers.scripted_store import ScriptedStore, task
 from tests.helpers.workers import EventLog
 
 pytestmark = pytest.mark.anyio
