@@ -66,7 +66,7 @@ ORDER BY s.step_index
 SELECT pgflow_python.ensure_wakeup_trigger(:queue_name)
 
 -- name: listen_for_wakeups
--- The channel the queue triggers of extension/0003_worker_wakeups.sql notify (payload: queue).
+-- description: Subscribe to the wake-ups the queue triggers of extension/0003_worker_wakeups.sql send (payload: queue).
 LISTEN pgflow_wakeup
 
 -- name: next_visible_at
