@@ -59,10 +59,23 @@ class Run:
     started_at: datetime
     completed_at: datetime | None
     failed_at: datetime | None
+    cancelled_at: datetime | None = None
+    """Set when the run was cancelled (``cancel_run``); its status is then ``failed``."""
+    cancel_reason: str | None = None
+    restart_of_run_id: uuid.UUID | None = None
+    """The run this one retries (``retry_run`` started it)."""
+    retried_as_run_id: uuid.UUID | None = None
+    """The run that retries this one, once ``retry_run`` was called for it."""
+    resumed_count: int = 0
+    """How often ``resume_run`` continued this run after a failure or cancellation."""
 
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancelled_at is not None
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> Run:
@@ -76,6 +89,11 @@ class Run:
             started_at=_timestamp(row["started_at"]),
             completed_at=_optional_timestamp(row.get("completed_at")),
             failed_at=_optional_timestamp(row.get("failed_at")),
+            cancelled_at=_optional_timestamp(row.get("cancelled_at")),
+            cancel_reason=row.get("cancel_reason"),
+            restart_of_run_id=_optional_uuid(row.get("restart_of_run_id")),
+            retried_as_run_id=_optional_uuid(row.get("retried_as_run_id")),
+            resumed_count=row.get("resumed_count") or 0,
         )
 
 
@@ -239,3 +257,7 @@ def _timestamp(value: str) -> datetime:
 
 def _optional_timestamp(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
+
+
+def _optional_uuid(value: str | None) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(value)

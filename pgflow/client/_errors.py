@@ -108,6 +108,16 @@ class RunFailedError(PgflowError):
         return None if self.failure is None else self.failure.traceback
 
 
+class RunCancelledError(RunFailedError):
+    """The run was cancelled (``cancel_run``); ``reason`` is the reason given, if any."""
+
+    def __init__(self, run: Run) -> None:
+        self.reason = run.cancel_reason
+        super().__init__(run, step_slug=None, error_message=run.cancel_reason)
+        because = f": {run.cancel_reason}" if run.cancel_reason else ""
+        self.args = (f"run {run.run_id} of flow {run.flow_slug!r} was cancelled{because}",)
+
+
 class RunTimeoutError(PgflowError, TimeoutError):
     """The run did not finish within the timeout; it keeps running in the database."""
 

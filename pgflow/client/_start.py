@@ -40,7 +40,12 @@ _INT4_MAX = 2**31 - 1
 
 
 def start_flow(
-    bind: SyncBind, flow: FlowRef, input: Any, *, run_id: RunId | None = None
+    bind: SyncBind,
+    flow: FlowRef,
+    input: Any,
+    *,
+    run_id: RunId | None = None,
+    idempotency_key: str | None = None,
 ) -> uuid.UUID:
     """Start a run of ``flow`` with ``input``; return its ``run_id``.
 
@@ -49,18 +54,27 @@ def start_flow(
     ``Engine`` it is committed before this returns.
 
     ``flow`` is a Flow class, its definition, or a slug. The input must be JSON; a flow that maps
-    over its input needs a list. ``run_id`` chooses the id (e.g. an idempotency key).
+    over its input needs a list. ``run_id`` chooses the id.
+
+    ``idempotency_key``: the first start with this key for this flow starts a run; later ones
+    (also concurrent ones, in other transactions) return that run's id and start nothing. The key
+    is remembered until its run is pruned; a retry of the run takes it over.
     """
-    request = prepare_start(flow, input, run_id)
+    request = prepare_start(flow, input, run_id, idempotency_key)
     with connection_for(bind) as connection:
         return start_run(connection, request)
 
 
 async def start_flow_async(
-    bind: AsyncBind, flow: FlowRef, input: Any, *, run_id: RunId | None = None
+    bind: AsyncBind,
+    flow: FlowRef,
+    input: Any,
+    *,
+    run_id: RunId | None = None,
+    idempotency_key: str | None = None,
 ) -> uuid.UUID:
     """:func:`start_flow` for an ``AsyncSession``, ``AsyncConnection`` or ``AsyncEngine``."""
-    return await run_async(bind, start_run, prepare_start(flow, input, run_id))
+    return await run_async(bind, start_run, prepare_start(flow, input, run_id, idempotency_key))
 
 
 def enqueue(
@@ -70,15 +84,17 @@ def enqueue(
     *,
     delay: Delay | None = None,
     run_id: RunId | None = None,
+    idempotency_key: str | None = None,
 ) -> uuid.UUID:
-    """Start a run of a Job; return its ``run_id``. Transactions as for :func:`start_flow`.
+    """Start a run of a Job; return its ``run_id``. Transactions and ``idempotency_key`` as
+    for :func:`start_flow` (a job already enqueued with the key is returned, its delay kept).
 
     ``delay`` (seconds or a ``timedelta``, rounded up to whole seconds) keeps the job from
     starting until that long after this call: the job's task message is made invisible with
     ``pgmq.set_vt`` in the same transaction that creates it, so no worker can read it earlier.
     It replaces the job's ``start_delay`` for this run.
     """
-    prepared = _prepare_job(job, input, delay, run_id)
+    prepared = _prepare_job(job, input, delay, run_id, idempotency_key)
     with connection_for(bind) as connection:
         return _enqueue(connection, *prepared)
 
@@ -90,9 +106,10 @@ async def enqueue_async(
     *,
     delay: Delay | None = None,
     run_id: RunId | None = None,
+    idempotency_key: str | None = None,
 ) -> uuid.UUID:
     """:func:`enqueue` for an ``AsyncSession``, ``AsyncConnection`` or ``AsyncEngine``."""
-    prepared = _prepare_job(job, input, delay, run_id)
+    prepared = _prepare_job(job, input, delay, run_id, idempotency_key)
     return await run_async(bind, _enqueue, *prepared)
 
 
@@ -104,19 +121,36 @@ class StartRequest:
     input: Any
     encoded_input: str
     run_id: uuid.UUID | None
+    idempotency_key: str | None = None
     require_job: bool = False
 
 
-def prepare_start(flow: FlowRef, input: Any, run_id: RunId | None) -> StartRequest:
+def prepare_start(
+    flow: FlowRef, input: Any, run_id: RunId | None, idempotency_key: str | None = None
+) -> StartRequest:
     slug, definition = resolve_flow(flow)
+    if idempotency_key is not None:
+        if run_id is not None:
+            raise ValueError(
+                "pass run_id or idempotency_key, not both: the key decides which run a start "
+                "returns"
+            )
+        if not isinstance(idempotency_key, str) or not idempotency_key:
+            raise ValueError(f"idempotency_key must be a non-empty str, got {idempotency_key!r}")
     encoded = encode_input(slug, input)
     if definition is not None:
         check_input_shape(definition, input)
-    return StartRequest(slug, input, encoded, None if run_id is None else as_run_id(run_id))
+    return StartRequest(
+        slug, input, encoded, None if run_id is None else as_run_id(run_id), idempotency_key
+    )
 
 
 def _prepare_job(
-    job: type[Job] | str, input: Any, delay: Delay | None, run_id: RunId | None
+    job: type[Job] | str,
+    input: Any,
+    delay: Delay | None,
+    run_id: RunId | None,
+    idempotency_key: str | None,
 ) -> tuple[StartRequest, int | None]:
     slug, definition = resolve_flow(job)
     if definition is not None and definition.flow_type is not FlowType.JOB:
@@ -124,7 +158,7 @@ def _prepare_job(
             f"{slug!r} is a flow, not a Job; start it with start_flow() (enqueue is for Job "
             "classes: class MyJob(Job): def perform(self, input, ctx): ...)"
         )
-    request = prepare_start(job, input, run_id)
+    request = prepare_start(job, input, run_id, idempotency_key)
     # A bare slug: the database checks that it names a job.
     return replace(request, require_job=definition is None), _delay_seconds(delay)
 
@@ -140,6 +174,11 @@ def _delay_seconds(delay: Delay | None) -> int | None:
 
 
 def start_run(connection: Connection, request: StartRequest) -> uuid.UUID:
+    return start_run_once(connection, request)[0]
+
+
+def start_run_once(connection: Connection, request: StartRequest) -> tuple[uuid.UUID, bool]:
+    """``(run_id, created)``: ``created`` is false when an idempotency key found its run."""
     slug = request.slug
     row = (
         connection.execute(
@@ -148,6 +187,7 @@ def start_run(connection: Connection, request: StartRequest) -> uuid.UUID:
                 "flow_slug": slug,
                 "input": request.encoded_input,
                 "run_id": request.run_id,
+                "idempotency_key": request.idempotency_key,
                 "require_job": request.require_job,
             },
         )
@@ -158,7 +198,7 @@ def start_run(connection: Connection, request: StartRequest) -> uuid.UUID:
         raise FlowNotRegisteredError(slug)
     if row["run_id"] is not None:
         started: uuid.UUID = row["run_id"]
-        return started
+        return started, bool(row["created"])
     if row["run_exists"] and request.run_id is not None:
         raise RunExistsError(request.run_id)
     if request.require_job and row["flow_type"] != "job":
@@ -180,8 +220,8 @@ def _enqueue(connection: Connection, request: StartRequest, delay_seconds: int |
             "enqueue(delay=...) needs a transaction, but this connection is in autocommit mode; "
             "pass the Engine, a Session, or a Connection without isolation_level='AUTOCOMMIT'"
         )
-    run_id = start_run(connection, request)
-    if delay_seconds is not None:
+    run_id, created = start_run_once(connection, request)
+    if delay_seconds is not None and created:
         connection.execute(
             query("client_delay_queued_tasks"),
             {"run_id": run_id, "delay_seconds": delay_seconds},

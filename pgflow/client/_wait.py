@@ -33,7 +33,12 @@ from pgflow.client._common import (
     async_engine_of,
     engine_of,
 )
-from pgflow.client._errors import RunFailedError, RunTimeoutError, UnknownRunError
+from pgflow.client._errors import (
+    RunCancelledError,
+    RunFailedError,
+    RunTimeoutError,
+    UnknownRunError,
+)
 from pgflow.client._read import read_run
 from pgflow.client._start import prepare_start, start_run
 from pgflow.results import Run, RunStatus, TaskFailure
@@ -181,6 +186,8 @@ class _Waiter:
 
 
 def _failure(connection: Connection, run: Run) -> RunFailedError:
+    if run.cancelled:
+        return RunCancelledError(run)
     row = (
         connection.execute(query("client_failed_step"), {"run_id": run.run_id})
         .mappings()

@@ -1,37 +1,42 @@
 -- Client queries: starting runs, reading them, waiting for them (pgflow/client/).
 
 -- name: client_start_flow
--- description: Start a run unless the flow is unknown, a root map gets a non-array, the run id is taken, or a job is required and the flow is not one; one row per registered flow, run_id NULL when refused.
+-- description: Start a run unless the flow is unknown, a root map gets a non-array, the run id is taken, or a job is required and the flow is not one; one row per registered flow, run_id NULL when refused. With an idempotency key, the run already started with that key is returned instead (created false).
 -- Checking here instead of letting start_flow raise keeps the caller's transaction usable
--- after a refusal. The start is a correlated subquery inside CASE, so it runs only when every
--- check passed; OFFSET 0 keeps the checks from being inlined and evaluated twice.
+-- after a refusal. The start is a function call inside CASE, so it runs only when every check
+-- passed; OFFSET 0 keeps the checks (and the call) from being inlined and evaluated twice.
 SELECT
     checks.flow_type,
     checks.root_map_step,
     checks.run_exists,
-    CASE
-        WHEN (checks.root_map_step IS NULL
-              OR jsonb_typeof(CAST(:input AS jsonb)) = 'array')
-            AND NOT checks.run_exists
-            AND (NOT CAST(:require_job AS boolean) OR checks.flow_type = 'job')
-        THEN (
-            SELECT started.run_id
-            FROM pgflow.start_flow(
-                checks.flow_slug, CAST(:input AS jsonb), CAST(:run_id AS uuid)
-            ) AS started
-        )
-    END AS run_id
+    (checks.started).run_id AS run_id,
+    (checks.started).created AS created
 FROM (
     SELECT
-        f.flow_slug,
-        f.flow_type,
-        (SELECT s.step_slug FROM pgflow.steps AS s
-         WHERE s.flow_slug = f.flow_slug AND s.step_type = 'map' AND s.deps_count = 0
-         ORDER BY s.step_index LIMIT 1) AS root_map_step,
-        EXISTS (SELECT 1 FROM pgflow.runs AS r WHERE r.run_id = CAST(:run_id AS uuid))
-            AS run_exists
-    FROM pgflow.flows AS f
-    WHERE f.flow_slug = :flow_slug
+        facts.*,
+        CASE
+            WHEN (facts.root_map_step IS NULL
+                  OR jsonb_typeof(CAST(:input AS jsonb)) = 'array')
+                AND NOT facts.run_exists
+                AND (NOT CAST(:require_job AS boolean) OR facts.flow_type = 'job')
+            THEN pgflow_python.start_run(
+                facts.flow_slug, CAST(:input AS jsonb), CAST(:run_id AS uuid),
+                CAST(:idempotency_key AS text)
+            )
+        END AS started
+    FROM (
+        SELECT
+            f.flow_slug,
+            f.flow_type,
+            (SELECT s.step_slug FROM pgflow.steps AS s
+             WHERE s.flow_slug = f.flow_slug AND s.step_type = 'map' AND s.deps_count = 0
+             ORDER BY s.step_index LIMIT 1) AS root_map_step,
+            EXISTS (SELECT 1 FROM pgflow.runs AS r WHERE r.run_id = CAST(:run_id AS uuid))
+                AS run_exists
+        FROM pgflow.flows AS f
+        WHERE f.flow_slug = :flow_slug
+        OFFSET 0
+    ) AS facts
     OFFSET 0
 ) AS checks;
 
@@ -47,15 +52,15 @@ WHERE t.run_id = :run_id
   AND t.message_id IS NOT NULL;
 
 -- name: client_get_run
--- description: One run as JSON (to_jsonb keeps 0, false and "" outputs exactly), or no row.
-SELECT to_jsonb(r) AS run
+-- description: One run as JSON (to_jsonb keeps 0, false and "" outputs exactly) with our facts about it (cancellation, lineage), or no row.
+SELECT to_jsonb(r) || pgflow_python.run_facts(r.run_id) AS run
 FROM pgflow.runs AS r
 WHERE r.run_id = :run_id;
 
 -- name: client_get_run_with_states
 -- description: A run with its step states (declaration order), tasks and recorded failed attempts, as JSON from one statement so that all come from one snapshot.
 SELECT
-    to_jsonb(r) AS run,
+    to_jsonb(r) || pgflow_python.run_facts(r.run_id) AS run,
     coalesce((
         SELECT jsonb_agg(to_jsonb(ss) ORDER BY st.step_index, ss.step_slug)
         FROM pgflow.step_states AS ss

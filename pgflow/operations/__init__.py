@@ -1,0 +1,68 @@
+"""Operating runs: cancel, retry, resume, prune, and reading runs and workers for operators.
+
+Every call takes a ``Session``, ``Connection`` or ``Engine`` (the ``*_async`` twins: their async
+counterparts), as the client's ``start_flow`` does. State lives in the database (schema
+``pgflow_python``, keyed by run id); upstream's statuses stay upstream's: a cancelled run is
+``failed`` and marked cancelled. See docs/operations.md.
+"""
+
+from pgflow.operations._control import (
+    cancel_run,
+    cancel_run_async,
+    resume_run,
+    resume_run_async,
+    retry_run,
+    retry_run_async,
+)
+from pgflow.operations._inspect import (
+    describe_run,
+    describe_run_async,
+    list_runs,
+    list_runs_async,
+    list_workers,
+    list_workers_async,
+)
+from pgflow.operations._prune import prune, prune_async
+from pgflow.operations._results import (
+    CancelOutcome,
+    CancelResult,
+    PruneReport,
+    ResumeOutcome,
+    ResumeRecord,
+    ResumeResult,
+    RetryOutcome,
+    RetryResult,
+    RunDetails,
+    RunSummary,
+    StepSummary,
+    WorkerInfo,
+)
+
+__all__ = [
+    "CancelOutcome",
+    "CancelResult",
+    "PruneReport",
+    "ResumeOutcome",
+    "ResumeRecord",
+    "ResumeResult",
+    "RetryOutcome",
+    "RetryResult",
+    "RunDetails",
+    "RunSummary",
+    "StepSummary",
+    "WorkerInfo",
+    "cancel_run",
+    "cancel_run_async",
+    "describe_run",
+    "describe_run_async",
+    "list_runs",
+    "list_runs_async",
+    "list_workers",
+    "list_workers_async",
+    "prune",
+    "prune_async",
+    "resume_run",
+    "resume_run_async",
+    "retry_run",
+    "retry_run_async",
+]

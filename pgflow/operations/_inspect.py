@@ -1,0 +1,121 @@
+"""Reading runs and workers for operators: ``list_runs``, ``describe_run``, ``list_workers``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.engine import Connection
+
+from pgflow._sql import query
+from pgflow.client._common import AsyncBind, RunId, SyncBind, as_run_id, connection_for, run_async
+from pgflow.client._read import read_run
+from pgflow.operations._results import (
+    ResumeRecord,
+    RunDetails,
+    RunSummary,
+    StepSummary,
+    WorkerInfo,
+)
+
+LISTABLE_STATUSES = ("started", "completed", "failed", "cancelled")
+
+
+def list_runs(
+    bind: SyncBind,
+    *,
+    flow: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[RunSummary]:
+    """Runs, newest first. ``status`` is one of upstream's (``started``, ``completed``,
+    ``failed``) or ``cancelled`` (failed runs that were cancelled); ``since`` bounds the start
+    time."""
+    _check_listing(status, limit)
+    with connection_for(bind) as connection:
+        return _list_runs(connection, flow, status, since, limit)
+
+
+async def list_runs_async(
+    bind: AsyncBind,
+    *,
+    flow: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[RunSummary]:
+    """:func:`list_runs` for an async bind."""
+    _check_listing(status, limit)
+    return await run_async(bind, _list_runs, flow, status, since, limit)
+
+
+def describe_run(bind: SyncBind, run_id: RunId) -> RunDetails | None:
+    """The run, its steps (status, tasks, attempts, durations, last error, output size) and its
+    resumes; ``None`` if no run has this id."""
+    with connection_for(bind) as connection:
+        return _describe(connection, as_run_id(run_id))
+
+
+async def describe_run_async(bind: AsyncBind, run_id: RunId) -> RunDetails | None:
+    """:func:`describe_run` for an async bind."""
+    return await run_async(bind, _describe, as_run_id(run_id))
+
+
+def list_workers(
+    bind: SyncBind, *, flow: str | None = None, stale_after: int = 30, limit: int = 100
+) -> list[WorkerInfo]:
+    """Worker rows (Python and TypeScript workers alike), latest heartbeat first. A worker not
+    heard from for ``stale_after`` seconds is ``dead`` (or ``stopped`` if it said so)."""
+    with connection_for(bind) as connection:
+        return _list_workers(connection, flow, stale_after, limit)
+
+
+async def list_workers_async(
+    bind: AsyncBind, *, flow: str | None = None, stale_after: int = 30, limit: int = 100
+) -> list[WorkerInfo]:
+    """:func:`list_workers` for an async bind."""
+    return await run_async(bind, _list_workers, flow, stale_after, limit)
+
+
+def _check_listing(status: str | None, limit: int) -> None:
+    if status is not None and status not in LISTABLE_STATUSES:
+        raise ValueError(f"status must be one of {list(LISTABLE_STATUSES)}, got {status!r}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+
+
+def _list_runs(
+    connection: Connection,
+    flow: str | None,
+    status: str | None,
+    since: datetime | None,
+    limit: int,
+) -> list[RunSummary]:
+    rows = connection.execute(
+        query("ops_list_runs"),
+        {"flow_slug": flow, "status": status, "since": since, "row_limit": limit},
+    ).mappings()
+    return [RunSummary.from_row(row) for row in rows]
+
+
+def _describe(connection: Connection, run_id: RunId) -> RunDetails | None:
+    run = read_run(connection, run_id)
+    if run is None:
+        return None
+    steps = connection.execute(query("ops_run_steps"), {"run_id": run_id}).mappings()
+    resumes = connection.execute(query("ops_run_resumes"), {"run_id": run_id}).mappings()
+    return RunDetails(
+        run=run,
+        steps=tuple(StepSummary.from_row(row) for row in steps),
+        resumes=tuple(ResumeRecord(**row) for row in resumes),
+    )
+
+
+def _list_workers(
+    connection: Connection, flow: str | None, stale_after: int, limit: int
+) -> list[WorkerInfo]:
+    rows = connection.execute(
+        query("ops_list_workers"),
+        {"flow_slug": flow, "stale_after": stale_after, "row_limit": limit},
+    ).mappings()
+    return [WorkerInfo.from_row(row) for row in rows]

@@ -1,0 +1,198 @@
+"""Deleting old runs: ``prune`` and ``prune_async``.
+
+Work is split into batches so that no transaction holds many locks for long: with an Engine each
+batch is its own short transaction (running workers are never blocked for more than one batch);
+with a Session or Connection every batch runs in the caller's transaction, which the caller
+commits.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy.engine import Connection
+
+from pgflow._sql import query
+from pgflow.client._common import AsyncBind, SyncBind, connection_for, run_async
+from pgflow.operations._results import PruneReport
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+PRUNABLE_STATUSES = ("completed", "failed")
+DEFAULT_BATCH_SIZE = 500
+_WORKER_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _PruneRequest:
+    older_than: timedelta
+    statuses: list[str]
+    flows: list[str] | None
+    dry_run: bool
+    batch_size: int
+
+    @classmethod
+    def make(
+        cls,
+        older_than: timedelta,
+        statuses: Iterable[str],
+        flows: Iterable[str] | None,
+        dry_run: bool,
+        batch_size: int,
+    ) -> _PruneRequest:
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise ValueError(f"older_than must be a timedelta of 0 or more, got {older_than!r}")
+        wanted = [str(status) for status in ([statuses] if isinstance(statuses, str) else statuses)]
+        unknown = sorted(set(wanted) - set(PRUNABLE_STATUSES))
+        if unknown or not wanted:
+            raise ValueError(
+                f"statuses must be among {list(PRUNABLE_STATUSES)} (started runs are never "
+                f"pruned), got {wanted}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        slugs = None if flows is None else [flows] if isinstance(flows, str) else list(flows)
+        return cls(older_than, sorted(set(wanted)), slugs, dry_run, batch_size)
+
+
+def prune(
+    bind: SyncBind,
+    *,
+    older_than: timedelta,
+    statuses: Sequence[str] = PRUNABLE_STATUSES,
+    flows: Sequence[str] | None = None,
+    dry_run: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> PruneReport:
+    """Delete runs that finished (``completed`` or ``failed``, cancelled included) more than
+    ``older_than`` ago, of ``flows`` (default: all), with their step states, tasks, pgmq
+    messages (archived or not) and our rows about them; and worker rows of those flows that sent
+    no heartbeat for ``older_than``. A ``started`` run is never touched. ``dry_run`` counts
+    instead of deleting. Idempotency keys of pruned runs are forgotten (the key can start a new
+    run)."""
+    request = _PruneRequest.make(older_than, statuses, flows, dry_run, batch_size)
+
+    def execute(
+        step: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        with connection_for(bind) as connection:
+            return step(connection, *args, **kwargs)
+
+    began = time.perf_counter()
+    report = PruneReport(cutoff=execute(_cutoff, request), dry_run=request.dry_run)
+    if request.dry_run:
+        report = execute(_preview, request, report)
+    else:
+        after: uuid.UUID | None = None
+        while True:
+            report, after, more = execute(_prune_batch, request, report, after)
+            if not more:
+                break
+        while True:
+            report, more = execute(_prune_workers, request, report)
+            if not more:
+                break
+    return replace(report, seconds=time.perf_counter() - began)
+
+
+async def prune_async(
+    bind: AsyncBind,
+    *,
+    older_than: timedelta,
+    statuses: Sequence[str] = PRUNABLE_STATUSES,
+    flows: Sequence[str] | None = None,
+    dry_run: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> PruneReport:
+    """:func:`prune` for an async bind (an AsyncEngine gives each batch its own transaction)."""
+    request = _PruneRequest.make(older_than, statuses, flows, dry_run, batch_size)
+    began = time.perf_counter()
+    report = PruneReport(cutoff=await run_async(bind, _cutoff, request), dry_run=request.dry_run)
+    if request.dry_run:
+        report = await run_async(bind, _preview, request, report)
+    else:
+        after: uuid.UUID | None = None
+        while True:
+            report, after, more = await run_async(bind, _prune_batch, request, report, after)
+            if not more:
+                break
+        while True:
+            report, more = await run_async(bind, _prune_workers, request, report)
+            if not more:
+                break
+    return replace(report, seconds=time.perf_counter() - began)
+
+
+def _cutoff(connection: Connection, request: _PruneRequest) -> datetime:
+    cutoff: datetime = connection.execute(
+        query("ops_prune_cutoff"), {"older_than": request.older_than}
+    ).scalar_one()
+    return cutoff
+
+
+def _preview(connection: Connection, request: _PruneRequest, report: PruneReport) -> PruneReport:
+    row = (
+        connection.execute(
+            query("ops_prune_preview"),
+            {"cutoff": report.cutoff, "statuses": request.statuses, "flows": request.flows},
+        )
+        .mappings()
+        .one()
+    )
+    return replace(
+        report,
+        runs=row["runs"],
+        step_states=row["step_states"],
+        step_tasks=row["step_tasks"],
+        messages=row["messages"],
+        extension_rows=row["extension_rows"],
+        workers=row["workers"],
+    )
+
+
+def _prune_batch(
+    connection: Connection,
+    request: _PruneRequest,
+    report: PruneReport,
+    after: uuid.UUID | None,
+) -> tuple[PruneReport, uuid.UUID | None, bool]:
+    row = (
+        connection.execute(
+            query("ops_prune_runs"),
+            {
+                "cutoff": report.cutoff,
+                "statuses": request.statuses,
+                "flows": request.flows,
+                "after_run_id": after,
+                "scan_limit": request.batch_size,
+            },
+        )
+        .mappings()
+        .one()
+    )
+    updated = replace(
+        report,
+        runs=report.runs + row["runs"],
+        step_states=report.step_states + row["step_states"],
+        step_tasks=report.step_tasks + row["step_tasks"],
+        messages=report.messages + row["messages"],
+        extension_rows=report.extension_rows + row["extension_rows"],
+        batches=report.batches + 1,
+    )
+    return updated, row["last_run_id"], row["scanned"] >= request.batch_size
+
+
+def _prune_workers(
+    connection: Connection, request: _PruneRequest, report: PruneReport
+) -> tuple[PruneReport, bool]:
+    deleted: int = connection.execute(
+        query("ops_prune_workers"),
+        {"cutoff": report.cutoff, "flows": request.flows, "row_limit": _WORKER_BATCH},
+    ).scalar_one()
+    return replace(report, workers=report.workers + deleted), deleted >= _WORKER_BATCH

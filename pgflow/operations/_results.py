@@ -1,0 +1,252 @@
+"""What the operations return: frozen dataclasses, outcomes as ``str`` enums."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pgflow.results import Run, RunStatus, StepStatus
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"
+    """This call cancelled the run."""
+    ALREADY_CANCELLED = "already_cancelled"
+    """The run was cancelled before; nothing changed."""
+    NOT_RUNNING = "not_running"
+    """The run had already completed or failed; nothing changed."""
+
+
+class RetryOutcome(StrEnum):
+    RETRIED = "retried"
+    """A new run was started; ``new_run_id`` names it."""
+    ALREADY_RETRIED = "already_retried"
+    """The run was retried before; ``new_run_id`` names that retry (retry it to try again)."""
+    NOT_FAILED = "not_failed"
+    """Only a failed or cancelled run can be retried; nothing changed."""
+
+
+class ResumeOutcome(StrEnum):
+    RESUMED = "resumed"
+    """The run is started again; its unfinished tasks are back in the queue."""
+    NOT_FAILED = "not_failed"
+    """Only a failed or cancelled run can be resumed; nothing changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    run_id: uuid.UUID
+    outcome: CancelOutcome
+    status: RunStatus
+    """The run's status after the call (``failed`` for a cancelled run)."""
+    cancelled_at: datetime | None
+    tasks_cancelled: int
+
+    @property
+    def cancelled(self) -> bool:
+        """The run is cancelled now (by this call or an earlier one)."""
+        return self.outcome is not CancelOutcome.NOT_RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class RetryResult:
+    run_id: uuid.UUID
+    """The run that was retried."""
+    outcome: RetryOutcome
+    status: RunStatus
+    """The retried run's status."""
+    new_run_id: uuid.UUID | None
+    """The retry (its ``restart_of_run_id`` is ``run_id``); ``None`` when refused."""
+
+    @property
+    def retried(self) -> bool:
+        return self.new_run_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeResult:
+    run_id: uuid.UUID
+    outcome: ResumeOutcome
+    status: RunStatus
+    """The run's status after the call: ``started``, or ``completed`` if nothing was left."""
+    tasks_requeued: int
+
+    @property
+    def resumed(self) -> bool:
+        return self.outcome is ResumeOutcome.RESUMED
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What :func:`prune` deleted (or, with ``dry_run``, would delete)."""
+
+    cutoff: datetime
+    """Runs that finished before this time were selected; workers silent since before it."""
+    dry_run: bool
+    runs: int = 0
+    step_states: int = 0
+    step_tasks: int = 0
+    messages: int = 0
+    """pgmq messages of the pruned runs, from the archive (``pgmq.a_<flow>``) and the queue."""
+    extension_rows: int = 0
+    """Rows of pgflow_python tables keyed by the pruned runs (cancellations, keys, lineage...)."""
+    workers: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cutoff": self.cutoff.isoformat(),
+            "dry_run": self.dry_run,
+            "runs": self.runs,
+            "step_states": self.step_states,
+            "step_tasks": self.step_tasks,
+            "messages": self.messages,
+            "extension_rows": self.extension_rows,
+            "workers": self.workers,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """A run as listed: no input or output."""
+
+    run_id: uuid.UUID
+    flow_slug: str
+    status: RunStatus
+    remaining_steps: int
+    started_at: datetime
+    completed_at: datetime | None
+    failed_at: datetime | None
+    cancelled_at: datetime | None
+    cancel_reason: str | None
+    restart_of_run_id: uuid.UUID | None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancelled_at is not None
+
+    @property
+    def duration(self) -> timedelta | None:
+        ended = self.completed_at or self.failed_at
+        return None if ended is None else ended - self.started_at
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> RunSummary:
+        return cls(
+            run_id=row["run_id"],
+            flow_slug=row["flow_slug"],
+            status=RunStatus(row["status"]),
+            remaining_steps=row["remaining_steps"],
+            started_at=row["started_at"],
+            completed_at=row["completed_at"],
+            failed_at=row["failed_at"],
+            cancelled_at=row["cancelled_at"],
+            cancel_reason=row["cancel_reason"],
+            restart_of_run_id=row["restart_of_run_id"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepSummary:
+    """One step of a run with its tasks summed up."""
+
+    step_slug: str
+    step_type: str
+    status: StepStatus
+    depends_on: tuple[str, ...]
+    remaining_deps: int
+    initial_tasks: int | None
+    remaining_tasks: int | None
+    tasks: int
+    completed_tasks: int
+    failed_tasks: int
+    attempts: int
+    """Attempts of all its tasks together."""
+    output_bytes: int
+    """Size of the stored outputs as JSON text."""
+    error_message: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+
+    @property
+    def duration(self) -> timedelta | None:
+        ended = self.completed_at or self.failed_at
+        if ended is None or self.started_at is None:
+            return None
+        return ended - self.started_at
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> StepSummary:
+        return cls(
+            step_slug=row["step_slug"],
+            step_type=row["step_type"],
+            status=StepStatus(row["status"]),
+            depends_on=tuple(row["depends_on"]),
+            remaining_deps=row["remaining_deps"],
+            initial_tasks=row["initial_tasks"],
+            remaining_tasks=row["remaining_tasks"],
+            tasks=row["tasks"],
+            completed_tasks=row["completed_tasks"],
+            failed_tasks=row["failed_tasks"],
+            attempts=row["attempts"],
+            output_bytes=row["output_bytes"],
+            error_message=row["error_message"],
+            started_at=row["started_at"],
+            completed_at=row["completed_at"],
+            failed_at=row["failed_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRecord:
+    resumed_at: datetime
+    failed_at: datetime | None
+    was_cancelled: bool
+    reason: str | None
+    """The cancel reason, or the error of the failed step."""
+    tasks_requeued: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One ``pgflow.workers`` row: one per flow per worker start (Python or TypeScript)."""
+
+    worker_id: uuid.UUID
+    queue_name: str
+    function_name: str
+    state: str
+    """``alive``, ``draining`` (asked to stop, still beating), ``stopped`` or ``dead``."""
+    started_at: datetime
+    last_heartbeat_at: datetime
+    deprecated_at: datetime | None
+    tasks_started: int
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> WorkerInfo:
+        return cls(
+            worker_id=row["worker_id"],
+            queue_name=row["queue_name"],
+            function_name=row["function_name"],
+            state=row["state"],
+            started_at=row["started_at"],
+            last_heartbeat_at=row["last_heartbeat_at"],
+            deprecated_at=row["deprecated_at"],
+            tasks_started=row["tasks_started"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetails:
+    """A run with its steps summed up and its resumes: what ``pgflow runs show`` prints."""
+
+    run: Run
+    steps: tuple[StepSummary, ...]
+    resumes: tuple[ResumeRecord, ...]

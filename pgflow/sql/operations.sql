@@ -1,0 +1,119 @@
+-- Operating runs: cancel, retry, resume, prune, list (pgflow/operations/). The functions are in
+-- pgflow/schema/sql/extension/0020_run_control.sql.
+
+-- name: ops_cancel_run
+-- description: Cancel a started run (status failed plus our marker); one row: outcome, status, cancelled_at, tasks_cancelled.
+SELECT c.outcome, c.status, c.cancelled_at, c.tasks_cancelled
+FROM pgflow_python.cancel_run(CAST(:run_id AS uuid), CAST(:reason AS text)) AS c;
+
+-- name: ops_retry_run
+-- description: Start a failed run again as a new run with lineage; one row: outcome, status, new_run_id.
+SELECT r.outcome, r.status, r.new_run_id
+FROM pgflow_python.retry_run(CAST(:run_id AS uuid)) AS r;
+
+-- name: ops_resume_run
+-- description: Continue a failed or cancelled run in place; one row: outcome, status, tasks_requeued.
+SELECT r.outcome, r.status, r.tasks_requeued
+FROM pgflow_python.resume_run(CAST(:run_id AS uuid)) AS r;
+
+-- name: ops_prune_cutoff
+-- description: The database's now() minus the retention window: one cutoff for every batch of a prune.
+SELECT now() - CAST(:older_than AS interval) AS cutoff;
+
+-- name: ops_prune_runs
+-- description: Delete one batch of finished runs older than :cutoff (keyset on run_id after :after_run_id) with their rows and messages; counts.
+SELECT p.last_run_id, p.scanned, p.runs, p.step_states, p.step_tasks, p.messages,
+       p.extension_rows
+FROM pgflow_python.prune_runs(
+    CAST(:cutoff AS timestamptz), CAST(:statuses AS text[]), CAST(:flows AS text[]),
+    CAST(:after_run_id AS uuid), CAST(:scan_limit AS integer)
+) AS p;
+
+-- name: ops_prune_workers
+-- description: Delete up to :row_limit worker rows with no heartbeat since :cutoff; how many.
+SELECT pgflow_python.prune_workers(
+    CAST(:cutoff AS timestamptz), CAST(:flows AS text[]), CAST(:row_limit AS integer)
+) AS workers;
+
+-- name: ops_prune_preview
+-- description: What a prune with these arguments would delete (a dry run); one row of counts.
+SELECT p.runs, p.step_states, p.step_tasks, p.messages, p.extension_rows, p.workers
+FROM pgflow_python.prune_preview(
+    CAST(:cutoff AS timestamptz), CAST(:statuses AS text[]), CAST(:flows AS text[]),
+    CAST(:cutoff AS timestamptz)
+) AS p;
+
+-- name: ops_list_runs
+-- description: Runs, newest first, filtered by flow, status ('cancelled' = failed with our marker) and start time.
+SELECT
+    r.run_id, r.flow_slug, r.status, r.remaining_steps, r.started_at, r.completed_at,
+    r.failed_at, c.cancelled_at, c.reason AS cancel_reason, l.restart_of_run_id
+FROM pgflow.runs AS r
+LEFT JOIN pgflow_python.run_cancellations AS c ON c.run_id = r.run_id
+LEFT JOIN pgflow_python.run_lineage AS l ON l.run_id = r.run_id
+WHERE (CAST(:flow_slug AS text) IS NULL OR r.flow_slug = CAST(:flow_slug AS text))
+  AND (CAST(:status AS text) IS NULL
+       OR (CAST(:status AS text) = 'cancelled' AND r.status = 'failed' AND c.run_id IS NOT NULL)
+       OR r.status = CAST(:status AS text))
+  AND (CAST(:since AS timestamptz) IS NULL OR r.started_at >= CAST(:since AS timestamptz))
+ORDER BY r.started_at DESC, r.run_id
+LIMIT CAST(:row_limit AS integer);
+
+-- name: ops_run_steps
+-- description: A run's steps in declaration order with task counts, attempts, durations, the last error and the size of the outputs.
+SELECT
+    ss.step_slug, st.step_type, ss.status, ss.remaining_deps, ss.initial_tasks,
+    ss.remaining_tasks, ss.started_at, ss.completed_at, ss.failed_at,
+    coalesce(ss.error_message, (
+        SELECT t.error_message FROM pgflow.step_tasks AS t
+        WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug
+          AND t.error_message IS NOT NULL
+        ORDER BY t.failed_at DESC NULLS LAST, t.task_index
+        LIMIT 1
+    )) AS error_message,
+    coalesce(tasks.total, 0) AS tasks,
+    coalesce(tasks.completed, 0) AS completed_tasks,
+    coalesce(tasks.failed, 0) AS failed_tasks,
+    coalesce(tasks.attempts, 0) AS attempts,
+    coalesce(tasks.output_bytes, 0) AS output_bytes,
+    coalesce((SELECT array_agg(d.dep_slug ORDER BY d.dep_slug) FROM pgflow.deps AS d
+              WHERE d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug),
+             '{}') AS depends_on
+FROM pgflow.step_states AS ss
+JOIN pgflow.steps AS st ON st.flow_slug = ss.flow_slug AND st.step_slug = ss.step_slug
+LEFT JOIN LATERAL (
+    SELECT count(*) AS total,
+           count(*) FILTER (WHERE t.status = 'completed') AS completed,
+           count(*) FILTER (WHERE t.status = 'failed') AS failed,
+           sum(t.attempts_count) AS attempts,
+           sum(octet_length(t.output::text)) AS output_bytes
+    FROM pgflow.step_tasks AS t
+    WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug
+) AS tasks ON true
+WHERE ss.run_id = :run_id
+ORDER BY st.step_index, ss.step_slug;
+
+-- name: ops_run_resumes
+-- description: A run's resumes, oldest first: when, which failure they undid, how many tasks went back.
+SELECT rr.resumed_at, rr.failed_at, rr.was_cancelled, rr.reason, rr.tasks_requeued
+FROM pgflow_python.run_resumes AS rr
+WHERE rr.run_id = :run_id
+ORDER BY rr.resumed_at;
+
+-- name: ops_list_workers
+-- description: Worker rows, newest heartbeat first, with their started tasks; state alive, draining (deprecated, still beating), stopped (deprecated, silent) or dead (silent longer than :stale_after seconds without being stopped).
+SELECT
+    w.worker_id, w.queue_name, w.function_name, w.started_at, w.last_heartbeat_at,
+    w.deprecated_at,
+    CASE
+        WHEN w.last_heartbeat_at < now() - make_interval(secs => CAST(:stale_after AS integer))
+            THEN CASE WHEN w.deprecated_at IS NULL THEN 'dead' ELSE 'stopped' END
+        WHEN w.deprecated_at IS NOT NULL THEN 'draining'
+        ELSE 'alive'
+    END AS state,
+    (SELECT count(*) FROM pgflow.step_tasks AS t
+     WHERE t.last_worker_id = w.worker_id AND t.status = 'started') AS tasks_started
+FROM pgflow.workers AS w
+WHERE (CAST(:flow_slug AS text) IS NULL OR w.queue_name = CAST(:flow_slug AS text))
+ORDER BY w.last_heartbeat_at DESC, w.worker_id
+LIMIT CAST(:row_limit AS integer);
