@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -27,37 +27,45 @@ from pgflow.operations import (
     resume_run,
     retry_run,
 )
-from worker_support import register
+from tests.helpers.database import register_flows as register
 
 
 class Three(Flow, slug="three", max_attempts=1, base_delay=1):
     @step
-    def first(self, input: dict[str, int]) -> int: ...
+    def first(self, input: dict[str, int]) -> int:
+        return input["n"] + 1
 
     @step(depends_on=[first])
-    def second(self, deps: dict[str, int]) -> int: ...
+    def second(self, deps: dict[str, int]) -> int:
+        return deps["first"] * 10
 
     @step(depends_on=[second])
-    def third(self, deps: dict[str, int]) -> dict[str, int]: ...
+    def third(self, deps: dict[str, int]) -> dict[str, int]:
+        return {"result": deps["second"] + 1}
 
 
 class Squares(Flow, slug="squares", max_attempts=1, base_delay=1):
     @map_step
-    def square(self, item: int) -> int: ...
+    def square(self, item: int) -> int:
+        return item * item
 
     @step(depends_on=[square])
-    def total(self, deps: dict[str, list[int]]) -> int: ...
+    def total(self, deps: dict[str, list[int]]) -> int:
+        return sum(deps["square"])
 
 
 class Fan(Flow, slug="fan", max_attempts=1, base_delay=1):
     @step
-    def numbers(self, input: int) -> list[int]: ...
+    def numbers(self, input: int) -> list[int]:
+        return list(range(input))
 
     @map_step(array=numbers)
-    def double(self, item: int) -> int: ...
+    def double(self, item: int) -> int:
+        return item * 2
 
     @step(depends_on=[double])
-    def total(self, deps: dict[str, list[int]]) -> int: ...
+    def total(self, deps: dict[str, list[int]]) -> int:
+        return sum(deps["double"])
 
 
 Handlers = dict[str, tuple[list[str], sql_only_flow.Handler]]
@@ -73,7 +81,8 @@ class CountingHandlers:
 
     def steps(self) -> Handlers:
         return {
-            slug: (deps, self._wrap(slug, handler)) for slug, (deps, handler) in self._handlers.items()
+            slug: (deps, self._wrap(slug, handler))
+            for slug, (deps, handler) in self._handlers.items()
         }
 
     def _wrap(self, slug: str, handler: sql_only_flow.Handler) -> sql_only_flow.Handler:
@@ -100,7 +109,7 @@ def three_handlers() -> CountingHandlers:
 def squares_handlers() -> CountingHandlers:
     return CountingHandlers(
         {
-            "square": ([], lambda item: item * item),
+            "square": ([], lambda item: cast(int, item) ** 2),
             "total": (["square"], lambda task: sum(task["square"])),
         }
     )
@@ -122,13 +131,27 @@ def snapshot(engine: Engine, run_id: uuid.UUID) -> dict[str, Any]:
         "output": run.run.output,
         "remaining_steps": run.run.remaining_steps,
         "steps": [
-            (s.step_slug, s.status, s.remaining_deps, s.initial_tasks, s.remaining_tasks,
-             s.error_message, s.failed_at)
+            (
+                s.step_slug,
+                s.status,
+                s.remaining_deps,
+                s.initial_tasks,
+                s.remaining_tasks,
+                s.error_message,
+                s.failed_at,
+            )
             for s in run.steps
         ],
         "tasks": [
-            (t.step_slug, t.task_index, t.status, t.attempts_count, t.output, t.error_message,
-             t.failed_at)
+            (
+                t.step_slug,
+                t.task_index,
+                t.status,
+                t.attempts_count,
+                t.output,
+                t.error_message,
+                t.failed_at,
+            )
             for t in run.tasks
         ],
     }
@@ -138,7 +161,9 @@ def queued_messages(engine: Engine, flow_slug: str, run_id: uuid.UUID) -> int:
     with engine.begin() as connection:
         return int(
             connection.execute(
-                sa.text("SELECT count(*) FROM pgmq.q_" + flow_slug + " WHERE message->>'run_id' = :id"),
+                sa.text(
+                    "SELECT count(*) FROM pgmq.q_" + flow_slug + " WHERE message->>'run_id' = :id"
+                ),
                 {"id": str(run_id)},
             ).scalar_one()
         )
@@ -154,15 +179,23 @@ def claim_all(engine: Engine, flow_slug: str) -> list[dict[str, Any]]:
     would, without finishing them."""
     worker_id = sql_only_flow.register_worker(engine, flow_slug)
     with engine.begin() as connection:
-        ids = connection.execute(
-            sa.text("SELECT msg_id FROM pgmq.read(:q, 30, 100)"), {"q": flow_slug}
-        ).scalars().all()
-        rows = connection.execute(
-            sa.text(
-                "SELECT run_id, step_slug, task_index FROM pgflow.start_tasks(:q, :ids, :w)"
-            ),
-            {"q": flow_slug, "ids": list(ids), "w": worker_id},
-        ).mappings().all()
+        ids = (
+            connection.execute(
+                sa.text("SELECT msg_id FROM pgmq.read(:q, 30, 100)"), {"q": flow_slug}
+            )
+            .scalars()
+            .all()
+        )
+        rows = (
+            connection.execute(
+                sa.text(
+                    "SELECT run_id, step_slug, task_index FROM pgflow.start_tasks(:q, :ids, :w)"
+                ),
+                {"q": flow_slug, "ids": list(ids), "w": worker_id},
+            )
+            .mappings()
+            .all()
+        )
     return [dict(row) for row in rows]
 
 
@@ -177,7 +210,8 @@ def test_cancel_ends_a_started_run_and_upstream_then_changes_nothing(pgflow_engi
 
     result = cancel_run(pgflow_engine, run_id, reason="customer withdrew")
     assert result.outcome is CancelOutcome.CANCELLED
-    assert result.cancelled and result.status == "failed"
+    assert result.cancelled
+    assert result.status == "failed"
     assert result.tasks_cancelled == 3
 
     before = snapshot(pgflow_engine, run_id)
@@ -196,7 +230,9 @@ def test_cancel_ends_a_started_run_and_upstream_then_changes_nothing(pgflow_engi
     assert snapshot(pgflow_engine, run_id) == before
 
     run = get_run(pgflow_engine, run_id)
-    assert run is not None and run.cancelled and run.cancel_reason == "customer withdrew"
+    assert run is not None
+    assert run.cancelled
+    assert run.cancel_reason == "customer withdrew"
     with pytest.raises(RunCancelledError, match="was cancelled: customer withdrew"):
         wait_for_run(pgflow_engine, run_id, timeout=5)
 
@@ -208,13 +244,15 @@ def test_cancelling_twice_or_a_finished_run_is_a_no_op_result(pgflow_engine: Eng
     drive(pgflow_engine, Three, handlers, done)
     finished = cancel_run(pgflow_engine, done)
     assert finished.outcome is CancelOutcome.NOT_RUNNING
-    assert not finished.cancelled and finished.status == "completed"
+    assert not finished.cancelled
+    assert finished.status == "completed"
     assert get_run(pgflow_engine, done).cancelled is False  # type: ignore[union-attr]
 
     running = start(pgflow_engine, Three, {"n": 1})
     assert cancel_run(pgflow_engine, running).outcome is CancelOutcome.CANCELLED
     again = cancel_run(pgflow_engine, running, reason="twice")
-    assert again.outcome is CancelOutcome.ALREADY_CANCELLED and again.cancelled
+    assert again.outcome is CancelOutcome.ALREADY_CANCELLED
+    assert again.cancelled
     assert get_run(pgflow_engine, running).cancel_reason is None  # type: ignore[union-attr]
 
     with pytest.raises(UnknownRunError):
@@ -247,15 +285,19 @@ def test_resume_of_a_three_step_flow_failed_at_step_two_reruns_only_what_failed(
 
     handlers.failing.clear()
     result = resume_run(pgflow_engine, run_id)
-    assert result.outcome is ResumeOutcome.RESUMED and result.resumed
-    assert result.tasks_requeued == 1 and result.status == "started"
+    assert result.outcome is ResumeOutcome.RESUMED
+    assert result.resumed
+    assert result.tasks_requeued == 1
+    assert result.status == "started"
     finished = drive(pgflow_engine, Three, handlers, run_id)
 
     assert finished == {"status": "completed", "output": {"third": {"result": 51}}}
     assert handlers.calls == Counter({("first", None): 1, ("second", None): 2, ("third", None): 1})
     assert snapshot(pgflow_engine, run_id) == snapshot(pgflow_engine, reference)
     run = get_run(pgflow_engine, run_id)
-    assert run is not None and run.resumed_count == 1 and not run.cancelled
+    assert run is not None
+    assert run.resumed_count == 1
+    assert not run.cancelled
 
 
 def test_resume_of_a_root_map_reruns_only_the_unfinished_elements(pgflow_engine: Engine) -> None:
@@ -296,7 +338,7 @@ def test_resume_of_a_dependent_map_keeps_its_completed_elements(pgflow_engine: E
     handlers = CountingHandlers(
         {
             "numbers": ([], lambda task: list(range(task["run"]))),
-            "double": (["numbers"], lambda item: item * 2),
+            "double": (["numbers"], lambda item: cast(int, item) * 2),
             "total": (["double"], lambda task: sum(task["double"])),
         }
     )
@@ -311,7 +353,8 @@ def test_resume_of_a_dependent_map_keeps_its_completed_elements(pgflow_engine: E
     resume_run(pgflow_engine, run_id)
     assert drive(pgflow_engine, Fan, handlers, run_id)["output"] == {"total": 20}
     rerun = handlers.calls - before
-    assert ("numbers", None) not in rerun and ("double", 0) not in rerun
+    assert ("numbers", None) not in rerun
+    assert ("double", 0) not in rerun
     assert rerun[("total", None)] == 1
     assert snapshot(pgflow_engine, run_id) == snapshot(pgflow_engine, reference)
 
@@ -335,7 +378,9 @@ def test_resume_of_a_cancelled_run_continues_where_it_stopped(pgflow_engine: Eng
     resumed = resume_run(pgflow_engine, run_id)
     assert resumed.tasks_requeued == 1
     run = get_run(pgflow_engine, run_id)
-    assert run is not None and not run.cancelled and run.status == "started"
+    assert run is not None
+    assert not run.cancelled
+    assert run.status == "started"
     drive(pgflow_engine, Three, handlers, run_id)
     assert handlers.calls == Counter({("first", None): 1, ("second", None): 1, ("third", None): 1})
     assert snapshot(pgflow_engine, run_id) == snapshot(pgflow_engine, reference)
@@ -345,7 +390,8 @@ def test_resume_refuses_runs_that_did_not_fail(pgflow_engine: Engine) -> None:
     register(pgflow_engine, Three)
     run_id = start(pgflow_engine, Three, {"n": 1})
     refused = resume_run(pgflow_engine, run_id)
-    assert refused.outcome is ResumeOutcome.NOT_FAILED and not refused.resumed
+    assert refused.outcome is ResumeOutcome.NOT_FAILED
+    assert not refused.resumed
     assert refused.tasks_requeued == 0
     with pytest.raises(UnknownRunError):
         resume_run(pgflow_engine, uuid.uuid4())
@@ -363,20 +409,27 @@ def test_retry_starts_a_new_run_with_lineage_once(pgflow_engine: Engine) -> None
     drive(pgflow_engine, Three, handlers, failed)
 
     result = retry_run(pgflow_engine, failed)
-    assert result.outcome is RetryOutcome.RETRIED and result.retried
-    assert result.new_run_id is not None and result.new_run_id != failed
+    assert result.outcome is RetryOutcome.RETRIED
+    assert result.retried
+    assert result.new_run_id is not None
+    assert result.new_run_id != failed
     again = retry_run(pgflow_engine, failed)
     assert again.outcome is RetryOutcome.ALREADY_RETRIED
     assert again.new_run_id == result.new_run_id
 
     retry = get_run(pgflow_engine, result.new_run_id)
-    assert retry is not None and retry.restart_of_run_id == failed
-    assert retry.input == {"n": 2} and retry.status == "started"
+    assert retry is not None
+    assert retry.restart_of_run_id == failed
+    assert retry.input == {"n": 2}
+    assert retry.status == "started"
     assert get_run(pgflow_engine, failed).retried_as_run_id == result.new_run_id  # type: ignore[union-attr]
     # The idempotency key follows the latest attempt.
-    assert start_flow(pgflow_engine, Three, {"n": 2}, idempotency_key="order-7") == result.new_run_id
+    assert (
+        start_flow(pgflow_engine, Three, {"n": 2}, idempotency_key="order-7") == result.new_run_id
+    )
 
     handlers.failing.clear()
     assert drive(pgflow_engine, Three, handlers, result.new_run_id)["status"] == "completed"
     refused = retry_run(pgflow_engine, result.new_run_id)
-    assert refused.outcome is RetryOutcome.NOT_FAILED and refused.new_run_id is None
+    assert refused.outcome is RetryOutcome.NOT_FAILED
+    assert refused.new_run_id is None

@@ -536,14 +536,19 @@ BEGIN
     last_run_id := scanned_ids[scanned];
     runs := 0; step_states := 0; step_tasks := 0; messages := 0; extension_rows := 0;
 
-    SELECT coalesce(array_agg(r.run_id), '{}') INTO doomed
-    FROM pgflow.runs AS r
-    WHERE r.run_id = ANY(scanned_ids)
-      AND r.status = ANY(prune_runs.statuses)
-      AND r.status <> 'started'
-      AND coalesce(r.completed_at, r.failed_at) < prune_runs.cutoff
-      AND (prune_runs.flows IS NULL OR r.flow_slug = ANY(prune_runs.flows))
-    FOR UPDATE SKIP LOCKED;
+    -- FOR UPDATE re-checks the conditions on the latest row version once locked (a run being
+    -- resumed right now is skipped, or seen started).
+    SELECT coalesce(array_agg(locked.run_id), '{}') INTO doomed
+    FROM (
+        SELECT r.run_id
+        FROM pgflow.runs AS r
+        WHERE r.run_id = ANY(scanned_ids)
+          AND r.status = ANY(prune_runs.statuses)
+          AND r.status <> 'started'
+          AND coalesce(r.completed_at, r.failed_at) < prune_runs.cutoff
+          AND (prune_runs.flows IS NULL OR r.flow_slug = ANY(prune_runs.flows))
+        FOR UPDATE SKIP LOCKED
+    ) AS locked;
     IF cardinality(doomed) = 0 THEN
         RETURN NEXT;
         RETURN;
