@@ -17,6 +17,7 @@ from pgflow._loading import flow_classes, load_definitions
 from pgflow._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pgflow.compiler import compile_flow
 from pgflow.errors import DatabaseUnavailableError, PgflowError
+from pgflow.schedules._cli import schedules_command
 from pgflow.schema import PgmqMode, install, status
 
 EXIT_SCHEMA_PROBLEM = 1
@@ -178,6 +179,11 @@ def compile_command(references: tuple[str, ...]) -> None:
     show_default=True,
     help="Seconds between offers to run the stalled-task sweep.",
 )
+@click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Do not fire schedules from this worker (others still do; see docs/schedules.md).",
+)
 @log_format_option
 @log_level_option
 @click.option("--compile-missing", is_flag=True, help="Development: register missing flows.")
@@ -194,6 +200,7 @@ def run_worker(
     heartbeat_interval: float,
     heartbeat_timeout: int,
     recovery_interval: float,
+    no_scheduler: bool,
     log_format: str | None,
     log_level: str | None,
     compile_missing: bool,
@@ -222,6 +229,7 @@ def run_worker(
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             recovery_interval=recovery_interval,
+            scheduler=not no_scheduler,
         ),
     )
     worker.run()
@@ -253,3 +261,6 @@ def dashboard(
     serve(
         _db.url_from_env(database_url), host=host, port=port, read_only=read_only, insecure=insecure
     )
+
+
+main.add_command(schedules_command(_reports_errors, database_url_option))

@@ -28,7 +28,7 @@ from pgflow.schedules._api import (
 )
 from pgflow.schedules._cron import MISSED_POLICIES, Cron, Missed
 from pgflow.schedules._declared import schedules_of
-from pgflow.schedules._firing import FirePass, Scheduler, fire_due
+from pgflow.schedules._firing import FirePass, Scheduler, SchedulerService, fire_due
 
 __all__ = [
     "MISSED_POLICIES",
@@ -40,6 +40,7 @@ __all__ = [
     "ScheduleError",
     "ScheduleNotFoundError",
     "Scheduler",
+    "SchedulerService",
     "create_schedule",
     "create_schedule_async",
     "delete_schedule",

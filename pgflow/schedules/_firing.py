@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -28,6 +28,9 @@ from pgflow._sql import query
 from pgflow.client._start import prepare_start, start_run
 from pgflow.errors import PgflowError
 from pgflow.schedules._cron import Cron
+
+if TYPE_CHECKING:
+    from pgflow.worker._session import ServingSession
 
 # A schedule whose row cannot be evaluated here (e.g. a time zone this machine lacks) is
 # looked at again after this long, not on every pass.
@@ -234,3 +237,15 @@ class Scheduler:
                 )
                 wait = self.max_idle
             await anyio.sleep(wait)
+
+
+class SchedulerService:
+    """The scheduler as a background service of a serving worker (``WorkerOptions.scheduler``,
+    on by default; ``pgflow run-worker --no-scheduler`` turns it off). It uses the worker's
+    engine and handles its own database faults, so it never ends serving."""
+
+    def __init__(self, **scheduler_options: Any) -> None:
+        self.scheduler_options = scheduler_options
+
+    async def run(self, session: ServingSession) -> None:
+        await Scheduler(session.engine, **self.scheduler_options).run()

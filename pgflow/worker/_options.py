@@ -26,6 +26,8 @@ class WorkerOptions:
     """A worker silent this long is considered dead; its started tasks are recovered."""
     max_requeues: int = 3
     """Recoveries of one task before it is failed as stalled."""
+    scheduler: bool = True
+    """Fire due schedules (docs/schedules.md); every worker may, each tick still fires once."""
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "batch_size", "visibility_timeout"):

@@ -36,6 +36,7 @@ from pgflow.schedules import (
     update_schedule,
 )
 from tests.helpers.database import register_flows as register
+from tests.helpers.workers import running_worker, wait_until_finished
 
 DAY = timedelta(days=1)
 T0 = datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
@@ -312,3 +313,20 @@ async def test_the_scheduler_loop_fires_every_second(engine: Engine) -> None:
             group.cancel_scope.cancel()
     ticks = [run["fire_time"] for run in runs(engine, "cleanup")]
     assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(ticks))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scheduler", [True, False])
+async def test_a_worker_fires_schedules_unless_told_not_to(engine: Engine, scheduler: bool) -> None:
+    create_schedule(engine, Cleanup, Cron("0 3 * * *", missed="latest"))
+    set_next_fire(engine, "cleanup", T0)  # long overdue: a scheduler fires it on its first pass
+    async with running_worker(engine, Cleanup, scheduler=scheduler):
+        # The worker is serving once it completes a run started after it came up.
+        manual = trigger_schedule(engine, "cleanup")
+        assert (await wait_until_finished(engine, manual))["status"] == "completed"
+        if scheduler:
+            with anyio.fail_after(20):
+                while len(runs(engine, "cleanup")) < 2:
+                    await anyio.sleep(0.05)
+    fired = [run for run in runs(engine, "cleanup") if not run["manual"]]
+    assert len(fired) == (1 if scheduler else 0)
