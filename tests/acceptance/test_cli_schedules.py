@@ -46,4 +46,6 @@ def test_operating_a_schedule_from_the_command_line(
     missing = pgflow_cli("schedules", "pause", "nightly", url=pgflow_database)
     assert missing.returncode == 1
     assert missing.stderr == "error: no schedule is named 'nightly'\n"
-    assert get_run(pgflow_engine, run_id).flow_slug == "tick"  # the run outlives its schedule
+    run = get_run(pgflow_engine, run_id)  # the run outlives its schedule
+    assert run is not None
+    assert run.flow_slug == "tick"
