@@ -137,10 +137,16 @@ def json_kind(value: Any) -> str:
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+# A surrogate code point on its own is not a character: UTF-8 cannot encode it and jsonb rejects
+# its escape. (Python strings hold astral characters as single code points, never as pairs.)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def encode_input(flow_slug: str, value: Any) -> str:
-    """The input as JSON text, or an error raised before the database is touched."""
+    """The input as JSON text, or an error raised before the database is touched (so a caller's
+    transaction is never aborted by an input jsonb would refuse)."""
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InputNotJSONError(
             f"input for flow {flow_slug!r} is not JSON: {exc}. Use dict, list, str, int, float, "
@@ -150,6 +156,13 @@ def encode_input(flow_slug: str, value: Any) -> str:
         raise InputNotJSONError(
             f"input for flow {flow_slug!r} is not JSON that PostgreSQL can store: it contains "
             "a NUL character (\\u0000), which jsonb rejects; remove or replace it."
+        )
+    if surrogate := _SURROGATE.search(text):
+        raise InputNotJSONError(
+            f"input for flow {flow_slug!r} is not JSON that PostgreSQL can store: it contains "
+            f"a lone surrogate (\\u{ord(surrogate.group()):04x}), which is not a character "
+            "(often text decoded with errors='surrogateescape'); decode it properly or "
+            "replace it."
         )
     return text
 

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, cast
 
@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgflow import telemetry
-from pgflow._db import unavailable
+from pgflow._db import display_url, unavailable
 from pgflow._sql import query
 from pgflow.client._common import (
     AsyncBind,
@@ -41,6 +41,7 @@ from pgflow.client._errors import (
 )
 from pgflow.client._read import read_run
 from pgflow.client._start import prepare_start, start_run
+from pgflow.errors import DatabaseUnavailableError
 from pgflow.results import Run, RunStatus, TaskFailure
 
 DEFAULT_TIMEOUT = 60.0
@@ -60,11 +61,12 @@ def wait_for_run(
     no limit), :class:`UnknownRunError` if the run does not exist.
 
     Uses a connection of its own from the bind's engine, so a run started in a Session must be
-    committed first. ``listen=False`` polls only.
+    committed first. ``listen=False`` polls only. A connection lost while waiting (a server
+    restart, a terminated backend) is reopened until the timeout; only then
+    :class:`~pgflow.errors.DatabaseUnavailableError`.
     """
     waiter = _Waiter(as_run_id(run_id), timeout, poll_interval)
-    with _waiting_connection(engine_of(bind), listen) as (connection, driver):
-        return _wait(connection, driver, waiter)
+    return _wait_reconnecting(engine_of(bind), listen, lambda _connection: waiter)
 
 
 def start_flow_and_wait(
@@ -81,11 +83,14 @@ def start_flow_and_wait(
     transaction, which a worker could not see), and :func:`wait_for_run` for it."""
     request = prepare_start(flow, input, run_id)
     _Waiter.check_arguments(timeout, poll_interval)
-    with _waiting_connection(engine_of(bind), listen) as (connection, driver):
+
+    def start(connection: Connection) -> _Waiter:
         # In autocommit the one start statement commits by itself.
         started = start_run(connection, request)
         telemetry.emit("run.started", flow=request.slug, run_id=str(started))
-        return _wait(connection, driver, _Waiter(started, timeout, poll_interval))
+        return _Waiter(started, timeout, poll_interval)
+
+    return _wait_reconnecting(engine_of(bind), listen, start, starting=request.slug)
 
 
 async def wait_for_run_async(
@@ -98,8 +103,11 @@ async def wait_for_run_async(
 ) -> Run:
     """:func:`wait_for_run` for an ``AsyncSession``, ``AsyncConnection`` or ``AsyncEngine``."""
     waiter = _Waiter(as_run_id(run_id), timeout, poll_interval)
-    async with _async_waiting_connection(async_engine_of(bind), listen) as (connection, driver):
-        return await _wait_async(connection, driver, waiter)
+
+    async def known(_connection: AsyncConnection) -> _Waiter:
+        return waiter
+
+    return await _wait_reconnecting_async(async_engine_of(bind), listen, known)
 
 
 async def start_flow_and_wait_async(
@@ -115,10 +123,121 @@ async def start_flow_and_wait_async(
     """:func:`start_flow_and_wait` for an async bind."""
     request = prepare_start(flow, input, run_id)
     _Waiter.check_arguments(timeout, poll_interval)
-    async with _async_waiting_connection(async_engine_of(bind), listen) as (connection, driver):
+
+    async def start(connection: AsyncConnection) -> _Waiter:
         started = await connection.run_sync(start_run, request)
         telemetry.emit("run.started", flow=request.slug, run_id=str(started))
-        return await _wait_async(connection, driver, _Waiter(started, timeout, poll_interval))
+        return _Waiter(started, timeout, poll_interval)
+
+    return await _wait_reconnecting_async(
+        async_engine_of(bind), listen, start, starting=request.slug
+    )
+
+
+# Pauses between attempts to reconnect a waiter (seconds); the last one repeats.
+_RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether an error means the server or the connection went away (worth reconnecting)."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError)
+    return isinstance(exc, psycopg.OperationalError | DatabaseUnavailableError)
+
+
+class _Reconnects:
+    """The reconnect policy the sync and async waits share: which failures end the wait."""
+
+    def __init__(self, url: sa.URL, starting: str | None) -> None:
+        self.url = url
+        self.starting = starting
+        self.attempt = 0
+
+    def pause_after(self, exc: Exception, waiter: _Waiter | None) -> float | None:
+        """Seconds to wait before reconnecting; None to re-raise ``exc`` as it is; or raise
+        the error that ends the wait."""
+        if not _connection_lost(exc):
+            return None
+        if waiter is None:
+            if isinstance(exc, DatabaseUnavailableError):
+                return None  # could not connect at all: nothing to resume
+            if self.starting is None:
+                raise unavailable(self.url, exc) from exc
+            # The start statement's commit may or may not have happened: retrying could start a
+            # second run, so the caller decides (with run_id=, a retry is safe: RunExistsError).
+            raise DatabaseUnavailableError(
+                f"lost the connection to {display_url(self.url)} while starting a run of flow "
+                f"{self.starting!r}: {_reason(exc)}. The run may or may not have started; pass "
+                "run_id= to make a retry safe."
+            ) from exc
+        if waiter.remaining() <= 0:
+            raise DatabaseUnavailableError(
+                f"lost the connection to {display_url(self.url)} while waiting for run "
+                f"{waiter.run_id} and could not reconnect within the timeout "
+                f"({waiter.timeout:g} s): {_reason(exc)}"
+            ) from exc
+        telemetry.emit(
+            "run.wait_reconnecting",
+            level=logging.WARNING,
+            run_id=str(waiter.run_id),
+            attempt=self.attempt + 1,
+            error=_reason(exc),
+        )
+        delay = _RECONNECT_DELAYS[min(self.attempt, len(_RECONNECT_DELAYS) - 1)]
+        self.attempt += 1
+        return min(delay, waiter.remaining())
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _wait_reconnecting(
+    engine: Engine,
+    listen: bool,
+    begin: Callable[[Connection], _Waiter],
+    *,
+    starting: str | None = None,
+) -> Run:
+    """Wait on a connection of its own; once waiting has begun, a lost connection is reopened
+    (status checks are idempotent, and the first check after reconnecting sees whatever
+    happened meanwhile). A server that cannot be reached at first fails at once."""
+    reconnects = _Reconnects(engine.url, starting)
+    waiter: _Waiter | None = None
+    while True:
+        try:
+            with _waiting_connection(engine, listen) as (connection, driver):
+                if waiter is None:
+                    waiter = begin(connection)
+                return _wait(connection, driver, waiter)
+        except Exception as exc:
+            pause = reconnects.pause_after(exc, waiter)
+            if pause is None:
+                raise
+        time.sleep(pause)
+
+
+async def _wait_reconnecting_async(
+    engine: AsyncEngine,
+    listen: bool,
+    begin: Callable[[AsyncConnection], Awaitable[_Waiter]],
+    *,
+    starting: str | None = None,
+) -> Run:
+    reconnects = _Reconnects(engine.url, starting)
+    waiter: _Waiter | None = None
+    while True:
+        try:
+            async with _async_waiting_connection(engine, listen) as (connection, driver):
+                if waiter is None:
+                    waiter = await begin(connection)
+                return await _wait_async(connection, driver, waiter)
+        except Exception as exc:
+            pause = reconnects.pause_after(exc, waiter)
+            if pause is None:
+                raise
+        await anyio.sleep(pause)
 
 
 class _Waiter:

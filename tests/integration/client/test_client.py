@@ -277,6 +277,8 @@ def test_a_root_map_input_given_by_slug_is_checked_by_the_database(engine: Engin
         ({1, 2}, "set is not JSON serializable"),
         ([float("nan")], "Out of range float values"),
         ({"text": "a\x00b"}, "NUL character"),
+        ({"text": "bad \ud800"}, r"lone surrogate \(\\ud800\)"),
+        ({"bad \udfff key": 1}, r"lone surrogate \(\\udfff\)"),
     ],
 )
 def test_input_that_is_not_json_is_refused_before_any_sql(
@@ -286,6 +288,16 @@ def test_input_that_is_not_json_is_refused_before_any_sql(
         start_flow(unreachable, Greeting, value)
     assert isinstance(raised.value, TypeError)
     assert str(raised.value).startswith("input for flow 'greeting' is not JSON")
+
+
+def test_a_lone_surrogate_is_refused_and_the_callers_transaction_goes_on(engine: Engine) -> None:
+    with Session(engine) as session:
+        start_flow(session, Greeting, {"name": "ada"})
+        with pytest.raises(InputNotJSONError, match="lone surrogate"):
+            start_flow(session, Greeting, {"name": "grace \udc80"})
+        start_flow(session, Greeting, {"name": "grace 😀"})  # astral characters are fine
+        session.commit()
+    assert run_count(engine) == 2
 
 
 def test_text_that_only_looks_like_an_escaped_nul_is_fine(engine: Engine) -> None:
