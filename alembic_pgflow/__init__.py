@@ -17,11 +17,12 @@ In env.py::
     )
 
 Then ``alembic revision --autogenerate`` writes ``op.create_flow(...)``,
-``op.update_flow_options(...)`` and ``op.drop_flow(...)`` into revisions, and
+``op.update_flow_options(...)`` and ``op.drop_flow(...)`` into revisions (and
+``op.create_schedule``/``update_schedule``/``drop_schedule`` for declared schedules), and
 ``alembic upgrade heads`` installs the schema and the flows. See docs/alembic.md.
 """
 
-from alembic_pgflow import _compare, _render  # noqa: F401  (registers comparator, renderers)
+from alembic_pgflow import _compare, _render, _schedules  # noqa: F401  (registers them)
 from alembic_pgflow._compare import plan_operations
 from alembic_pgflow._errors import (
     FlowConflictError,
@@ -41,6 +42,7 @@ from alembic_pgflow._revisions import (
     process_revision_directives,
     version_location,
 )
+from alembic_pgflow._schedules import CreateScheduleOp, DropScheduleOp, UpdateScheduleOp
 from alembic_pgflow._schema import DROP_SCHEMA_FLAG
 
 __all__ = [
@@ -48,7 +50,9 @@ __all__ = [
     "PGFLOW_SCHEMAS",
     "SCHEMA_BRANCH",
     "CreateFlowOp",
+    "CreateScheduleOp",
     "DropFlowOp",
+    "DropScheduleOp",
     "FlowConflictError",
     "FlowDiscoveryError",
     "FlowHasRunsError",
@@ -58,6 +62,7 @@ __all__ = [
     "SchemaDowngradeRefusedError",
     "SchemaRevisionError",
     "UpdateFlowOptionsOp",
+    "UpdateScheduleOp",
     "include_flows",
     "include_name",
     "plan_operations",

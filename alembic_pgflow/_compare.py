@@ -20,6 +20,7 @@ from alembic_pgflow._errors import FlowShapeChangedError
 from alembic_pgflow._ops import CreateFlowOp, DropFlowOp, UpdateFlowOptionsOp
 from alembic_pgflow._registry import FlowRegistry, Registration, registry_for
 from alembic_pgflow._revisions import schema_head
+from alembic_pgflow._schedules import plan_schedule_operations, read_schedules
 from alembic_pgflow._stored import StoredFlow, create_flow_defaults, read_flows
 
 # Under Alembic's logger so that the default alembic.ini shows these lines next to its own
@@ -38,6 +39,8 @@ def compare_flows(
     stored = read_flows(connection)
     defaults = create_flow_defaults(connection) if stored else {}
     operations = plan_operations(registry, stored, defaults)
+    before, after = plan_schedule_operations(registry, read_schedules(connection), operations)
+    operations = [*before, *operations, *after]
     upgrade_ops.ops.extend(operations)
     migration_context = autogen_context.migration_context
     script = migration_context.script

@@ -14,8 +14,9 @@ from alembic import context
 from alembic.config import Config
 
 from alembic_pgflow._errors import FlowDiscoveryError
-from pgflow._loading import FlowImportError, FlowSource, discover
+from pgflow._loading import FlowImportError, FlowSource, discover, discover_schedules
 from pgflow.definition import FlowDefinition
+from pgflow.schedules import Cron
 
 _ATTRIBUTE = "alembic_pgflow.registry"
 
@@ -35,6 +36,17 @@ class FlowRegistry:
 
     flows: dict[str, Registration] = field(default_factory=dict)
     drop_removed: bool | frozenset[str] = False
+    schedules: dict[str, tuple[Cron, str]] = field(default_factory=dict)
+    """Schedules declared on the registered classes, by name, with where they were declared."""
+
+    def add_schedule(self, cron: Cron, origin: str) -> None:
+        name = str(cron.name)
+        existing = self.schedules.setdefault(name, (cron, origin))
+        if existing[0] != cron:
+            raise FlowDiscoveryError(
+                f"two different schedules use the name {name!r} ({existing[1]} and {origin}); "
+                "schedule names must be unique"
+            )
 
     def add(self, registration: Registration) -> None:
         slug = registration.definition.slug
@@ -83,6 +95,9 @@ def include_flows(
     lossy = _slug_filter(allow_data_loss, "allow_data_loss", {d.slug for d, _ in found})
     for definition, origin in found:
         registry.add(Registration(definition, origin, lossy(definition.slug)))
+    for source in sources:
+        for cron, origin in discover_schedules(source):
+            registry.add_schedule(cron, origin)
     if drop_removed is True:
         registry.drop_removed = True
     elif drop_removed is not False and registry.drop_removed is not True:

@@ -11,6 +11,8 @@ from typing import Any
 from pgflow.definition import FlowDefinition
 from pgflow.dsl import Flow, definition_of
 from pgflow.errors import PgflowError
+from pgflow.schedules._cron import Cron
+from pgflow.schedules._declared import schedules_of
 
 FlowSource = str | ModuleType | type | FlowDefinition
 
@@ -106,3 +108,24 @@ def flow_classes(reference: str) -> list[type[Flow]]:
         if classes:
             return classes
     raise FlowImportError(f"{reference!r} names no concrete Flow or Job class")
+
+
+def discover_schedules(source: FlowSource) -> list[tuple[Cron, str]]:
+    """``(schedule, origin)`` for the schedules declared on the classes a source names (a bare
+    ``FlowDefinition`` declares none)."""
+    target = _import_reference(source) if isinstance(source, str) else source
+    if isinstance(target, ModuleType):
+        prefix = target.__name__ + "."
+        classes = [
+            value
+            for value in vars(target).values()
+            if isinstance(value, type)
+            and issubclass(value, Flow)
+            and "__pgflow_definition__" in vars(value)
+            and (value.__module__ == target.__name__ or value.__module__.startswith(prefix))
+        ]
+    elif isinstance(target, type) and "__pgflow_definition__" in vars(target):
+        classes = [target]
+    else:
+        classes = []
+    return [(cron, _qualname(cls)) for cls in classes for cron in schedules_of(cls)]

@@ -139,3 +139,33 @@ WITH pruned AS (
     RETURNING 1
 )
 SELECT count(*) AS pruned FROM pruned;
+
+-- name: schedules_table_present
+-- description: Whether this database has the schedules table (extension/0030 applied).
+SELECT to_regclass('pgflow_python.schedules') IS NOT NULL AS present;
+
+-- name: schedules_put_declared
+-- description: Create or replace a declared schedule (Alembic operations); a new cron or time zone recomputes its next tick at the next scheduler pass, the pause state stays.
+INSERT INTO pgflow_python.schedules AS s (
+    schedule_name, flow_slug, cron, timezone, input, missed, catch_up_limit, grace_seconds,
+    time_key, declared
+)
+VALUES (
+    :name, :flow_slug, :cron, :timezone, CAST(:input AS jsonb), :missed, :catch_up_limit,
+    :grace_seconds, CAST(:time_key AS text), true
+)
+ON CONFLICT (schedule_name) DO UPDATE SET
+    flow_slug = excluded.flow_slug,
+    cron = excluded.cron,
+    timezone = excluded.timezone,
+    input = excluded.input,
+    missed = excluded.missed,
+    catch_up_limit = excluded.catch_up_limit,
+    grace_seconds = excluded.grace_seconds,
+    time_key = excluded.time_key,
+    declared = true,
+    next_fire_at = CASE
+        WHEN (s.cron, s.timezone) IS DISTINCT FROM (excluded.cron, excluded.timezone) THEN NULL
+        ELSE s.next_fire_at
+    END,
+    updated_at = now();
