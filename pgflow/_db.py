@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from pgflow.errors import DatabaseUnavailableError
+from pgflow.errors import DatabaseUnavailableError, InvalidDatabaseURLError
 
 Bind = Engine | Connection | str | URL
 
@@ -19,13 +20,28 @@ _PG_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg"}
 
 def normalize_url(url: str | URL) -> URL:
     """Accept libpq-style and SQLAlchemy-style URLs; always use the psycopg 3 driver."""
-    parsed = make_url(url) if isinstance(url, str) else url
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+        # The port is parsed lazily; a non-numeric one fails here rather than at connect time.
+        parsed.port  # noqa: B018
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        raise InvalidDatabaseURLError(
+            f"cannot parse the database URL {_masked(url)!r} ({exc}): "
+            "use postgresql://user:password@host:port/dbname"
+        ) from None
     if parsed.drivername not in _PG_SCHEMES:
-        raise DatabaseUnavailableError(
+        raise InvalidDatabaseURLError(
             f"unsupported database URL scheme {parsed.drivername!r}: "
             "use postgresql://user@host:port/dbname"
         )
     return parsed.set(drivername="postgresql+psycopg")
+
+
+def _masked(url: str | URL) -> str:
+    """The URL for a message, without a password that may follow ``user:``."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
 
 
 def url_from_env(explicit: str | URL | None = None) -> URL:

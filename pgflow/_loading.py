@@ -5,6 +5,7 @@ Flow/Job classes or FlowDefinition objects. Used by ``pgflow compile`` and the A
 from __future__ import annotations
 
 import importlib
+import traceback
 from types import ModuleType
 from typing import Any
 
@@ -54,6 +55,20 @@ def _import_reference(reference: str) -> Any:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise FlowImportError(f"cannot import {module_name!r} (from {reference!r}): {exc}") from exc
+    except SyntaxError as exc:
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else "unknown file"
+        raise FlowImportError(
+            f"cannot import {module_name!r} (from {reference!r}): {type(exc).__name__}: "
+            f"{exc.msg} ({where})"
+        ) from exc
+    except Exception as exc:
+        # The module itself raised while being imported: name the place, not only the error.
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+        raise FlowImportError(
+            f"cannot import {module_name!r} (from {reference!r}): importing it raised "
+            f"{type(exc).__name__}: {exc}{where}"
+        ) from exc
     for part in attribute.split(".") if attribute else ():
         try:
             target = getattr(target, part)

@@ -1,8 +1,13 @@
-"""The ``pgflow`` command line. Exit codes: 0 ok, 1 schema problem, 2 usage, 3 no database."""
+"""The ``pgflow`` command line.
+
+Exit codes: 0 ok; 1 refused or a problem (schema, flows, database error); 2 usage (bad options,
+an unparsable database URL); 3 no database. Errors are one line on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -16,12 +21,18 @@ from pgflow import _db
 from pgflow._loading import flow_classes, load_definitions
 from pgflow._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pgflow.compiler import compile_flow
-from pgflow.errors import DatabaseUnavailableError, PgflowError
+from pgflow.errors import DatabaseUnavailableError, InvalidDatabaseURLError, PgflowError
 from pgflow.schedules._cli import schedules_command
 from pgflow.schema import PgmqMode, install, status
 
 EXIT_SCHEMA_PROBLEM = 1
+EXIT_USAGE = 2
 EXIT_NO_DATABASE = 3
+
+
+class BadOptionsError(PgflowError):
+    """Options that click accepted one by one but that do not work together."""
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,6 +45,9 @@ def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
+        except (InvalidDatabaseURLError, BadOptionsError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
         except DatabaseUnavailableError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_NO_DATABASE)
@@ -216,11 +230,8 @@ def run_worker(
     classes: list[type[Flow]] = []
     for reference in references:
         classes += flow_classes(reference)
-    worker = Worker(
-        classes,
-        _db.url_from_env(database_url),
-        compile_missing=compile_missing,
-        options=WorkerOptions(
+    try:
+        options = WorkerOptions(
             concurrency=concurrency,
             batch_size=batch_size,
             poll_interval=poll_interval,
@@ -230,7 +241,15 @@ def run_worker(
             heartbeat_timeout=heartbeat_timeout,
             recovery_interval=recovery_interval,
             scheduler=not no_scheduler,
-        ),
+        )
+    except ValueError as exc:
+        # WorkerOptions names its fields; the command line user knows the flags.
+        message = re.sub(
+            r"\b([a-z]+(?:_[a-z]+)+)\b", lambda m: "--" + m[1].replace("_", "-"), str(exc)
+        )
+        raise BadOptionsError(message) from None
+    worker = Worker(
+        classes, _db.url_from_env(database_url), compile_missing=compile_missing, options=options
     )
     worker.run()
 

@@ -11,6 +11,10 @@ class DatabaseUnavailableError(PgflowError):
     """The PostgreSQL server could not be reached (or no server was configured)."""
 
 
+class InvalidDatabaseURLError(PgflowError, ValueError):
+    """A database URL that cannot be parsed or does not name PostgreSQL."""
+
+
 class SchemaError(PgflowError):
     """The database schema is missing, incompatible, or cannot be installed."""
 

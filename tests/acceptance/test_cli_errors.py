@@ -1,0 +1,124 @@
+"""The command line's errors: one line on stderr, no traceback, a documented exit code
+(0 ok, 1 refused or a problem, 2 usage, 3 no database)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FLOWS = """\
+from pgflow import Flow, step
+
+
+class Hello(Flow, slug="hello"):
+    @step
+    def greet(self, input):
+        return "hello"
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "good_flows.py").write_text(FLOWS)
+    (tmp_path / "raising_flows.py").write_text(
+        "from pgflow import Flow\n\nraise RuntimeError('settings missing: API_KEY')\n"
+    )
+    (tmp_path / "broken_flows.py").write_text("def handler(:\n    pass\n")
+    return tmp_path
+
+
+def pgflow_cli(cwd: Path, *args: str, database_url: str | None = None) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    done = subprocess.run(
+        [sys.executable, "-m", "pgflow", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stderr
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["compile", "run-worker"])
+def test_a_flow_module_that_raises_is_named_with_the_error_and_its_place(
+    project: Path, command: str
+) -> None:
+    code, stderr = pgflow_cli(project, command, "raising_flows", database_url="postgresql://x@h/d")
+    assert code == 1
+    line = one_line(stderr)
+    assert "cannot import 'raising_flows'" in line
+    assert "RuntimeError: settings missing: API_KEY" in line
+    assert f"({project / 'raising_flows.py'}, line 3)" in line
+
+
+@pytest.mark.parametrize("command", ["compile", "run-worker"])
+def test_a_flow_module_with_a_syntax_error_is_named_with_its_line(
+    project: Path, command: str
+) -> None:
+    code, stderr = pgflow_cli(project, command, "broken_flows", database_url="postgresql://x@h/d")
+    assert code == 1
+    line = one_line(stderr)
+    assert "cannot import 'broken_flows'" in line
+    assert f"SyntaxError: invalid syntax ({project / 'broken_flows.py'}, line 1)" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("not a url", "'not a url'"),
+        ("postgresql://ada:s3cret@db.example:fivefour/app", "'postgresql://ada:***@db.example:"),
+        ("mysql://ada@db.example/app", "unsupported database URL scheme 'mysql'"),
+    ],
+)
+def test_an_unusable_database_url_is_a_usage_error(project: Path, url: str, shown: str) -> None:
+    for args in (["db", "status"], ["run-worker", "good_flows"]):
+        code, stderr = pgflow_cli(project, *args, database_url=url)
+        assert code == 2, stderr
+        line = one_line(stderr)
+        assert shown in line
+        assert "s3cret" not in line
+
+
+def test_worker_options_that_do_not_fit_together_are_a_usage_error(project: Path) -> None:
+    code, stderr = pgflow_cli(
+        project,
+        "run-worker",
+        "good_flows",
+        "--heartbeat-interval",
+        "20",
+        database_url="postgresql://nobody@127.0.0.1:1/none",
+    )
+    assert code == 2
+    assert one_line(stderr) == (
+        "error: --heartbeat-timeout (30) must be at least twice --heartbeat-interval (20.0)"
+    )
+
+
+def test_an_invalid_heartbeat_interval_is_a_usage_error(project: Path) -> None:
+    code, stderr = pgflow_cli(project, "run-worker", "good_flows", "--heartbeat-interval", "soon")
+    assert code == 2
+    assert "Invalid value for '--heartbeat-interval'" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_no_database_is_exit_code_3(project: Path) -> None:
+    code, stderr = pgflow_cli(
+        project, "db", "status", database_url="postgresql://nobody@127.0.0.1:1/none"
+    )
+    assert code == 3
+    assert "cannot connect to postgresql://nobody@127.0.0.1:1/none" in one_line(stderr)
