@@ -9,6 +9,8 @@ worker's structlog events print as they happen.
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import anyio.to_thread
 import sqlalchemy as sa
@@ -18,6 +20,7 @@ from pgflow import compile_flow, definition_of, install
 from pgflow._db import create_engine
 from pgflow.client import enqueue, start_flow_and_wait, wait_for_run
 from pgflow.errors import PgflowError
+from pgflow.schedules import Cron, create_schedule, get_schedule
 from pgflow.telemetry import configure_logging
 from pgflow.testing import temporary_database
 from pgflow.worker import Worker, WorkerOptions
@@ -38,6 +41,13 @@ def app(engine: sa.Engine) -> None:
         start_flow_and_wait(engine, Thumbnails, {"not": "a list"}, timeout=30)
     except PgflowError as exc:
         print(f"\n>>> a bad input is refused before it reaches the database:\n    {exc}\n")
+    # A schedule: the worker's scheduler starts a run on every tick (here every 2 seconds).
+    create_schedule(engine, SendEmail, Cron("*/2 * * * * *", name="reminders", input={"to": "ops"}))
+    deadline = time.monotonic() + 30
+    while (fired := get_schedule(engine, "reminders").last_run_id) is None:
+        assert time.monotonic() < deadline, "the schedule did not fire within 30 s"
+        time.sleep(0.1)
+    print(f"\n>>> schedule reminders fired: {wait_for_run(engine, fired, timeout=30).input}\n")
 
 
 async def main() -> None:

@@ -205,3 +205,14 @@ def test_plain_data_round_trips() -> None:
     assert Cron.from_dict(cron.to_dict()) == cron
     with pytest.raises(InvalidScheduleError, match="unknown schedule keys"):
         Cron.from_dict({"cron": "* * * * *", "every": 1})
+
+
+def test_six_field_expressions_follow_the_wall_clock_at_dst_changes() -> None:
+    skipped = Cron("0 30 2 * * *", timezone="America/New_York")
+    assert skipped.next_after(local(2026, 3, 7, 12, 0)) == local(2026, 3, 9, 2, 30)
+    twice = Cron("0 30 1 * * *", timezone="America/New_York")
+    first = twice.next_after(local(2026, 10, 31, 12, 0))
+    assert (first, twice.next_after(first)) == (
+        datetime(2026, 11, 1, 5, 30, tzinfo=UTC),  # 01:30 EDT
+        datetime(2026, 11, 1, 6, 30, tzinfo=UTC),  # 01:30 EST
+    )
