@@ -22,6 +22,7 @@ from pgflow._loading import flow_classes, load_definitions
 from pgflow._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pgflow.compiler import compile_flow
 from pgflow.errors import DatabaseUnavailableError, InvalidDatabaseURLError, PgflowError
+from pgflow.operations._cli import add_commands as add_operations_commands
 from pgflow.schedules._cli import schedules_command
 from pgflow.schema import PgmqMode, install, status
 
@@ -283,3 +284,6 @@ def dashboard(
 
 
 main.add_command(schedules_command(_reports_errors, database_url_option))
+add_operations_commands(
+    main, reports_errors=_reports_errors, database_url_option=database_url_option
+)

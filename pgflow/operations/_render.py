@@ -1,0 +1,207 @@
+"""How the ``pgflow runs``/``workers``/``prune`` commands print results: plain tables for people,
+JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pgflow.operations._results import RunDetails, RunSummary, WorkerInfo
+
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``1d12h``, ``90m``, ``45s``, ``2w`` as a timedelta."""
+    compact = text.strip().lower()
+    parts = _DURATION_PART.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise ValueError(f"{text!r} is not a duration such as 30d, 12h, 1d12h, 90m or 45s")
+    return sum((timedelta(**{_UNITS[unit]: int(n)}) for n, unit in parts), timedelta())
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """A duration back from now (``2h``) or an ISO 8601 time (UTC when no offset is given)."""
+    try:
+        return (now or datetime.now(UTC)) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (2h, 7d) nor a time (2026-11-29T08:00)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def to_json(value: Any) -> str:
+    """Dataclasses (or lists of them) as JSON; times in ISO 8601, durations in seconds."""
+    if isinstance(value, list | tuple):
+        plain: Any = [
+            asdict(item) if is_dataclass(item) and not isinstance(item, type) else item
+            for item in value
+        ]
+    else:
+        plain = asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+    return json.dumps(plain, indent=2, ensure_ascii=False, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def duration(value: timedelta | None) -> str:
+    if value is None:
+        return "-"
+    seconds = value.total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def size(octets: int) -> str:
+    if octets < 1024:
+        return f"{octets}B"
+    if octets < 1024 * 1024:
+        return f"{octets / 1024:.1f}KiB"
+    return f"{octets / 1024 / 1024:.1f}MiB"
+
+
+def moment(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short(text: str | None, limit: int = 60) -> str:
+    if not text:
+        return ""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def run_status(status: str, cancelled: bool) -> str:
+    return "cancelled" if cancelled else status
+
+
+def runs_table(runs: Sequence[RunSummary]) -> str:
+    if not runs:
+        return "no runs"
+    return table(
+        ["RUN ID", "FLOW", "STATUS", "STARTED (UTC)", "DURATION", "LEFT", "NOTE"],
+        [
+            [
+                str(run.run_id),
+                run.flow_slug,
+                run_status(run.status, run.cancelled),
+                moment(run.started_at),
+                duration(run.duration),
+                str(run.remaining_steps),
+                _note(run),
+            ]
+            for run in runs
+        ],
+    )
+
+
+def _note(run: RunSummary) -> str:
+    notes = []
+    if run.cancel_reason:
+        notes.append(_short(run.cancel_reason, 40))
+    if run.restart_of_run_id:
+        notes.append(f"retry of {run.restart_of_run_id}")
+    return "; ".join(notes)
+
+
+def run_details(details: RunDetails) -> str:
+    run = details.run
+    ended = run.completed_at or run.failed_at
+    lines = [
+        f"run       {run.run_id}",
+        f"flow      {run.flow_slug}",
+        f"status    {run_status(run.status, run.cancelled)}"
+        + (f" ({run.cancel_reason})" if run.cancel_reason else ""),
+        f"started   {moment(run.started_at)} UTC",
+        f"ended     {moment(ended)}" + (" UTC" if ended else ""),
+        f"duration  {duration(None if ended is None else ended - run.started_at)}",
+    ]
+    if run.restart_of_run_id:
+        lines.append(f"retry of  {run.restart_of_run_id}")
+    if run.retried_as_run_id:
+        lines.append(f"retried   as {run.retried_as_run_id}")
+    for resume in details.resumes:
+        what = "cancelled" if resume.was_cancelled else "failed"
+        lines.append(
+            f"resumed   {moment(resume.resumed_at)} UTC after it {what}"
+            + (f" ({_short(resume.reason, 50)})" if resume.reason else "")
+            + f"; {resume.tasks_requeued} task(s) queued again"
+        )
+    lines.append("")
+    rows = []
+    for position, step in enumerate(details.steps):
+        branch = "└─" if position == len(details.steps) - 1 else "├─"
+        rows.append(
+            [
+                f"{branch} {step.step_slug}" + (" [map]" if step.step_type == "map" else ""),
+                ", ".join(step.depends_on) or "-",
+                step.status,
+                f"{step.completed_tasks}/{step.tasks}" if step.tasks else "-",
+                str(step.attempts),
+                duration(step.duration),
+                size(step.output_bytes) if step.completed_tasks else "-",
+                _short(step.error_message),
+            ]
+        )
+    lines.append(
+        table(["STEP", "NEEDS", "STATUS", "TASKS", "ATTEMPTS", "DURATION", "OUTPUT", "ERROR"], rows)
+    )
+    return "\n".join(lines)
+
+
+def workers_table(workers: Sequence[WorkerInfo]) -> str:
+    if not workers:
+        return "no workers"
+    now = datetime.now(UTC)
+    return table(
+        ["WORKER ID", "FLOW", "STATE", "LAST HEARTBEAT", "STARTED (UTC)", "TASKS", "FUNCTION"],
+        [
+            [
+                str(worker.worker_id),
+                worker.queue_name,
+                worker.state,
+                f"{duration(now - worker.last_heartbeat_at)} ago",
+                moment(worker.started_at),
+                str(worker.tasks_started),
+                worker.function_name,
+            ]
+            for worker in workers
+        ],
+    )

@@ -1,0 +1,155 @@
+"""``pgflow runs|workers|prune`` as an operator runs them: separate processes, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import URL, Engine
+
+import sql_only_flow
+from pgflow import start_flow
+from tests.helpers import database
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DATABASE = 0, 1, 2, 3
+
+
+def pgflow_cli(url: URL | str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else database.libpq_url(url)}
+    return subprocess.run(
+        [sys.executable, "-m", "pgflow", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def json_of(url: URL, *args: str) -> Any:
+    result = pgflow_cli(url, *args, "--json")
+    assert result.returncode == EXIT_OK, result.stderr
+    return json.loads(result.stdout)
+
+
+def failing_greeting() -> dict[str, tuple[list[str], sql_only_flow.Handler]]:
+    def refuse(task: Any) -> Any:
+        raise ValueError(f"no greeting for {task['name']}")
+
+    return {**sql_only_flow.GREETING_FLOW, "greeting": (["name"], refuse)}
+
+
+@pytest.fixture
+def runs(pgflow_engine: Engine) -> dict[str, uuid.UUID]:
+    """A completed, a failed and a started run of the example's greeting flow."""
+    with pgflow_engine.begin() as connection:
+        sql_only_flow.define_flow(
+            connection, "greeting", sql_only_flow.GREETING_FLOW, max_attempts=1
+        )
+    completed = start_flow(pgflow_engine, "greeting", {"name": "ada"})
+    sql_only_flow.drive(pgflow_engine, "greeting", sql_only_flow.GREETING_FLOW, completed)
+    failed = start_flow(pgflow_engine, "greeting", {"name": "bob"})
+    sql_only_flow.drive(pgflow_engine, "greeting", failing_greeting(), failed)
+    started = start_flow(pgflow_engine, "greeting", {"name": "cy"})
+    return {"completed": completed, "failed": failed, "started": started}
+
+
+def test_list_and_show_runs(pgflow_database: URL, runs: dict[str, uuid.UUID]) -> None:
+    listed = json_of(pgflow_database, "runs", "list")
+    assert {(r["run_id"], r["status"]) for r in listed} == {
+        (str(run_id), status) for status, run_id in runs.items()
+    }
+    table = pgflow_cli(pgflow_database, "runs", "list", "--status", "failed", "--since", "1h")
+    assert table.returncode == EXIT_OK
+    assert str(runs["failed"]) in table.stdout
+    assert str(runs["completed"]) not in table.stdout
+    assert table.stdout.splitlines()[0].split()[:3] == ["RUN", "ID", "FLOW"]
+
+    shown = pgflow_cli(pgflow_database, "runs", "show", str(runs["failed"]))
+    assert shown.returncode == EXIT_OK, shown.stderr
+    greeting = next(line for line in shown.stdout.splitlines() if "─ greeting" in line)
+    assert "failed" in greeting
+    assert "ValueError: no greeting for Bob" in greeting
+    details = json_of(pgflow_database, "runs", "show", str(runs["completed"]))
+    steps = {step["step_slug"]: step for step in details["steps"]}
+    assert list(steps) == ["name", "greeting", "card"]
+    assert steps["card"]["depends_on"] == ["greeting", "name"]
+    assert steps["name"]["attempts"] == 1
+    assert steps["name"]["output_bytes"] == len('"Ada"')
+    assert details["run"]["output"]["card"]["to"] == "Ada"
+
+    missing = pgflow_cli(pgflow_database, "runs", "show", str(uuid.uuid4()))
+    assert missing.returncode == EXIT_REFUSED
+    assert "does not exist" in missing.stderr
+
+
+def test_cancel_resume_and_retry_with_exit_codes(
+    pgflow_database: URL, runs: dict[str, uuid.UUID]
+) -> None:
+    started, failed, completed = (str(runs[k]) for k in ("started", "failed", "completed"))
+    cancelled = pgflow_cli(pgflow_database, "runs", "cancel", started, "--reason", "ops test")
+    assert cancelled.returncode == EXIT_OK, cancelled.stderr
+    assert f"cancelled run {started}" in cancelled.stdout
+    again = pgflow_cli(pgflow_database, "runs", "cancel", started)
+    assert again.returncode == EXIT_OK
+    assert "already cancelled" in again.stdout
+    finished = pgflow_cli(pgflow_database, "runs", "cancel", completed)
+    assert finished.returncode == EXIT_REFUSED
+    assert "nothing to cancel" in finished.stdout
+    listed = json_of(pgflow_database, "runs", "list", "--status", "cancelled")
+    assert [(r["run_id"], r["cancel_reason"]) for r in listed] == [(started, "ops test")]
+
+    resumed = json_of(pgflow_database, "runs", "resume", failed)
+    assert resumed["outcome"] == "resumed"
+    assert resumed["tasks_requeued"] == 1
+    not_failed = pgflow_cli(pgflow_database, "runs", "resume", failed)
+    assert not_failed.returncode == EXIT_REFUSED
+    assert "only failed or cancelled" in not_failed.stdout
+
+    retried = json_of(pgflow_database, "runs", "retry", started)
+    assert retried["outcome"] == "retried"
+    new_run = retried["new_run_id"]
+    shown = json_of(pgflow_database, "runs", "show", new_run)
+    assert shown["run"]["restart_of_run_id"] == started
+    twice = pgflow_cli(pgflow_database, "runs", "retry", started)
+    assert twice.returncode == EXIT_OK
+    assert f"already retried as {new_run}" in twice.stdout
+    refused = pgflow_cli(pgflow_database, "runs", "retry", completed)
+    assert refused.returncode == EXIT_REFUSED
+
+
+def test_prune_and_workers(pgflow_database: URL, runs: dict[str, uuid.UUID]) -> None:
+    workers = json_of(pgflow_database, "workers", "list")
+    assert workers
+    assert {w["state"] for w in workers} == {"alive"}
+    assert {w["queue_name"] for w in workers} == {"greeting"}
+
+    preview = json_of(pgflow_database, "prune", "--older-than", "0s", "--dry-run")
+    assert preview["dry_run"]
+    assert preview["runs"] == 2
+    text = pgflow_cli(pgflow_database, "prune", "--older-than", "30d", "--flow", "greeting")
+    assert text.returncode == EXIT_OK
+    assert text.stdout.startswith("deleted 0 run(s) finished before")
+    pruned = json_of(pgflow_database, "prune", "--older-than", "0s", "--status", "failed")
+    assert pruned["runs"] == 1
+    assert pruned["step_tasks"] == 2
+    left = {r["run_id"] for r in json_of(pgflow_database, "runs", "list")}
+    assert left == {str(runs["completed"]), str(runs["started"])}
+
+
+def test_usage_errors_and_no_database(pgflow_database: URL) -> None:
+    assert pgflow_cli(pgflow_database, "runs", "show", "not-a-uuid").returncode == EXIT_USAGE
+    bad_window = pgflow_cli(pgflow_database, "prune", "--older-than", "soon")
+    assert bad_window.returncode == EXIT_USAGE
+    assert "not a duration" in bad_window.stderr
+    bad_since = pgflow_cli(pgflow_database, "runs", "list", "--since", "yesterday")
+    assert bad_since.returncode == EXIT_USAGE
+    assert pgflow_cli(pgflow_database, "prune").returncode == EXIT_USAGE
+    nowhere = pgflow_cli("postgresql://postgres@127.0.0.1:1/none", "runs", "list")
+    assert nowhere.returncode == EXIT_NO_DATABASE
+    assert "cannot connect" in nowhere.stderr
