@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,16 @@ class Context:
     load_flow_input: Callable[[], Awaitable[Any]] | None = field(default=None, repr=False)
     event_loop: Any = field(default=None, repr=False)
     """The worker's event loop token (``anyio.lowlevel.current_token()``), for sync handlers."""
+    cancellation: threading.Event | None = field(default=None, repr=False)
+    """Set by the worker when the run is cancelled while this task runs (see ``cancelled``)."""
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was cancelled (``pgflow.operations.cancel_run``) while this task
+        runs. An async handler is cancelled at its next ``await`` and need not look; a sync
+        handler cannot be interrupted, so a long one should check this now and then and return
+        early. Whatever it returns after the cancel is ignored."""
+        return self.cancellation is not None and self.cancellation.is_set()
 
     async def flow_input(self) -> Any:
         """The run's input. Dependent and map steps do not receive it, so it is loaded on demand

@@ -78,6 +78,13 @@ SELECT pgflow_python.next_visible_at(:queue_name) AS at
 SELECT run_id, step_slug, task_index, action
 FROM pgflow_python.recover_stalled_tasks(:heartbeat_timeout, :max_requeues)
 
+-- name: cancelled_runs
+-- description: Which of the runs a worker is running tasks of were cancelled (its cancel watcher asks while tasks run).
+SELECT c.run_id
+FROM pgflow_python.run_cancellations AS c
+JOIN pgflow.runs AS r ON r.run_id = c.run_id AND r.status = 'failed'
+WHERE c.run_id = ANY(:run_ids)
+
 -- name: run_input
 -- description: The flow input, for handlers of steps whose task input does not carry it (ctx.flow_input()).
 SELECT input FROM pgflow.runs WHERE run_id = :run_id

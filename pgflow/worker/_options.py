@@ -26,6 +26,8 @@ class WorkerOptions:
     """A worker silent this long is considered dead; its started tasks are recovered."""
     max_requeues: int = 3
     """Recoveries of one task before it is failed as stalled."""
+    cancel_check_interval: float = 0.5
+    """While tasks run: how often to ask whether their runs were cancelled (``cancel_run``)."""
     scheduler: bool = True
     """Fire due schedules (docs/schedules.md); every worker may, each tick still fires once."""
 
@@ -33,7 +35,12 @@ class WorkerOptions:
         for name in ("concurrency", "batch_size", "visibility_timeout"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("poll_interval", "heartbeat_interval", "shutdown_timeout"):
+        for name in (
+            "poll_interval",
+            "heartbeat_interval",
+            "shutdown_timeout",
+            "cancel_check_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.heartbeat_timeout < 2 * self.heartbeat_interval:

@@ -183,6 +183,10 @@ class PostgresStore:
         rows = await self._service.fetch("run_input", run_id=run_id)
         return rows[0]["input"] if rows else None
 
+    async def cancelled_runs(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        rows = await self._service.fetch("cancelled_runs", run_ids=list(run_ids))
+        return {row["run_id"] for row in rows}
+
     def wait_for_wakeups(self, stop: threading.Event, wake: Callable[[str], None]) -> None:
         while not stop.is_set():
             try:

@@ -9,6 +9,7 @@ from typing import Any
 from pgflow import telemetry
 from pgflow.context import Context
 from pgflow.worker import _inputs
+from pgflow.worker._cancellation import TaskCancellation
 from pgflow.worker._executor import Completed, Failed, Outcome, describe, run_handler
 from pgflow.worker._reporting import Reporter
 from pgflow.worker._session import ServedFlow, ServingSession
@@ -31,12 +32,22 @@ async def execute(
         "attempt": task.attempt,
     }
     slot = _Slot(session)
+    cancellation = session.cancellations.add(task.run_id)
     try:
         started = time.perf_counter()
-        outcome = await _outcome(session, threads, served, task, fields=fields, slot=slot)
+        with cancellation.scope:
+            outcome = await _outcome(
+                session, threads, served, task, fields=fields, slot=slot, cancel=cancellation
+            )
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        if cancellation.requested:
+            # The run was cancelled while the handler ran: nothing to report (a late result
+            # must not look like work done; upstream would ignore it on a failed run anyway).
+            telemetry.emit("task.cancelled", **fields)
+            return
         await reporter.report(served.worker_id, task, outcome, fields)
     finally:
+        session.cancellations.discard(cancellation)
         session.running.discard(task.key)
         slot.release()
 
@@ -67,6 +78,7 @@ async def _outcome(
     *,
     fields: dict[str, Any],
     slot: _Slot,
+    cancel: TaskCancellation,
 ) -> Outcome:
     spec = served.handlers.get(task.step_slug)
     if spec is None:
@@ -93,6 +105,7 @@ async def _outcome(
             **({} if known is None else {"known_flow_input": known}),
             load_flow_input=lambda: session.store.run_input(task.run_id),
             event_loop=threads.event_loop,
+            cancellation=cancel.flag,
         )
     except Exception as exc:
         return Failed(f"the worker could not prepare the handler's input: {describe(exc)}")

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from pgflow.definition import FlowDefinition, StepType
 from pgflow.dsl import Flow, HandlerSpec, definition_of
+from pgflow.worker._cancellation import RunCancellations
 from pgflow.worker._options import WorkerOptions
 from pgflow.worker._store import Registration, TaskKey, WorkerStore
 
@@ -83,6 +84,8 @@ class ServingSession:
         self.handlers_scope = anyio.CancelScope()
         self.claim_lock = anyio.Lock()
         self.running: set[TaskKey] = set()
+        self.cancellations = RunCancellations()
+        """Running tasks by run, for the cancel watcher (pgflow/worker/_cancellation.py)."""
         self.started_at = time.monotonic()
         self._wakeups: dict[str, anyio.Event] = {flow.slug: anyio.Event() for flow in flows}
 

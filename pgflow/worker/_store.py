@@ -116,6 +116,9 @@ class WorkerStore(Protocol):
     async def run_input(self, run_id: uuid.UUID) -> Any:
         """The run's flow input (None if the run does not exist)."""
 
+    async def cancelled_runs(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``run_ids`` that were cancelled (``pgflow.operations.cancel_run``)."""
+
     def wait_for_wakeups(self, stop: threading.Event, wake: Callable[[str], None]) -> None:
         """Blocking. Call ``wake(queue_name)`` for each wake-up notification until ``stop`` is
         set; survive lost connections by reconnecting. Returns soon after ``stop`` is set."""

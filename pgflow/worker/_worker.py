@@ -27,6 +27,7 @@ from pgflow._db import create_engine, normalize_url
 from pgflow.dsl import Flow
 from pgflow.errors import WorkerCrashedError
 from pgflow.schedules import SchedulerService
+from pgflow.worker._cancellation import CancelWatcher
 from pgflow.worker._claiming import Claimed, poll
 from pgflow.worker._executor import describe
 from pgflow.worker._options import WorkerOptions
@@ -169,7 +170,12 @@ class Worker:
 
     async def _serve(self, session: ServingSession) -> None:
         reporter = Reporter(self._store, on_failed=session.wake_worker)
-        services: list[WorkerService] = [Heartbeats(), RecoverySweep(), WakeupListener()]
+        services: list[WorkerService] = [
+            Heartbeats(),
+            RecoverySweep(),
+            WakeupListener(),
+            CancelWatcher(),
+        ]
         if self.options.scheduler:
             services.append(SchedulerService())
         async with anyio.create_task_group() as background:

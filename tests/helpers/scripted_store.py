@@ -46,6 +46,8 @@ class ScriptedStore:
         self.listening = threading.Event()
         """Set while a wait_for_wakeups thread runs."""
         self.deprecated = False
+        self.cancelled: set[uuid.UUID] = set()
+        """Runs cancelled_runs reports as cancelled."""
         self.claim_error: Callable[[], Exception | None] = lambda: None
         self.report_error: Callable[[], Exception | None] = lambda: None
 
@@ -100,6 +102,9 @@ class ScriptedStore:
 
     async def run_input(self, run_id: uuid.UUID) -> Any:
         return None
+
+    async def cancelled_runs(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        return self.cancelled & set(run_ids)
 
     def wait_for_wakeups(self, stop: threading.Event, wake: Callable[[str], None]) -> None:
         self.listening.set()
