@@ -127,6 +127,10 @@ class RunSummary:
     cancelled_at: datetime | None
     cancel_reason: str | None
     restart_of_run_id: uuid.UUID | None
+    schedule_name: str | None = None
+    """The schedule that started this run (docs/schedules.md), if one did."""
+    scheduled_for: datetime | None = None
+    """The schedule's tick this run is for (when it was triggered, for a manual trigger)."""
 
     @property
     def cancelled(self) -> bool:
@@ -150,6 +154,8 @@ class RunSummary:
             cancelled_at=row["cancelled_at"],
             cancel_reason=row["cancel_reason"],
             restart_of_run_id=row["restart_of_run_id"],
+            schedule_name=row.get("schedule_name"),
+            scheduled_for=row.get("scheduled_for"),
         )
 
 

@@ -47,10 +47,12 @@ FROM pgflow_python.prune_preview(
 -- description: Runs, newest first, filtered by flow, status ('cancelled' = failed with our marker) and start time.
 SELECT
     r.run_id, r.flow_slug, r.status, r.remaining_steps, r.started_at, r.completed_at,
-    r.failed_at, c.cancelled_at, c.reason AS cancel_reason, l.restart_of_run_id
+    r.failed_at, c.cancelled_at, c.reason AS cancel_reason, l.restart_of_run_id,
+    sf.schedule_name, sf.fire_time AS scheduled_for
 FROM pgflow.runs AS r
 LEFT JOIN pgflow_python.run_cancellations AS c ON c.run_id = r.run_id
 LEFT JOIN pgflow_python.run_lineage AS l ON l.run_id = r.run_id
+LEFT JOIN pgflow_python.schedule_fires AS sf ON sf.run_id = r.run_id
 WHERE (CAST(:flow_slug AS text) IS NULL OR r.flow_slug = CAST(:flow_slug AS text))
   AND (CAST(:status AS text) IS NULL
        OR (CAST(:status AS text) = 'cancelled' AND r.status = 'failed' AND c.run_id IS NOT NULL)

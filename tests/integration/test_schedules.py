@@ -14,8 +14,9 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
-from pgflow import Flow, FlowNotRegisteredError, Job, step
+from pgflow import Flow, FlowNotRegisteredError, Job, start_flow, step
 from pgflow.errors import InvalidScheduleError, ScheduleError, ScheduleNotFoundError
+from pgflow.operations import list_runs
 from pgflow.schedules import (
     Cron,
     Scheduler,
@@ -330,3 +331,19 @@ async def test_a_worker_fires_schedules_unless_told_not_to(engine: Engine, sched
                     await anyio.sleep(0.05)
     fired = [run for run in runs(engine, "cleanup") if not run["manual"]]
     assert len(fired) == (1 if scheduler else 0)
+
+
+def test_list_runs_says_which_schedule_started_a_run(engine: Engine) -> None:
+    create_schedule(engine, Cleanup, Cron("0 3 * * *"))
+    set_next_fire(engine, "cleanup", T0)
+    ((_, tick, scheduled_run),) = fire(engine, T0)
+    manual_run = trigger_schedule(engine, "cleanup")
+    with engine.begin() as connection:
+        plain_run = start_flow(connection, Cleanup, {})
+    listed = {run.run_id: run for run in list_runs(engine, flow="cleanup")}
+    assert (listed[scheduled_run].schedule_name, listed[scheduled_run].scheduled_for) == (
+        "cleanup",
+        tick,
+    )
+    assert listed[manual_run].schedule_name == "cleanup"
+    assert (listed[plain_run].schedule_name, listed[plain_run].scheduled_for) == (None, None)
