@@ -176,7 +176,7 @@ class Worker:
             WakeupListener(),
             CancelWatcher(),
         ]
-        if self.options.scheduler:
+        if self.options.scheduler and not self._scripted_store:  # a scripted store: no database
             services.append(SchedulerService())
         async with anyio.create_task_group() as background:
             background.start_soon(reporter.run)
