@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -26,6 +26,8 @@ T = TypeVar("T")
 
 PRUNABLE_STATUSES = ("completed", "failed")
 DEFAULT_BATCH_SIZE = 500
+WORKER_SILENCE_FLOOR = timedelta(hours=1)
+"""Worker rows are pruned only when silent for at least this long, whatever ``older_than``."""
 _WORKER_BATCH = 100
 
 
@@ -85,7 +87,7 @@ def prune(
             return step(connection, *args, **kwargs)
 
     began = time.perf_counter()
-    report = PruneReport(cutoff=execute(_cutoff, request), dry_run=request.dry_run)
+    report = execute(_start, request)
     if request.dry_run:
         report = execute(_preview, request, report)
     else:
@@ -113,7 +115,7 @@ async def prune_async(
     """:func:`prune` for an async bind (an AsyncEngine gives each batch its own transaction)."""
     request = _PruneRequest.make(older_than, statuses, flows, dry_run, batch_size)
     began = time.perf_counter()
-    report = PruneReport(cutoff=await run_async(bind, _cutoff, request), dry_run=request.dry_run)
+    report = await run_async(bind, _start, request)
     if request.dry_run:
         report = await run_async(bind, _preview, request, report)
     else:
@@ -129,18 +131,30 @@ async def prune_async(
     return replace(report, seconds=time.perf_counter() - began)
 
 
-def _cutoff(connection: Connection, request: _PruneRequest) -> datetime:
-    cutoff: datetime = connection.execute(
-        query("ops_prune_cutoff"), {"older_than": request.older_than}
-    ).scalar_one()
-    return cutoff
+def _start(connection: Connection, request: _PruneRequest) -> PruneReport:
+    row = (
+        connection.execute(
+            query("ops_prune_cutoff"),
+            {"older_than": request.older_than, "worker_floor": WORKER_SILENCE_FLOOR},
+        )
+        .mappings()
+        .one()
+    )
+    return PruneReport(
+        cutoff=row["cutoff"], workers_cutoff=row["workers_cutoff"], dry_run=request.dry_run
+    )
 
 
 def _preview(connection: Connection, request: _PruneRequest, report: PruneReport) -> PruneReport:
     row = (
         connection.execute(
             query("ops_prune_preview"),
-            {"cutoff": report.cutoff, "statuses": request.statuses, "flows": request.flows},
+            {
+                "cutoff": report.cutoff,
+                "workers_cutoff": report.workers_cutoff,
+                "statuses": request.statuses,
+                "flows": request.flows,
+            },
         )
         .mappings()
         .one()
@@ -193,6 +207,6 @@ def _prune_workers(
 ) -> tuple[PruneReport, bool]:
     deleted: int = connection.execute(
         query("ops_prune_workers"),
-        {"cutoff": report.cutoff, "flows": request.flows, "row_limit": _WORKER_BATCH},
+        {"cutoff": report.workers_cutoff, "flows": request.flows, "row_limit": _WORKER_BATCH},
     ).scalar_one()
     return replace(report, workers=report.workers + deleted), deleted >= _WORKER_BATCH

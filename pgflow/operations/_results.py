@@ -87,6 +87,9 @@ class PruneReport:
     cutoff: datetime
     """Runs that finished before this time were selected; workers silent since before it."""
     dry_run: bool
+    workers_cutoff: datetime | None = None
+    """Worker rows silent since before this time were selected: the cutoff, but at least an
+    hour ago, so that no live worker loses its row."""
     runs: int = 0
     step_states: int = 0
     step_tasks: int = 0
@@ -101,6 +104,9 @@ class PruneReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "cutoff": self.cutoff.isoformat(),
+            "workers_cutoff": None
+            if self.workers_cutoff is None
+            else self.workers_cutoff.isoformat(),
             "dry_run": self.dry_run,
             "runs": self.runs,
             "step_states": self.step_states,

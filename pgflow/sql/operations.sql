@@ -17,8 +17,12 @@ SELECT r.outcome, r.status, r.tasks_requeued
 FROM pgflow_python.resume_run(CAST(:run_id AS uuid)) AS r;
 
 -- name: ops_prune_cutoff
--- description: The database's now() minus the retention window: one cutoff for every batch of a prune.
-SELECT now() - CAST(:older_than AS interval) AS cutoff;
+-- description: The database's now() minus the retention window (one cutoff for every batch of a prune), and for worker rows minus at least :worker_floor.
+-- A live worker's row must never go (a TypeScript worker does not register again, and its
+-- claims would then break upstream's foreign key), however short the window asked for.
+SELECT now() - CAST(:older_than AS interval) AS cutoff,
+       now() - greatest(CAST(:older_than AS interval), CAST(:worker_floor AS interval))
+           AS workers_cutoff;
 
 -- name: ops_prune_runs
 -- description: Delete one batch of finished runs older than :cutoff (keyset on run_id after :after_run_id) with their rows and messages; counts.
@@ -40,7 +44,7 @@ SELECT pgflow_python.prune_workers(
 SELECT p.runs, p.step_states, p.step_tasks, p.messages, p.extension_rows, p.workers
 FROM pgflow_python.prune_preview(
     CAST(:cutoff AS timestamptz), CAST(:statuses AS text[]), CAST(:flows AS text[]),
-    CAST(:cutoff AS timestamptz)
+    CAST(:workers_cutoff AS timestamptz)
 ) AS p;
 
 -- name: ops_list_runs
