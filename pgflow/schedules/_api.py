@@ -23,10 +23,11 @@ from pgflow.client._common import (
     FlowRef,
     SyncBind,
     connection_for,
+    json_kind,
     resolve_flow,
     run_async,
 )
-from pgflow.client._errors import FlowNotRegisteredError
+from pgflow.client._errors import FlowNotRegisteredError, MapInputNotArrayError
 from pgflow.errors import InvalidScheduleError, ScheduleError, ScheduleNotFoundError
 from pgflow.schedules._cron import Cron, Missed, validate_name
 from pgflow.schedules._declared import schedules_of
@@ -103,18 +104,22 @@ def _one(connection: Connection, name: str, statement: str, **parameters: Any) -
     return schedule_from_row(row)
 
 
-def _flow_exists(connection: Connection, slug: str) -> bool:
-    return (
-        connection.execute(query("schedules_flow_exists"), {"flow_slug": slug}).first() is not None
-    )
+def _check_flow(connection: Connection, cron: Cron) -> None:
+    """The flow is registered and can take the schedule's input (checked before storing, so a
+    bad schedule is refused here rather than failing on every tick)."""
+    slug = str(cron.flow_slug)
+    row = connection.execute(query("schedules_flow_exists"), {"flow_slug": slug}).first()
+    if row is None:
+        raise FlowNotRegisteredError(slug)
+    if row.root_map_step is not None and not isinstance(cron.input, list):
+        raise MapInputNotArrayError(slug, row.root_map_step, json_kind(cron.input))
 
 
 # -- operations on a connection (the sync and async twins below share them) -------------------
 
 
 def _create(connection: Connection, cron: Cron, declared: bool, paused: bool) -> Schedule:
-    if not _flow_exists(connection, str(cron.flow_slug)):
-        raise FlowNotRegisteredError(str(cron.flow_slug))
+    _check_flow(connection, cron)
     row = (
         connection.execute(
             query("schedules_insert"),
@@ -142,10 +147,7 @@ def _update(connection: Connection, name: str, changes: dict[str, Any]) -> Sched
         cron = replace(current.cron, **changes)
     except TypeError as exc:
         raise InvalidScheduleError(f"update_schedule({name!r}): {exc}") from None
-    if cron.flow_slug != current.cron.flow_slug and not _flow_exists(
-        connection, str(cron.flow_slug)
-    ):
-        raise FlowNotRegisteredError(str(cron.flow_slug))
+    _check_flow(connection, cron)
     # A change of when it fires counts from now; otherwise the schedule keeps its next tick.
     timing_changed = (cron.expression, cron.timezone) != (
         current.cron.expression,

@@ -1,7 +1,9 @@
-"""``pgflow schedules list|pause|resume|trigger|delete`` (added to the ``pgflow`` command)."""
+"""``pgflow schedules list|sync|pause|resume|trigger|delete`` (part of the ``pgflow`` command)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -12,12 +14,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pgflow import _db
+from pgflow._loading import flow_classes
 from pgflow.schedules._api import (
     Schedule,
     delete_schedule,
     list_schedules,
     pause_schedule,
     resume_schedule,
+    sync_schedules,
     trigger_schedule,
 )
 
@@ -77,6 +81,19 @@ def schedules_command(
         with _engine(database_url) as engine:
             found = list_schedules(engine, flow_slug)
         click.echo(render(found) if found else "no schedules")
+
+    @schedules_group.command("sync")
+    @click.argument("references", nargs=-1, required=True)
+    @database_url_option
+    @reports_errors
+    def sync_command(references: tuple[str, ...], database_url: str | None) -> None:
+        """Store the schedules declared on flows (without Alembic): REFERENCES are module:Class
+        or module. Creates and updates; deletes nothing."""
+        sys.path.insert(0, os.getcwd())  # resolve references like `pgflow run-worker` does
+        classes = [cls for reference in references for cls in flow_classes(reference)]
+        with _engine(database_url) as engine:
+            changed = sync_schedules(engine, *classes)
+        click.echo("\n".join(changed) if changed else "declared schedules are up to date")
 
     def one_schedule_command(
         name: str, help_text: str, action: Callable[[Engine, str], object]

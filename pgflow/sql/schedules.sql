@@ -5,8 +5,14 @@
 SELECT clock_timestamp() AS now;
 
 -- name: schedules_flow_exists
--- description: The flow a schedule starts is registered (one row), or no row.
-SELECT 1 FROM pgflow.flows AS f WHERE f.flow_slug = :flow_slug;
+-- description: The flow a schedule starts, if registered: one row with the step that maps over the flow input (NULL when none does).
+SELECT (
+    SELECT s.step_slug FROM pgflow.steps AS s
+    WHERE s.flow_slug = f.flow_slug AND s.step_type = 'map' AND s.deps_count = 0
+    ORDER BY s.step_index LIMIT 1
+) AS root_map_step
+FROM pgflow.flows AS f
+WHERE f.flow_slug = :flow_slug;
 
 -- name: schedules_insert
 -- description: Create a schedule; no row when the name is taken.

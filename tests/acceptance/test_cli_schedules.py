@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import uuid
+from pathlib import Path
 
 from sqlalchemy.engine import URL, Engine
 
 from pgflow import get_run
 from pgflow.schedules import Cron, create_schedule, get_schedule, list_schedules
-from tests.acceptance.test_cli_db import pgflow_cli
+from scheduling import Digest, NightlyReport
+from tests.acceptance.test_cli_db import PGFLOW, pgflow_cli
+from tests.helpers import database
 from tests.helpers.database import register_flows
 from tests.helpers.schedule_flows import Tick
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_operating_a_schedule_from_the_command_line(
@@ -49,3 +56,30 @@ def test_operating_a_schedule_from_the_command_line(
     run = get_run(pgflow_engine, run_id)  # the run outlives its schedule
     assert run is not None
     assert run.flow_slug == "tick"
+
+
+def test_sync_stores_declared_schedules(pgflow_engine: Engine, pgflow_database: URL) -> None:
+    register_flows(pgflow_engine, NightlyReport, Digest)
+
+    def sync(reference: str) -> subprocess.CompletedProcess[str]:
+        # From the application's directory, as `pgflow run-worker` resolves references.
+        env = {**os.environ, "DATABASE_URL": database.libpq_url(pgflow_database)}
+        return subprocess.run(
+            [*PGFLOW, "schedules", "sync", reference],
+            cwd=EXAMPLES,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    synced = sync("scheduling")
+    assert synced.returncode == 0, synced.stderr
+    assert synced.stdout.splitlines() == [
+        "created nightly_report",
+        "created digest_morning",
+        "created digest_evening",
+    ]
+    again = sync("scheduling:Digest")
+    assert again.stdout == "declared schedules are up to date\n"

@@ -14,7 +14,15 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
-from pgflow import Flow, FlowNotRegisteredError, Job, start_flow, step
+from pgflow import (
+    Flow,
+    FlowNotRegisteredError,
+    Job,
+    MapInputNotArrayError,
+    map_step,
+    start_flow,
+    step,
+)
 from pgflow.errors import InvalidScheduleError, ScheduleError, ScheduleNotFoundError
 from pgflow.operations import list_runs
 from pgflow.schedules import (
@@ -134,6 +142,21 @@ def test_api_refusals_say_what_is_wrong(engine: Engine) -> None:
         update_schedule(engine, "cleanup", timezone="Nowhere/Land")
     with pytest.raises(ScheduleNotFoundError):
         pause_schedule(engine, "missing")
+
+
+def test_a_flow_mapping_over_its_input_needs_a_list_input(engine: Engine) -> None:
+    class Fan(Flow, slug="fan_out"):
+        @map_step
+        def each(self, item: int) -> int:
+            return item
+
+    register(engine, Fan)
+    with pytest.raises(MapInputNotArrayError, match="maps over its input in step 'each'"):
+        create_schedule(engine, "fan_out", Cron("0 3 * * *", input={"n": 1}))
+    create_schedule(engine, "fan_out", Cron("0 3 * * *", input=[1, 2]))
+    with pytest.raises(MapInputNotArrayError):
+        update_schedule(engine, "fan_out", input={"n": 1})
+    assert get_schedule(engine, "fan_out").cron.input == [1, 2]
 
 
 def test_a_schedule_created_in_a_rolled_back_session_does_not_exist(engine: Engine) -> None:
