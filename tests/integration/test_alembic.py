@@ -85,7 +85,7 @@ def test_autogenerate_writes_each_new_flow_as_literal_data(project: AlembicProje
     assert "acme" not in text
     # The application's first revision: its own base, in its own directory, after the schema.
     assert "down_revision: Union[str, Sequence[str], None] = None" in text
-    assert "depends_on: Union[str, Sequence[str], None] = 'pgflow_0001'" in text
+    assert "depends_on: Union[str, Sequence[str], None] = 'pgflow_0002'" in text
     assert len(project.revision_files()) == 1
 
 

@@ -48,9 +48,10 @@ def test_the_documented_walkthrough(tmp_path: Path, pgflow_empty_database: URL) 
     assert len(revisions) == 2
     flows = next(p for p in revisions if p.name.endswith("_add_shop_flows.py")).read_text()
     assert 'op.create_flow(\n        {\n            "slug": "process_order",' in flows
-    assert "depends_on: Union[str, Sequence[str], None] = 'pgflow_0001'" in flows
+    assert "depends_on: Union[str, Sequence[str], None] = 'pgflow_0002'" in flows
     assert sorted(p.name for p in Path(version_location()).glob("*.py")) == [
-        "pgflow_0001_schema.py"
+        "pgflow_0001_schema.py",
+        "pgflow_0002_operations.py",
     ]
     assert database.scalar(
         pgflow_empty_database, "SELECT array_agg(flow_slug ORDER BY flow_slug) FROM pgflow.flows"

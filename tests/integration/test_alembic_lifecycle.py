@@ -147,7 +147,7 @@ def test_offline_mode_renders_flow_operations_as_sql(
     revision = project.revision_files()[0].name.split("_")[0]
     capsys.readouterr()
 
-    project.upgrade("pgflow_0001:heads", sql=True)
+    project.upgrade("pgflow_0002:heads", sql=True)
     sql = capsys.readouterr().out
     assert "SELECT pgflow.create_flow('greeting', max_attempts => 2, base_delay => 1);" in sql
     assert "SELECT pgflow.add_step('thumbnails', 'resize', step_type => 'map');" in sql
@@ -174,7 +174,7 @@ def test_revisions_build_on_the_applications_head_not_the_schema_branch(
     text = project.revision("add flows")
     flows_id = revision_id(text)
     assert f"down_revision: Union[str, Sequence[str], None] = '{own_id}'" in text
-    assert "depends_on: Union[str, Sequence[str], None] = 'pgflow_0001'" in text
+    assert "depends_on: Union[str, Sequence[str], None] = 'pgflow_0002'" in text
     assert all(path.parent == project.versions for path in project.revision_files())
     project.upgrade("heads")
 
