@@ -151,7 +151,8 @@ class PostgresStore:
             task_indexes=[t.task_index for t in tasks],
             outputs=list(outputs),
         )
-        return {row["recorded"] - 1 for row in rows}
+        # Rows with recorded NULL name the runs the batch ended (for run events; unused here).
+        return {row["recorded"] - 1 for row in rows if row["recorded"] is not None}
 
     async def fail(self, worker_id: uuid.UUID, task: ClaimedTask, error: str) -> bool:
         rows = await self._reports.fetch(

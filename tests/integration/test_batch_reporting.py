@@ -50,7 +50,7 @@ def complete_batch(
             "outputs": [json.dumps(o) for o in outputs],
         },
     )
-    return sorted(rows.scalars())
+    return sorted(position for position in rows.scalars() if position is not None)
 
 
 def complete_one(connection: Connection, task: dict[str, Any], output: Any) -> None:

@@ -1,0 +1,351 @@
+"""Two databases driven through the same scenario: one reports through upstream's own functions
+(the oracle), the other through pgflow-python's set-based completion. Snapshots of every table
+are compared row by row; ids that depend on the order of inserts (message ids) and timestamps
+are compared by meaning (which task a message belongs to, whether a timestamp is set)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+# Events upstream sends through realtime.send, kept in order instead of notified.
+CAPTURE_EVENTS = """
+CREATE TABLE public.captured_events (
+    seq bigserial PRIMARY KEY, topic text NOT NULL, event text NOT NULL, payload jsonb NOT NULL
+);
+CREATE OR REPLACE FUNCTION realtime.send(
+    payload jsonb, event text, topic text, private boolean DEFAULT true
+) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO public.captured_events (topic, event, payload) VALUES (topic, event, payload)
+$$;
+"""
+
+
+@dataclass(frozen=True)
+class StepShape:
+    slug: str
+    deps: tuple[str, ...]
+    is_map: bool
+    max_attempts: int | None = None
+    start_delay: int | None = None
+
+
+@dataclass(frozen=True)
+class FlowShape:
+    slug: str
+    steps: tuple[StepShape, ...]
+    max_attempts: int = 3
+
+    def feeds_map(self, step_slug: str) -> bool:
+        return any(s.is_map and step_slug in s.deps for s in self.steps)
+
+    def has_root_map(self) -> bool:
+        return any(s.is_map and not s.deps for s in self.steps)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One task's outcome as a worker reports it: an output (completion) or an error."""
+
+    run_id: uuid.UUID
+    step_slug: str
+    task_index: int
+    output: Any = None
+    error: str | None = None
+
+
+@dataclass
+class CallResult:
+    recorded: set[int] = field(default_factory=set)
+    ended: set[tuple[uuid.UUID, str]] = field(default_factory=set)
+
+
+class Arm:
+    """One database and how it records reports."""
+
+    def __init__(self, conninfo: str, *, set_based: bool) -> None:
+        self.connection = psycopg.connect(conninfo, autocommit=True)
+        self.set_based = set_based
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def execute(self, statement: str | sql.Composed, params: Any = None) -> list[tuple[Any, ...]]:
+        cursor = self.connection.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+    def create_flow(self, flow: FlowShape) -> None:
+        with self.connection.transaction():
+            self.execute("SELECT pgflow.create_flow(%s, %s, 1, 60)", (flow.slug, flow.max_attempts))
+            for s in flow.steps:
+                self.execute(
+                    "SELECT pgflow.add_step(%s, %s, %s::text[], %s, NULL, NULL, %s, %s)",
+                    (
+                        flow.slug,
+                        s.slug,
+                        list(s.deps),
+                        s.max_attempts,
+                        s.start_delay,
+                        "map" if s.is_map else "single",
+                    ),
+                )
+
+    def register_workers(self, worker_ids: list[uuid.UUID]) -> None:
+        for worker_id in worker_ids:
+            self.execute(
+                "INSERT INTO pgflow.workers (worker_id, queue_name, function_name)"
+                " VALUES (%s, 'differential', 'differential')",
+                (worker_id,),
+            )
+
+    def start_run(self, flow_slug: str, run_id: uuid.UUID, flow_input: Any) -> None:
+        self.execute("SELECT pgflow.start_flow(%s, %s, %s)", (flow_slug, Jsonb(flow_input), run_id))
+
+    def claim(
+        self, flow_slug: str, worker_id: uuid.UUID, tasks: list[tuple[uuid.UUID, str, int]]
+    ) -> list[tuple[Any, ...]]:
+        """Start exactly these tasks through upstream's start_tasks; returns their records."""
+        rows = self.execute(
+            "SELECT t.message_id FROM pgflow.step_tasks t"
+            " JOIN unnest(%s::uuid[], %s::text[], %s::int[]) AS c(run_id, step_slug, task_index)"
+            "   ON (t.run_id, t.step_slug, t.task_index) = (c.run_id, c.step_slug, c.task_index)",
+            ([t[0] for t in tasks], [t[1] for t in tasks], [t[2] for t in tasks]),
+        )
+        records = self.execute(
+            "SELECT s.run_id, s.step_slug, s.task_index, s.input"
+            " FROM pgflow.start_tasks(%s, %s::bigint[], %s) AS s",
+            (flow_slug, [r[0] for r in rows], worker_id),
+        )
+        return sorted(records, key=lambda r: (str(r[0]), r[1], r[2]))
+
+    def tasks_with_status(self, run_ids: list[uuid.UUID], status: str) -> list[Any]:
+        return self.execute(
+            "SELECT run_id, step_slug, task_index, last_worker_id FROM pgflow.step_tasks"
+            " WHERE run_id = ANY(%s) AND status = %s ORDER BY run_id, step_slug, task_index",
+            (run_ids, status),
+        )
+
+    def report(self, worker_id: uuid.UUID, reports: list[Report]) -> CallResult:
+        """One report call in its own transaction: all completions or all failures."""
+        failing = reports[0].error is not None
+        assert all((r.error is not None) == failing for r in reports)
+        with self.connection.transaction():
+            if self.set_based:
+                return self._report_set_based(worker_id, reports, failing=failing)
+            return self._report_one_by_one(worker_id, reports, failing=failing)
+
+    def _report_set_based(
+        self, worker_id: uuid.UUID, reports: list[Report], *, failing: bool
+    ) -> CallResult:
+        function = "fail_task_batch" if failing else "complete_task_batch"
+        last = (
+            [r.error for r in reports]
+            if failing
+            else [None if r.output is _SQL_NULL else Jsonb(r.output) for r in reports]
+        )
+        rows = self.execute(
+            sql.SQL(
+                "SELECT recorded, ended_run_id, ended_status, run_ended_at IS NOT NULL"
+                " FROM pgflow_python.{}(%s, %s::uuid[], %s::text[], %s::int[], %s::{}[])"
+            ).format(sql.Identifier(function), sql.SQL("text" if failing else "jsonb")),
+            (
+                worker_id,
+                [r.run_id for r in reports],
+                [r.step_slug for r in reports],
+                [r.task_index for r in reports],
+                last,
+            ),
+        )
+        result = CallResult()
+        for recorded, run_id, status, has_end in rows:
+            if recorded is not None:
+                assert recorded not in result.recorded, "a position reported twice"
+                result.recorded.add(recorded)
+            else:
+                assert has_end, "an ended run without its end time"
+                assert (run_id, status) not in result.ended, "an ended run twice"
+                result.ended.add((run_id, status))
+        return result
+
+    def _report_one_by_one(
+        self, worker_id: uuid.UUID, reports: list[Report], *, failing: bool
+    ) -> CallResult:
+        run_ids = list({r.run_id for r in reports})
+        before = dict(
+            self.execute(
+                "SELECT run_id, status FROM pgflow.runs WHERE run_id = ANY(%s)", (run_ids,)
+            )
+        )
+        result = CallResult()
+        order = sorted(
+            range(len(reports)),
+            key=lambda i: (reports[i].run_id, reports[i].step_slug, reports[i].task_index, i),
+        )
+        for i in order:
+            r = reports[i]
+            held = self.execute(
+                "SELECT 1 FROM pgflow.step_tasks WHERE run_id = %s AND step_slug = %s"
+                " AND task_index = %s AND status = 'started' AND last_worker_id = %s FOR UPDATE",
+                (r.run_id, r.step_slug, r.task_index, worker_id),
+            )
+            if not held:
+                continue
+            if failing:
+                self.execute(
+                    "SELECT pgflow.fail_task(%s, %s, %s, %s)",
+                    (r.run_id, r.step_slug, r.task_index, r.error),
+                )
+            else:
+                output = None if r.output is _SQL_NULL else Jsonb(r.output)
+                self.execute(
+                    "SELECT pgflow.complete_task(%s, %s, %s, %s)",
+                    (r.run_id, r.step_slug, r.task_index, output),
+                )
+            result.recorded.add(i + 1)
+        after = self.execute(
+            "SELECT run_id, status FROM pgflow.runs WHERE run_id = ANY(%s)", (run_ids,)
+        )
+        result.ended = {
+            (run_id, status)
+            for run_id, status in after
+            if status != before[run_id] and status in ("completed", "failed")
+        }
+        return result
+
+    def snapshot(self, flow_slugs: list[str], run_ids: list[uuid.UUID]) -> dict[str, Any]:
+        """Every row of the scenario, by meaning."""
+        snap: dict[str, Any] = {}
+        snap["runs"] = self.execute(
+            "SELECT run_id, flow_slug, status, input, output, remaining_steps,"
+            " completed_at IS NOT NULL, failed_at IS NOT NULL, completed_at >= started_at"
+            " FROM pgflow.runs WHERE run_id = ANY(%s) ORDER BY run_id",
+            (run_ids,),
+        )
+        snap["step_states"] = self.execute(
+            "SELECT run_id, step_slug, flow_slug, status, remaining_tasks, remaining_deps,"
+            " initial_tasks, error_message, started_at IS NOT NULL, completed_at IS NOT NULL,"
+            " failed_at IS NOT NULL FROM pgflow.step_states WHERE run_id = ANY(%s)"
+            " ORDER BY run_id, step_slug",
+            (run_ids,),
+        )
+        snap["step_tasks"] = self.execute(
+            "SELECT run_id, step_slug, task_index, flow_slug, status, attempts_count,"
+            " error_message, output, last_worker_id, message_id IS NOT NULL,"
+            " started_at IS NOT NULL, completed_at IS NOT NULL, failed_at IS NOT NULL"
+            " FROM pgflow.step_tasks WHERE run_id = ANY(%s) ORDER BY run_id, step_slug, task_index",
+            (run_ids,),
+        )
+        for slug in flow_slugs:
+            snap[f"messages:{slug}"] = self._messages(slug)
+        events = self.execute(
+            "SELECT topic, event, payload FROM public.captured_events ORDER BY seq"
+        )
+        snap["events"] = Counter(
+            (topic, event, json.dumps(_without_timestamps(payload), sort_keys=True))
+            for topic, event, payload in events
+            if any(topic == f"pgflow:run:{run_id}" for run_id in run_ids)
+        )
+        return snap
+
+    def _messages(self, flow_slug: str) -> list[tuple[Any, ...]]:
+        """Each task's message: in the queue or the archive, its body and read count, and the
+        delay it was sent with while the task was never tried (later delays are fail_task's)."""
+        rows = []
+        for where, table in (("queue", f"q_{flow_slug}"), ("archive", f"a_{flow_slug}")):
+            rows += self.execute(
+                sql.SQL(
+                    "SELECT %s, m.message, m.read_ct, t.run_id, t.step_slug, t.task_index,"
+                    " CASE WHEN t.attempts_count = 0"
+                    "  THEN round(extract(epoch FROM m.vt - m.enqueued_at)) END"
+                    " FROM pgmq.{} m LEFT JOIN pgflow.step_tasks t"
+                    "  ON t.flow_slug = %s AND t.message_id = m.msg_id"
+                ).format(sql.Identifier(table)),
+                (where, flow_slug),
+            )
+        for row in rows:
+            body, task = row[1], row[3:6]
+            assert task[0] is not None, f"a message without its task: {body}"
+            assert (body["run_id"], body["step_slug"], body["task_index"]) == (
+                str(task[0]),
+                task[1],
+                task[2],
+            ), f"message {body} belongs to task {task}"
+        return sorted(rows, key=lambda r: (r[0], str(r[3]), r[4], r[5]))
+
+    def features(self, run_ids: list[uuid.UUID]) -> list[str]:
+        """What a scenario exercised, for hypothesis' statistics."""
+        [row] = self.execute(
+            "SELECT"
+            " bool_or(r.status = 'completed'), bool_or(r.status = 'failed'),"
+            " bool_or(r.status = 'started'),"
+            " EXISTS (SELECT 1 FROM pgflow.step_states s WHERE s.run_id = ANY(%s)"
+            "   AND s.initial_tasks = 0 AND s.status = 'completed'),"
+            " EXISTS (SELECT 1 FROM pgflow.step_states s WHERE s.run_id = ANY(%s)"
+            "   AND s.error_message LIKE '[TYPE_VIOLATION]%%'),"
+            " EXISTS (SELECT 1 FROM pgflow.step_tasks t WHERE t.run_id = ANY(%s)"
+            "   AND t.attempts_count > 1),"
+            " EXISTS (SELECT 1 FROM pgflow.step_tasks t WHERE t.run_id = ANY(%s)"
+            "   AND t.task_index > 0 AND t.status = 'completed')"
+            " FROM pgflow.runs r WHERE r.run_id = ANY(%s)",
+            (run_ids,) * 5,
+        )
+        names = [
+            "run completed",
+            "run failed",
+            "run unfinished",
+            "empty map",
+            "type violation",
+            "retried",
+            "map elements completed",
+        ]
+        return [name for name, present in zip(names, row, strict=True) if present]
+
+    def events_in_order(self, run_id: uuid.UUID) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (event, payload)
+            for event, payload in self.execute(
+                "SELECT event, payload FROM public.captured_events WHERE topic = %s ORDER BY seq",
+                (f"pgflow:run:{run_id}",),
+            )
+        ]
+
+
+class _SqlNull:
+    """An output given as SQL NULL rather than JSON null (upstream treats both as non-arrays)."""
+
+    def __repr__(self) -> str:
+        return "SQL_NULL"
+
+
+_SQL_NULL: Any = _SqlNull()
+SQL_NULL: Any = _SQL_NULL
+
+
+def _without_timestamps(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if not k.endswith("_at")}
+
+
+def assert_causal_order(events: list[tuple[str, dict[str, Any]]], flow: FlowShape) -> None:
+    """Within one run: a step starts after it was created by its parents' completions, the run
+    completes last, and each step completes once."""
+    deps = {s.slug: s.deps for s in flow.steps}
+    completed: set[str] = set()
+    for position, (event, payload) in enumerate(events):
+        step_slug = payload.get("step_slug")
+        if event.endswith(":started") and step_slug is not None:
+            missing = [d for d in deps[step_slug] if d not in completed]
+            assert not missing, f"{step_slug} started before {missing} completed: {events}"
+        elif event.endswith(":completed") and step_slug is not None:
+            missing = [d for d in deps[step_slug] if d not in completed]
+            assert not missing, f"{step_slug} completed before {missing}: {events}"
+            assert step_slug not in completed, f"{step_slug} completed twice: {events}"
+            completed.add(step_slug)
+        elif event == "run:completed":
+            assert position == len(events) - 1, f"run:completed is not last: {events}"
