@@ -39,19 +39,19 @@ FROM pgflow_python.complete_task_batch(
 
 -- name: fail_task
 -- description: Fail one task attempt (upstream retries or fails the run), if this worker still holds it.
--- Through upstream's fail_task, only while this worker still holds the task: after a
--- stalled-task recovery gave it to another worker, a late report must not count (upstream does
--- not check who reports). No rows: not recorded. Same row shape as complete_tasks: a failure
--- that exhausted the task's attempts also reports the run it failed.
-SELECT recorded AS updated, ended_run_id, ended_flow_slug, ended_status, run_started_at,
-       run_ended_at
-FROM pgflow_python.fail_task_batch(
-    :worker_id,
-    ARRAY[CAST(:run_id AS uuid)],
-    ARRAY[CAST(:step_slug AS text)],
-    ARRAY[CAST(:task_index AS integer)],
-    ARRAY[CAST(:error_message AS text)]
+-- Only while this worker still holds the task: after a stalled-task recovery gave it to another
+-- worker, a late report must not count (upstream does not check who reports). The row lock
+-- keeps the sweep (which skips locked rows) away until the report commits.
+WITH owned AS (
+    SELECT 1 FROM pgflow.step_tasks
+    WHERE run_id = :run_id AND step_slug = :step_slug AND task_index = :task_index
+      AND status = 'started' AND last_worker_id = :worker_id
+    FOR UPDATE
 )
+SELECT (
+    SELECT count(*) FROM pgflow.fail_task(:run_id, :step_slug, :task_index, :error_message)
+) AS updated
+FROM owned
 
 -- name: flow_shape
 -- description: A flow's steps as stored, to compare with the class the worker serves.

@@ -10,11 +10,11 @@ import uuid
 from typing import Any
 
 import psycopg
-from differential import Arm, FlowShape, StepShape
 from psycopg.types.json import Jsonb
 from sqlalchemy.engine import URL
 
-from support import libpq_url
+from tests.helpers.database import libpq_url
+from tests.helpers.differential import Arm, FlowShape, StepShape
 
 FLOW = FlowShape(
     slug="shared_fanout",
