@@ -25,6 +25,7 @@ from bench._report import Results, render
 SYSTEMS = {
     "pgflow-python": "bench.systems.pgflow_system:PgflowAdapter",
     "sql-floor": "bench.systems.sql_floor:SqlFloor",
+    "sql-floor-set": "bench.systems.sql_floor:SetBasedSqlFloor",
     "pgqueuer": "bench.systems.pgqueuer_system:PgQueuerAdapter",
     "procrastinate": "bench.systems.procrastinate_system:ProcrastinateAdapter",
     "dbos": "bench.systems.dbos_system:DbosAdapter",

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from dbos import DBOS, DBOSClient, DBOSConfig, EnqueueOptions, WorkflowHandle
 
 from bench._api import Adapter, Drain, Timed
-from bench._process import READY, WorkerProcess, measured_drain, wait_until
+from bench._process import READY, WorkerProcess, analyze_filled_tables, measured_drain, wait_until
 
 MODULE = "bench.systems.dbos_system"
 APP = "bench"
@@ -123,6 +123,7 @@ class DbosAdapter(Adapter):
         finally:
             engine.dispose()
             client.destroy()
+        analyze_filled_tables(url)
         with WorkerProcess(MODULE, "worker", url) as worker:
             return measured_drain(worker, url, _SUCCESS_BY_NAME, ["noop"], jobs)
 

@@ -18,7 +18,7 @@ import structlog
 
 from bench import flows
 from bench._api import Adapter, Drain, Timed
-from bench._process import WorkerProcess, measured_drain, wait_until
+from bench._process import WorkerProcess, analyze_filled_tables, measured_drain, wait_until
 from pgflow import compile_flow, definition_of, install, start_flow_and_wait, telemetry
 from pgflow.worker import Worker, WorkerOptions
 
@@ -62,6 +62,7 @@ class PgflowAdapter(Adapter):
 
     def drain(self, url: str, jobs: int, backlog: int) -> Drain:
         start_runs(url, definition_of(flows.Noop).slug, jobs + backlog)
+        analyze_filled_tables(url)
         with self._worker(url) as worker:
             return measured_drain(
                 worker, url, COMPLETED_RUNS, [definition_of(flows.Noop).slug], jobs

@@ -25,7 +25,7 @@ from pgqueuer.core.completion import CompletionWatcher
 from pgqueuer.ports.driver import Driver
 
 from bench._api import Adapter, Drain, Timed
-from bench._process import WorkerProcess, measured_drain, wait_until
+from bench._process import WorkerProcess, analyze_filled_tables, measured_drain, wait_until
 
 MODULE = "bench.systems.pgqueuer_system"
 BATCH_SIZE = 100
@@ -106,6 +106,7 @@ class PgQueuerAdapter(Adapter):
 
     def drain(self, url: str, jobs: int, backlog: int) -> Drain:
         _enqueue(url, "noop", [b""] * (jobs + backlog))
+        analyze_filled_tables(url)
         with WorkerProcess(MODULE, "worker", url) as worker:
             return measured_drain(worker, url, DONE, ["noop"], jobs)
 

@@ -20,7 +20,7 @@ from procrastinate.jobs import Status
 from procrastinate.types import JSONDict
 
 from bench._api import Adapter, Drain, Timed
-from bench._process import READY, WorkerProcess, measured_drain, wait_until
+from bench._process import READY, WorkerProcess, analyze_filled_tables, measured_drain, wait_until
 
 MODULE = "bench.systems.procrastinate_system"
 # Async no-op jobs are bound by the two round trips per job (fetch, finish), so several
@@ -121,6 +121,7 @@ class ProcrastinateAdapter(Adapter):
     def drain(self, url: str, jobs: int, backlog: int) -> Drain:
         with app.replace_connector(procrastinate.SyncPsycopgConnector(conninfo=url)), app.open():
             noop.batch_defer(*({} for _ in range(jobs + backlog)))
+        analyze_filled_tables(url)
         with self._worker(url) as worker:
             return measured_drain(worker, url, SUCCEEDED, ["noop"], jobs)
 

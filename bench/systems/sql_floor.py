@@ -17,17 +17,13 @@ from psycopg.types.json import Jsonb
 
 from bench import flows
 from bench._api import Adapter, Drain, Timed
+from bench._process import analyze_filled_tables
 from bench.systems.pgflow_system import PgflowAdapter, start_runs
 from pgflow import definition_of
 
 BATCH_SIZE = 50  # as pgflow-python's bench worker
-# The bench flows' handlers, in SQL (bench/flows.py has them in Python).
-DRIVE = """
-SELECT count(done.*)
-FROM pgflow.start_tasks(
-    %(slug)s, ARRAY(SELECT r.msg_id FROM pgmq.read(%(slug)s, 30, %(batch)s) AS r), %(worker)s
-) AS t,
-LATERAL pgflow.complete_task(t.run_id, t.step_slug, t.task_index, CASE t.step_slug
+# The bench flows' handlers, in SQL (bench/flows.py has them in Python), on a claimed task t.
+OUTPUT = """CASE t.step_slug
     WHEN 'first' THEN to_jsonb((t.input->'run'->>'n')::int + 1)
     WHEN 'second' THEN to_jsonb((t.input->>'first')::int * 2)
     WHEN 'third' THEN to_jsonb((t.input->>'second')::int - 1)
@@ -37,7 +33,28 @@ LATERAL pgflow.complete_task(t.run_id, t.step_slug, t.task_index, CASE t.step_sl
     WHEN 'total' THEN (SELECT to_jsonb(sum(x::bigint))
                        FROM jsonb_array_elements_text(t.input->'square') AS x)
     WHEN 'perform' THEN CASE t.flow_slug WHEN 'bench_ping' THEN '"pong"'::jsonb ELSE 'null' END
-END) AS done
+END"""
+CLAIM = """pgflow.start_tasks(
+    %(slug)s, ARRAY(SELECT r.msg_id FROM pgmq.read(%(slug)s, 30, %(batch)s) AS r), %(worker)s
+)"""
+# Upstream per task: complete_task once per claimed task.
+DRIVE = f"""
+SELECT count(done.*)
+FROM {CLAIM} AS t,
+LATERAL pgflow.complete_task(t.run_id, t.step_slug, t.task_index, {OUTPUT}) AS done
+"""
+# Ours, set-based: the whole claimed batch in one complete_task_batch call.
+DRIVE_SET_BASED = f"""
+WITH t AS (SELECT * FROM {CLAIM}),
+outputs AS (SELECT t.run_id, t.step_slug, t.task_index, {OUTPUT} AS output FROM t)
+SELECT count(b.recorded)
+FROM pgflow_python.complete_task_batch(
+    %(worker)s,
+    ARRAY(SELECT o.run_id FROM outputs o ORDER BY o.run_id, o.step_slug, o.task_index),
+    ARRAY(SELECT o.step_slug FROM outputs o ORDER BY o.run_id, o.step_slug, o.task_index),
+    ARRAY(SELECT o.task_index FROM outputs o ORDER BY o.run_id, o.step_slug, o.task_index),
+    ARRAY(SELECT o.output FROM outputs o ORDER BY o.run_id, o.step_slug, o.task_index)
+) AS b
 """
 RUN_STATUS = "SELECT status FROM pgflow.runs WHERE run_id = %s"
 COMPLETED_RUNS = "SELECT count(*) FROM pgflow.runs WHERE flow_slug = %s AND status = 'completed'"
@@ -46,7 +63,8 @@ COMPLETED_RUNS = "SELECT count(*) FROM pgflow.runs WHERE flow_slug = %s AND stat
 class _Driver:
     """A connection that drives one flow's queue with DRIVE, registered as a worker."""
 
-    def __init__(self, url: str, slug: str) -> None:
+    def __init__(self, url: str, slug: str, drive: str = DRIVE) -> None:
+        self.drive = drive
         self.connection = psycopg.connect(url, autocommit=True)
         self.params = {"slug": slug, "batch": BATCH_SIZE, "worker": uuid.uuid4()}
         self.connection.execute(
@@ -56,7 +74,7 @@ class _Driver:
         )
 
     def step(self) -> int:
-        row = self.connection.execute(DRIVE, self.params, prepare=True).fetchone()
+        row = self.connection.execute(self.drive, self.params, prepare=True).fetchone()
         return int(row[0]) if row else 0
 
     def until(self, done: Callable[[], bool], timeout: float = 3600) -> float:
@@ -73,7 +91,11 @@ class _Driver:
 
 class SqlFloor(Adapter):
     name = "sql-floor"
-    settings = f"one connection, one statement per batch of {BATCH_SIZE}: read, start, complete"
+    settings = (
+        f"one connection, one statement per batch of {BATCH_SIZE}: read, start, "
+        "upstream's complete_task per task"
+    )
+    drive = DRIVE
 
     def install(self, url: str) -> None:
         PgflowAdapter().install(url)
@@ -81,7 +103,8 @@ class SqlFloor(Adapter):
     def drain(self, url: str, jobs: int, backlog: int) -> Drain:
         slug = definition_of(flows.Noop).slug
         start_runs(url, slug, jobs + backlog)
-        driver = _Driver(url, slug)
+        analyze_filled_tables(url)
+        driver = _Driver(url, slug, self.drive)
         completed = 0
         started = time.perf_counter()
         while completed < jobs:
@@ -92,7 +115,7 @@ class SqlFloor(Adapter):
 
     def sequential_flows(self, url: str, runs: int) -> Timed:
         slug = definition_of(flows.Chain).slug
-        driver = _Driver(url, slug)
+        driver = _Driver(url, slug, self.drive)
         started = time.perf_counter()
         start_runs(url, slug, runs)
         # Counting completed runs costs a query: only when a batch came back short.
@@ -104,7 +127,7 @@ class SqlFloor(Adapter):
 
     def map_fan_in(self, url: str, elements: int) -> Timed:
         slug = definition_of(flows.FanOut).slug
-        driver = _Driver(url, slug)
+        driver = _Driver(url, slug, self.drive)
         started = time.perf_counter()
         run_id = self._start(driver, slug, {"elements": elements})
         done = driver.until(partial(self._is_completed, driver, run_id))
@@ -113,7 +136,7 @@ class SqlFloor(Adapter):
 
     def latency(self, url: str, samples: int) -> list[float]:
         slug = definition_of(flows.Ping).slug
-        driver = _Driver(url, slug)
+        driver = _Driver(url, slug, self.drive)
         timings = []
         for _ in range(samples):
             started = time.perf_counter()
@@ -136,3 +159,15 @@ class SqlFloor(Adapter):
     def _is_completed(driver: _Driver, run_id: uuid.UUID) -> bool:
         row = driver.connection.execute(RUN_STATUS, (run_id,), prepare=True).fetchone()
         return row is not None and row[0] == "completed"
+
+
+class SetBasedSqlFloor(SqlFloor):
+    """The floor of pgflow-python's own SQL: the same claim, then the whole batch completed by
+    one pgflow_python.complete_task_batch call (what the worker runs, minus the worker)."""
+
+    name = "sql-floor-set"
+    settings = (
+        f"one connection, one statement per batch of {BATCH_SIZE}: read, start, "
+        "pgflow_python.complete_task_batch"
+    )
+    drive = DRIVE_SET_BASED

@@ -9,7 +9,11 @@ from bench._report import Results, render
 
 def recorded() -> Results:
     results = Results(sizes={"jobs": 10}, repetitions=2)
-    for system, p1, p5 in (("pgflow-python", 400, 0.3), ("sql-floor", 500, None)):
+    for system, p1, p5 in (
+        ("pgflow-python", 400, 0.3),
+        ("sql-floor", 500, None),
+        ("sql-floor-set", 125, None),
+    ):
         for value in (p1, p1 * 0.9):
             results.add(system, "P1", value)
         if p5 is not None:
@@ -17,6 +21,8 @@ def recorded() -> Results:
     results.add("pgqueuer", "P1", 4000)
     results.add("pgflow-python", "P6_rate", 380)
     results.add("pgflow-python", "P4_p99", 45.0)
+    results.add("pgflow-python", "P4_p50", 9.0)
+    results.add("sql-floor-set", "P4_p50", 6.5)
     results.settings["pgqueuer"] = "batch 100"
     results.notes["dbos"] = "not installed (dbos): pip install -e '.[bench]'"
     return results
@@ -32,9 +38,11 @@ def test_the_table_shows_median_and_min_and_na_where_a_system_has_no_figure() ->
 
 def test_ratios_and_goal_verdicts_come_from_the_medians() -> None:
     table = render(recorded())
-    assert "sql-floor 0.80x, pgqueuer 0.10x" in table
-    assert "- P1 ≥ 1.0x PgQueuer: NOT met (0.10)" in table
-    assert "- P1 ≥ 0.8x SQL floor: met (0.80)" in table
+    assert "sql-floor 0.80x, sql-floor-set 3.20x, pgqueuer 0.10x" in table
+    assert "- P1 ≥ 1.0x PgQueuer (long-term): NOT met (0.10)" in table
+    assert "- P1 ≥ 3x upstream per-task SQL floor: NOT met (0.80)" in table
+    assert "- P1 ≥ 0.8x set-based SQL floor: met (3.20)" in table
+    assert "- P4 p50 ≤ set-based floor + 2 ms: NOT met (2.50)" in table
     assert "- P5 ≤ 0.35 ms CPU per job: met (0.30)" in table
     assert "- P6 ≥ 0.9: met (1.00)" in table  # 380 with backlog / 380 without
     assert "- P4 p99 ≤ 20 ms: NOT met (45.00)" in table
