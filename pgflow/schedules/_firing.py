@@ -84,10 +84,11 @@ def fire(
 
 @dataclass
 class FirePass:
-    """What one pass did: runs started per ``(schedule, tick)``, and errors per schedule."""
+    """What one pass did: the runs it started, and errors per schedule."""
 
     claimed: int = 0
-    fired: list[tuple[str, datetime, uuid.UUID]] = field(default_factory=list)
+    fired: list[tuple[str, str, datetime, uuid.UUID]] = field(default_factory=list)
+    """``(schedule, flow, tick, run_id)`` per run started."""
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -111,25 +112,27 @@ def fire_due(
     result.claimed = len(rows)
     for row in rows:
         moment: datetime = row["now"]
+        name = str(row["schedule_name"])
         try:
             cron = cron_from_row(row)
-        except PgflowError as exc:
-            _advance(connection, row["schedule_name"], moment + _RETRY_BROKEN, error=str(exc))
-            result.errors[row["schedule_name"]] = str(exc)
+            ticks = cron.due(row["next_fire_at"] or cron.next_after(row["updated_at"]), moment)
+            next_fire_at = cron.next_after(moment)
+        except PgflowError as exc:  # e.g. a time zone this machine lacks: look again later
+            _advance(connection, name, moment + _RETRY_BROKEN, error=str(exc))
+            result.errors[name] = str(exc)
             continue
-        first_due = row["next_fire_at"] or cron.next_after(row["updated_at"])
         last: tuple[datetime, uuid.UUID] | None = None
-        error: str | None = None
-        for tick in cron.due(first_due, moment):
+        for tick in ticks:
             try:
                 with connection.begin_nested():
                     run_id = fire(connection, cron, tick, fired_by=fired_by)
             except (PgflowError, sa.exc.DBAPIError) as exc:
                 error = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".strip()
+                result.errors[name] = error
                 telemetry.emit(
                     "schedule.fire_failed",
                     level=logging.WARNING,
-                    schedule=cron.name,
+                    schedule=name,
                     flow=cron.flow_slug,
                     fire_time=tick.isoformat(),
                     error=error,
@@ -137,17 +140,8 @@ def fire_due(
                 continue
             if run_id is not None:
                 last = (tick, run_id)
-                result.fired.append((str(cron.name), tick, run_id))
-                telemetry.emit(
-                    "schedule.fired",
-                    schedule=cron.name,
-                    flow=cron.flow_slug,
-                    fire_time=tick.isoformat(),
-                    run_id=str(run_id),
-                )
-        if error is not None:
-            result.errors[str(cron.name)] = error
-        _advance(connection, str(cron.name), cron.next_after(moment), last=last, error=error)
+                result.fired.append((name, str(cron.flow_slug), tick, run_id))
+        _advance(connection, name, next_fire_at, last=last, error=result.errors.get(name))
     return result
 
 
@@ -202,6 +196,14 @@ class Scheduler:
         """One pass (blocking); returns how long to sleep before the next."""
         with self.engine.begin() as connection:
             done = fire_due(connection, fired_by=self.fired_by, limit=self.batch_size)
+        for schedule, flow, tick, run_id in done.fired:  # committed: now they happened
+            telemetry.emit(
+                "schedule.fired",
+                schedule=schedule,
+                flow=flow,
+                fire_time=tick.isoformat(),
+                run_id=str(run_id),
+            )
         if done.claimed == self.batch_size:
             return 0.0  # more may be due
         with self.engine.connect() as connection:

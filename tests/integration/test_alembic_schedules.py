@@ -125,7 +125,7 @@ def test_a_migrated_schedule_fires_from_the_time_it_was_applied(project: Alembic
         with engine.begin() as connection:
             done = fire_due(connection, now=in_three_days)
         # "latest": one run for the most recent 03:00 in Paris, however many were missed.
-        ((name, tick, _run),) = done.fired
+        ((name, _flow, tick, _run),) = done.fired
         assert name == "mail_nightly"
         assert (
             tick.astimezone(get_schedule(engine, "mail_nightly").cron.zone).hour,

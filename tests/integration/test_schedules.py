@@ -101,7 +101,9 @@ def set_next_fire(engine: Engine, name: str, at: datetime) -> None:
 
 def fire(engine: Engine, now: datetime) -> list[tuple[str, datetime, uuid.UUID]]:
     with engine.begin() as connection:
-        return fire_due(connection, now=now).fired
+        return [
+            (name, tick, run_id) for name, _, tick, run_id in fire_due(connection, now=now).fired
+        ]
 
 
 def test_create_list_update_pause_resume_delete(engine: Engine) -> None:
@@ -275,7 +277,7 @@ def test_a_run_that_cannot_start_is_recorded_and_the_schedule_moves_on(engine: E
     set_next_fire(engine, "cleanup", T0)
     with engine.begin() as connection:
         done = fire_due(connection, now=T0)
-    assert [name for name, _, _ in done.fired] == ["cleanup"]
+    assert [(name, flow) for name, flow, _, _ in done.fired] == [("cleanup", "cleanup")]
     assert set(done.errors) == {"broken", "bad_zone"}
     assert "unknown time zone" in done.errors["bad_zone"]
     broken = get_schedule(engine, "broken")
