@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from pgflow import _tracing
 from pgflow._sql import query
 from pgflow.client._common import (
     AsyncBind,
@@ -179,6 +180,18 @@ def start_run(connection: Connection, request: StartRequest) -> uuid.UUID:
 
 def start_run_once(connection: Connection, request: StartRequest) -> tuple[uuid.UUID, bool]:
     """``(run_id, created)``: ``created`` is false when an idempotency key found its run."""
+    tracer = _tracing.current()
+    if tracer is None:
+        return _start_run(connection, request, {})
+    with tracer.start_flow(request.slug) as span:
+        started = _start_run(connection, request, span.carrier())
+        span.started(started[0])
+        return started
+
+
+def _start_run(
+    connection: Connection, request: StartRequest, trace_context: _tracing.Carrier
+) -> tuple[uuid.UUID, bool]:
     slug = request.slug
     row = (
         connection.execute(
@@ -189,6 +202,8 @@ def start_run_once(connection: Connection, request: StartRequest) -> tuple[uuid.
                 "run_id": request.run_id,
                 "idempotency_key": request.idempotency_key,
                 "require_job": request.require_job,
+                "traceparent": trace_context.get("traceparent"),
+                "tracestate": trace_context.get("tracestate"),
             },
         )
         .mappings()

@@ -1,44 +1,59 @@
 -- Client queries: starting runs, reading them, waiting for them (pgflow/client/).
 
 -- name: client_start_flow
--- description: Start a run unless the flow is unknown, a root map gets a non-array, the run id is taken, or a job is required and the flow is not one; one row per registered flow, run_id NULL when refused. With an idempotency key, the run already started with that key is returned instead (created false).
+-- description: Start a run unless the flow is unknown, a root map gets a non-array, the run id is taken, or a job is required and the flow is not one; one row per registered flow, run_id NULL when refused. With an idempotency key, the run already started with that key is returned instead (created false); stores the run's trace context when one is given.
 -- Checking here instead of letting start_flow raise keeps the caller's transaction usable
 -- after a refusal. The start is a function call inside CASE, so it runs only when every check
 -- passed; OFFSET 0 keeps the checks (and the call) from being inlined and evaluated twice.
-SELECT
-    checks.flow_type,
-    checks.root_map_step,
-    checks.run_exists,
-    (checks.started).run_id AS run_id,
-    (checks.started).created AS created
-FROM (
+-- With OpenTelemetry enabled, :traceparent/:tracestate (the start span's context) are stored
+-- with a newly created run in the same statement, so no worker can claim one of its tasks
+-- before they are there.
+WITH attempt AS (
     SELECT
-        facts.*,
-        CASE
-            WHEN (facts.root_map_step IS NULL
-                  OR jsonb_typeof(CAST(:input AS jsonb)) = 'array')
-                AND NOT facts.run_exists
-                AND (NOT CAST(:require_job AS boolean) OR facts.flow_type = 'job')
-            THEN pgflow_python.start_run(
-                facts.flow_slug, CAST(:input AS jsonb), CAST(:run_id AS uuid),
-                CAST(:idempotency_key AS text)
-            )
-        END AS started
+        checks.flow_type,
+        checks.root_map_step,
+        checks.run_exists,
+        (checks.started).run_id AS run_id,
+        (checks.started).created AS created
     FROM (
         SELECT
-            f.flow_slug,
-            f.flow_type,
-            (SELECT s.step_slug FROM pgflow.steps AS s
-             WHERE s.flow_slug = f.flow_slug AND s.step_type = 'map' AND s.deps_count = 0
-             ORDER BY s.step_index LIMIT 1) AS root_map_step,
-            EXISTS (SELECT 1 FROM pgflow.runs AS r WHERE r.run_id = CAST(:run_id AS uuid))
-                AS run_exists
-        FROM pgflow.flows AS f
-        WHERE f.flow_slug = :flow_slug
+            facts.*,
+            CASE
+                WHEN (facts.root_map_step IS NULL
+                      OR jsonb_typeof(CAST(:input AS jsonb)) = 'array')
+                    AND NOT facts.run_exists
+                    AND (NOT CAST(:require_job AS boolean) OR facts.flow_type = 'job')
+                THEN pgflow_python.start_run(
+                    facts.flow_slug, CAST(:input AS jsonb), CAST(:run_id AS uuid),
+                    CAST(:idempotency_key AS text)
+                )
+            END AS started
+        FROM (
+            SELECT
+                f.flow_slug,
+                f.flow_type,
+                (SELECT s.step_slug FROM pgflow.steps AS s
+                 WHERE s.flow_slug = f.flow_slug AND s.step_type = 'map' AND s.deps_count = 0
+                 ORDER BY s.step_index LIMIT 1) AS root_map_step,
+                EXISTS (SELECT 1 FROM pgflow.runs AS r WHERE r.run_id = CAST(:run_id AS uuid))
+                    AS run_exists
+            FROM pgflow.flows AS f
+            WHERE f.flow_slug = :flow_slug
+            OFFSET 0
+        ) AS facts
         OFFSET 0
-    ) AS facts
-    OFFSET 0
-) AS checks;
+    ) AS checks
+),
+traced AS (
+    INSERT INTO pgflow_python.run_trace_contexts (run_id, traceparent, tracestate)
+    SELECT attempt.run_id, CAST(:traceparent AS text), CAST(:tracestate AS text)
+    FROM attempt
+    WHERE attempt.created AND CAST(:traceparent AS text) IS NOT NULL
+    ON CONFLICT (run_id) DO NOTHING
+)
+SELECT attempt.flow_type, attempt.root_map_step, attempt.run_exists, attempt.run_id,
+       attempt.created
+FROM attempt;
 
 -- name: client_delay_queued_tasks
 -- description: Hide a new run's queued task messages for :delay_seconds from now (enqueue with a delay); returns how many were delayed.
