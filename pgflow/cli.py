@@ -17,7 +17,7 @@ import click
 import psycopg
 import sqlalchemy as sa
 
-from pgflow import _db
+from pgflow import _db, telemetry
 from pgflow._loading import flow_classes, load_definitions
 from pgflow._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pgflow.compiler import compile_flow
@@ -201,6 +201,23 @@ def compile_command(references: tuple[str, ...]) -> None:
 )
 @log_format_option
 @log_level_option
+@click.option(
+    "--otel",
+    is_flag=True,
+    help="OpenTelemetry spans and metrics through the global providers (e.g. set up by "
+    "opentelemetry-instrument); needs pgflow-python[otel].",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (/metrics); implies --otel for metrics.",
+)
+@click.option(
+    "--metrics-host",
+    default="0.0.0.0",  # noqa: S104 - scraped from outside the container
+    show_default=True,
+    help="Address the metrics endpoint binds.",
+)
 @click.option("--compile-missing", is_flag=True, help="Development: register missing flows.")
 @_reports_errors
 def run_worker(
@@ -218,6 +235,9 @@ def run_worker(
     no_scheduler: bool,
     log_format: str | None,
     log_level: str | None,
+    otel: bool,
+    metrics_port: int | None,
+    metrics_host: str,
     compile_missing: bool,
 ) -> None:
     """Run a worker for flows: REFERENCES are module:Class or module (all its flows)."""
@@ -249,10 +269,28 @@ def run_worker(
             r"\b([a-z]+(?:_[a-z]+)+)\b", lambda m: "--" + m[1].replace("_", "-"), str(exc)
         )
         raise BadOptionsError(message) from None
-    worker = Worker(
-        classes, _db.url_from_env(database_url), compile_missing=compile_missing, options=options
-    )
+    url = _db.url_from_env(database_url)
+    if otel or metrics_port is not None:
+        _instrument(url, metrics_port, metrics_host)
+    worker = Worker(classes, url, compile_missing=compile_missing, options=options)
     worker.run()
+
+
+def _instrument(url: sa.URL, metrics_port: int | None, metrics_host: str) -> None:
+    try:
+        from pgflow import otel  # noqa: PLC0415 - the optional extra, loaded only when asked
+    except ImportError as exc:
+        raise click.UsageError(str(exc)) from None
+    meter_provider = None
+    if metrics_port is not None:
+        try:
+            meter_provider = otel.serve_prometheus(metrics_port, addr=metrics_host)
+        except OSError as exc:
+            raise click.UsageError(
+                f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}"
+            ) from None
+        telemetry.emit("metrics.serving", url=f"http://{metrics_host}:{metrics_port}/metrics")
+    otel.instrument(meter_provider=meter_provider, database=url)
 
 
 @main.command("dashboard")

@@ -49,3 +49,15 @@ class WorkerCrashedError(PgflowError):
     The process should exit non-zero and be restarted by its supervisor; ``worker.crashed`` was
     logged before this was raised.
     """
+
+
+class NonRetryableError(Exception):
+    """Raise it (or a subclass) in a step handler to fail the step at once, whatever attempts
+    remain: the run fails as when the last attempt fails. For inputs that can never succeed::
+
+        if order["total"] < 0:
+            raise NonRetryableError(f"order {order['id']} has a negative total")
+
+    The error is recorded like any other (type, message, traceback). Not a :class:`PgflowError`:
+    your handlers raise it, pgflow does not.
+    """

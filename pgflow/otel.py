@@ -188,8 +188,8 @@ class _QueueGauges:
     """Queue figures read at collection time (a scrape, a periodic export) on a connection of
     their own: one query serves all four gauges of one collection."""
 
-    MAX_AGE = 1.0
-    """Seconds a sample serves later callbacks of the same collection."""
+    MAX_AGE = 0.25
+    """Seconds a sample serves the other gauges' callbacks (of the same collection)."""
 
     def __init__(self, meter: metrics.Meter, database: Engine | URL | str) -> None:
         url = database.url if isinstance(database, Engine) else database

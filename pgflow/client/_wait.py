@@ -8,7 +8,6 @@ shim (Supabase) no notification comes, and the status is polled every ``poll_int
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -270,16 +269,8 @@ class _Waiter:
             if run is None:  # deleted in between
                 raise UnknownRunError(self.run_id)
             if run.status is RunStatus.FAILED:
-                failure = _failure(connection, run)
-                telemetry.emit(
-                    "run.failed",
-                    level=logging.WARNING,
-                    flow=run.flow_slug,
-                    run_id=str(run.run_id),
-                    step=failure.step_slug,
-                    error=failure.error_message,
-                )
-                raise failure
+                # run.failed is announced by the worker whose report failed the run.
+                raise _failure(connection, run)
             if run.status is RunStatus.STARTED:
                 raise RunTimeoutError(run, cast(float, self.timeout))
             telemetry.emit("run.completed", flow=run.flow_slug, run_id=str(run.run_id))

@@ -38,20 +38,14 @@ FROM pgflow_python.complete_task_batch(
 )
 
 -- name: fail_task
--- description: Fail one task attempt (upstream retries or fails the run), if this worker still holds it.
--- Only while this worker still holds the task: after a stalled-task recovery gave it to another
--- worker, a late report must not count (upstream does not check who reports). The row lock
--- keeps the sweep (which skips locked rows) away until the report commits.
-WITH owned AS (
-    SELECT 1 FROM pgflow.step_tasks
-    WHERE run_id = :run_id AND step_slug = :step_slug AND task_index = :task_index
-      AND status = 'started' AND last_worker_id = :worker_id
-    FOR UPDATE
+-- description: Record a failed attempt with its traceback, if this worker still holds the task (extension/0040_task_failures.sql); upstream's fail_task retries it or fails the step and the run. Returns the attempt, the retry time, whether this report failed the run, and the run's start and failure times; no row when the task was not this worker's any more.
+-- Fenced: after a stalled-task recovery gave the task to another worker, a late report must
+-- not count (upstream does not check who reports). retryable = false fails the step now.
+SELECT attempt, retry_at, run_failed, run_started_at, run_failed_at
+FROM pgflow_python.fail_task(
+    :worker_id, :run_id, :step_slug, :task_index, :error_message, :error_type, :traceback,
+    :retryable
 )
-SELECT (
-    SELECT count(*) FROM pgflow.fail_task(:run_id, :step_slug, :task_index, :error_message)
-) AS updated
-FROM owned
 
 -- name: flow_shape
 -- description: A flow's steps as stored, to compare with the class the worker serves.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ import anyio
 
 from pgflow.context import Context
 from pgflow.dsl import HandlerSpec
+from pgflow.errors import NonRetryableError
 from pgflow.worker._threads import HandlerThreads
 
 
@@ -24,6 +26,29 @@ class Completed:
 @dataclass(frozen=True, slots=True)
 class Failed:
     error: str
+    """``Type: message``, as upstream's ``error_message`` holds it."""
+    traceback: str | None = None
+    retryable: bool = True
+    """False: fail the step now, whatever attempts remain (a :class:`NonRetryableError`)."""
+    type_name: str = ""
+
+    @property
+    def error_type(self) -> str:
+        """The exception's class name; for the worker's own messages, their ``Type:`` prefix."""
+        if self.type_name:
+            return self.type_name
+        prefix = self.error.partition(":")[0]
+        return prefix if prefix.isidentifier() else "WorkerError"
+
+    @classmethod
+    def of(cls, exc: BaseException, note: str = "") -> Failed:
+        """The failure a handler's exception makes: its text, traceback and retryability."""
+        return cls(
+            describe(exc) + note,
+            traceback=format_traceback(exc),
+            retryable=not isinstance(exc, NonRetryableError),
+            type_name=type(exc).__name__,
+        )
 
 
 Outcome = Completed | Failed
@@ -41,6 +66,23 @@ def sanitize(text: str) -> str:
         cut = len(text) - MAX_ERROR_LENGTH
         text = f"{text[:MAX_ERROR_LENGTH]}... ({cut} more characters cut)"
     return text
+
+
+MAX_TRACEBACK_LENGTH = 16_000
+"""Characters of a traceback kept: its start and its end (where the error was raised)."""
+
+
+def format_traceback(exc: BaseException) -> str | None:
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException:  # a broken __str__ or __repr__ deep inside the chain
+        return None
+    text = text.replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) <= MAX_TRACEBACK_LENGTH:
+        return text
+    head = MAX_TRACEBACK_LENGTH // 8
+    cut = len(text) - MAX_TRACEBACK_LENGTH
+    return f"{text[:head]}\n... ({cut} characters cut) ...\n{text[cut + head :]}"
 
 
 def describe(exc: BaseException) -> str:
@@ -93,11 +135,11 @@ async def run_handler(
             raise  # the worker's own shutdown (or the caller's): not this attempt's outcome
         # Raised by the handler itself (e.g. an awaited future that someone cancelled): only
         # a failed attempt, never the end of the runner that called it.
-        return Failed(f"{describe(exc)} (a cancellation the worker did not request)")
+        return Failed.of(exc, " (a cancellation the worker did not request)")
     except BaseException as exc:
         # Whatever a handler raises (even SystemExit or a BaseException subclass) fails only
         # that attempt; the worker's own shutdown arrives as cancellation, re-raised above.
-        return Failed(describe(exc))
+        return Failed.of(exc)
     if deadline.cancelled_caught:
         return Failed(
             f"TimeoutError: step {context.step_slug!r} exceeded its timeout of {timeout:g}s"

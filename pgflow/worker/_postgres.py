@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -19,10 +20,12 @@ import anyio.to_thread
 import psycopg
 from psycopg.rows import dict_row
 
-from pgflow import _sql
+from pgflow import _sql, _tracing
+from pgflow.worker._executor import Failed
 from pgflow.worker._store import (
     ClaimedTask,
     ConnectionLost,
+    FailureRecorded,
     HeartbeatReply,
     RecoveredTask,
     Registration,
@@ -133,7 +136,15 @@ class PostgresStore:
             worker_id=worker_id,
             margin=margin,
         )
-        return claimed_from_rows(rows)
+        tasks = claimed_from_rows(rows)
+        if tasks and _tracing.current() is not None:
+            # Once per claimed batch, and only while tracing is on.
+            stored = await self._claims.fetch(
+                "otel_run_trace_contexts", run_ids=list({t.run_id for t in tasks})
+            )
+            contexts = _tracing.carriers_by_run(stored)
+            tasks = [replace(t, trace_context=contexts.get(t.run_id)) for t in tasks]
+        return tasks
 
     async def next_visible_at(self, flow_slug: str) -> datetime | None:
         rows = await self._claims.fetch("next_visible_at", queue_name=flow_slug)
@@ -154,16 +165,21 @@ class PostgresStore:
         # Rows with recorded NULL name the runs the batch ended (for run events; unused here).
         return {row["recorded"] - 1 for row in rows if row["recorded"] is not None}
 
-    async def fail(self, worker_id: uuid.UUID, task: ClaimedTask, error: str) -> bool:
+    async def fail(
+        self, worker_id: uuid.UUID, task: ClaimedTask, failure: Failed
+    ) -> FailureRecorded | None:
         rows = await self._reports.fetch(
             "fail_task",
             run_id=task.run_id,
             step_slug=task.step_slug,
             task_index=task.task_index,
             worker_id=worker_id,
-            error_message=error,
+            error_message=failure.error,
+            error_type=failure.error_type,
+            traceback=failure.traceback,
+            retryable=failure.retryable,
         )
-        return bool(rows)
+        return FailureRecorded(**rows[0]) if rows else None
 
     def heartbeat(self, worker_ids: Sequence[uuid.UUID]) -> list[HeartbeatReply]:
         rows = self._heartbeats.fetch_blocking("heartbeat", {"worker_ids": list(worker_ids)})

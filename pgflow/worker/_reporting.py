@@ -17,14 +17,15 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from pgflow import telemetry
-from pgflow.worker._executor import Completed, Outcome, describe, sanitize
+from pgflow.worker._executor import Completed, Failed, Outcome, describe, sanitize
 from pgflow.worker._store import ClaimedTask, ConnectionLost, WorkerStore
 
 _BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -77,7 +78,7 @@ class Reporter:
             if isinstance(report.outcome, Completed):
                 completions[report.worker_id].append(report)
             else:
-                await self._fail(report, report.outcome.error)
+                await self._fail(report, report.outcome)
         for worker_id, reports in completions.items():
             await self._complete(worker_id, reports)
 
@@ -95,7 +96,7 @@ class Reporter:
                     await self._complete(worker_id, [report])
                 return
             [report] = reports
-            await self._fail(report, f"the database refused the output: {describe(exc)}")
+            await self._fail(report, Failed(f"the database refused the output: {describe(exc)}"))
             return
         for position, report in enumerate(reports):
             if position in recorded:
@@ -105,19 +106,22 @@ class Reporter:
                 # or recorded by an earlier try whose reply was lost.
                 telemetry.emit("task.report_ignored", level=logging.WARNING, **report.fields)
 
-    async def _fail(self, report: _Report, error: str) -> None:
+    async def _fail(self, report: _Report, failure: Failed) -> None:
         store, task, worker_id = self._store, report.task, report.worker_id
-        error = sanitize(error)
+        failure = replace(failure, error=sanitize(failure.error))
         try:
             recorded = await self._until_recorded(
-                lambda: store.fail(worker_id, task, error), [report]
+                lambda: store.fail(worker_id, task, failure), [report]
             )
         except Exception as exc:
             # The message itself may be what the database refuses: record a plain one.
-            plain = f"the worker could not record this attempt's error ({describe(exc)})"
+            failure = Failed(
+                f"the worker could not record this attempt's error ({describe(exc)})",
+                retryable=failure.retryable,
+            )
             try:
                 recorded = await self._until_recorded(
-                    lambda: store.fail(worker_id, task, plain), [report]
+                    lambda: store.fail(worker_id, task, failure), [report]
                 )
             except Exception as again:
                 # Left started: the stalled-task sweep returns it to the queue.
@@ -128,10 +132,28 @@ class Reporter:
                     **report.fields,
                 )
                 return
-        if not recorded:
+        if recorded is None:
             telemetry.emit("task.report_ignored", level=logging.WARNING, **report.fields)
             return
-        telemetry.emit("task.failed", level=logging.WARNING, error=error, **report.fields)
+        telemetry.emit(
+            "task.failed",
+            level=logging.WARNING,
+            error=failure.error,
+            error_type=failure.error_type,
+            retryable=failure.retryable,
+            retry_at=None if recorded.retry_at is None else recorded.retry_at.isoformat(),
+            exception=failure.traceback,
+            **report.fields,
+        )
+        if recorded.run_failed:
+            _run_ended(
+                "run.failed",
+                report,
+                recorded.run_started_at,
+                recorded.run_failed_at,
+                step=task.step_slug,
+                error=failure.error,
+            )
         # A delayed retry sends no NOTIFY (only messages visible now do): let the flow's poller
         # recompute when its next message becomes visible.
         self._on_failed(worker_id)
@@ -155,3 +177,24 @@ class Reporter:
                         **report.fields,
                     )
                 await anyio.sleep(delay)
+
+
+def _run_ended(
+    event: str,
+    report: _Report,
+    started_at: datetime | None,
+    ended_at: datetime | None,
+    **fields: Any,
+) -> None:
+    """The run's end, announced by the worker whose report ended it (exactly one per run)."""
+    duration = None
+    if started_at is not None and ended_at is not None:
+        duration = round((ended_at - started_at).total_seconds() * 1000, 3)
+    telemetry.emit(
+        event,
+        level=logging.WARNING if event == "run.failed" else logging.INFO,
+        flow=report.task.flow_slug,
+        run_id=str(report.task.run_id),
+        duration_ms=duration,
+        **fields,
+    )

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pgflow import telemetry
+from pgflow import _tracing, telemetry
 from pgflow.context import Context
 from pgflow.worker import _inputs
 from pgflow.worker._cancellation import TaskCancellation
@@ -110,16 +110,31 @@ async def _outcome(
     except Exception as exc:
         return Failed(f"the worker could not prepare the handler's input: {describe(exc)}")
     telemetry.emit("task.started", **fields)
-    outcome = await run_handler(
-        served.instance,
-        spec,
-        handler_input,
-        context,
-        timeout=task.timeout,
-        threads=threads,
-        keep_slot=slot.keep,
+
+    async def run() -> Outcome:
+        outcome = await run_handler(
+            served.instance,
+            spec,
+            handler_input,
+            context,
+            timeout=task.timeout,
+            threads=threads,
+            keep_slot=slot.keep,
+        )
+        return _check_map_source(served, task, outcome)
+
+    tracer = _tracing.current()
+    if tracer is None:
+        return await run()
+    attempt = _tracing.TaskAttempt(
+        task.flow_slug, task.step_slug, task.run_id, task.task_index, task.attempt
     )
-    return _check_map_source(served, task, outcome)
+    with tracer.task(attempt, task.trace_context) as span:
+        outcome = await run()
+        span.finished(
+            *(("failed", outcome.error) if isinstance(outcome, Failed) else ("completed",))
+        )
+        return outcome
 
 
 def _check_map_source(served: ServedFlow, task: ClaimedTask, outcome: Outcome) -> Outcome:

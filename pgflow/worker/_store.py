@@ -17,7 +17,10 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pgflow.worker._executor import Failed
 
 
 class ConnectionLost(Exception):
@@ -39,6 +42,8 @@ class ClaimedTask:
     """Effective step timeout in seconds (step option, else flow option)."""
     record: Mapping[str, Any]
     """start_tasks' record by column name; its shape depends on the upstream version."""
+    trace_context: Mapping[str, str] | None = None
+    """The W3C trace context the run was started in, when tracing is on and one was stored."""
 
     @property
     def key(self) -> TaskKey:
@@ -76,6 +81,19 @@ class RecoveredTask:
     """``requeued`` (back in the queue) or ``failed`` (reported through upstream's fail_task)."""
 
 
+@dataclass(frozen=True, slots=True)
+class FailureRecorded:
+    """What recording a failed attempt did (``pgflow_python.fail_task``)."""
+
+    attempt: int
+    retry_at: datetime | None
+    """When the retry becomes visible; None when no retry follows."""
+    run_failed: bool
+    """This report failed the run (it was not failed before)."""
+    run_started_at: datetime | None = None
+    run_failed_at: datetime | None = None
+
+
 class WorkerStore(Protocol):
     """The database operations of a serving worker.
 
@@ -101,8 +119,11 @@ class WorkerStore(Protocol):
         """Record outputs (JSON texts) in one transaction; returns the positions (0-based)
         recorded, i.e. of the tasks ``worker_id`` still held."""
 
-    async def fail(self, worker_id: uuid.UUID, task: ClaimedTask, error: str) -> bool:
-        """Record a failed attempt if ``worker_id`` still holds the task; True if recorded."""
+    async def fail(
+        self, worker_id: uuid.UUID, task: ClaimedTask, failure: Failed
+    ) -> FailureRecorded | None:
+        """Record a failed attempt, with its traceback, if ``worker_id`` still holds the task
+        (None: it does not). A non-retryable failure fails the step whatever attempts remain."""
 
     def heartbeat(self, worker_ids: Sequence[uuid.UUID]) -> list[HeartbeatReply]:
         """Blocking. Mark the workers alive; no reply for a row that no longer exists."""

@@ -11,6 +11,7 @@ has returned, so one SIGTERM is enough to exit.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -51,9 +52,12 @@ class HandlerThreads:
                 abandoned[0]()
             done.set()
 
+        # The caller's context variables (e.g. the current tracing span) go with the call.
+        context = contextvars.copy_context()
+
         def job() -> None:  # in the thread
             try:
-                result.append(function())
+                result.append(context.run(function))
             except BaseException as exc:
                 error.append(exc)
             finally:

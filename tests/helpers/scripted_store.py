@@ -12,9 +12,11 @@ from typing import Any
 
 import anyio
 
+from pgflow.worker._executor import Failed
 from pgflow.worker._store import (
     ClaimedTask,
     ConnectionLost,
+    FailureRecorded,
     HeartbeatReply,
     RecoveredTask,
     Registration,
@@ -83,12 +85,14 @@ class ScriptedStore:
             self.completed[claimed.run_id] = output
         return set(range(len(tasks)))
 
-    async def fail(self, worker_id: uuid.UUID, task: ClaimedTask, error: str) -> bool:
+    async def fail(
+        self, worker_id: uuid.UUID, task: ClaimedTask, failure: Failed
+    ) -> FailureRecorded | None:
         self.calls.append("fail")
         if problem := self.report_error():
             raise problem
-        self.failed[task.run_id] = error
-        return True
+        self.failed[task.run_id] = failure.error
+        return FailureRecorded(attempt=task.attempt, retry_at=None, run_failed=False)
 
     def heartbeat(self, worker_ids: Sequence[uuid.UUID]) -> list[HeartbeatReply]:
         return [HeartbeatReply(worker_id, self.deprecated) for worker_id in worker_ids]

@@ -3,12 +3,15 @@ links, the stored trace context, metrics."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 import pytest
 import sqlalchemy as sa
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -19,9 +22,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import pgflow.otel
-from pgflow import Flow, start_flow, step
+from pgflow import Flow, NonRetryableError, start_flow, step
 from pgflow.client import FlowNotRegisteredError
 from tests.helpers.database import register_flows
+from tests.helpers.workers import running_worker, wait_until_finished
 
 
 class Greet(Flow, slug="otel_greet"):
@@ -145,3 +149,98 @@ def test_queue_gauges_count_ready_and_delayed_messages(engine: Engine, otel: Tel
     [(_, oldest)] = otel.points("pgflow.queue.oldest_message_age")
     [(_, oldest_ready)] = otel.points("pgflow.queue.oldest_ready_age")
     assert 0 <= oldest_ready <= oldest < 60
+
+
+CURRENT_SPANS: list[trace.SpanContext] = []
+
+
+class Traced(Flow, slug="otel_traced", max_attempts=2, base_delay=1):
+    @step
+    def fetch(self, name: str) -> str:
+        # A sync handler runs in a worker thread; the task span is current there too, so the
+        # handler's own spans (HTTP calls, queries) become its children.
+        CURRENT_SPANS.append(trace.get_current_span().get_span_context())
+        return name.upper()
+
+    @step(depends_on=[fetch])
+    async def check(self, deps: dict[str, str]) -> None:
+        raise NonRetryableError(f"{deps['fetch']} is not allowed")
+
+
+async def run_traced(engine: Engine) -> uuid.UUID:
+    register_flows(engine, Traced)
+    async with running_worker(engine, Traced):
+        run_id = await anyio.to_thread.run_sync(start_flow, engine, Traced, "ada")
+        await wait_until_finished(engine, run_id)
+    return run_id
+
+
+@pytest.mark.anyio
+async def test_task_spans_link_to_the_run_start_and_parent_the_handlers_spans(
+    pgflow_engine: Engine, otel: Telemetry
+) -> None:
+    run_id = await run_traced(pgflow_engine)
+
+    [start] = otel.finished("pgflow.start_flow otel_traced")
+    [fetch] = otel.finished("pgflow.task otel_traced.fetch")
+    [check] = otel.finished("pgflow.task otel_traced.check")
+    started_in = start.get_span_context()
+    assert started_in is not None
+    for task in (fetch, check):
+        assert task.kind is SpanKind.CONSUMER
+        assert [(link.context.trace_id, link.context.span_id) for link in task.links] == [
+            (started_in.trace_id, started_in.span_id)
+        ]
+        assert task.parent is not None
+        assert task.parent.span_id == started_in.span_id  # one trace per run
+    assert fetch.attributes == {
+        "pgflow.flow_slug": "otel_traced",
+        "pgflow.step_slug": "fetch",
+        "pgflow.run_id": str(run_id),
+        "pgflow.task_index": 0,
+        "pgflow.attempt": 1,
+        "pgflow.outcome": "completed",
+    }
+    assert check.attributes is not None
+    assert check.attributes["pgflow.outcome"] == "failed"
+    assert check.status.status_code is StatusCode.ERROR
+    assert check.status.description == "NonRetryableError: ADA is not allowed"
+    assert CURRENT_SPANS[-1] == fetch.get_span_context()
+
+
+@pytest.mark.anyio
+async def test_task_and_run_metrics(pgflow_engine: Engine, otel: Telemetry) -> None:
+    await run_traced(pgflow_engine)
+
+    outcomes = {
+        (attributes["pgflow.step_slug"], attributes["pgflow.outcome"]): value
+        for attributes, value in otel.points("pgflow.task.outcomes")
+    }
+    assert outcomes == {("fetch", "completed"): 1, ("check", "failed"): 1}
+    durations = {
+        a["pgflow.step_slug"]: count for a, (count, _) in otel.points("pgflow.task.duration")
+    }
+    assert durations == {"fetch": 1, "check": 1}
+    [(attributes, value)] = otel.points("pgflow.run.outcomes")
+    assert (attributes, value) == (
+        {"pgflow.flow_slug": "otel_traced", "pgflow.outcome": "failed"},
+        1,
+    )
+    [(_, (count, total))] = otel.points("pgflow.run.duration")
+    assert count == 1
+    assert total > 0
+
+
+@pytest.mark.anyio
+async def test_tasks_of_runs_started_without_tracing_are_root_spans(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, Traced)
+    run_id = start_flow(pgflow_engine, Traced, "bo")  # not instrumented: no stored context
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    with pgflow.otel.instrument(tracer_provider=provider, meter_provider=MeterProvider()):
+        async with running_worker(pgflow_engine, Traced):
+            await wait_until_finished(pgflow_engine, run_id)
+
+    [fetch] = [s for s in spans.get_finished_spans() if s.name == "pgflow.task otel_traced.fetch"]
+    assert (fetch.parent, list(fetch.links)) == (None, [])

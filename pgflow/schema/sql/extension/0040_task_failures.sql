@@ -47,8 +47,8 @@ COMMENT ON TABLE pgflow_python.task_failures IS
 -- the flow's other steps finish or drop their tasks as after any failure.
 --
 -- Returned: the attempt number, retry_at (when the retry's message becomes visible; NULL when
--- no retry follows), run_failed (this report failed the run) and the run's started_at, so the
--- worker can log the run's end and its duration without another query.
+-- no retry follows), run_failed (this report failed the run), the run's started_at and
+-- failed_at, so the worker can log the run's end and its duration without another query.
 CREATE OR REPLACE FUNCTION pgflow_python.fail_task(
     reporting_worker uuid,
     failed_run_id uuid,
@@ -59,7 +59,13 @@ CREATE OR REPLACE FUNCTION pgflow_python.fail_task(
     error_traceback text,
     retryable boolean
 )
-RETURNS TABLE (attempt integer, retry_at timestamptz, run_failed boolean, run_started_at timestamptz)
+RETURNS TABLE (
+    attempt integer,
+    retry_at timestamptz,
+    run_failed boolean,
+    run_started_at timestamptz,
+    run_failed_at timestamptz
+)
 LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
 DECLARE
     v_attempt integer;
@@ -148,7 +154,8 @@ BEGIN
     RETURN QUERY
     SELECT v_attempt, v_retry_at,
            v_run_status <> 'failed' AND r.status = 'failed',
-           v_run_started_at
+           v_run_started_at,
+           r.failed_at
     FROM pgflow.runs AS r
     WHERE r.run_id = failed_run_id;
 END
