@@ -8,6 +8,7 @@ shim (Supabase) no notification comes, and the status is polled every ``poll_int
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
