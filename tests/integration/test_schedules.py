@@ -373,3 +373,27 @@ def test_list_runs_says_which_schedule_started_a_run(engine: Engine) -> None:
     )
     assert listed[manual_run].schedule_name == "cleanup"
     assert (listed[plain_run].schedule_name, listed[plain_run].scheduled_for) == (None, None)
+
+
+def test_old_fire_records_are_pruned_but_each_schedule_keeps_its_latest(engine: Engine) -> None:
+    create_schedule(engine, Cleanup, Cron("0 3 * * *", missed="all"))
+    set_next_fire(engine, "cleanup", T0)
+    assert len(fire(engine, T0 + 2 * DAY)) == 3
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE pgflow_python.schedule_fires SET fired_at = now() - interval '8 days'")
+        )
+    assert Scheduler(engine, keep_fires=timedelta(days=7)).prune() == 2
+    assert [run["fire_time"] for run in runs(engine, "cleanup") if run["fire_time"]] == [
+        T0 + 2 * DAY
+    ]
+
+
+def test_changing_only_the_input_keeps_the_next_tick(engine: Engine) -> None:
+    created = create_schedule(engine, Cleanup, Cron("0 3 * * *", input={"deep": False}))
+    updated = update_schedule(engine, "cleanup", input={"deep": True}, missed="all")
+    assert updated.next_fire_at == created.next_fire_at
+    assert (updated.cron.input, updated.cron.missed) == ({"deep": True}, "all")
+    moved = update_schedule(engine, "cleanup", timezone="Asia/Tokyo")
+    assert moved.next_fire_at is not None
+    assert moved.next_fire_at.astimezone(moved.cron.zone).hour == 3
