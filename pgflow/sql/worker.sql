@@ -84,3 +84,8 @@ WHERE c.run_id = ANY(:run_ids)
 -- name: run_input
 -- description: The flow input, for handlers of steps whose task input does not carry it (ctx.flow_input()).
 SELECT input FROM pgflow.runs WHERE run_id = :run_id
+
+-- name: refresh_statistics
+-- description: Analyze pgflow's tables and these queues where autovacuum does not run (extension/0011_statistics_upkeep.sql).
+SELECT analyzed_table, changed_rows
+FROM pgflow_python.refresh_statistics(CAST(:queue_names AS text[]))

@@ -37,6 +37,7 @@ from pgflow.worker._running import execute
 from pgflow.worker._services import Heartbeats, RecoverySweep, WakeupListener, WorkerService
 from pgflow.worker._session import ServedFlow, ServingSession
 from pgflow.worker._startup import check_flows
+from pgflow.worker._statistics import StatisticsUpkeep
 from pgflow.worker._store import WorkerStore
 from pgflow.worker._threads import HandlerThreads
 
@@ -176,6 +177,8 @@ class Worker:
             WakeupListener(),
             CancelWatcher(),
         ]
+        if not self._scripted_store:
+            services.append(StatisticsUpkeep())
         if self.options.scheduler and not self._scripted_store:  # a scripted store: no database
             services.append(SchedulerService())
         async with anyio.create_task_group() as background:
