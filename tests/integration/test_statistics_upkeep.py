@@ -46,7 +46,7 @@ def test_filled_tables_are_analyzed_and_empty_ones_never(pgflow_database: URL) -
         connection.execute("SELECT pg_stat_force_next_flush()")
         _settle(connection, ["pgflow.step_tasks", "pgmq.q_filled", "pgmq.q_drained"], 300)
 
-        analyzed = dict(
+        analyzed: dict[str, int] = dict(
             connection.execute(
                 "SELECT * FROM pgflow_python.refresh_statistics(ARRAY['filled', 'drained'])"
             ).fetchall()
