@@ -372,3 +372,8 @@ def sync_schedules(bind: SyncBind, *flows: type) -> list[str]:
     crons = [cron for flow in flows for cron in schedules_of(flow)]
     with connection_for(bind) as connection:
         return _sync_declared(connection, crons)
+
+
+async def sync_schedules_async(bind: AsyncBind, *flows: type) -> list[str]:
+    crons = [cron for flow in flows for cron in schedules_of(flow)]
+    return await run_async(bind, _sync_declared, crons)

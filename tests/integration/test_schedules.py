@@ -40,6 +40,7 @@ from pgflow.schedules import (
     pause_schedule_async,
     resume_schedule,
     sync_schedules,
+    sync_schedules_async,
     trigger_schedule,
     trigger_schedule_async,
     update_schedule,
@@ -318,7 +319,11 @@ async def test_async_twins(engine: Engine, pgflow_database: URL) -> None:
     try:
         created = await create_schedule_async(async_engine, Cleanup, Cron("0 3 * * *"))
         assert created.name == "cleanup"
-        assert [s.name for s in await list_schedules_async(async_engine)] == ["cleanup"]
+        assert await sync_schedules_async(async_engine, Digest) == [
+            "created digest_morning",
+            "created digest_evening",
+        ]
+        assert [s.name for s in await list_schedules_async(async_engine, Cleanup)] == ["cleanup"]
         assert (await pause_schedule_async(async_engine, "cleanup")).paused
         run_id = await trigger_schedule_async(async_engine, "cleanup")
         assert (await get_schedule_async(async_engine, "cleanup")).paused
