@@ -153,3 +153,16 @@ def test_dropping_a_flow_drops_its_schedules_first_and_downgrade_restores_them(
     assert stored(project.url) == {}
     project.downgrade("-1")
     assert stored(project.url)["mail_nightly"].cron.to_dict() == CREATED
+
+
+def test_offline_mode_renders_schedule_operations_as_sql(
+    project: AlembicProject, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project.write("acme/flows.py", WITH_SCHEDULE)
+    project.revision("flows and a schedule")
+    capsys.readouterr()
+    project.upgrade("pgflow_0002:heads", sql=True)
+    sql = capsys.readouterr().out
+    assert "INSERT INTO pgflow_python.schedules" in sql
+    assert "'mail_nightly', 'send_mail', '0 3 * * *', 'Europe/Paris'" in sql
+    assert """CAST('{"to": "ops@example.org"}' AS jsonb)""" in sql
