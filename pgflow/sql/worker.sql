@@ -89,3 +89,13 @@ SELECT input FROM pgflow.runs WHERE run_id = :run_id
 -- description: Analyze pgflow's tables and these queues where autovacuum does not run (extension/0011_statistics_upkeep.sql).
 SELECT analyzed_table, changed_rows
 FROM pgflow_python.refresh_statistics(CAST(:queue_names AS text[]))
+
+-- name: claim_tasks_isolated
+-- description: Claim like claim_tasks, one message at a time, failing the tasks that cannot be started (extension/0007).
+SELECT task, task_timeout AS timeout, attempt, rejection
+FROM pgflow_python.claim_tasks_isolated(:flow_slug, :worker_id, :qty, :vt, :margin)
+
+-- name: release_unstarted_tasks
+-- description: Give back this worker's started tasks that it is not running, without spending an attempt (extension/0007).
+SELECT run_id, step_slug, task_index
+FROM pgflow_python.release_unstarted_tasks(:worker_id, :run_ids, :step_slugs, :task_indexes)

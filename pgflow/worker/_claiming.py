@@ -15,6 +15,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from pgflow import telemetry
+from pgflow.worker._executor import describe
 from pgflow.worker._session import ServedFlow, ServingSession
 from pgflow.worker._store import ClaimedTask, ConnectionLost
 
@@ -76,20 +77,68 @@ async def _claim_free_slots(
 async def _claim(
     session: ServingSession, served: ServedFlow, slots: int
 ) -> list[ClaimedTask] | None:
-    """The tasks claimed; None when the claim failed (the caller backs off)."""
-    options = session.options
+    """The tasks claimed; None when the claim failed (the caller backs off). Runs under the
+    session's claim lock, so ``session.running`` is exact while it runs."""
+    options, store, worker_id = session.options, session.store, served.worker_id
     try:
-        return await session.store.claim(
+        if worker_id in session.uncertain_claims:
+            await _release_unstarted(session, served)
+        return await store.claim(
             served.slug,
-            served.worker_id,
+            worker_id,
+            quantity=slots,
+            reservation=options.visibility_timeout,
+            margin=options.visibility_margin,
+        )
+    except ConnectionLost as exc:
+        # The claim may have committed with its reply lost: this worker would hold tasks it
+        # never got. Before the next claim, give back whatever it holds but does not run.
+        session.uncertain_claims.add(worker_id)
+        telemetry.emit("poll.failed", level=logging.WARNING, flow=served.slug, error=str(exc))
+        return None
+    except Exception as exc:
+        telemetry.emit("poll.failed", level=logging.ERROR, flow=served.slug, error=_first_line(exc))
+    # Not the connection: a message whose task cannot be started rolls back the whole batch,
+    # and stays first in line. Claim one by one; the bad task fails, the others run.
+    try:
+        tasks, rejections = await store.claim_isolated(
+            served.slug,
+            worker_id,
             quantity=slots,
             reservation=options.visibility_timeout,
             margin=options.visibility_margin,
         )
     except Exception as exc:
-        level = logging.WARNING if isinstance(exc, ConnectionLost) else logging.ERROR
-        telemetry.emit("poll.failed", level=level, flow=served.slug, error=str(exc))
+        if isinstance(exc, ConnectionLost):
+            session.uncertain_claims.add(worker_id)
+        telemetry.emit("poll.failed", level=logging.ERROR, flow=served.slug, error=_first_line(exc))
         return None
+    for rejection in rejections:
+        telemetry.emit(
+            "task.rejected",
+            level=logging.ERROR,
+            flow=served.slug,
+            step=rejection.key.step_slug,
+            run_id=str(rejection.key.run_id),
+            task_index=rejection.key.task_index,
+            error=rejection.error,
+        )
+    return tasks
+
+
+async def _release_unstarted(session: ServingSession, served: ServedFlow) -> None:
+    released = await session.store.release_unstarted(served.worker_id, list(session.running))
+    session.uncertain_claims.discard(served.worker_id)
+    if released:
+        telemetry.emit(
+            "tasks.released",
+            level=logging.WARNING,
+            flow=served.slug,
+            tasks=[
+                {"run_id": str(k.run_id), "step_slug": k.step_slug, "task_index": k.task_index}
+                for k in released
+            ],
+        )
 
 
 async def _idle(session: ServingSession, served: ServedFlow, wakeup: anyio.Event) -> None:
@@ -102,3 +151,8 @@ async def _idle(session: ServingSession, served: ServedFlow, wakeup: anyio.Event
         pass
     with anyio.move_on_after(wait):
         await wakeup.wait()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error without the database's CONTEXT lines (whole statements, often)."""
+    return describe(exc).split("\n", 1)[0]

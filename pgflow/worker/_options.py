@@ -32,6 +32,9 @@ class WorkerOptions:
     """While tasks run: how often to ask whether their runs were cancelled (``cancel_run``)."""
     scheduler: bool = True
     """Fire due schedules (docs/schedules.md); every worker may, each tick still fires once."""
+    blocked_loop_warning: float = 1.0
+    """Seconds the event loop may be blocked (an async handler calling blocking code) before
+    ``worker.loop_blocked`` is logged. Heartbeats go on meanwhile (they have a thread)."""
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "batch_size", "visibility_timeout"):
@@ -43,6 +46,7 @@ class WorkerOptions:
             "shutdown_timeout",
             "cancel_check_interval",
             "statistics_interval",
+            "blocked_loop_warning",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,8 @@ from pgflow.worker._store import (
     HeartbeatReply,
     RecoveredTask,
     Registration,
+    Rejection,
+    TaskKey,
 )
 
 Row = dict[str, Any]
@@ -64,15 +67,34 @@ class Connection:
             connection.close()
 
     def fetch_blocking(self, name: str, params: Mapping[str, Any]) -> list[Row]:
-        connection = self.connect()
-        try:
+        with self._reporting_lost_connections() as connection:
             cursor = connection.execute(_sql.psycopg_text(name), params, prepare=True)
             return cursor.fetchall() if cursor.description else []
+
+    def fetch_all_blocking(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Row]:
+        """Run the statements in one transaction; the rows of the last one."""
+        rows: list[Row] = []
+        with self._reporting_lost_connections() as connection, connection.transaction():
+            for name, params in statements:
+                cursor = connection.execute(_sql.psycopg_text(name), params, prepare=True)
+                rows = cursor.fetchall() if cursor.description else []
+        return rows
+
+    @contextmanager
+    def _reporting_lost_connections(self) -> Iterator[psycopg.Connection[Row]]:
+        connection = self.connect()
+        try:
+            yield connection
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if connection.broken or connection.closed or isinstance(exc, psycopg.InterfaceError):
                 self.discard()
                 raise ConnectionLost(str(exc)) from exc
             raise  # e.g. a statement timeout or a serialization failure: the statement's own
+
+    async def fetch_all(self, *statements: tuple[str, Mapping[str, Any]]) -> list[Row]:
+        return await anyio.to_thread.run_sync(
+            self.fetch_all_blocking, statements, limiter=self._lock
+        )
 
     async def fetch(self, name: str, **params: Any) -> list[Row]:
         # The thread cannot be cancelled midway (the statement would run on regardless), so the
@@ -146,6 +168,43 @@ class PostgresStore:
             tasks = [replace(t, trace_context=contexts.get(t.run_id)) for t in tasks]
         return tasks
 
+    async def claim_isolated(
+        self, flow_slug: str, worker_id: uuid.UUID, *, quantity: int, reservation: int, margin: int
+    ) -> tuple[list[ClaimedTask], list[Rejection]]:
+        rows = await self._claims.fetch(
+            "claim_tasks_isolated",
+            flow_slug=flow_slug,
+            vt=reservation,
+            qty=quantity,
+            worker_id=worker_id,
+            margin=margin,
+        )
+        rejections = [
+            Rejection(
+                TaskKey(
+                    uuid.UUID(str(r["task"]["run_id"])),
+                    r["task"]["step_slug"],
+                    r["task"]["task_index"],
+                ),
+                r["rejection"],
+            )
+            for r in rows
+            if r["rejection"] is not None
+        ]
+        return claimed_from_rows([r for r in rows if r["rejection"] is None]), rejections
+
+    async def release_unstarted(
+        self, worker_id: uuid.UUID, running: Sequence[TaskKey]
+    ) -> list[TaskKey]:
+        rows = await self._claims.fetch(
+            "release_unstarted_tasks",
+            worker_id=worker_id,
+            run_ids=[key.run_id for key in running],
+            step_slugs=[key.step_slug for key in running],
+            task_indexes=[key.task_index for key in running],
+        )
+        return [TaskKey(r["run_id"], r["step_slug"], r["task_index"]) for r in rows]
+
     async def next_visible_at(self, flow_slug: str) -> datetime | None:
         rows = await self._claims.fetch("next_visible_at", queue_name=flow_slug)
         at: datetime | None = rows[0]["at"]
@@ -185,9 +244,15 @@ class PostgresStore:
         rows = self._heartbeats.fetch_blocking("heartbeat", {"worker_ids": list(worker_ids)})
         return [HeartbeatReply(r["worker_id"], r["deprecated_at"] is not None) for r in rows]
 
-    async def recover(self, *, heartbeat_timeout: int, max_requeues: int) -> list[RecoveredTask]:
-        rows = await self._service.fetch(
-            "recover_stalled_tasks", heartbeat_timeout=heartbeat_timeout, max_requeues=max_requeues
+    async def recover(
+        self, *, heartbeat_timeout: int, max_requeues: int, sweeper_ids: Sequence[uuid.UUID]
+    ) -> list[RecoveredTask]:
+        rows = await self._service.fetch_all(
+            ("heartbeat", {"worker_ids": list(sweeper_ids)}),
+            (
+                "recover_stalled_tasks",
+                {"heartbeat_timeout": heartbeat_timeout, "max_requeues": max_requeues},
+            ),
         )
         return [
             RecoveredTask(r["run_id"], r["step_slug"], r["task_index"], r["action"]) for r in rows

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+
 from pgflow import _tracing, telemetry
 from pgflow.context import Context
 from pgflow.worker import _inputs
@@ -33,6 +35,9 @@ async def execute(
     }
     slot = _Slot(session)
     cancellation = session.cancellations.add(task.run_id)
+    spec = served.handlers.get(task.step_slug)
+    if spec is not None and spec.is_async:
+        session.async_deadlines[task.key] = anyio.current_time() + task.timeout
     try:
         started = time.perf_counter()
         with cancellation.scope:
@@ -49,6 +54,7 @@ async def execute(
     finally:
         session.cancellations.discard(cancellation)
         session.running.discard(task.key)
+        session.async_deadlines.pop(task.key, None)
         slot.release()
 
 

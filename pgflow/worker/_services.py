@@ -51,13 +51,9 @@ class Heartbeats:
     """Marks the worker's rows alive every ``heartbeat_interval`` from a thread with its own
     connection, so a busy or blocked event loop does not make a live worker look dead.
 
-    ``healthy_since`` is when the current unbroken run of successful heartbeats began (None
-    while they fail): until this worker has been heard for longer than ``heartbeat_timeout``,
-    it cannot tell a dead worker from one that was cut off like itself.
+    Keeps ``session.heartbeats_healthy_since``: when the current unbroken run of successful
+    heartbeats began (None while they fail).
     """
-
-    def __init__(self) -> None:
-        self.healthy_since: float | None = None
 
     async def run(self, session: ServingSession) -> None:
         await run_in_thread(lambda stop: self._beat(session, stop))
@@ -68,11 +64,11 @@ class Heartbeats:
             try:
                 replies = session.store.heartbeat(worker_ids)
             except Exception as exc:
-                self.healthy_since = None
+                session.heartbeats_healthy_since = None
                 telemetry.emit("worker.heartbeat_failed", level=logging.WARNING, error=str(exc))
                 continue
-            if self.healthy_since is None:
-                self.healthy_since = time.monotonic()
+            if session.heartbeats_healthy_since is None:
+                session.heartbeats_healthy_since = time.monotonic()
             if len(replies) < len(worker_ids):
                 # Rows deleted by someone (pruning, an operator): register again.
                 registrations = [flow.registration for flow in session.flows]
@@ -89,15 +85,27 @@ class Heartbeats:
 
 class RecoverySweep:
     """Offers every ``recovery_interval`` to run the stalled-task sweep (one worker at a time
-    does the work, see extension/0004_stalled_task_recovery.sql)."""
+    does the work, see extension/0004_stalled_task_recovery.sql).
+
+    Only a worker whose own heartbeats have gone through for longer than ``heartbeat_timeout``
+    sweeps: after an outage nobody could heartbeat, and a worker that was just cut off like the
+    others cannot tell the dead from the living, so the first sweep would take running tasks
+    from healthy workers (and fail those on their last attempt). Waiting that long gives every
+    living worker time to be heard again.
+    """
 
     async def run(self, session: ServingSession) -> None:
         options = session.options
         while True:
             await anyio.sleep(options.recovery_interval)
+            since = session.heartbeats_healthy_since
+            if since is None or time.monotonic() - since <= options.heartbeat_timeout:
+                continue
             try:
                 recovered = await session.store.recover(
-                    heartbeat_timeout=options.heartbeat_timeout, max_requeues=options.max_requeues
+                    heartbeat_timeout=options.heartbeat_timeout,
+                    max_requeues=options.max_requeues,
+                    sweeper_ids=session.worker_ids,
                 )
             except Exception as exc:  # the next round tries again; nothing is lost meanwhile
                 telemetry.emit("tasks.recovery_failed", level=logging.WARNING, error=str(exc))
@@ -126,3 +134,81 @@ class WakeupListener:
             _call_on_loop(session.wake, queue_name)
 
         await run_in_thread(lambda stop: session.store.wait_for_wakeups(stop, wake))
+
+
+class LoopWatchdog:
+    """Logs ``worker.loop_blocked`` when the event loop has not run for longer than
+    ``blocked_loop_warning``: a handler is blocking it (``time.sleep``, a sync driver, CPU work in
+    an ``async def``), so no other handler, claim or report makes progress meanwhile and the
+    step's timeout cannot be enforced. Heartbeats have their own thread and go on."""
+
+    async def run(self, session: ServingSession) -> None:
+        threshold = session.options.blocked_loop_warning
+        last_tick = [time.monotonic()]
+
+        def watch(stop: threading.Event) -> None:
+            warned = False
+            while not stop.wait(threshold / 4):
+                blocked_for = time.monotonic() - last_tick[0]
+                if blocked_for <= threshold:
+                    warned = False
+                elif not warned:
+                    warned = True
+                    telemetry.emit(
+                        "worker.loop_blocked",
+                        level=logging.WARNING,
+                        blocked_for=round(blocked_for, 1),
+                        threshold=threshold,
+                        running=_running_steps(session),
+                    )
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_in_thread, watch)
+            while True:
+                last_tick[0] = time.monotonic()
+                await anyio.sleep(threshold / 4)
+
+
+def _running_steps(session: ServingSession) -> list[str]:
+    """What runs while the loop is blocked (read from another thread: best effort)."""
+    try:
+        keys = list(session.running)
+    except RuntimeError:  # changed while copying
+        return []
+    return [f"{key.step_slug}[{key.task_index}] of run {key.run_id}" for key in keys[:10]]
+
+
+CANCELLATION_GRACE = 5.0
+"""Seconds an async handler has to end after its timeout cancelled it."""
+
+
+class OverdueHandlers:
+    """Finds async handlers that swallow the cancellation of their timeout (``except
+    CancelledError`` / ``BaseException`` without re-raising, in a loop). Python cannot end a
+    coroutine from outside; such a handler holds its slot and may spin forever, and would keep
+    even a stop from finishing. So it is reported (``task.cancellation_ignored``) and the worker
+    crashes; under ``Worker.run()`` the process then exits (see ``Worker.run``)."""
+
+    async def run(self, session: ServingSession) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            now = anyio.current_time()
+            overdue = [
+                key
+                for key, deadline in session.async_deadlines.items()
+                if now > deadline + CANCELLATION_GRACE
+            ]
+            for key in overdue:
+                telemetry.emit(
+                    "task.cancellation_ignored",
+                    level=logging.ERROR,
+                    step=key.step_slug,
+                    run_id=str(key.run_id),
+                    task_index=key.task_index,
+                )
+            if overdue:
+                session.crash(
+                    f"async handler(s) of step(s) {sorted({k.step_slug for k in overdue})} "
+                    f"went on more than {CANCELLATION_GRACE:g}s after their timeout cancelled "
+                    "them (they catch the cancellation and do not re-raise it)"
+                )

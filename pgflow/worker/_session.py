@@ -86,6 +86,16 @@ class ServingSession:
         self.running: set[TaskKey] = set()
         self.cancellations = RunCancellations()
         """Running tasks by run, for the cancel watcher (pgflow/worker/_cancellation.py)."""
+        self.uncertain_claims: set[uuid.UUID] = set()
+        """Worker ids whose last claim broke off after it may have committed."""
+        self.async_deadlines: dict[TaskKey, float] = {}
+        """Running async handlers: when their timeout cancels them (``anyio.current_time()``)."""
+        self.ending_since: float | None = None
+        """Monotonic time of the stop or crash that ends this session."""
+        self.crash_reason: str | None = None
+        self.crashed = anyio.Event()
+        self.heartbeats_healthy_since: float | None = None
+        """Monotonic time since which every heartbeat went through (None: the last failed)."""
         self.started_at = time.monotonic()
         self._wakeups: dict[str, anyio.Event] = {flow.slug: anyio.Event() for flow in flows}
 
@@ -95,9 +105,20 @@ class ServingSession:
 
     def stop(self) -> None:
         """Stop claiming and let in-flight handlers finish (idempotent; event loop only)."""
+        if self.ending_since is None:
+            self.ending_since = time.monotonic()
         self.stopping.set()
         for flow in self.flows:
             self.wake(flow.slug)
+
+    def crash(self, reason: str) -> None:
+        """End serving as a crash (``worker.crashed``, non-zero exit): for a state the process
+        cannot recover from by itself. Event loop only."""
+        if self.ending_since is None:
+            self.ending_since = time.monotonic()
+        if self.crash_reason is None:
+            self.crash_reason = reason
+        self.crashed.set()
 
     def cancel_handlers(self) -> None:
         """Cancel in-flight handlers at once (a second signal)."""

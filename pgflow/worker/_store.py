@@ -58,6 +58,14 @@ class TaskKey:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejection:
+    """A task that could not be started; its attempt was failed with ``error``."""
+
+    key: TaskKey
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class Registration:
     """One ``pgflow.workers`` row: a worker process serves each flow under its own id."""
 
@@ -110,6 +118,19 @@ class WorkerStore(Protocol):
         """Read up to ``quantity`` visible messages, start their tasks for ``worker_id`` and
         keep each invisible for its step's timeout plus ``margin`` seconds."""
 
+    async def claim_isolated(
+        self, flow_slug: str, worker_id: uuid.UUID, *, quantity: int, reservation: int, margin: int
+    ) -> tuple[list[ClaimedTask], list[Rejection]]:
+        """:meth:`claim` one message at a time, after a claim failed for a reason other than
+        a lost connection: a task that cannot be started is failed (rejected), the others are
+        claimed."""
+
+    async def release_unstarted(
+        self, worker_id: uuid.UUID, running: Sequence[TaskKey]
+    ) -> list[TaskKey]:
+        """Give back, without spending an attempt, the tasks the database says ``worker_id``
+        started but that are not in ``running`` (a claim whose reply was lost)."""
+
     async def next_visible_at(self, flow_slug: str) -> datetime | None:
         """When the flow's next invisible message becomes visible (None: no such message)."""
 
@@ -128,8 +149,11 @@ class WorkerStore(Protocol):
     def heartbeat(self, worker_ids: Sequence[uuid.UUID]) -> list[HeartbeatReply]:
         """Blocking. Mark the workers alive; no reply for a row that no longer exists."""
 
-    async def recover(self, *, heartbeat_timeout: int, max_requeues: int) -> list[RecoveredTask]:
-        """Run the stalled-task sweep (one caller at a time across workers)."""
+    async def recover(
+        self, *, heartbeat_timeout: int, max_requeues: int, sweeper_ids: Sequence[uuid.UUID]
+    ) -> list[RecoveredTask]:
+        """Run the stalled-task sweep (one caller at a time across workers). The sweeper's
+        own rows are marked alive in the same transaction, so its own tasks are never taken."""
 
     async def mark_stopped(self, worker_ids: Sequence[uuid.UUID]) -> None:
         """Record that the workers stopped (their rows stay, deprecated)."""

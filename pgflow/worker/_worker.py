@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import socket
+import threading
+import time
 import traceback
 from collections.abc import Sequence
 
@@ -34,12 +37,22 @@ from pgflow.worker._options import WorkerOptions
 from pgflow.worker._postgres import PostgresStore
 from pgflow.worker._reporting import Reporter
 from pgflow.worker._running import execute
-from pgflow.worker._services import Heartbeats, RecoverySweep, WakeupListener, WorkerService
+from pgflow.worker._services import (
+    Heartbeats,
+    LoopWatchdog,
+    OverdueHandlers,
+    RecoverySweep,
+    WakeupListener,
+    WorkerService,
+)
 from pgflow.worker._session import ServedFlow, ServingSession
 from pgflow.worker._startup import check_flows
 from pgflow.worker._statistics import StatisticsUpkeep
 from pgflow.worker._store import WorkerStore
 from pgflow.worker._threads import HandlerThreads
+
+FORCED_EXIT_GRACE = 10.0
+EXIT_FORCED = 70  # EX_SOFTWARE
 
 
 class Worker:
@@ -86,10 +99,34 @@ class Worker:
         Raises :class:`WorkerCrashedError` (after a ``worker.crashed`` event) when serving
         ends for any other reason, so the process exits non-zero and a supervisor restarts it.
         """
+        ended = threading.Event()
+        threading.Thread(
+            target=self._exit_when_stuck, args=(ended,), name="pgflow-exit-watch", daemon=True
+        ).start()
         try:
             anyio.run(self._serve_with_signals)
         except BaseExceptionGroup as group:
             raise _sole_exception(group) from None
+        finally:
+            ended.set()
+
+    def _exit_when_stuck(self, ended: threading.Event) -> None:
+        """The last resort of a process that owns its loop: when serving has been ending for
+        longer than ``shutdown_timeout`` plus a grace period (an async handler that swallows
+        its cancellation keeps the loop from finishing), exit the process anyway, non-zero."""
+        limit = self.options.shutdown_timeout + FORCED_EXIT_GRACE
+        while not ended.wait(0.5):
+            session = self._session
+            if session is None or session.ending_since is None:
+                continue
+            if time.monotonic() - session.ending_since > limit:
+                telemetry.emit(
+                    "worker.exit_forced",
+                    level=logging.ERROR,
+                    error=f"serving did not end {limit:g}s after it was asked to",
+                    running=[f"{k.step_slug}[{k.task_index}]" for k in list(session.running)],
+                )
+                os._exit(EXIT_FORCED)
 
     async def _serve_with_signals(self) -> None:
         async with anyio.create_task_group() as group:
@@ -176,15 +213,18 @@ class Worker:
             RecoverySweep(),
             WakeupListener(),
             CancelWatcher(),
+            LoopWatchdog(),
+            OverdueHandlers(),
         ]
         if not self._scripted_store:
             services.append(StatisticsUpkeep())
         if self.options.scheduler and not self._scripted_store:  # a scripted store: no database
             services.append(SchedulerService())
         async with anyio.create_task_group() as background:
+            background.start_soon(_crash_on_request, session)
             background.start_soon(reporter.run)
             for service in [*services, *self._services]:
-                background.start_soon(service.run, session)
+                background.start_soon(_supervised, service, session)
             await self._claim_and_run(session, reporter)
             background.cancel_scope.cancel()
 
@@ -193,6 +233,10 @@ class Worker:
 
         def all_threads_stuck(count: int) -> None:
             telemetry.emit("worker.threads_stuck", level=logging.ERROR, threads=count)
+            session.crash(
+                f"all {count} handler threads still run sync handlers past their timeout; "
+                "Python cannot stop a thread, so only a new process frees them"
+            )
 
         threads = HandlerThreads(self.options.concurrency, on_all_stuck=all_threads_stuck)
         try:
@@ -237,6 +281,20 @@ class Worker:
                 error=_crash_text(crash),
                 traceback="".join(traceback.format_exception(crash)),
             )
+
+
+async def _crash_on_request(session: ServingSession) -> None:
+    await session.crashed.wait()
+    raise WorkerCrashedError(session.crash_reason or "crashed")
+
+
+async def _supervised(service: WorkerService, session: ServingSession) -> None:
+    try:
+        await service.run(session)
+    except BaseException:
+        if session.ending_since is None:  # the start of a crash
+            session.ending_since = time.monotonic()
+        raise
 
 
 async def _run_claimed(

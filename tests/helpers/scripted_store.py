@@ -20,6 +20,8 @@ from pgflow.worker._store import (
     HeartbeatReply,
     RecoveredTask,
     Registration,
+    Rejection,
+    TaskKey,
 )
 
 
@@ -72,6 +74,21 @@ class ScriptedStore:
         del self.queued[flow_slug][:quantity]
         return taken
 
+    async def claim_isolated(
+        self, flow_slug: str, worker_id: uuid.UUID, *, quantity: int, reservation: int, margin: int
+    ) -> tuple[list[ClaimedTask], list[Rejection]]:
+        self.calls.append("claim_isolated")
+        tasks = await self.claim(
+            flow_slug, worker_id, quantity=quantity, reservation=reservation, margin=margin
+        )
+        return tasks, []
+
+    async def release_unstarted(
+        self, worker_id: uuid.UUID, running: Sequence[TaskKey]
+    ) -> list[TaskKey]:
+        self.calls.append("release_unstarted")
+        return []
+
     async def next_visible_at(self, flow_slug: str) -> datetime | None:
         return None
 
@@ -97,7 +114,9 @@ class ScriptedStore:
     def heartbeat(self, worker_ids: Sequence[uuid.UUID]) -> list[HeartbeatReply]:
         return [HeartbeatReply(worker_id, self.deprecated) for worker_id in worker_ids]
 
-    async def recover(self, *, heartbeat_timeout: int, max_requeues: int) -> list[RecoveredTask]:
+    async def recover(
+        self, *, heartbeat_timeout: int, max_requeues: int, sweeper_ids: Sequence[uuid.UUID]
+    ) -> list[RecoveredTask]:
         return []
 
     async def mark_stopped(self, worker_ids: Sequence[uuid.UUID]) -> None:

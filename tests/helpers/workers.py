@@ -18,6 +18,7 @@ import sql_only_flow
 from pgflow import telemetry
 from pgflow.dsl import Flow, definition_of
 from pgflow.worker import Worker, WorkerOptions
+from pgflow.worker._store import WorkerStore
 
 
 def start(engine: Engine, flow: type[Flow], flow_input: Any) -> uuid.UUID:
@@ -27,12 +28,15 @@ def start(engine: Engine, flow: type[Flow], flow_input: Any) -> uuid.UUID:
 
 @asynccontextmanager
 async def running_worker(
-    engine: Engine, *flows: type[Flow], **options: Any
+    engine: Engine, *flows: type[Flow], store: WorkerStore | None = None, **options: Any
 ) -> AsyncIterator[Worker]:
+    """A worker serving ``flows`` in the test's event loop, registered and claiming."""
     defaults: dict[str, Any] = {"poll_interval": 0.5, "shutdown_timeout": 5.0}
-    worker = Worker(list(flows), engine, options=WorkerOptions(**{**defaults, **options}))
+    worker = Worker(
+        list(flows), engine, options=WorkerOptions(**{**defaults, **options}), store=store
+    )
     async with anyio.create_task_group() as group:
-        group.start_soon(worker.serve)
+        await group.start(worker.serve)
         yield worker
         worker.stop()
 
