@@ -1,0 +1,148 @@
+"""Outages and a busy event loop must not waste attempts or make the living look dead
+(issue "Worker robustness", defects 4, 6 and 7)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from sqlalchemy.engine import Engine
+
+from pgflow import Context, Job
+from tests.helpers.database import libpq_url, register_flows
+from tests.helpers.outages import database_outage
+from tests.helpers.workers import EventLog, running_worker, start, tasks_of, wait_until_finished
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def events() -> Iterator[EventLog]:
+    log = EventLog()
+    yield log
+    log.close()
+
+
+class Held(Job, slug="held", max_attempts=3):
+    """Runs until the test releases it; counts its runs."""
+
+    entered: list[int] = []  # noqa: RUF012 - shared on purpose, reset by each test
+    release = threading.Event()
+
+    async def perform(self, input: Any, ctx: Context) -> str:
+        Held.entered.append(ctx.attempt)
+        while not Held.release.is_set():
+            await anyio.sleep(0.02)
+        return "done"
+
+
+@pytest.fixture(autouse=True)
+def fresh_held() -> Iterator[None]:
+    Held.entered.clear()
+    Held.release.clear()
+    yield
+    Held.release.set()
+
+
+async def wait_for(condition: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await anyio.sleep(0.02)
+
+
+@pytest.mark.slow
+async def test_a_report_is_kept_through_a_long_outage_and_recorded_once(
+    pgflow_engine: Engine, pgflow_database: Any, events: EventLog
+) -> None:
+    register_flows(pgflow_engine, Held)
+    async with running_worker(pgflow_engine, Held):
+        run_id = start(pgflow_engine, Held, {})
+        await wait_for(lambda: Held.entered, "the handler to start")
+        # Longer than the 29 s after which reports used to be abandoned: the task then sat
+        # 'started' until the sweep put it back, and ran again.
+        with database_outage(pgflow_database):
+            Held.release.set()
+            await wait_for(lambda: events.named("task.report_retry"), "a report retry")
+            await anyio.sleep(32)
+        run = await wait_until_finished(pgflow_engine, run_id, timeout=30)
+    assert run["status"] == "completed"
+    assert Held.entered == [1]
+    [task] = tasks_of(pgflow_engine, run_id)
+    assert task["attempts_count"] == 1
+    assert not events.named("tasks.recovered")
+
+
+async def test_after_an_outage_no_sweep_takes_tasks_from_the_living(
+    pgflow_engine: Engine, pgflow_database: Any, events: EventLog
+) -> None:
+    register_flows(pgflow_engine, Held)
+    # The holder heartbeats slowly; the other worker would sweep at once. Both sweep.
+    holder = {"heartbeat_interval": 1.5, "heartbeat_timeout": 3, "recovery_interval": 0.2}
+    sweeper = {"heartbeat_interval": 0.2, "heartbeat_timeout": 3, "recovery_interval": 0.2}
+    async with running_worker(pgflow_engine, Held, **holder):
+        run_id = start(pgflow_engine, Held, {})
+        await wait_for(lambda: Held.entered, "the handler to start")
+        async with running_worker(pgflow_engine, Held, **sweeper):
+            # Nobody can heartbeat for longer than heartbeat_timeout...
+            with database_outage(pgflow_database):
+                await anyio.sleep(4.5)
+            # ...and afterwards, the living must be given time to be heard again.
+            await anyio.sleep(5)
+            Held.release.set()
+            run = await wait_until_finished(pgflow_engine, run_id)
+    assert run["status"] == "completed"
+    assert Held.entered == [1], "the task was taken from its living worker and run again"
+    assert not events.named("tasks.recovered")
+
+
+class Blocking(Job, slug="blocking", max_attempts=3):
+    runs: list[int] = []  # noqa: RUF012 - shared on purpose, reset by the test
+
+    async def perform(self, input: Any, ctx: Context) -> str:
+        Blocking.runs.append(ctx.attempt)
+        time.sleep(3)
+        return "done"
+
+
+def sweep_until(url: str, done: threading.Event, recovered: list[Any]) -> None:
+    """Another worker's stalled-task sweep, every 0.2 s, in a thread of its own."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        while not done.wait(0.2):
+            rows = connection.execute(
+                "SELECT * FROM pgflow_python.recover_stalled_tasks(1, 3)"
+            ).fetchall()
+            recovered += rows
+
+
+async def test_a_blocked_event_loop_keeps_heartbeats_going_and_is_reported(
+    pgflow_engine: Engine, events: EventLog
+) -> None:
+    register_flows(pgflow_engine, Blocking)
+    Blocking.runs.clear()
+    done = threading.Event()
+    recovered: list[Any] = []
+    sweeper = threading.Thread(
+        target=sweep_until, args=(libpq_url(pgflow_engine.url), done, recovered), daemon=True
+    )
+    options = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1, "recovery_interval": 60}
+    sweeper.start()
+    try:
+        async with running_worker(pgflow_engine, Blocking, **options):
+            run_id = start(pgflow_engine, Blocking, {})
+            run = await wait_until_finished(pgflow_engine, run_id)
+    finally:
+        done.set()
+        sweeper.join(timeout=10)
+    assert run["status"] == "completed"
+    assert recovered == [], "the blocked worker looked dead to another worker's sweep"
+    assert Blocking.runs == [1]
+    blocked = [fields for fields, _ in events.named("worker.loop_blocked")]
+    assert blocked, "nothing warned about the blocked event loop"
+    assert any("perform[0] of run " + str(run_id) in entry for entry in blocked[0]["running"])
