@@ -93,7 +93,6 @@ class ServingSession:
         self.ending_since: float | None = None
         """Monotonic time of the stop or crash that ends this session."""
         self.crash_reason: str | None = None
-        self.crashed = anyio.Event()
         self.heartbeats_healthy_since: float | None = None
         """Monotonic time since which every heartbeat went through (None: the last failed)."""
         self.started_at = time.monotonic()
@@ -113,12 +112,11 @@ class ServingSession:
 
     def crash(self, reason: str) -> None:
         """End serving as a crash (``worker.crashed``, non-zero exit): for a state the process
-        cannot recover from by itself. Event loop only."""
-        if self.ending_since is None:
-            self.ending_since = time.monotonic()
+        cannot recover from by itself. Claiming stops and in-flight work drains as in a stop;
+        then ``serve()`` raises. Event loop only."""
         if self.crash_reason is None:
             self.crash_reason = reason
-        self.crashed.set()
+        self.stop()
 
     def cancel_handlers(self) -> None:
         """Cancel in-flight handlers at once (a second signal)."""

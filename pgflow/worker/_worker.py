@@ -180,6 +180,7 @@ class Worker:
         task_status.started()
         try:
             await self._serve(session)
+            _raise_if_crashed(session)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._finish(session, crash=exc)
@@ -221,7 +222,6 @@ class Worker:
         if self.options.scheduler and not self._scripted_store:  # a scripted store: no database
             services.append(SchedulerService())
         async with anyio.create_task_group() as background:
-            background.start_soon(_crash_on_request, session)
             background.start_soon(reporter.run)
             for service in [*services, *self._services]:
                 background.start_soon(_supervised, service, session)
@@ -250,11 +250,8 @@ class Worker:
                             pollers.start_soon(poll, session, served, claimed)
                         await session.stopping.wait()
                         pollers.cancel_scope.cancel()
-                    # Every handler holds a slot until it has reported, so holding all slots
-                    # means all in-flight work is done.
                     with anyio.move_on_after(self.options.shutdown_timeout):
-                        for _ in range(self.options.concurrency):
-                            await session.slots.acquire()
+                        await _drained(session)
                     session.handlers_scope.cancel()
         finally:
             threads.close()
@@ -283,9 +280,16 @@ class Worker:
             )
 
 
-async def _crash_on_request(session: ServingSession) -> None:
-    await session.crashed.wait()
-    raise WorkerCrashedError(session.crash_reason or "crashed")
+def _raise_if_crashed(session: ServingSession) -> None:
+    if session.crash_reason is not None:
+        raise WorkerCrashedError(session.crash_reason)
+
+
+async def _drained(session: ServingSession) -> None:
+    """Until every claimed task has run and reported (a sync handler that outlived its timeout
+    has reported its timeout; its thread may never end, and is not waited for)."""
+    while session.running:
+        await anyio.sleep(0.05)
 
 
 async def _supervised(service: WorkerService, session: ServingSession) -> None:
