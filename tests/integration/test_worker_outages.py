@@ -84,8 +84,16 @@ async def test_after_an_outage_no_sweep_takes_tasks_from_the_living(
 ) -> None:
     register_flows(pgflow_engine, Held)
     # The holder heartbeats slowly; the other worker would sweep at once. Both sweep.
-    holder = {"heartbeat_interval": 1.5, "heartbeat_timeout": 3, "recovery_interval": 0.2}
-    sweeper = {"heartbeat_interval": 0.2, "heartbeat_timeout": 3, "recovery_interval": 0.2}
+    holder: dict[str, Any] = {
+        "heartbeat_interval": 1.5,
+        "heartbeat_timeout": 3,
+        "recovery_interval": 0.2,
+    }
+    sweeper: dict[str, Any] = {
+        "heartbeat_interval": 0.2,
+        "heartbeat_timeout": 3,
+        "recovery_interval": 0.2,
+    }
     async with running_worker(pgflow_engine, Held, **holder):
         run_id = start(pgflow_engine, Held, {})
         await wait_for(lambda: Held.entered, "the handler to start")
@@ -131,7 +139,11 @@ async def test_a_blocked_event_loop_keeps_heartbeats_going_and_is_reported(
     sweeper = threading.Thread(
         target=sweep_until, args=(libpq_url(pgflow_engine.url), done, recovered), daemon=True
     )
-    options = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1, "recovery_interval": 60}
+    options: dict[str, Any] = {
+        "heartbeat_interval": 0.2,
+        "heartbeat_timeout": 1,
+        "recovery_interval": 60,
+    }
     sweeper.start()
     try:
         async with running_worker(pgflow_engine, Blocking, **options):
