@@ -190,7 +190,9 @@ def _list(connection: Connection, flow_slug: str | None) -> list[Schedule]:
 def _trigger(connection: Connection, name: str, fired_by: str | None) -> uuid.UUID:
     schedule = _one(connection, name, "schedules_get_for_update")
     moment = _now(connection)
-    run_id = fire(connection, schedule.cron, moment, manual=True, fired_by=fired_by)
+    # A savepoint: a refused start must not leave its fire record in the caller's transaction.
+    with connection.begin_nested():
+        run_id = fire(connection, schedule.cron, moment, manual=True, fired_by=fired_by)
     if run_id is None:
         raise ScheduleError(f"schedule {name!r} was triggered at {moment} already")
     return run_id

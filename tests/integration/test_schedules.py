@@ -402,3 +402,19 @@ def test_changing_only_the_input_keeps_the_next_tick(engine: Engine) -> None:
     moved = update_schedule(engine, "cleanup", timezone="Asia/Tokyo")
     assert moved.next_fire_at is not None
     assert moved.next_fire_at.astimezone(moved.cron.zone).hour == 3
+
+
+def test_a_refused_trigger_leaves_nothing_in_the_callers_transaction(engine: Engine) -> None:
+    create_schedule(engine, Cleanup, Cron("0 3 * * *"))
+    with engine.begin() as connection:  # the job now maps over its input: {} is refused
+        connection.execute(
+            sa.text("UPDATE pgflow.steps SET step_type = 'map' WHERE flow_slug = 'cleanup'")
+        )
+    with Session(engine) as session:
+        with pytest.raises(MapInputNotArrayError):
+            trigger_schedule(session, "cleanup")
+        session.commit()
+    assert runs(engine, "cleanup") == []
+    with engine.begin() as connection:
+        fires = connection.execute(sa.text("SELECT count(*) FROM pgflow_python.schedule_fires"))
+        assert fires.scalar_one() == 0
