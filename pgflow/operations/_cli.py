@@ -223,7 +223,7 @@ def add_commands(
         type=click.IntRange(min=1),
         default=DEFAULT_BATCH_SIZE,
         show_default=True,
-        help="Runs examined per transaction.",
+        help="Runs deleted per transaction.",
     )
     @json_option
     @reports_errors

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -23,6 +23,9 @@ from pgflow.operations._results import PruneReport
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+_Cursor = tuple[datetime, uuid.UUID] | None
+"""Where the previous batch of a status ended: (started_at, run_id) of its last run."""
 
 PRUNABLE_STATUSES = ("completed", "failed")
 DEFAULT_BATCH_SIZE = 500
@@ -91,11 +94,12 @@ def prune(
     if request.dry_run:
         report = execute(_preview, request, report)
     else:
-        after: uuid.UUID | None = None
-        while True:
-            report, after, more = execute(_prune_batch, request, report, after)
-            if not more:
-                break
+        for status in request.statuses:
+            after: _Cursor = None
+            while True:
+                report, after, more = execute(_prune_batch, request, report, status, after)
+                if not more:
+                    break
         while True:
             report, more = execute(_prune_workers, request, report)
             if not more:
@@ -119,11 +123,14 @@ async def prune_async(
     if request.dry_run:
         report = await run_async(bind, _preview, request, report)
     else:
-        after: uuid.UUID | None = None
-        while True:
-            report, after, more = await run_async(bind, _prune_batch, request, report, after)
-            if not more:
-                break
+        for status in request.statuses:
+            after: _Cursor = None
+            while True:
+                report, after, more = await run_async(
+                    bind, _prune_batch, request, report, status, after
+                )
+                if not more:
+                    break
         while True:
             report, more = await run_async(bind, _prune_workers, request, report)
             if not more:
@@ -174,17 +181,20 @@ def _prune_batch(
     connection: Connection,
     request: _PruneRequest,
     report: PruneReport,
-    after: uuid.UUID | None,
-) -> tuple[PruneReport, uuid.UUID | None, bool]:
+    status: str,
+    after: _Cursor,
+) -> tuple[PruneReport, _Cursor, bool]:
+    started_at, run_id = after or (None, None)
     row = (
         connection.execute(
             query("ops_prune_runs"),
             {
                 "cutoff": report.cutoff,
-                "statuses": request.statuses,
+                "status": status,
                 "flows": request.flows,
-                "after_run_id": after,
-                "scan_limit": request.batch_size,
+                "after_started_at": started_at,
+                "after_run_id": run_id,
+                "batch_size": request.batch_size,
             },
         )
         .mappings()
@@ -199,7 +209,8 @@ def _prune_batch(
         extension_rows=report.extension_rows + row["extension_rows"],
         batches=report.batches + 1,
     )
-    return updated, row["last_run_id"], row["scanned"] >= request.batch_size
+    cursor = (row["last_started_at"], row["last_run_id"]) if row["matched"] else after
+    return updated, cursor, row["matched"] >= request.batch_size
 
 
 def _prune_workers(

@@ -25,12 +25,13 @@ SELECT now() - CAST(:older_than AS interval) AS cutoff,
            AS workers_cutoff;
 
 -- name: ops_prune_runs
--- description: Delete one batch of finished runs older than :cutoff (keyset on run_id after :after_run_id) with their rows and messages; counts.
-SELECT p.last_run_id, p.scanned, p.runs, p.step_states, p.step_tasks, p.messages,
-       p.extension_rows
-FROM pgflow_python.prune_runs(
-    CAST(:cutoff AS timestamptz), CAST(:statuses AS text[]), CAST(:flows AS text[]),
-    CAST(:after_run_id AS uuid), CAST(:scan_limit AS integer)
+-- description: Delete one batch of :status runs finished before :cutoff, oldest first after the cursor (:after_started_at, :after_run_id), with their rows and messages; the next cursor and counts.
+SELECT p.last_started_at, p.last_run_id, p.matched, p.runs, p.step_states, p.step_tasks,
+       p.messages, p.extension_rows
+FROM pgflow_python.prune_runs_batch(
+    CAST(:cutoff AS timestamptz), CAST(:status AS text), CAST(:flows AS text[]),
+    CAST(:after_started_at AS timestamptz), CAST(:after_run_id AS uuid),
+    CAST(:batch_size AS integer)
 ) AS p;
 
 -- name: ops_prune_workers
