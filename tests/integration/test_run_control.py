@@ -433,3 +433,39 @@ def test_retry_starts_a_new_run_with_lineage_once(pgflow_engine: Engine) -> None
     refused = retry_run(pgflow_engine, result.new_run_id)
     assert refused.outcome is RetryOutcome.NOT_FAILED
     assert refused.new_run_id is None
+
+
+def test_resume_after_a_type_violation_reruns_the_step_that_fed_the_map(
+    pgflow_engine: Engine,
+) -> None:
+    """Upstream fails the run when a step feeding a map returns a non-array, storing that output
+    on the failed task; resume clears it and upstream then resolves the map from the new one."""
+    register(pgflow_engine, Fan)
+    broken = CountingHandlers(
+        {
+            "numbers": ([], lambda task: {"not": "an array"}),
+            "double": (["numbers"], lambda item: cast(int, item) * 2),
+            "total": (["double"], lambda task: sum(task["double"])),
+        }
+    )
+    run_id = start(pgflow_engine, Fan, 3)
+    assert drive(pgflow_engine, Fan, broken, run_id)["status"] == "failed"
+    [numbers] = get_run_with_states(pgflow_engine, run_id).tasks_of("numbers")  # type: ignore[union-attr]
+    assert numbers.output == {"not": "an array"}
+    assert numbers.error_message == "[TYPE_VIOLATION] Produced object instead of array"
+
+    fixed = CountingHandlers(
+        {
+            "numbers": ([], lambda task: list(range(task["run"]))),
+            "double": (["numbers"], lambda item: cast(int, item) * 2),
+            "total": (["double"], lambda task: sum(task["double"])),
+        }
+    )
+    assert resume_run(pgflow_engine, run_id).tasks_requeued == 1
+    assert drive(pgflow_engine, Fan, fixed, run_id) == {
+        "status": "completed",
+        "output": {"total": 6},
+    }
+    reference = start(pgflow_engine, Fan, 3)
+    drive(pgflow_engine, Fan, fixed, reference)
+    assert snapshot(pgflow_engine, run_id) == snapshot(pgflow_engine, reference)
