@@ -14,6 +14,7 @@ from typing import Any, cast
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import sql_only_flow
@@ -24,8 +25,14 @@ from pgflow.operations import (
     ResumeOutcome,
     RetryOutcome,
     cancel_run,
+    cancel_run_async,
+    describe_run_async,
+    list_runs_async,
+    list_workers_async,
     resume_run,
+    resume_run_async,
     retry_run,
+    retry_run_async,
 )
 from tests.helpers.database import register_flows as register
 
@@ -469,3 +476,30 @@ def test_resume_after_a_type_violation_reruns_the_step_that_fed_the_map(
     reference = start(pgflow_engine, Fan, 3)
     drive(pgflow_engine, Fan, fixed, reference)
     assert snapshot(pgflow_engine, run_id) == snapshot(pgflow_engine, reference)
+
+
+@pytest.mark.anyio
+async def test_async_twins_take_async_engines_and_sessions(pgflow_engine: Engine) -> None:
+    register(pgflow_engine, Three)
+    run_id = start(pgflow_engine, Three, {"n": 1})
+    engine = create_async_engine(pgflow_engine.url, poolclass=sa.pool.NullPool)
+    try:
+        async with AsyncSession(engine) as session:
+            assert (await cancel_run_async(session, run_id, "async")).cancelled
+            await session.rollback()  # in the caller's transaction: undone
+        assert (await cancel_run_async(engine, run_id, "async")).cancelled
+        [summary] = await list_runs_async(engine, status="cancelled")
+        assert summary.run_id == run_id
+        assert summary.cancel_reason == "async"
+        resumed = await resume_run_async(engine, run_id)
+        assert resumed.resumed
+        assert (await cancel_run_async(engine, run_id)).cancelled
+        retried = await retry_run_async(engine, run_id)
+        assert retried.new_run_id is not None
+        details = await describe_run_async(engine, retried.new_run_id)
+        assert details is not None
+        assert details.run.restart_of_run_id == run_id
+        assert [s.step_slug for s in details.steps] == ["first", "second", "third"]
+        assert await list_workers_async(engine) == []
+    finally:
+        await engine.dispose()
