@@ -13,7 +13,7 @@ import pytest
 from pgflow import Flow, step
 from pgflow.errors import WorkerCrashedError
 from pgflow.worker import ServingSession, Worker, WorkerOptions
-from tests.helpers.scripted_store import ScriptedStore, task
+from tests.helpers.scripted_store import ScriptedStore, lost, task
 from tests.helpers.workers import EventLog
 
 pytestmark = pytest.mark.anyio
@@ -214,3 +214,52 @@ async def test_serving_twice_at_once_is_refused() -> None:
         await group.start(subject.serve)
         subject.stop()
     assert store.calls.count("register") == 2
+
+
+def failing(times: int, error: Any) -> Any:
+    """A script: ``error()`` for the first ``times`` calls, then nothing."""
+    calls = [0]
+
+    def script() -> Exception | None:
+        calls[0] += 1
+        return error() if calls[0] <= times else None
+
+    return script
+
+
+async def test_a_report_is_kept_and_retried_until_it_is_recorded(events: EventLog) -> None:
+    store = ScriptedStore()
+    store.add(task("quick", "echo", flow_input=7))
+    store.report_error = failing(3, lost)
+    subject = worker(store, Quick)
+    async with anyio.create_task_group() as group:
+        await group.start(subject.serve)
+        await wait_for(lambda: store.completed, "the completion to be recorded")
+        subject.stop()
+    assert list(store.completed.values()) == ["7"]
+    assert [f["retry"] for f, _ in events.named("task.report_retry")] == [1, 2, 3]
+
+
+async def test_a_claim_failing_for_another_reason_is_retried_one_message_at_a_time() -> None:
+    store = ScriptedStore()
+    store.add(task("quick", "echo", flow_input=1))
+    store.claim_error = failing(1, lambda: RuntimeError("input too large"))
+    subject = worker(store, Quick)
+    async with anyio.create_task_group() as group:
+        await group.start(subject.serve)
+        await wait_for(lambda: store.completed, "the task to complete")
+        subject.stop()
+    assert store.calls.index("claim_isolated") == store.calls.index("claim") + 1
+
+
+async def test_after_a_lost_claim_reply_the_worker_gives_back_before_claiming_again() -> None:
+    store = ScriptedStore()
+    store.claim_error = failing(1, lost)
+    subject = worker(store, Quick)
+    async with anyio.create_task_group() as group:
+        await group.start(subject.serve)
+        await wait_for(lambda: "release_unstarted" in store.calls, "the release")
+        subject.stop()
+    first_claim = store.calls.index("claim")
+    assert store.calls.index("release_unstarted") > first_claim
+    assert "claim" in store.calls[store.calls.index("release_unstarted") :]
