@@ -21,10 +21,11 @@ WHERE worker_id = ANY(:worker_ids)
 
 -- name: claim_tasks
 -- description: Claim up to :qty tasks of a flow for this worker; one row per started task.
--- pgflow_python.claim_tasks (extension/0005_claim_tasks.sql) reads up to :qty messages with a
--- short reservation :vt, starts their tasks, and reserves each for its timeout plus :margin.
+-- pgflow_python.claim_task_batch (extension/0012_claim_task_batch.sql) reads up to :qty messages
+-- with a short reservation :vt, starts their tasks (upstream's start_tasks with a cached plan),
+-- and reserves each for its timeout plus :margin.
 SELECT task, task_timeout AS timeout, attempt
-FROM pgflow_python.claim_tasks(:flow_slug, :worker_id, :qty, :vt, :margin)
+FROM pgflow_python.claim_task_batch(:flow_slug, :worker_id, :qty, :vt, :margin)
 
 -- name: complete_tasks
 -- description: Record a batch of task outputs set-based; rows: positions recorded, runs ended.

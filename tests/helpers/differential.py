@@ -111,16 +111,20 @@ class Arm:
     def claim(
         self, flow_slug: str, worker_id: uuid.UUID, tasks: list[tuple[uuid.UUID, str, int]]
     ) -> list[tuple[Any, ...]]:
-        """Start exactly these tasks through upstream's start_tasks; returns their records."""
+        """Start exactly these tasks; returns their records (message ids aside)."""
         rows = self.execute(
             "SELECT t.message_id FROM pgflow.step_tasks t"
             " JOIN unnest(%s::uuid[], %s::text[], %s::int[]) AS c(run_id, step_slug, task_index)"
             "   ON (t.run_id, t.step_slug, t.task_index) = (c.run_id, c.step_slug, c.task_index)",
             ([t[0] for t in tasks], [t[1] for t in tasks], [t[2] for t in tasks]),
         )
+        # Ours: the plpgsql twin with a cached plan (extension/0012_claim_task_batch.sql).
+        start = "pgflow_python.start_claimed_tasks" if self.set_based else "pgflow.start_tasks"
         records = self.execute(
-            "SELECT s.run_id, s.step_slug, s.task_index, s.input"
-            " FROM pgflow.start_tasks(%s, %s::bigint[], %s) AS s",
+            sql.SQL(
+                "SELECT s.run_id, s.step_slug, s.task_index, s.input, s.flow_slug"
+                " FROM {}(%s, %s::bigint[], %s) AS s"
+            ).format(sql.SQL(start)),
             (flow_slug, [r[0] for r in rows], worker_id),
         )
         return sorted(records, key=lambda r: (str(r[0]), r[1], r[2]))

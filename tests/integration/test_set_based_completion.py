@@ -275,7 +275,7 @@ def test_whole_waves_in_one_batch_match_upstream(arms: tuple[Arm, Arm], name: st
         assert records[0] == records[1]
         reports = [
             Report(run_id, slug, index, _scripted_output(slug, index, record_input))
-            for run_id, slug, index, record_input in records[0]
+            for run_id, slug, index, record_input, _ in records[0]
         ]
         expected, actual = (arm.report(WORKERS[0], reports) for arm in arms)
         assert actual.recorded == expected.recorded == set(range(1, len(reports) + 1))

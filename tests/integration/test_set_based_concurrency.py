@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from sqlalchemy.engine import URL
 
@@ -41,8 +42,12 @@ def _work(conninfo: str, worker_id: uuid.UUID, set_based: bool, deadline: float)
     with psycopg.connect(conninfo, autocommit=True) as connection:
         while time.monotonic() < deadline:
             with connection.transaction():
+                # Ours claim through start_claimed_tasks, the other through upstream's start_tasks.
+                claim = "claim_task_batch" if set_based else "claim_tasks"
                 claimed = connection.execute(
-                    "SELECT task FROM pgflow_python.claim_tasks(%s, %s, 7, 30, 5)",
+                    sql.SQL("SELECT task FROM pgflow_python.{}(%s, %s, 7, 30, 5)").format(
+                        sql.Identifier(claim)
+                    ),
                     (FLOW.slug, worker_id),
                 ).fetchall()
             if not claimed:

@@ -1,0 +1,115 @@
+-- Claiming with cached plans. Upstream's start_tasks is a SQL-language function: PostgreSQL
+-- before 18 plans its whole statement again on every call (measured here: about a millisecond,
+-- several times the cost of an empty claim). start_claimed_tasks gives the same result with the
+-- same changes, as one static statement of a plpgsql function, whose plan PostgreSQL caches per
+-- connection. The differential suite (tests/integration/test_set_based_completion.py) claims
+-- through upstream's start_tasks in one database and through this in the other and compares the
+-- records handed out and every table afterwards.
+--
+-- Same as pgflow 0.8.1's start_tasks (the worker refuses other upstream versions): tasks of the
+-- given messages that are 'queued' in runs that have not failed become 'started' by worker_id,
+-- attempts_count + 1; each record's input is, for a root map step, the run input's element at the
+-- task's index; for a dependent map step, that element of its dependency's output; otherwise
+-- {"run": run input} plus each dependency's output under its slug (a map dependency's outputs as
+-- an array ordered by task_index). Upstream's start_tasks means to extend the messages'
+-- visibility but never does (its CTE is not referenced): neither does this; claim_task_batch does.
+CREATE OR REPLACE FUNCTION pgflow_python.start_claimed_tasks(flow_slug text, msg_ids bigint[], worker_id uuid)
+RETURNS SETOF pgflow.step_task_record
+LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH picked AS (
+        SELECT t.flow_slug, t.run_id, t.step_slug, t.task_index, t.message_id
+        FROM pgflow.step_tasks t
+        JOIN pgflow.runs r ON r.run_id = t.run_id
+        WHERE t.flow_slug = start_claimed_tasks.flow_slug AND t.message_id = ANY(msg_ids)
+          AND t.status = 'queued' AND r.status <> 'failed'
+    ),
+    started AS (
+        UPDATE pgflow.step_tasks t
+        SET attempts_count = t.attempts_count + 1, status = 'started', started_at = now(),
+            last_worker_id = start_claimed_tasks.worker_id
+        FROM picked p
+        WHERE t.message_id = p.message_id AND t.flow_slug = p.flow_slug AND t.status = 'queued'
+    ),
+    dep_outputs AS (
+        SELECT p.run_id, p.step_slug,
+               jsonb_object_agg(
+                   d.dep_slug,
+                   CASE WHEN ds.step_type = 'map' THEN (
+                            SELECT coalesce(jsonb_agg(o.output ORDER BY o.task_index), '[]'::jsonb)
+                            FROM pgflow.step_tasks o
+                            WHERE o.run_id = p.run_id AND o.step_slug = d.dep_slug AND o.status = 'completed')
+                        ELSE (
+                            SELECT o.output FROM pgflow.step_tasks o
+                            WHERE o.run_id = p.run_id AND o.step_slug = d.dep_slug AND o.status = 'completed'
+                            LIMIT 1)
+                   END
+               ) AS outputs
+        FROM (SELECT DISTINCT pk.run_id, pk.step_slug, pk.flow_slug FROM picked pk) p
+        JOIN pgflow.deps d ON d.flow_slug = p.flow_slug AND d.step_slug = p.step_slug
+        JOIN pgflow.steps ds ON ds.flow_slug = d.flow_slug AND ds.step_slug = d.dep_slug
+        GROUP BY p.run_id, p.step_slug
+    )
+    SELECT p.flow_slug, p.run_id, p.step_slug,
+           CASE
+               WHEN s.step_type = 'map' AND s.deps_count = 0 THEN jsonb_array_element(r.input, p.task_index)
+               WHEN s.step_type = 'map' THEN (SELECT jsonb_array_element(e.value, p.task_index) FROM jsonb_each(o.outputs) e LIMIT 1)
+               ELSE jsonb_build_object('run', r.input) || coalesce(o.outputs, '{}'::jsonb)
+           END,
+           p.message_id, p.task_index
+    FROM picked p
+    JOIN pgflow.runs r ON r.run_id = p.run_id
+    JOIN pgflow.steps s ON s.flow_slug = p.flow_slug AND s.step_slug = p.step_slug
+    LEFT JOIN dep_outputs o ON o.run_id = p.run_id AND o.step_slug = p.step_slug;
+END
+$$;
+
+COMMENT ON FUNCTION pgflow_python.start_claimed_tasks(text, bigint[], uuid) IS
+    'pgflow-python: pgflow.start_tasks with a cached plan (same records, same changes).';
+
+-- extension/0005's claim_tasks, starting the tasks through start_claimed_tasks. Two statements
+-- for the reason given there (the second one's snapshot must be taken after the read).
+CREATE OR REPLACE FUNCTION pgflow_python.claim_task_batch(
+    queue text, claiming_worker uuid, batch integer, reservation integer, margin integer
+)
+RETURNS TABLE (task jsonb, task_timeout integer, attempt integer)
+LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
+DECLARE
+    read_ids bigint[];
+BEGIN
+    SELECT coalesce(array_agg(r.msg_id), '{}') INTO read_ids
+    FROM pgmq.read(queue, reservation, batch) AS r;
+    IF cardinality(read_ids) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH claimed AS (
+        SELECT * FROM pgflow_python.start_claimed_tasks(queue, read_ids, claiming_worker)
+    ),
+    timeouts AS (
+        SELECT c.msg_id, coalesce(s.opt_timeout, f.opt_timeout) AS seconds
+        FROM claimed c
+        JOIN pgflow.steps s ON s.flow_slug = c.flow_slug AND s.step_slug = c.step_slug
+        JOIN pgflow.flows f ON f.flow_slug = c.flow_slug
+    ),
+    extended AS (
+        SELECT count(*) AS n
+        FROM pgflow.set_vt_batch(
+            queue,
+            ARRAY(SELECT t.msg_id FROM timeouts t ORDER BY t.msg_id),
+            ARRAY(SELECT t.seconds + margin FROM timeouts t ORDER BY t.msg_id)
+        )
+    )
+    SELECT to_jsonb(c), t.seconds, st.attempts_count + 1
+    FROM claimed c
+    JOIN timeouts t ON t.msg_id = c.msg_id
+    JOIN pgflow.step_tasks st
+      ON st.run_id = c.run_id AND st.step_slug = c.step_slug AND st.task_index = c.task_index
+    CROSS JOIN extended;
+END
+$$;
+
+COMMENT ON FUNCTION pgflow_python.claim_task_batch(text, uuid, integer, integer, integer) IS
+    'pgflow-python: read, start (cached plan) and reserve up to batch tasks of a flow.';
