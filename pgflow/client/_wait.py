@@ -269,12 +269,12 @@ class _Waiter:
             run = read_run(connection, self.run_id)
             if run is None:  # deleted in between
                 raise UnknownRunError(self.run_id)
+            # run.completed and run.failed are announced by the worker whose report ended the
+            # run (once per run), not by every client that waits for it.
             if run.status is RunStatus.FAILED:
-                # run.failed is announced by the worker whose report failed the run.
                 raise _failure(connection, run)
             if run.status is RunStatus.STARTED:
                 raise RunTimeoutError(run, cast(float, self.timeout))
-            telemetry.emit("run.completed", flow=run.flow_slug, run_id=str(run.run_id))
             return run
         return None
 

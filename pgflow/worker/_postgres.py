@@ -25,7 +25,9 @@ from pgflow import _sql, _tracing
 from pgflow.worker._executor import Failed
 from pgflow.worker._store import (
     ClaimedTask,
+    CompletionRecorded,
     ConnectionLost,
+    EndedRun,
     FailureRecorded,
     HeartbeatReply,
     RecoveredTask,
@@ -212,7 +214,7 @@ class PostgresStore:
 
     async def complete(
         self, worker_id: uuid.UUID, tasks: Sequence[ClaimedTask], outputs: Sequence[str]
-    ) -> set[int]:
+    ) -> CompletionRecorded:
         rows = await self._reports.fetch(
             "complete_tasks",
             worker_id=worker_id,
@@ -221,8 +223,21 @@ class PostgresStore:
             task_indexes=[t.task_index for t in tasks],
             outputs=list(outputs),
         )
-        # Rows with recorded NULL name the runs the batch ended (for run events; unused here).
-        return {row["recorded"] - 1 for row in rows if row["recorded"] is not None}
+        # Rows with recorded NULL name the runs the batch ended.
+        return CompletionRecorded(
+            positions={row["recorded"] - 1 for row in rows if row["recorded"] is not None},
+            ended_runs=tuple(
+                EndedRun(
+                    row["ended_run_id"],
+                    row["ended_flow_slug"],
+                    row["ended_status"],
+                    row["run_started_at"],
+                    row["run_ended_at"],
+                )
+                for row in rows
+                if row["recorded"] is None
+            ),
+        )
 
     async def fail(
         self, worker_id: uuid.UUID, task: ClaimedTask, failure: Failed

@@ -99,12 +99,15 @@ class Reporter:
             await self._fail(report, Failed(f"the database refused the output: {describe(exc)}"))
             return
         for position, report in enumerate(reports):
-            if position in recorded:
+            if position in recorded.positions:
                 telemetry.emit("task.completed", **report.fields)
             else:
                 # Recovered and handed to another worker meanwhile (at-least-once delivery),
                 # or recorded by an earlier try whose reply was lost.
                 telemetry.emit("task.report_ignored", level=logging.WARNING, **report.fields)
+        for run in recorded.ended_runs:
+            # A completion fails a run when a step feeding a map returned no array.
+            _run_ended(f"run.{run.status}", run.flow_slug, run.run_id, run.started_at, run.ended_at)
 
     async def _fail(self, report: _Report, failure: Failed) -> None:
         store, task, worker_id = self._store, report.task, report.worker_id
@@ -148,7 +151,8 @@ class Reporter:
         if recorded.run_failed:
             _run_ended(
                 "run.failed",
-                report,
+                task.flow_slug,
+                task.run_id,
                 recorded.run_started_at,
                 recorded.run_failed_at,
                 step=task.step_slug,
@@ -181,20 +185,22 @@ class Reporter:
 
 def _run_ended(
     event: str,
-    report: _Report,
+    flow_slug: str,
+    run_id: uuid.UUID,
     started_at: datetime | None,
     ended_at: datetime | None,
     **fields: Any,
 ) -> None:
-    """The run's end, announced by the worker whose report ended it (exactly one per run)."""
+    """The run's end, announced by the worker whose report ended it: once per run, unless the
+    reply to the report that ended it was lost (then its retry records nothing new)."""
     duration = None
     if started_at is not None and ended_at is not None:
         duration = round((ended_at - started_at).total_seconds() * 1000, 3)
     telemetry.emit(
         event,
         level=logging.WARNING if event == "run.failed" else logging.INFO,
-        flow=report.task.flow_slug,
-        run_id=str(report.task.run_id),
+        flow=flow_slug,
+        run_id=str(run_id),
         duration_ms=duration,
         **fields,
     )

@@ -90,6 +90,25 @@ class RecoveredTask:
 
 
 @dataclass(frozen=True, slots=True)
+class EndedRun:
+    """A run that a report ended (its status changed in the report's transaction)."""
+
+    run_id: uuid.UUID
+    flow_slug: str
+    status: str
+    """``completed`` or ``failed``."""
+    started_at: datetime
+    ended_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRecorded:
+    positions: set[int]
+    """0-based positions of the tasks recorded (those ``worker_id`` still held)."""
+    ended_runs: tuple[EndedRun, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class FailureRecorded:
     """What recording a failed attempt did (``pgflow_python.fail_task``)."""
 
@@ -136,9 +155,9 @@ class WorkerStore(Protocol):
 
     async def complete(
         self, worker_id: uuid.UUID, tasks: Sequence[ClaimedTask], outputs: Sequence[str]
-    ) -> set[int]:
-        """Record outputs (JSON texts) in one transaction; returns the positions (0-based)
-        recorded, i.e. of the tasks ``worker_id`` still held."""
+    ) -> CompletionRecorded:
+        """Record outputs (JSON texts) in one transaction; returns the positions recorded,
+        i.e. of the tasks ``worker_id`` still held, and the runs the batch ended."""
 
     async def fail(
         self, worker_id: uuid.UUID, task: ClaimedTask, failure: Failed

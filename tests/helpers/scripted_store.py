@@ -15,6 +15,7 @@ import anyio
 from pgflow.worker._executor import Failed
 from pgflow.worker._store import (
     ClaimedTask,
+    CompletionRecorded,
     ConnectionLost,
     FailureRecorded,
     HeartbeatReply,
@@ -94,13 +95,13 @@ class ScriptedStore:
 
     async def complete(
         self, worker_id: uuid.UUID, tasks: Sequence[ClaimedTask], outputs: Sequence[str]
-    ) -> set[int]:
+    ) -> CompletionRecorded:
         self.calls.append("complete")
         if error := self.report_error():
             raise error
         for claimed, output in zip(tasks, outputs, strict=True):
             self.completed[claimed.run_id] = output
-        return set(range(len(tasks)))
+        return CompletionRecorded(set(range(len(tasks))))
 
     async def fail(
         self, worker_id: uuid.UUID, task: ClaimedTask, failure: Failed
