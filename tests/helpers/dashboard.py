@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 import re
 import socket
 import threading
@@ -10,7 +11,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import anyio.from_thread
 
 import httpx
 import sqlalchemy as sa
@@ -22,6 +26,7 @@ import sql_only_flow
 from pgflow.compiler import compile_flow
 from pgflow.context import Context
 from pgflow.dsl import Flow, definition_of, map_step, step
+from pgflow.worker import Worker, WorkerOptions
 
 XSS = "<script>alert('pwned')</script>"
 
@@ -48,6 +53,69 @@ class Fanout(Flow, slug="fanout"):
 
     @step(depends_on=[square])
     def total(self, deps: Any, ctx: Context) -> Any: ...
+
+
+# Gates hold a Gated step's handler until the test opens them, so a test can watch each
+# transition of a run that a real worker executes.
+GATES: dict[str, threading.Event] = {}
+
+
+def open_gate(step_slug: str) -> None:
+    GATES.setdefault(step_slug, threading.Event()).set()
+
+
+def _wait_at_gate(step_slug: str) -> None:
+    if not GATES.setdefault(step_slug, threading.Event()).wait(timeout=60):
+        raise TimeoutError(f"the test never opened the gate of {step_slug}")
+
+
+class Gated(Flow, slug="gated"):
+    @step
+    def fetch(self, input: Any, ctx: Context) -> Any:
+        _wait_at_gate("fetch")
+        return input
+
+    @step(depends_on=[fetch])
+    def left(self, deps: Any, ctx: Context) -> int:
+        _wait_at_gate("left")
+        return 1
+
+    @step(depends_on=[fetch])
+    def right(self, deps: Any, ctx: Context) -> int:
+        _wait_at_gate("right")
+        return 2
+
+    @step(depends_on=[left, right])
+    def join(self, deps: Any, ctx: Context) -> int:
+        _wait_at_gate("join")
+        return int(deps["left"]) + int(deps["right"])
+
+
+@contextmanager
+def worker_in_thread(engine: Engine, *flows: type[Flow]) -> Iterator[Worker]:
+    """A real worker serving ``flows`` on its own event loop in a thread."""
+    GATES.clear()
+    worker = Worker(
+        list(flows), engine, options=WorkerOptions(poll_interval=0.2, shutdown_timeout=5.0)
+    )
+    with anyio.from_thread.start_blocking_portal() as portal:
+        served = portal.start_task_soon(worker.serve)
+        try:
+            yield worker
+        finally:
+            for gate in ("fetch", "left", "right", "join"):
+                open_gate(gate)
+            portal.call(worker.stop)
+            served.result(timeout=30)
+
+
+def screenshot(page: Any, name: str) -> None:
+    """Saved only when PGFLOW_DASHBOARD_SCREENSHOTS names a folder (``make dashboard-screenshots``
+    sets it to docs/images), so a normal test run leaves the tree clean."""
+    folder = os.environ.get("PGFLOW_DASHBOARD_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"dashboard-{name}.png"), full_page=True)
 
 
 def _echo(task: dict[str, Any]) -> Any:

@@ -1,0 +1,146 @@
+"""The dashboard in a real browser (Debian's chromium through Playwright) on a real database."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Page, expect
+from sqlalchemy.engine import Engine
+
+from pgflow.dashboard import create_app
+from tests.helpers.dashboard import (
+    FANOUT_HANDLERS,
+    PIPELINE_HANDLERS,
+    XSS,
+    Fanout,
+    Gated,
+    Pipeline,
+    drive,
+    open_gate,
+    register,
+    screenshot,
+    serving,
+    start,
+    worker_in_thread,
+)
+
+TIMEOUT_MS = 20_000
+
+
+@pytest.fixture
+def engine(pgflow_engine: Engine) -> Engine:
+    register(pgflow_engine, Pipeline, Fanout, Gated)
+    return pgflow_engine
+
+
+@pytest.fixture
+def base_url(engine: Engine) -> Iterator[str]:
+    with serving(create_app(engine)) as url:
+        yield url
+
+
+def _box_fill(page: Page, step_slug: str) -> str:
+    fill = page.eval_on_selector(
+        f'g.node[data-step="{step_slug}"] rect.box', "box => getComputedStyle(box).fill"
+    )
+    assert isinstance(fill, str)
+    return fill
+
+
+def test_overview_renders_with_data(engine: Engine, base_url: str, page: Page) -> None:
+    for value in range(4):
+        drive(engine, "pipeline", PIPELINE_HANDLERS, start(engine, "pipeline", {"n": value}))
+    drive(engine, "pipeline", PIPELINE_HANDLERS, start(engine, "pipeline", {"boom": "timeout"}))
+    drive(engine, "fanout", FANOUT_HANDLERS, start(engine, "fanout", list(range(8))))
+    start(engine, "pipeline", {"n": "waiting"})
+
+    page.goto(base_url + "/")
+
+    row = page.locator('#stats-flows tr[data-flow="pipeline"]')
+    expect(row).to_be_visible()
+    expect(row.locator("td").nth(1)).to_have_text("6")
+    expect(row.locator("td").nth(4)).to_have_text("1")
+    expect(row.locator("td").nth(5)).to_have_text("20.0 %")
+    expect(page.locator("svg.chart rect.bar-completed")).to_have_count(1)
+    expect(page.locator("svg.chart rect.bar-failed")).to_have_count(1)
+    screenshot(page, "overview")
+
+    page.click('#stats-flows tr[data-flow="fanout"] a')
+    expect(page.locator('g.node[data-step="square"] rect.map-shadow')).to_be_visible()
+    screenshot(page, "flow")
+
+    page.goto(base_url + "/runs?status=failed")
+    expect(page.locator("table.runs tbody tr")).to_have_count(1)
+    screenshot(page, "runs")
+
+
+def test_run_dag_changes_colour_live_while_a_worker_completes_it(
+    engine: Engine, base_url: str, page: Page
+) -> None:
+    with worker_in_thread(engine, Gated):
+        run_id = start(engine, "gated", {"url": "https://example.org"})
+        page.goto(f"{base_url}/runs/{run_id}")
+        # Marks this document: if the page reloaded, the mark would be gone.
+        page.evaluate("window.pgflowSameDocument = true")
+        fetch = page.locator('g.node[data-step="fetch"]')
+        join = page.locator('g.node[data-step="join"]')
+        expect(fetch).to_have_attribute("data-status", "started", timeout=TIMEOUT_MS)
+        expect(join).to_have_attribute("data-status", "created")
+        started_colour, waiting_colour = _box_fill(page, "fetch"), _box_fill(page, "join")
+        assert started_colour != waiting_colour
+
+        open_gate("fetch")
+        expect(fetch).to_have_attribute("data-status", "completed", timeout=TIMEOUT_MS)
+        expect(page.locator('g.node[data-step="left"]')).to_have_attribute(
+            "data-status", "started", timeout=TIMEOUT_MS
+        )
+        completed_colour = _box_fill(page, "fetch")
+        assert completed_colour not in (started_colour, waiting_colour)
+        screenshot(page, "run-live")
+
+        for gate in ("left", "right", "join"):
+            open_gate(gate)
+        expect(page.locator("#run-status")).to_have_attribute(
+            "data-status", "completed", timeout=TIMEOUT_MS
+        )
+        expect(join).to_have_attribute("data-status", "completed")
+        assert _box_fill(page, "join") == completed_colour
+        expect(page.locator("#live")).to_contain_text('"join": 3')
+        assert page.evaluate("window.pgflowSameDocument") is True
+
+
+def test_failed_run_shows_its_error(engine: Engine, base_url: str, page: Page) -> None:
+    run_id = start(engine, "pipeline", {"boom": "the disk is full"})
+    drive(engine, "pipeline", PIPELINE_HANDLERS, run_id)
+
+    page.goto(f"{base_url}/runs/{run_id}")
+
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "failed")
+    expect(page.locator('g.node[data-step="fetch"]')).to_have_attribute("data-status", "failed")
+    expect(page.locator('table.steps tr[data-step="fetch"] pre.error')).to_contain_text(
+        "RuntimeError: the disk is full"
+    )
+    expect(page.locator('tr[data-task="fetch/0"] pre.error')).to_be_visible()
+    screenshot(page, "run-failed")
+
+
+def test_a_script_in_input_output_or_error_renders_as_text(
+    engine: Engine, base_url: str, page: Page
+) -> None:
+    failed = start(engine, "pipeline", {"boom": XSS})
+    drive(engine, "pipeline", PIPELINE_HANDLERS, failed)
+    echoed = start(engine, "pipeline", {"note": XSS})
+    drive(engine, "pipeline", PIPELINE_HANDLERS, echoed)
+    executed: list[str] = []
+    page.on("console", lambda message: executed.append(message.text))
+
+    for run_id in (failed, echoed):
+        page.goto(f"{base_url}/runs/{run_id}")
+        expect(page.locator("main")).to_contain_text(XSS)
+        # The text is there as text: no element of the page is a script but our own.
+        sources = page.eval_on_selector_all("script", "all => all.map(s => s.src)")
+        assert all(re.search(r"/static/dashboard\.js$", source) for source in sources)
+    assert not any("pwned" in text for text in executed)
+    # The page fixture also fails the test if any dialog (alert) opened.
