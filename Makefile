@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pgflow-setup
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup test demo lint docs bench clean
+.PHONY: setup test demo lint docs bench clean dashboard-screenshots
 
 NODE_DEPS := tests/node/node_modules/@pgflow/dsl/package.json
 
 setup: $(STAMP) $(NODE_DEPS)
 	@$(BIN)/python scripts/fetch_upstream.py
+	@sh scripts/ensure_chromium.sh
 
 # Node packages for the parity and interoperability tests (pinned in tests/node/package.json).
 $(NODE_DEPS): tests/node/package.json
@@ -29,8 +30,9 @@ $(STAMP): pyproject.toml pgflow/schema/pins.json scripts/fetch_upstream.py
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# `make demo DEMO_ARGS=--dashboard` keeps the worker running and serves the web dashboard.
 demo: setup
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -45,6 +47,10 @@ docs:
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Regenerates the screenshots in docs/images/ from the browser tests (docs/dashboard.md).
+dashboard-screenshots: setup
+	PGFLOW_DASHBOARD_SCREENSHOTS=docs/images $(BIN)/python -m pytest tests/browser -q
 
 clean:
 	rm -rf $(VENV) pgflow/schema/upstream .pytest_cache .mypy_cache .ruff_cache dist build

@@ -5,10 +5,13 @@ would apply), runs a worker, starts runs from "the app" and waits for their resu
 worker's structlog events print as they happen.
 
     python examples/demo.py    # DATABASE_URL, else a local or embedded PostgreSQL
+    python examples/demo.py --dashboard    # then keep the worker and serve the web dashboard
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 
 import anyio
@@ -50,7 +53,18 @@ def app(engine: sa.Engine) -> None:
     print(f"\n>>> schedule reminders fired: {wait_for_run(engine, fired, timeout=30).input}\n")
 
 
-async def main() -> None:
+async def serve_dashboard(engine: sa.Engine, port: int = 8080) -> None:
+    """The web dashboard on the demo's database until Ctrl-C (needs the dashboard extra)."""
+    import uvicorn  # noqa: PLC0415 - only with --dashboard
+
+    from pgflow.dashboard import create_app  # noqa: PLC0415
+
+    print(f"\n>>> the web dashboard: http://127.0.0.1:{port}/  (Ctrl-C stops the demo)\n")
+    config = uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning")
+    await uvicorn.Server(config).serve()
+
+
+async def main(dashboard: bool) -> None:
     configure_logging("console", "info")
     with temporary_database() as url:
         report = install(url)
@@ -63,10 +77,20 @@ async def main() -> None:
         worker = Worker(FLOWS, engine, options=WorkerOptions(poll_interval=0.5))
         async with anyio.create_task_group() as group:
             group.start_soon(worker.serve)
-            await anyio.to_thread.run_sync(app, engine)
-            worker.stop()
+            try:
+                await anyio.to_thread.run_sync(app, engine)
+                if dashboard:
+                    await serve_dashboard(engine)
+                else:
+                    print(
+                        ">>> see these runs in the web dashboard: make demo DEMO_ARGS=--dashboard"
+                    )
+            finally:
+                worker.stop()
         engine.dispose()
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    # Ctrl-C ends the dashboard demo; by then the throwaway database is already dropped.
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(main, "--dashboard" in sys.argv[1:])
