@@ -51,4 +51,3 @@ def page(browser: Browser) -> Iterator[Page]:
         context.close()
     # No page may ever open a dialog: that is what an injected script would do first.
     assert dialogs == [], f"a page opened dialogs: {dialogs}"
-

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio.from_thread
-
 import httpx
 import sqlalchemy as sa
 import uvicorn
