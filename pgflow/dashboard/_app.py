@@ -7,7 +7,7 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pgflow.dashboard import _charts, _dag, _data, _format
+from pgflow.dashboard._actions import RunAction, perform, run_control_actions
 from pgflow.dashboard._live import Broadcaster
 from pgflow.dashboard._security import csrf_token, set_csrf_cookie
 
@@ -102,11 +103,12 @@ class Dashboard:
         self,
         engine: Engine,
         settings: DashboardSettings,
-        actions: dict[str, Callable[[Engine, uuid.UUID], object]] | None = None,
+        actions: dict[str, RunAction] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
-        self.actions = {} if settings.read_only else dict(actions or {})
+        chosen = run_control_actions() if actions is None else actions
+        self.actions = {} if settings.read_only else dict(chosen)
         self.templates = _templates()
         self.broadcaster = Broadcaster(engine.url)
 
@@ -121,7 +123,6 @@ class Dashboard:
             root=root,
             title=self.settings.title,
             read_only=self.settings.read_only,
-            actions=sorted(self.actions),
             csrf_token=token,
             now=datetime.now(UTC),
             request_path=request.url.path,
@@ -294,6 +295,9 @@ class Dashboard:
             "dag": _dag.layout(_dag.shapes_from_rows(detail.step_shapes, statuses, labels)),
             "timeline": _charts.timeline(tasks, start=run["started_at"], end=end),
             "is_live": run["status"] == "started",
+            "run_actions": [
+                action for action in self.actions.values() if run["status"] in action.statuses
+            ],
         }
 
     def step_tasks(self, request: Request) -> Response:
@@ -361,6 +365,15 @@ class Dashboard:
             db_now=now,
             next_query=next_query,
             stale_after=self.settings.stale_after_seconds,
+        )
+
+    async def act(self, request: Request) -> Response:
+        return await perform(
+            request,
+            self.engine,
+            self.actions,
+            self._run_id(request),
+            read_only=self.settings.read_only,
         )
 
     # --- whole values -------------------------------------------------------------------------
@@ -462,6 +475,7 @@ def build_app(dashboard: Dashboard) -> Starlette:
         Route("/runs", d.runs, name="runs"),
         Route("/runs/{run_id}", d.run, name="run"),
         Route("/runs/{run_id}/live", d.run_live, name="run_live"),
+        Route("/runs/{run_id}/actions/{action}", d.act, methods=["POST"], name="run_action"),
         Route("/runs/{run_id}/events", d.events, name="run_events"),
         Route("/runs/{run_id}/value/{which:str}", d.run_value, name="run_value"),
         Route("/runs/{run_id}/steps/{step_slug}/tasks", d.step_tasks, name="step_tasks"),
@@ -475,6 +489,16 @@ def build_app(dashboard: Dashboard) -> Starlette:
         Route("/events", d.events, name="events"),
         Mount("/static", StaticFiles(packages=[("pgflow.dashboard", "static")]), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Served on its own, shutdown closes the LISTEN connection even if a browser still
+        # watches; mounted, the host's lifespan does not reach here and the last browser to
+        # leave closes it.
+        yield
+        await d.broadcaster.close()
+
+    app = Starlette(
+        routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan
+    )
     app.state.dashboard = dashboard
     return app

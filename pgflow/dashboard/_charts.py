@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 CHART_WIDTH = 720
@@ -28,11 +28,19 @@ class Bar:
 
 
 @dataclass(frozen=True)
+class Tick:
+    x: float
+    text: str
+
+
+@dataclass(frozen=True)
 class Throughput:
     bars: list[Bar]
     peak: int
+    ticks: list[Tick]
     width: int = CHART_WIDTH
     height: int = CHART_HEIGHT
+    axis_height: int = 16
 
 
 def throughput(
@@ -62,7 +70,12 @@ def throughput(
                 failed=failed,
             )
         )
-    return Throughput(bars=bars, peak=peak)
+    ticks = [
+        Tick(x=bar.x, text=bar.start.astimezone(UTC).strftime("%H:%M"))
+        for index, bar in enumerate(bars)
+        if index % max(buckets // 6, 1) == 0
+    ]
+    return Throughput(bars=bars, peak=peak, ticks=ticks)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import anyio
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import URL
@@ -56,11 +57,23 @@ class Broadcaster:
             yield subscription
         finally:
             self._subscriptions.discard(subscription)
-            if not self._subscriptions and self._listener is not None:
-                self._listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._listener
-                self._listener = None
+            if not self._subscriptions:
+                # The stream ends by cancellation (the browser left); shielded, so the
+                # LISTEN connection is closed here and now rather than left to the GC.
+                with anyio.CancelScope(shield=True):
+                    await self.close()
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None
+
+    async def close(self) -> None:
+        """Stop listening (the server's shutdown; or the last subscriber left)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            # wait() neither raises the listener's CancelledError nor mistakes it for ours.
+            await asyncio.wait([listener])
 
     async def _listen(self, ready: asyncio.Event) -> None:
         while True:

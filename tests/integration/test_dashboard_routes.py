@@ -17,6 +17,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from pgflow.dashboard import BasicAuth, DashboardSettings, TokenAuth, create_app
+from pgflow.dashboard._actions import RunAction
+from pgflow.dashboard._app import Dashboard, SecurityHeadersMiddleware, build_app
 from tests.helpers.dashboard import (
     FANOUT_HANDLERS,
     PIPELINE_HANDLERS,
@@ -334,3 +336,53 @@ def test_events_stream_tells_of_the_runs_transitions(engine: Engine) -> None:
                     break
         assert "step:fetch:completed" in events
         assert events[-1] == "run:completed"
+
+
+def _csrf_token(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match is not None, "no action form on the page"
+    return match.group(1)
+
+
+def test_actions_post_with_csrf_and_are_refused_without(engine: Engine) -> None:
+    """The action plumbing, with a recording action standing in for run control."""
+    performed: list[uuid.UUID] = []
+
+    def record(_engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
+        performed.append(run_id)
+        return None
+
+    actions = {"poke": RunAction("poke", "Poke", frozenset({"started"}), record)}
+    run_id = start(engine, "pipeline", {"n": 1})
+    app = SecurityHeadersMiddleware(build_app(Dashboard(engine, DashboardSettings(), actions)))
+    with http_client(app) as client:
+        page = client.get(f"/runs/{run_id}").text
+        assert f'action="/runs/{run_id}/actions/poke"' in page
+        token = _csrf_token(page)
+        url = f"/runs/{run_id}/actions/poke"
+        assert client.post(url, data={}).status_code == 403
+        assert client.post(url, data={"csrf_token": "forged"}).status_code == 403
+        cross_site = client.post(
+            url, data={"csrf_token": token}, headers={"origin": "https://evil.example"}
+        )
+        assert cross_site.status_code == 403
+        assert performed == []
+        done = client.post(
+            url, data={"csrf_token": token}, headers={"origin": str(client.base_url).rstrip("/")}
+        )
+        assert done.status_code == 303
+        assert done.headers["location"] == f"/runs/{run_id}"
+        assert performed == [run_id]
+        assert (
+            client.post(f"/runs/{run_id}/actions/nope", data={"csrf_token": token}).status_code
+            == 404
+        )
+
+    read_only = build_app(Dashboard(engine, DashboardSettings(read_only=True), actions))
+    with http_client(read_only) as client:
+        page = client.get(f"/runs/{run_id}").text
+        assert "actions/poke" not in page
+        assert "read-only" in page
+        response = client.post(f"/runs/{run_id}/actions/poke", data={"csrf_token": token})
+        assert response.status_code == 403
+    assert performed == [run_id]

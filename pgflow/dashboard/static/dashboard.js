@@ -16,6 +16,7 @@
     const source = region.dataset.liveSrc;
     const events = region.dataset.events;
     let stream = null;
+    let poller = null;
     let inFlight = false;
     let again = false;
 
@@ -31,9 +32,9 @@
             if (opened.has(d.dataset.step)) d.open = true;
           });
           const status = region.querySelector("#run-status");
-          if (status && status.dataset.status !== "started" && stream !== null) {
-            stream.close();
-            stream = null;
+          if (status && status.dataset.status !== "started") {
+            if (stream !== null) { stream.close(); stream = null; }
+            if (poller !== null) { clearInterval(poller); poller = null; }
             region.dataset.live = "no";
           }
         }
@@ -44,7 +45,11 @@
     }
 
     const soon = debounce(refresh, 150);
-    if (region.dataset.live !== "yes" || !window.EventSource) return;
+    if (region.dataset.live !== "yes") return;
+    // Events come from NOTIFY on the realtime shim's channel; where Supabase's realtime
+    // replaces the shim there are none, so a slow poll keeps the page moving anyway.
+    poller = setInterval(soon, 10000);
+    if (!window.EventSource) return;
     stream = new EventSource(events);
     stream.addEventListener("ready", soon);
     stream.addEventListener("change", soon);

@@ -1,0 +1,90 @@
+"""Actions on a run (cancel, retry, resume): POST forms, CSRF-checked, absent in read-only mode.
+
+They call the public run-control functions of :mod:`pgflow.operations`; the dashboard adds no
+SQL of its own for them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from pgflow.dashboard._security import CSRF_FIELD, csrf_ok
+from pgflow.errors import PgflowError
+
+MAX_FORM_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class RunAction:
+    """``perform`` returns the run to show afterwards (a retry's new run), or None for this one."""
+
+    name: str
+    label: str
+    statuses: frozenset[str]  # run statuses the action applies to
+    perform: Callable[[Engine, uuid.UUID], uuid.UUID | None]
+    confirm: str = ""
+
+
+def run_control_actions() -> dict[str, RunAction]:
+    """Cancel, retry and resume from :mod:`pgflow.operations`, where this version has it."""
+    try:
+        from pgflow import operations  # noqa: PLC0415 - optional until run control exists
+    except ImportError:
+        return {}
+
+    def cancel(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
+        operations.cancel_run(engine, run_id, reason="cancelled from the dashboard")
+        return None
+
+    def retry(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
+        return operations.retry_run(engine, run_id).new_run_id
+
+    def resume(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
+        operations.resume_run(engine, run_id)
+        return None
+
+    return {
+        "cancel": RunAction("cancel", "Cancel", frozenset({"started"}), cancel),
+        "retry": RunAction("retry", "Retry as a new run", frozenset({"failed"}), retry),
+        "resume": RunAction("resume", "Resume", frozenset({"failed"}), resume),
+    }
+
+
+async def _form_field(request: Request, name: str) -> str | None:
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise HTTPException(413, "form too large")
+    values = parse_qs(body.decode("utf-8", "replace")).get(name)
+    return values[0] if values else None
+
+
+async def perform(
+    request: Request,
+    engine: Engine,
+    actions: dict[str, RunAction],
+    run_id: uuid.UUID,
+    *,
+    read_only: bool,
+) -> Response:
+    if read_only:
+        raise HTTPException(403, "the dashboard is read-only")
+    action = actions.get(request.path_params["action"])
+    if action is None:
+        raise HTTPException(404, "no such action")
+    if not csrf_ok(request.headers, await _form_field(request, CSRF_FIELD)):
+        raise HTTPException(403, "the form expired or came from another site: reload the page")
+    try:
+        shown = await run_in_threadpool(action.perform, engine, run_id)
+    except PgflowError as exc:
+        raise HTTPException(409, str(exc)) from None
+    root = request.scope.get("root_path", "")
+    return RedirectResponse(f"{root}/runs/{shown or run_id}", status_code=303)
