@@ -6,9 +6,11 @@ SQL of its own for them.
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs
 
 from sqlalchemy.engine import Engine
@@ -37,7 +39,7 @@ class RunAction:
 def run_control_actions() -> dict[str, RunAction]:
     """Cancel, retry and resume from :mod:`pgflow.operations`, where this version has it."""
     try:
-        from pgflow import operations  # noqa: PLC0415 - optional until run control exists
+        operations: Any = importlib.import_module("pgflow.operations")
     except ImportError:
         return {}
 
@@ -46,7 +48,8 @@ def run_control_actions() -> dict[str, RunAction]:
         return None
 
     def retry(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
-        return operations.retry_run(engine, run_id).new_run_id
+        new_run_id: uuid.UUID | None = operations.retry_run(engine, run_id).new_run_id
+        return new_run_id
 
     def resume(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
         operations.resume_run(engine, run_id)

@@ -489,6 +489,7 @@ def build_app(dashboard: Dashboard) -> Starlette:
         Route("/events", d.events, name="events"),
         Mount("/static", StaticFiles(packages=[("pgflow.dashboard", "static")]), name="static"),
     ]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Served on its own, shutdown closes the LISTEN connection even if a browser still

@@ -8,13 +8,15 @@ serve from an index.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from pgflow._sql import query
 
@@ -35,9 +37,24 @@ _runs = sa.table(
 )
 
 
+@contextmanager
+def _reading(engine: Engine, isolation_level: str | None = None) -> Iterator[Connection]:
+    """A read transaction with the dashboard's settings (see dashboard_read_settings)."""
+    connection = engine.connect()
+    if isolation_level is not None:
+        connection = connection.execution_options(isolation_level=isolation_level)
+    with connection, connection.begin():
+        connection.execute(query("dashboard_read_settings"))
+        yield connection
+
+
+def _fetch(connection: Connection, name: str, **params: Any) -> list[Row]:
+    return [dict(row) for row in connection.execute(query(name), params).mappings()]
+
+
 def _rows(engine: Engine, name: str, **params: Any) -> list[Row]:
-    with engine.connect() as connection:
-        return [dict(row) for row in connection.execute(query(name), params).mappings()]
+    with _reading(engine) as connection:
+        return _fetch(connection, name, **params)
 
 
 def _row(engine: Engine, name: str, **params: Any) -> Row | None:
@@ -78,11 +95,14 @@ class Overview:
 
 def overview(engine: Engine, *, now: datetime, stale_seconds: int) -> Overview:
     since = now - timedelta(hours=24)
-    queues = {
-        row["flow_slug"]: row["metrics"] or {} for row in _rows(engine, "dashboard_queue_metrics")
-    }
+    with _reading(engine) as connection:
+        queue_rows = _fetch(connection, "dashboard_queue_metrics")
+        stats = _fetch(connection, "dashboard_flow_stats", since=since)
+        throughput = _fetch(connection, "dashboard_throughput", since=since, bucket="1 hour")
+        worker_counts = _fetch(connection, "dashboard_worker_counts", stale_seconds=stale_seconds)
+    queues = {row["flow_slug"]: row["metrics"] or {} for row in queue_rows}
     flows = []
-    for row in _rows(engine, "dashboard_flow_stats", since=since):
+    for row in stats:
         metrics = queues.get(row["flow_slug"], {})
         flows.append(
             FlowStats(
@@ -92,8 +112,7 @@ def overview(engine: Engine, *, now: datetime, stale_seconds: int) -> Overview:
                 oldest_message_seconds=metrics.get("oldest_msg_age_sec"),
             )
         )
-    throughput = _rows(engine, "dashboard_throughput", since=since, bucket="1 hour")
-    workers = _row(engine, "dashboard_worker_counts", stale_seconds=stale_seconds) or {}
+    workers = worker_counts[0] if worker_counts else {}
     return Overview(since=since, flows=flows, throughput=throughput, workers=workers)
 
 
@@ -171,7 +190,7 @@ def runs_page(
             )
         )
     statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc()).limit(limit)
-    with engine.connect() as connection:
+    with _reading(engine) as connection:
         return [dict(row) for row in connection.execute(statement).mappings()]
 
 
@@ -190,7 +209,7 @@ def run_detail(
     engine: Engine, run_id: uuid.UUID, *, preview_chars: int, tasks_per_step: int
 ) -> RunDetail | None:
     # One transaction at REPEATABLE READ so the run, its steps and its tasks agree.
-    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
+    with _reading(engine, "REPEATABLE READ") as connection:
         run = (
             connection.execute(
                 query("dashboard_run"), {"run_id": run_id, "preview_chars": preview_chars}

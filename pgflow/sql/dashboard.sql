@@ -2,25 +2,35 @@
 -- index (see extension/0050_dashboard_indexes.sql). The runs list, whose filters vary, is built
 -- with SQLAlchemy Core in pgflow/dashboard/_data.py.
 
+-- name: dashboard_read_settings
+-- description: Settings for the dashboard's read transaction: no JIT (compiling costs its aggregates 0.3-1 s, ten times the query).
+SET LOCAL jit = off;
+
 -- name: dashboard_flow_stats
 -- description: Per flow, runs started since :since: counts by status and p50/p95 duration (seconds) of the completed ones.
+-- One index range per flow (LATERAL) instead of one sort of the whole window by flow.
 SELECT
     f.flow_slug,
     f.flow_type,
-    count(r.run_id) AS started,
-    count(*) FILTER (WHERE r.status = 'completed') AS completed,
-    count(*) FILTER (WHERE r.status = 'failed') AS failed,
-    count(*) FILTER (WHERE r.status = 'started') AS running,
-    percentile_cont(0.5) WITHIN GROUP (
-        ORDER BY extract(epoch FROM r.completed_at - r.started_at)
-    ) FILTER (WHERE r.status = 'completed') AS p50_seconds,
-    percentile_cont(0.95) WITHIN GROUP (
-        ORDER BY extract(epoch FROM r.completed_at - r.started_at)
-    ) FILTER (WHERE r.status = 'completed') AS p95_seconds
+    s.started,
+    s.completed,
+    s.failed,
+    s.running,
+    s.percentiles[1] AS p50_seconds,
+    s.percentiles[2] AS p95_seconds
 FROM pgflow.flows AS f
-LEFT JOIN pgflow.runs AS r
-    ON r.flow_slug = f.flow_slug AND r.started_at >= :since
-GROUP BY f.flow_slug, f.flow_type
+CROSS JOIN LATERAL (
+    SELECT
+        count(*) AS started,
+        count(*) FILTER (WHERE r.status = 'completed') AS completed,
+        count(*) FILTER (WHERE r.status = 'failed') AS failed,
+        count(*) FILTER (WHERE r.status = 'started') AS running,
+        percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (
+            ORDER BY extract(epoch FROM r.completed_at - r.started_at)
+        ) FILTER (WHERE r.status = 'completed') AS percentiles
+    FROM pgflow.runs AS r
+    WHERE r.flow_slug = f.flow_slug AND r.started_at >= :since
+) AS s
 ORDER BY f.flow_type, f.flow_slug;
 
 -- name: dashboard_throughput
