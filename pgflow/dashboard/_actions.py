@@ -6,9 +6,8 @@ SQL of its own for them.
 
 from __future__ import annotations
 
-import importlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -19,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from pgflow import operations
 from pgflow.dashboard._security import CSRF_FIELD, csrf_ok
 from pgflow.errors import PgflowError
 
@@ -31,34 +31,35 @@ class RunAction:
 
     name: str
     label: str
-    statuses: frozenset[str]  # run statuses the action applies to
+    applies: Callable[[Mapping[str, Any]], bool]  # given the dashboard_run row
     perform: Callable[[Engine, uuid.UUID], uuid.UUID | None]
-    confirm: str = ""
+
+
+def _cancel(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
+    operations.cancel_run(engine, run_id, reason="cancelled from the dashboard")
+    return None
+
+
+def _retry(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
+    return operations.retry_run(engine, run_id).new_run_id
+
+
+def _resume(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
+    operations.resume_run(engine, run_id)
+    return None
 
 
 def run_control_actions() -> dict[str, RunAction]:
-    """Cancel, retry and resume from :mod:`pgflow.operations`, where this version has it."""
-    try:
-        operations: Any = importlib.import_module("pgflow.operations")
-    except ImportError:
-        return {}
-
-    def cancel(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
-        operations.cancel_run(engine, run_id, reason="cancelled from the dashboard")
-        return None
-
-    def retry(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
-        new_run_id: uuid.UUID | None = operations.retry_run(engine, run_id).new_run_id
-        return new_run_id
-
-    def resume(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
-        operations.resume_run(engine, run_id)
-        return None
-
+    """Cancel a started run; retry (once: a new run) or resume (in place) a failed one."""
     return {
-        "cancel": RunAction("cancel", "Cancel", frozenset({"started"}), cancel),
-        "retry": RunAction("retry", "Retry as a new run", frozenset({"failed"}), retry),
-        "resume": RunAction("resume", "Resume", frozenset({"failed"}), resume),
+        "cancel": RunAction("cancel", "Cancel", lambda run: run["status"] == "started", _cancel),
+        "retry": RunAction(
+            "retry",
+            "Retry as a new run",
+            lambda run: run["status"] == "failed" and run.get("retried_as_run_id") is None,
+            _retry,
+        ),
+        "resume": RunAction("resume", "Resume", lambda run: run["status"] == "failed", _resume),
     }
 
 

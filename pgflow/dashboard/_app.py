@@ -264,9 +264,23 @@ class Dashboard:
         step_types = {row["step_slug"]: row["step_type"] for row in detail.step_shapes}
         statuses = {row["step_slug"]: row["status"] for row in detail.steps}
         labels = {row["step_slug"]: _step_label(row) for row in detail.steps}
+        failures: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for failure in detail.failures:
+            failures.setdefault((failure["step_slug"], failure["task_index"]), []).append(
+                {
+                    **failure,
+                    "message": _format.text_preview(
+                        failure["message_preview"], failure["message_chars"]
+                    ),
+                    "traceback": _format.text_preview(
+                        failure["traceback_preview"], failure["traceback_chars"]
+                    ),
+                }
+            )
         tasks = [
             {
                 **task,
+                "failures": failures.get((task["step_slug"], task["task_index"]), []),
                 "is_map": step_types.get(task["step_slug"]) == "map",
                 "output": _format.json_preview(task["output_preview"], task["output_chars"]),
                 "error": _format.text_preview(task["error_preview"], task["error_chars"]),
@@ -295,9 +309,7 @@ class Dashboard:
             "dag": _dag.layout(_dag.shapes_from_rows(detail.step_shapes, statuses, labels)),
             "timeline": _charts.timeline(tasks, start=run["started_at"], end=end),
             "is_live": run["status"] == "started",
-            "run_actions": [
-                action for action in self.actions.values() if run["status"] in action.statuses
-            ],
+            "run_actions": [action for action in self.actions.values() if action.applies(run)],
         }
 
     def step_tasks(self, request: Request) -> Response:

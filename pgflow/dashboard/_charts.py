@@ -88,6 +88,7 @@ class Span:
     work_x: float  # started -> completed/failed (or now)
     work_width: float
     attempts: int
+    failure_xs: list[float]  # when earlier attempts failed
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def timeline(tasks: Sequence[Mapping[str, Any]], *, start: datetime, end: dateti
                 work_x=wait_to,
                 work_width=max(work_to - wait_to, 1.0) if started is not None else 0.0,
                 attempts=int(task["attempts_count"]),
+                failure_xs=[x_of(f["failed_at"]) for f in task.get("failures", [])],
             )
         )
     return Timeline(

@@ -35,6 +35,9 @@ _runs = sa.table(
     sa.column("failed_at", sa.DateTime(timezone=True)),
     schema="pgflow",
 )
+_cancellations = sa.table(
+    "run_cancellations", sa.column("run_id", PG_UUID(as_uuid=True)), schema="pgflow_python"
+)
 
 
 @contextmanager
@@ -169,6 +172,9 @@ def runs_page(
         _runs.c.started_at,
         _runs.c.completed_at,
         _runs.c.failed_at,
+        _cancellations.c.run_id.is_not(None).label("cancelled"),
+    ).select_from(
+        _runs.outerjoin(_cancellations, _cancellations.c.run_id == _runs.c.run_id)
     )
     if run_filter.flow_slug is not None:
         statement = statement.where(_runs.c.flow_slug == run_filter.flow_slug)
@@ -203,10 +209,16 @@ class RunDetail:
     steps: list[Row]
     step_shapes: list[Row]  # dashboard_flow_steps rows, for the DAG
     tasks: list[Row]
+    failures: list[Row]  # failed attempts, oldest first
 
 
 def run_detail(
-    engine: Engine, run_id: uuid.UUID, *, preview_chars: int, tasks_per_step: int
+    engine: Engine,
+    run_id: uuid.UUID,
+    *,
+    preview_chars: int,
+    tasks_per_step: int,
+    failures_limit: int = 200,
 ) -> RunDetail | None:
     # One transaction at REPEATABLE READ so the run, its steps and its tasks agree.
     with _reading(engine, "REPEATABLE READ") as connection:
@@ -237,7 +249,20 @@ def run_detail(
             },
         ).mappings()
         task_rows = [dict(row) for row in tasks]
-    return RunDetail(run=dict(run), steps=steps_rows, step_shapes=shape_rows, tasks=task_rows)
+        failures = _fetch(
+            connection,
+            "dashboard_run_failures",
+            run_id=run_id,
+            preview_chars=preview_chars,
+            limit=failures_limit,
+        )
+    return RunDetail(
+        run=dict(run),
+        steps=steps_rows,
+        step_shapes=shape_rows,
+        tasks=task_rows,
+        failures=failures,
+    )
 
 
 def step_tasks_page(

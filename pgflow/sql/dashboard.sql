@@ -120,7 +120,7 @@ WHERE s.flow_slug = :flow_slug
 ORDER BY s.step_index;
 
 -- name: dashboard_run
--- description: One run with its flow's type; input and output as text cut at :preview_chars, with their full lengths.
+-- description: One run with its flow's type, cancellation, lineage and resumes; input and output as text cut at :preview_chars, with their full lengths.
 SELECT
     r.run_id,
     r.flow_slug,
@@ -133,10 +133,38 @@ SELECT
     left(CAST(r.input AS text), :preview_chars) AS input_preview,
     length(CAST(r.input AS text)) AS input_chars,
     left(CAST(r.output AS text), :preview_chars) AS output_preview,
-    length(CAST(r.output AS text)) AS output_chars
+    length(CAST(r.output AS text)) AS output_chars,
+    c.cancelled_at,
+    c.reason AS cancel_reason,
+    origin.restart_of_run_id,
+    retry.run_id AS retried_as_run_id,
+    (SELECT count(*) FROM pgflow_python.run_resumes AS rr WHERE rr.run_id = r.run_id)
+        AS resume_count
 FROM pgflow.runs AS r
 JOIN pgflow.flows AS f ON f.flow_slug = r.flow_slug
+LEFT JOIN pgflow_python.run_cancellations AS c ON c.run_id = r.run_id
+LEFT JOIN pgflow_python.run_lineage AS origin ON origin.run_id = r.run_id
+LEFT JOIN pgflow_python.run_lineage AS retry ON retry.restart_of_run_id = r.run_id
 WHERE r.run_id = :run_id;
+
+-- name: dashboard_run_failures
+-- description: A run's failed attempts (pgflow_python.task_failures), oldest first, at most :limit; message and traceback cut at :preview_chars.
+SELECT
+    tf.step_slug,
+    tf.task_index,
+    tf.attempt,
+    tf.error_type,
+    left(tf.error_message, :preview_chars) AS message_preview,
+    length(tf.error_message) AS message_chars,
+    left(tf.traceback, :preview_chars) AS traceback_preview,
+    length(tf.traceback) AS traceback_chars,
+    tf.retryable,
+    tf.retry_at,
+    tf.failed_at
+FROM pgflow_python.task_failures AS tf
+WHERE tf.run_id = :run_id
+ORDER BY tf.failed_at, tf.step_slug, tf.task_index, tf.attempt
+LIMIT :limit;
 
 -- name: dashboard_run_steps
 -- description: A run's steps in declaration order: state, timestamps, error and task counts by status.

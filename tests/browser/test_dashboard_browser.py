@@ -144,3 +144,36 @@ def test_a_script_in_input_output_or_error_renders_as_text(
         assert all(re.search(r"/static/dashboard\.js$", source) for source in sources)
     assert not any("pwned" in text for text in executed)
     # The page fixture also fails the test if any dialog (alert) opened.
+
+
+def test_cancel_button_cancels_a_started_run_and_retry_starts_a_new_one(
+    engine: Engine, base_url: str, page: Page
+) -> None:
+    run_id = start(engine, "pipeline", {"n": "never picked up"})
+    page.goto(f"{base_url}/runs/{run_id}")
+    expect(page.locator('button[data-action="retry"]')).to_have_count(0)
+
+    page.click('button[data-action="cancel"]')
+
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "failed")
+    expect(page.locator("#run-cancelled")).to_have_text("cancelled")
+    expect(page.locator('button[data-action="cancel"]')).to_have_count(0)
+    screenshot(page, "run-cancelled")
+
+    page.click('button[data-action="retry"]')
+
+    # The retry is a new run of the same flow; the page of the retry links back.
+    expect(page.locator("h1")).not_to_contain_text(str(run_id))
+    expect(page.locator("#run-status")).to_have_attribute("data-status", "started")
+    expect(page.locator(f'a[href$="/runs/{run_id}"]')).to_be_visible()
+    page.goto(f"{base_url}/runs/{run_id}")
+    expect(page.locator("#retried-as")).to_be_visible()
+    expect(page.locator('button[data-action="retry"]')).to_have_count(0)
+
+
+def test_read_only_dashboard_shows_no_actions(engine: Engine, page: Page) -> None:
+    run_id = start(engine, "pipeline", {"n": 1})
+    with serving(create_app(engine, read_only=True)) as url:
+        page.goto(f"{url}/runs/{run_id}")
+        expect(page.locator("#run-status")).to_have_attribute("data-status", "started")
+        expect(page.locator("button[data-action]")).to_have_count(0)

@@ -175,6 +175,48 @@ def drive(
     raise TimeoutError(f"run {run_id} still started after 30 s")
 
 
+def fail_with_record(
+    engine: Engine, flow_slug: str, run_id: uuid.UUID, *, message: str, traceback: str
+) -> None:
+    """Claim the run's first queued task and fail it through pgflow_python.fail_task, which
+    keeps a failure record (type, message, traceback) besides upstream's error_message."""
+    worker_id = sql_only_flow.register_worker(engine, flow_slug, "dashboard_tests")
+    with engine.begin() as connection:
+        message_ids = (
+            connection.execute(
+                sa.text("SELECT msg_id FROM pgmq.read(:queue, 30, 1)"), {"queue": flow_slug}
+            )
+            .scalars()
+            .all()
+        )
+        task = (
+            connection.execute(
+                sa.text(
+                    "SELECT run_id, step_slug, task_index"
+                    " FROM pgflow.start_tasks(:flow, CAST(:ids AS bigint[]), :worker)"
+                ),
+                {"flow": flow_slug, "ids": list(message_ids), "worker": worker_id},
+            )
+            .mappings()
+            .one()
+        )
+        assert task["run_id"] == run_id
+        connection.execute(
+            sa.text(
+                "SELECT * FROM pgflow_python.fail_task(:worker, :run, :step, :index,"
+                " :message, 'ValueError', :traceback, true)"
+            ),
+            {
+                "worker": worker_id,
+                "run": run_id,
+                "step": task["step_slug"],
+                "index": task["task_index"],
+                "message": message,
+                "traceback": traceback,
+            },
+        )
+
+
 def row_cells(page: str, attribute: str, value: str) -> list[str]:
     """The text of each cell of the table row ``<tr attribute="value">``."""
     match = re.search(

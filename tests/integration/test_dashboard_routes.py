@@ -26,6 +26,7 @@ from tests.helpers.dashboard import (
     Fanout,
     Pipeline,
     drive,
+    fail_with_record,
     http_client,
     register,
     row_cells,
@@ -352,7 +353,7 @@ def test_actions_post_with_csrf_and_are_refused_without(engine: Engine) -> None:
         performed.append(run_id)
         return None
 
-    actions = {"poke": RunAction("poke", "Poke", frozenset({"started"}), record)}
+    actions = {"poke": RunAction("poke", "Poke", lambda run: run["status"] == "started", record)}
     run_id = start(engine, "pipeline", {"n": 1})
     app = SecurityHeadersMiddleware(build_app(Dashboard(engine, DashboardSettings(), actions)))
     with http_client(app) as client:
@@ -386,3 +387,44 @@ def test_actions_post_with_csrf_and_are_refused_without(engine: Engine) -> None:
         response = client.post(f"/runs/{run_id}/actions/poke", data={"csrf_token": token})
         assert response.status_code == 403
     assert performed == [run_id]
+
+
+def test_failed_attempts_show_type_message_and_traceback(engine: Engine) -> None:
+    run_id = start(engine, "pipeline", {"n": 1})
+    fail_with_record(
+        engine,
+        "pipeline",
+        run_id,
+        message=f"ValueError: bad row {XSS}",
+        traceback=f'Traceback (most recent call last):\n  File "etl.py", line 3\n{XSS}',
+    )
+    with http_client(create_app(engine)) as client:
+        page = client.get(f"/runs/{run_id}").text
+    assert "1 failed attempt<" in page
+    assert '<span class="mono">ValueError</span>: ValueError: bad row &lt;script&gt;' in page
+    assert "Traceback (most recent call last):\n  File &#34;etl.py&#34;" in page
+    assert 'class="attempt-failed"' in page  # the timeline marks when it failed
+    assert "<script>alert" not in page
+
+
+def test_run_control_actions_cancel_and_resume(engine: Engine) -> None:
+    run_id = start(engine, "pipeline", {"n": 1})
+    with http_client(create_app(engine)) as client:
+        page = client.get(f"/runs/{run_id}").text
+        assert 'data-action="cancel"' in page
+        assert 'data-action="resume"' not in page
+        token = _csrf_token(page)
+        cancelled = client.post(f"/runs/{run_id}/actions/cancel", data={"csrf_token": token})
+        assert cancelled.status_code == 303
+        page = client.get(f"/runs/{run_id}").text
+        assert 'id="run-cancelled"' in page
+        assert "cancelled from the dashboard" in page
+        listed = client.get("/runs", params={"status": "failed"}).text
+        assert row_cells(listed, "data-run-id", str(run_id))[2] == "failed cancelled"
+
+        resumed = client.post(f"/runs/{run_id}/actions/resume", data={"csrf_token": token})
+        assert resumed.status_code == 303
+        assert resumed.headers["location"] == f"/runs/{run_id}"
+        page = client.get(f"/runs/{run_id}").text
+        assert 'data-status="started"' in page
+        assert "resumed 1\N{MULTIPLICATION SIGN}" in page
