@@ -173,9 +173,7 @@ def runs_page(
         _runs.c.completed_at,
         _runs.c.failed_at,
         _cancellations.c.run_id.is_not(None).label("cancelled"),
-    ).select_from(
-        _runs.outerjoin(_cancellations, _cancellations.c.run_id == _runs.c.run_id)
-    )
+    ).select_from(_runs.outerjoin(_cancellations, _cancellations.c.run_id == _runs.c.run_id))
     if run_filter.flow_slug is not None:
         statement = statement.where(_runs.c.flow_slug == run_filter.flow_slug)
     if run_filter.status is not None:
