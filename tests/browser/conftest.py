@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Dialog, Page, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 CHROMIUM = os.environ.get("PGFLOW_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -20,6 +20,10 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# Generous deadlines: an expectation returns as soon as it holds, and CI machines are shared.
+DEADLINE_MS = 60_000
+expect.set_options(timeout=DEADLINE_MS)
+
 INSTALL_HINT = "apt-get install -y chromium  (as root; `make setup` does it when it can)"
 
 
@@ -43,6 +47,7 @@ def browser() -> Iterator[Browser]:
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = context.new_page()
+    opened.set_default_timeout(DEADLINE_MS)
     dialogs: list[str] = []
 
     def refuse(dialog: Dialog) -> None:

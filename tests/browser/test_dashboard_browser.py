@@ -26,7 +26,7 @@ from tests.helpers.dashboard import (
     worker_in_thread,
 )
 
-TIMEOUT_MS = 20_000
+TIMEOUT_MS = 60_000
 
 
 @pytest.fixture

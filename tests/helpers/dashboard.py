@@ -157,7 +157,7 @@ def drive(
 ) -> dict[str, Any]:
     """Work the queue through upstream's SQL functions until the run ends."""
     worker_id = sql_only_flow.register_worker(engine, flow_slug, "dashboard_tests")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with engine.connect() as connection:
             run = (
@@ -172,7 +172,7 @@ def drive(
             return dict(run)
         if not sql_only_flow.work_once(engine, flow_slug, handlers, worker_id):
             time.sleep(0.02)
-    raise TimeoutError(f"run {run_id} still started after 30 s")
+    raise TimeoutError(f"run {run_id} still started after 60 s")
 
 
 def fail_with_record(
@@ -243,7 +243,7 @@ def serving(app: ASGIApp) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, name="dashboard-test-server", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the dashboard test server did not start")
@@ -252,11 +252,11 @@ def serving(app: ASGIApp) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=15)
+        thread.join(timeout=60)
 
 
 @contextmanager
 def http_client(app: ASGIApp) -> Iterator[httpx.Client]:
     """An HTTP client on ``app`` served by uvicorn (the real server, streaming included)."""
-    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=15) as client:
+    with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
         yield client

@@ -321,7 +321,7 @@ def test_events_stream_tells_of_the_runs_transitions(engine: Engine) -> None:
     run_id = start(engine, "pipeline", {"n": 1})
     with (
         serving(create_app(engine)) as base_url,
-        httpx.Client(base_url=base_url, timeout=10) as http,
+        httpx.Client(base_url=base_url, timeout=60) as http,
         http.stream("GET", f"/runs/{run_id}/events") as stream,
     ):
         assert stream.headers["content-type"].startswith("text/event-stream")
