@@ -22,17 +22,10 @@ Then ``alembic revision --autogenerate`` writes ``op.create_flow(...)``,
 ``alembic upgrade heads`` installs the schema and the flows. See docs/alembic.md.
 """
 
+from typing import Any
+
 from alembic_pgflow import _compare, _render, _schedules  # noqa: F401  (registers them)
 from alembic_pgflow._compare import plan_operations
-from alembic_pgflow._errors import (
-    FlowConflictError,
-    FlowDiscoveryError,
-    FlowHasRunsError,
-    FlowShapeChangedError,
-    MigrationError,
-    SchemaDowngradeRefusedError,
-    SchemaRevisionError,
-)
 from alembic_pgflow._ops import CreateFlowOp, DropFlowOp, UpdateFlowOptionsOp
 from alembic_pgflow._registry import FlowRegistry, include_flows
 from alembic_pgflow._revisions import (
@@ -44,6 +37,7 @@ from alembic_pgflow._revisions import (
 )
 from alembic_pgflow._schedules import CreateScheduleOp, DropScheduleOp, UpdateScheduleOp
 from alembic_pgflow._schema import DROP_SCHEMA_FLAG
+from pgflow._deprecated import moved_attribute
 
 __all__ = [
     "DROP_SCHEMA_FLAG",
@@ -53,14 +47,7 @@ __all__ = [
     "CreateScheduleOp",
     "DropFlowOp",
     "DropScheduleOp",
-    "FlowConflictError",
-    "FlowDiscoveryError",
-    "FlowHasRunsError",
     "FlowRegistry",
-    "FlowShapeChangedError",
-    "MigrationError",
-    "SchemaDowngradeRefusedError",
-    "SchemaRevisionError",
     "UpdateFlowOptionsOp",
     "UpdateScheduleOp",
     "include_flows",
@@ -69,3 +56,21 @@ __all__ = [
     "process_revision_directives",
     "version_location",
 ]
+
+# The errors this module exported before 0.2 are in alembic_pgflow.errors.
+_MOVED = dict.fromkeys(
+    [
+        "FlowConflictError",
+        "FlowDiscoveryError",
+        "FlowHasRunsError",
+        "FlowShapeChangedError",
+        "MigrationError",
+        "SchemaDowngradeRefusedError",
+        "SchemaRevisionError",
+    ],
+    "alembic_pgflow.errors",
+)
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, _MOVED, name)

@@ -16,12 +16,12 @@ from alembic.operations.ops import UpgradeOps
 from alembic.util import PriorityDispatchResult
 
 from alembic_pgflow._diff import FlowDiff, diff_flow
-from alembic_pgflow._errors import FlowShapeChangedError
 from alembic_pgflow._ops import CreateFlowOp, DropFlowOp, UpdateFlowOptionsOp
 from alembic_pgflow._registry import FlowRegistry, Registration, registry_for
 from alembic_pgflow._revisions import schema_head
 from alembic_pgflow._schedules import plan_schedule_operations, read_schedules
 from alembic_pgflow._stored import StoredFlow, create_flow_defaults, read_flows
+from alembic_pgflow.errors import FlowShapeChangedError
 
 # Under Alembic's logger so that the default alembic.ini shows these lines next to its own
 # "Detected added table ..." ones.

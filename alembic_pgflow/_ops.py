@@ -16,13 +16,13 @@ from alembic.operations import MigrateOperation, Operations
 from sqlalchemy.engine import Connection
 
 from alembic_pgflow._diff import diff_flow
-from alembic_pgflow._errors import FlowConflictError, FlowHasRunsError
 from alembic_pgflow._stored import (
     FLOW_OPTIONS,
     STEP_OPTIONS,
     create_flow_defaults,
     read_flows,
 )
+from alembic_pgflow.errors import FlowConflictError, FlowHasRunsError
 from pgflow._sql import query
 from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition, FlowType

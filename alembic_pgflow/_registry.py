@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from alembic import context
 from alembic.config import Config
 
-from alembic_pgflow._errors import FlowDiscoveryError
-from pgflow._loading import FlowImportError, FlowSource, discover, discover_schedules
+from alembic_pgflow.errors import FlowDiscoveryError
+from pgflow._loading import FlowSource, discover, discover_schedules
 from pgflow.definition import FlowDefinition
+from pgflow.errors import FlowImportError
 from pgflow.schedules import Cron
 
 _ATTRIBUTE = "alembic_pgflow.registry"

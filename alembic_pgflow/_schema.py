@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from alembic import context, op
 
-from alembic_pgflow._errors import SchemaDowngradeRefusedError, SchemaRevisionError
+from alembic_pgflow.errors import SchemaDowngradeRefusedError, SchemaRevisionError
 from pgflow.errors import PgflowError
 from pgflow.schema import install
 from pgflow.schema._uninstaller import uninstall

@@ -19,11 +19,12 @@ import anyio.to_thread
 import sqlalchemy as sa
 
 from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
-from pgflow import compile_flow, definition_of, install
-from pgflow._db import create_engine
 from pgflow.client import enqueue, start_flow_and_wait, wait_for_run
+from pgflow.compiler import compile_flow
+from pgflow.dsl import definition_of
 from pgflow.errors import PgflowError
 from pgflow.schedules import Cron, create_schedule, get_schedule
+from pgflow.schema import install
 from pgflow.telemetry import configure_logging
 from pgflow.testing import temporary_database
 from pgflow.worker import Worker, WorkerOptions
@@ -69,7 +70,7 @@ async def main(dashboard: bool) -> None:
     with temporary_database() as url:
         report = install(url)
         print(f"installed the pgflow schema ({len(report.applied)} items, pgmq {report.pgmq_mode})")
-        engine = create_engine(url)
+        engine = sa.create_engine(url)
         with engine.begin() as connection:
             for flow in FLOWS:
                 for statement in compile_flow(definition_of(flow)):

@@ -18,19 +18,18 @@ from pgflow import (
     Context,
     Flow,
     Job,
-    compile_flow,
-    definition_of,
     enqueue,
     get_run,
     get_run_with_states,
-    install,
     map_step,
     start_flow,
     step,
     wait_for_run,
 )
 from pgflow._db import create_engine
-from pgflow.client import RunCancelledError, RunFailedError
+from pgflow.compiler import compile_flow
+from pgflow.dsl import definition_of
+from pgflow.errors import RunCancelledError, RunFailedError
 from pgflow.operations import (
     cancel_run,
     describe_run,
@@ -39,6 +38,7 @@ from pgflow.operations import (
     resume_run,
     retry_run,
 )
+from pgflow.schema import install
 from pgflow.testing import temporary_database
 from pgflow.worker import Worker, WorkerOptions
 

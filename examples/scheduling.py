@@ -13,9 +13,11 @@ import anyio
 import anyio.to_thread
 import sqlalchemy as sa
 
-from pgflow import Context, Flow, Job, compile_flow, definition_of, install, step
+from pgflow import Context, Flow, Job, step
 from pgflow._db import create_engine
 from pgflow.client import wait_for_run
+from pgflow.compiler import compile_flow
+from pgflow.dsl import definition_of
 from pgflow.schedules import (
     Cron,
     create_schedule,
@@ -25,6 +27,7 @@ from pgflow.schedules import (
     sync_schedules,
     trigger_schedule,
 )
+from pgflow.schema import install
 from pgflow.testing import temporary_database
 from pgflow.worker import Worker, WorkerOptions
 

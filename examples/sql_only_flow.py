@@ -153,14 +153,13 @@ def _run_task(engine: Engine, handler: Handler, task: Any) -> None:
 
 
 def main() -> None:
-    from pgflow import install  # noqa: PLC0415
-    from pgflow._db import create_engine  # noqa: PLC0415
+    from pgflow.schema import install  # noqa: PLC0415
     from pgflow.testing import temporary_database  # noqa: PLC0415
 
     with temporary_database() as url:
         report = install(url)
         print(f"installed pgflow schema into {url.database} ({len(report.applied)} items)")
-        engine = create_engine(url)
+        engine = sa.create_engine(url)
         with engine.begin() as connection:
             define_flow(connection, "greeting", GREETING_FLOW)
             run_id = start_run(connection, "greeting", {"name": "  ada lovelace "})

@@ -22,8 +22,6 @@ from pgflow import (
     Context,
     Flow,
     Job,
-    compile_flow,
-    definition_of,
     enqueue,
     get_run,
     get_run_with_states,
@@ -31,7 +29,8 @@ from pgflow import (
     step,
     wait_for_run,
 )
-from pgflow._db import create_engine
+from pgflow.compiler import compile_flow
+from pgflow.dsl import definition_of
 from pgflow.testing import temporary_database
 
 USERS = sa.Table(
@@ -80,7 +79,7 @@ WELCOME_STEPS: dict[str, tuple[list[str], sql_only_flow.Handler]] = {
 
 def main() -> None:
     with temporary_database(install_schema=True) as url:
-        engine = create_engine(url)
+        engine = sa.create_engine(url)
         with engine.begin() as connection:
             USERS.create(connection)
             # In an application, `alembic upgrade heads` registers the flows.

@@ -1,50 +1,23 @@
 """pgflow for Python: Postgres-native workflows.
 
 Flows are DAGs of steps orchestrated inside PostgreSQL by the pgflow SQL core on pgmq queues.
+This module holds the entry points: the DSL, the client calls, the worker, the results and the
+base error. Everything else is imported from its module (``pgflow.errors``, ``pgflow.schema``,
+``pgflow.definition``, ``pgflow.compiler``, ``pgflow.testing``, ...).
+
+Defining a flow imports no database code: the client calls and ``Worker`` are imported on first
+use.
 """
 
-from pgflow.client import (
-    FlowInputError,
-    FlowNotRegisteredError,
-    InputNotJSONError,
-    MapInputNotArrayError,
-    NotAJobError,
-    RunExistsError,
-    RunFailedError,
-    RunTimeoutError,
-    UnknownRunError,
-    enqueue,
-    enqueue_async,
-    get_run,
-    get_run_async,
-    get_run_with_states,
-    get_run_with_states_async,
-    start_flow,
-    start_flow_and_wait,
-    start_flow_and_wait_async,
-    start_flow_async,
-    wait_for_run,
-    wait_for_run_async,
-)
-from pgflow.compiler import compile_flow
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pgflow._deprecated import moved_attribute
 from pgflow.context import Context
-from pgflow.definition import (
-    FlowDefinition,
-    FlowDefinitionError,
-    FlowType,
-    StepDefinition,
-    StepType,
-)
-from pgflow.dsl import Flow, Job, definition_of, map_step, step
-from pgflow.errors import (
-    DatabaseUnavailableError,
-    IncompatibleSchemaError,
-    InsufficientPrivilegeError,
-    NonRetryableError,
-    PgflowError,
-    SchemaError,
-    SchemaFilesError,
-)
+from pgflow.dsl import Flow, Job, map_step, step
+from pgflow.errors import NonRetryableError, PgflowError
 from pgflow.results import (
     Run,
     RunStatus,
@@ -54,62 +27,116 @@ from pgflow.results import (
     StepTask,
     TaskStatus,
 )
-from pgflow.schema import InstallReport, PgmqMode, SchemaStatus, install, status
+
+if TYPE_CHECKING:
+    from pgflow.client import (
+        enqueue,
+        enqueue_async,
+        get_run,
+        get_run_async,
+        get_run_with_states,
+        get_run_with_states_async,
+        start_flow,
+        start_flow_and_wait,
+        start_flow_and_wait_async,
+        start_flow_async,
+        wait_for_run,
+        wait_for_run_async,
+    )
+    from pgflow.worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Context",
-    "DatabaseUnavailableError",
     "Flow",
-    "FlowDefinition",
-    "FlowDefinitionError",
-    "FlowInputError",
-    "FlowNotRegisteredError",
-    "FlowType",
-    "IncompatibleSchemaError",
-    "InputNotJSONError",
-    "InstallReport",
-    "InsufficientPrivilegeError",
     "Job",
-    "MapInputNotArrayError",
     "NonRetryableError",
-    "NotAJobError",
     "PgflowError",
-    "PgmqMode",
     "Run",
-    "RunExistsError",
-    "RunFailedError",
     "RunStatus",
-    "RunTimeoutError",
     "RunWithStates",
-    "SchemaError",
-    "SchemaFilesError",
-    "SchemaStatus",
-    "StepDefinition",
     "StepState",
     "StepStatus",
     "StepTask",
-    "StepType",
     "TaskStatus",
-    "UnknownRunError",
+    "Worker",
     "__version__",
-    "compile_flow",
-    "definition_of",
     "enqueue",
     "enqueue_async",
     "get_run",
     "get_run_async",
     "get_run_with_states",
     "get_run_with_states_async",
-    "install",
     "map_step",
     "start_flow",
     "start_flow_and_wait",
     "start_flow_and_wait_async",
     "start_flow_async",
-    "status",
     "step",
     "wait_for_run",
     "wait_for_run_async",
 ]
+
+# Entry points that need the database stack, imported on first use.
+_LAZY = {
+    "Worker": "pgflow.worker",
+    **dict.fromkeys(
+        [
+            "enqueue",
+            "enqueue_async",
+            "get_run",
+            "get_run_async",
+            "get_run_with_states",
+            "get_run_with_states_async",
+            "start_flow",
+            "start_flow_and_wait",
+            "start_flow_and_wait_async",
+            "start_flow_async",
+            "wait_for_run",
+            "wait_for_run_async",
+        ],
+        "pgflow.client",
+    ),
+}
+
+# Names this module exported before 0.2, and where they live now.
+_MOVED = {
+    "compile_flow": "pgflow.compiler",
+    "definition_of": "pgflow.dsl",
+    **dict.fromkeys(
+        ["FlowDefinition", "FlowType", "StepDefinition", "StepType"], "pgflow.definition"
+    ),
+    **dict.fromkeys(
+        ["InstallReport", "PgmqMode", "SchemaStatus", "install", "status"], "pgflow.schema"
+    ),
+    **dict.fromkeys(
+        [
+            "DatabaseUnavailableError",
+            "FlowDefinitionError",
+            "FlowInputError",
+            "FlowNotRegisteredError",
+            "IncompatibleSchemaError",
+            "InputNotJSONError",
+            "InsufficientPrivilegeError",
+            "MapInputNotArrayError",
+            "NotAJobError",
+            "RunExistsError",
+            "RunFailedError",
+            "RunTimeoutError",
+            "SchemaError",
+            "SchemaFilesError",
+            "UnknownRunError",
+        ],
+        "pgflow.errors",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    return moved_attribute(__name__, _MOVED, name)

@@ -11,15 +11,11 @@ from typing import Any
 
 from pgflow.definition import FlowDefinition
 from pgflow.dsl import Flow, definition_of
-from pgflow.errors import PgflowError
+from pgflow.errors import FlowImportError
 from pgflow.schedules._cron import Cron
 from pgflow.schedules._declared import schedules_of
 
 FlowSource = str | ModuleType | type | FlowDefinition
-
-
-class FlowImportError(PgflowError):
-    """A reference that does not name an importable Flow/Job class, definition or module."""
 
 
 def discover(source: FlowSource) -> list[tuple[FlowDefinition, str]]:

@@ -13,16 +13,12 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-from pgflow.errors import PgflowError
+from pgflow.errors import FlowDefinitionError
 
 SLUG_MAX_LENGTH = 128
 RESERVED_SLUGS = frozenset({"run"})
 _SLUG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _INT4_MAX = 2**31 - 1
-
-
-class FlowDefinitionError(PgflowError, ValueError):
-    """A flow or job definition that pgflow would reject; the message says what to change."""
 
 
 class StepType(StrEnum):

@@ -19,13 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
-from pgflow.definition import (
-    FlowDefinition,
-    FlowDefinitionError,
-    FlowType,
-    StepDefinition,
-    StepType,
-)
+from pgflow.definition import FlowDefinition, FlowType, StepDefinition, StepType
+from pgflow.errors import FlowDefinitionError
 
 if TYPE_CHECKING:
     from pgflow.schedules import Cron

@@ -1,10 +1,32 @@
-"""Exceptions raised by pgflow. Every error a user can act on says what to do next."""
+"""Every exception pgflow raises, in one module. Each message says what to do next, and is built
+from the fields the exception carries (``flow_slug``, ``run_id``, ...), so code can act on them.
+
+The Alembic plugin's own errors are in :mod:`alembic_pgflow.errors`.
+"""
 
 from __future__ import annotations
+
+import uuid
+
+from pgflow.results import Run, TaskFailure
 
 
 class PgflowError(Exception):
     """Base class of every error raised by pgflow."""
+
+
+# Defining flows
+
+
+class FlowDefinitionError(PgflowError, ValueError):
+    """A flow or job definition that pgflow would reject; the message says what to change."""
+
+
+class FlowImportError(PgflowError):
+    """A reference that does not name an importable Flow/Job class, definition or module."""
+
+
+# The database and the schema
 
 
 class DatabaseUnavailableError(PgflowError):
@@ -29,6 +51,165 @@ class InsufficientPrivilegeError(SchemaError):
 
 class IncompatibleSchemaError(SchemaError):
     """The database holds a pgflow schema this version cannot adopt (older, newer or modified)."""
+
+
+# Workers
+
+
+class FlowNotReadyError(PgflowError):
+    """A flow the worker should serve is missing from the database or has another shape."""
+
+
+# Starting, reading and waiting for runs
+
+
+class FlowNotRegisteredError(PgflowError, LookupError):
+    """The flow is not in ``pgflow.flows`` of this database."""
+
+    def __init__(self, flow_slug: str) -> None:
+        self.flow_slug = flow_slug
+        super().__init__(
+            f"flow {flow_slug!r} is not registered in this database. Register it with a "
+            "migration (`alembic revision --autogenerate`, then `alembic upgrade heads`), or "
+            "run the SQL printed by `pgflow compile your.module:YourFlow`; also check that the "
+            "database URL points at the database your migrations ran on."
+        )
+
+
+class FlowInputError(PgflowError, ValueError):
+    """The flow input cannot be used for this flow."""
+
+
+class InputNotJSONError(FlowInputError, TypeError):
+    """The input is not JSON (raised before the database is touched)."""
+
+    def __init__(self, flow_slug: str, problem: str, fix: str) -> None:
+        self.flow_slug = flow_slug
+        self.problem = problem
+        super().__init__(f"input for flow {flow_slug!r} is not {problem}; {fix}")
+
+
+class MapInputNotArrayError(FlowInputError):
+    """The flow maps over its input (a root map step), so the input must be a JSON array."""
+
+    def __init__(self, flow_slug: str, step_slug: str, got: str) -> None:
+        self.flow_slug = flow_slug
+        self.step_slug = step_slug
+        super().__init__(
+            f"flow {flow_slug!r} maps over its input in step {step_slug!r}, so the input must "
+            f"be a JSON array (a list), got {got}. Pass a list, e.g. [item, ...]."
+        )
+
+
+class NotAJobError(PgflowError, TypeError):
+    """``enqueue`` was given a flow that is not a Job. ``registered`` says whether the database
+    (rather than the class) said so."""
+
+    def __init__(self, flow_slug: str, flow_type: str, *, registered: bool) -> None:
+        self.flow_slug = flow_slug
+        self.flow_type = flow_type
+        if registered:
+            message = (
+                f"flow {flow_slug!r} is registered as a {flow_type}, not a job; start it with "
+                "start_flow() instead of enqueue()"
+            )
+        else:
+            message = (
+                f"{flow_slug!r} is a {flow_type}, not a Job; start it with start_flow() (enqueue "
+                "is for Job classes: class MyJob(Job): def perform(self, input, ctx): ...)"
+            )
+        super().__init__(message)
+
+
+class RunExistsError(PgflowError):
+    """A run with the requested ``run_id`` already exists."""
+
+    def __init__(self, run_id: uuid.UUID) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"a run with id {run_id} already exists; pass a new run_id (or none, for a random one)"
+        )
+
+
+class UnknownRunError(PgflowError, LookupError):
+    """No run with this id is visible (it does not exist, or its transaction did not commit)."""
+
+    def __init__(self, run_id: uuid.UUID) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id} does not exist in this database. If it was started with a Session or "
+            "Connection, commit that transaction before waiting for the run."
+        )
+
+
+class RunFailedError(PgflowError):
+    """The run ended ``failed``; ``step_slug`` and ``error_message`` say where and why, and
+    ``failure`` is the failed attempt's record (with its ``traceback``) when a Python worker ran
+    it. The message ends with that traceback."""
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        step_slug: str | None,
+        error_message: str | None,
+        task_index: int | None = None,
+        attempts: int | None = None,
+        failure: TaskFailure | None = None,
+    ) -> None:
+        self.run = run
+        self.run_id = run.run_id
+        self.step_slug = step_slug
+        self.error_message = error_message
+        self.task_index = task_index
+        self.attempts = attempts
+        self.failure = failure
+        if step_slug is None:
+            detail = "no failed step is recorded (was the run cancelled?)"
+        else:
+            where = f"step {step_slug!r}"
+            if task_index is not None and task_index > 0:
+                where += f" (task {task_index})"
+            tries = f" after {attempts} attempt{'s' * (attempts != 1)}" if attempts else ""
+            detail = f"{where} failed{tries}: {error_message or 'no error message'}"
+            if failure is not None and not failure.retryable:
+                detail += " (not retryable)"
+            if failure is not None and failure.traceback:
+                detail += f"\n\nThe handler's traceback:\n{failure.traceback.rstrip()}"
+        super().__init__(f"run {run.run_id} of flow {run.flow_slug!r} failed: {detail}")
+
+    @property
+    def traceback(self) -> str | None:
+        """The failed attempt's traceback as the worker recorded it (``None``: not recorded)."""
+        return None if self.failure is None else self.failure.traceback
+
+
+class RunCancelledError(RunFailedError):
+    """The run was cancelled (``cancel_run``); ``reason`` is the reason given, if any."""
+
+    def __init__(self, run: Run) -> None:
+        self.reason = run.cancel_reason
+        super().__init__(run, step_slug=None, error_message=run.cancel_reason)
+        because = f": {run.cancel_reason}" if run.cancel_reason else ""
+        self.args = (f"run {run.run_id} of flow {run.flow_slug!r} was cancelled{because}",)
+
+
+class RunTimeoutError(PgflowError, TimeoutError):
+    """The run did not finish within the timeout; it keeps running in the database."""
+
+    def __init__(self, run: Run, timeout: float) -> None:
+        self.run = run
+        self.run_id = run.run_id
+        self.timeout = timeout
+        super().__init__(
+            f"run {run.run_id} of flow {run.flow_slug!r} is still {run.status} after "
+            f"{timeout:g} s; it goes on in the database. Is a worker serving flow "
+            f"{run.flow_slug!r} (`pgflow run-worker`)? Wait again with wait_for_run(), or pass a "
+            "larger timeout."
+        )
+
+
+# Schedules
 
 
 class ScheduleError(PgflowError):

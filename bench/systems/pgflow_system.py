@@ -19,7 +19,10 @@ import structlog
 from bench import flows
 from bench._api import Adapter, Drain, Timed
 from bench._process import WorkerProcess, analyze_filled_tables, measured_drain, wait_until
-from pgflow import compile_flow, definition_of, install, start_flow_and_wait, telemetry
+from pgflow import start_flow_and_wait, telemetry
+from pgflow.compiler import compile_flow
+from pgflow.dsl import definition_of
+from pgflow.schema import install
 from pgflow.worker import Worker, WorkerOptions
 
 MODULE = "bench.systems.pgflow_system"

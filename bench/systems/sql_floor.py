@@ -19,7 +19,7 @@ from bench import flows
 from bench._api import Adapter, Drain, Timed
 from bench._process import analyze_filled_tables
 from bench.systems.pgflow_system import PgflowAdapter, start_runs
-from pgflow import definition_of
+from pgflow.dsl import definition_of
 
 BATCH_SIZE = 50  # as pgflow-python's bench worker
 # The bench flows' handlers, in SQL (bench/flows.py has them in Python), on a claimed task t.

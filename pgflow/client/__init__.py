@@ -6,19 +6,10 @@ With a Session or Connection, starting a run happens in the caller's transaction
 exists only if the caller commits. See docs/starting-flows.md.
 """
 
+from typing import Any
+
+from pgflow._deprecated import moved_attribute
 from pgflow.client._common import AsyncBind, FlowRef, SyncBind
-from pgflow.client._errors import (
-    FlowInputError,
-    FlowNotRegisteredError,
-    InputNotJSONError,
-    MapInputNotArrayError,
-    NotAJobError,
-    RunCancelledError,
-    RunExistsError,
-    RunFailedError,
-    RunTimeoutError,
-    UnknownRunError,
-)
 from pgflow.client._read import (
     get_run,
     get_run_async,
@@ -37,18 +28,8 @@ from pgflow.client._wait import (
 
 __all__ = [
     "AsyncBind",
-    "FlowInputError",
-    "FlowNotRegisteredError",
     "FlowRef",
-    "InputNotJSONError",
-    "MapInputNotArrayError",
-    "NotAJobError",
-    "RunCancelledError",
-    "RunExistsError",
-    "RunFailedError",
-    "RunTimeoutError",
     "SyncBind",
-    "UnknownRunError",
     "enqueue",
     "enqueue_async",
     "get_run",
@@ -64,3 +45,24 @@ __all__ = [
     "wait_for_run",
     "wait_for_run_async",
 ]
+
+# The errors this module exported before 0.2 are in pgflow.errors.
+_MOVED = dict.fromkeys(
+    [
+        "FlowInputError",
+        "FlowNotRegisteredError",
+        "InputNotJSONError",
+        "MapInputNotArrayError",
+        "NotAJobError",
+        "RunCancelledError",
+        "RunExistsError",
+        "RunFailedError",
+        "RunTimeoutError",
+        "UnknownRunError",
+    ],
+    "pgflow.errors",
+)
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, _MOVED, name)

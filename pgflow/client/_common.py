@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from pgflow._db import unavailable
-from pgflow.client._errors import InputNotJSONError, MapInputNotArrayError
 from pgflow.definition import FlowDefinition, StepType
 from pgflow.dsl import Flow, definition_of
+from pgflow.errors import InputNotJSONError, MapInputNotArrayError
 
 SyncBind = Session | Connection | Engine
 AsyncBind = AsyncSession | AsyncConnection | AsyncEngine
@@ -149,20 +149,25 @@ def encode_input(flow_slug: str, value: Any) -> str:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InputNotJSONError(
-            f"input for flow {flow_slug!r} is not JSON: {exc}. Use dict, list, str, int, float, "
-            "bool and None only (convert datetimes, UUIDs, Decimals and sets first)."
+            flow_slug,
+            f"JSON: {exc}",
+            "use dict, list, str, int, float, bool and None only (convert datetimes, UUIDs, "
+            "Decimals and sets first).",
         ) from None
     if _ESCAPED_NUL.search(text):
         raise InputNotJSONError(
-            f"input for flow {flow_slug!r} is not JSON that PostgreSQL can store: it contains "
-            "a NUL character (\\u0000), which jsonb rejects; remove or replace it."
+            flow_slug,
+            "JSON that PostgreSQL can store: it contains a NUL character (\\u0000), which jsonb "
+            "rejects",
+            "remove or replace it.",
         )
     if surrogate := _SURROGATE.search(text):
         raise InputNotJSONError(
-            f"input for flow {flow_slug!r} is not JSON that PostgreSQL can store: it contains "
-            f"a lone surrogate (\\u{ord(surrogate.group()):04x}), which is not a character "
-            "(often text decoded with errors='surrogateescape'); decode it properly or "
-            "replace it."
+            flow_slug,
+            "JSON that PostgreSQL can store: it contains a lone surrogate "
+            f"(\\u{ord(surrogate.group()):04x}), which is not a character (often text decoded "
+            "with errors='surrogateescape')",
+            "decode it properly or replace it.",
         )
     return text
 

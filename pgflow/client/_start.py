@@ -25,15 +25,15 @@ from pgflow.client._common import (
     resolve_flow,
     run_async,
 )
-from pgflow.client._errors import (
+from pgflow.definition import FlowType
+from pgflow.dsl import Job
+from pgflow.errors import (
     FlowNotRegisteredError,
     MapInputNotArrayError,
     NotAJobError,
+    PgflowError,
     RunExistsError,
 )
-from pgflow.definition import FlowType
-from pgflow.dsl import Job
-from pgflow.errors import PgflowError
 
 Delay = float | timedelta
 
@@ -155,10 +155,7 @@ def _prepare_job(
 ) -> tuple[StartRequest, int | None]:
     slug, definition = resolve_flow(job)
     if definition is not None and definition.flow_type is not FlowType.JOB:
-        raise NotAJobError(
-            f"{slug!r} is a flow, not a Job; start it with start_flow() (enqueue is for Job "
-            "classes: class MyJob(Job): def perform(self, input, ctx): ...)"
-        )
+        raise NotAJobError(slug, str(definition.flow_type), registered=False)
     request = prepare_start(job, input, run_id, idempotency_key)
     # A bare slug: the database checks that it names a job.
     return replace(request, require_job=definition is None), _delay_seconds(delay)
@@ -217,10 +214,7 @@ def _start_run(
     if row["run_exists"] and request.run_id is not None:
         raise RunExistsError(request.run_id)
     if request.require_job and row["flow_type"] != "job":
-        raise NotAJobError(
-            f"flow {slug!r} is registered as a {row['flow_type']}, not a job; start it with "
-            "start_flow() instead of enqueue()"
-        )
+        raise NotAJobError(slug, row["flow_type"], registered=True)
     if row["root_map_step"] is not None:
         raise MapInputNotArrayError(slug, row["root_map_step"], json_kind(request.input))
     raise PgflowError(f"pgflow.start_flow returned no run for flow {slug!r}")

@@ -33,15 +33,15 @@ from pgflow.client._common import (
     async_engine_of,
     engine_of,
 )
-from pgflow.client._errors import (
+from pgflow.client._read import read_run
+from pgflow.client._start import prepare_start, start_run
+from pgflow.errors import (
+    DatabaseUnavailableError,
     RunCancelledError,
     RunFailedError,
     RunTimeoutError,
     UnknownRunError,
 )
-from pgflow.client._read import read_run
-from pgflow.client._start import prepare_start, start_run
-from pgflow.errors import DatabaseUnavailableError
 from pgflow.results import Run, RunStatus, TaskFailure
 
 DEFAULT_TIMEOUT = 60.0

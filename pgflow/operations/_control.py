@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from pgflow._sql import query
 from pgflow.client._common import AsyncBind, RunId, SyncBind, as_run_id, connection_for, run_async
-from pgflow.client._errors import UnknownRunError
+from pgflow.errors import UnknownRunError
 from pgflow.operations._results import (
     CancelOutcome,
     CancelResult,

@@ -27,8 +27,13 @@ from pgflow.client._common import (
     resolve_flow,
     run_async,
 )
-from pgflow.client._errors import FlowNotRegisteredError, MapInputNotArrayError
-from pgflow.errors import InvalidScheduleError, ScheduleError, ScheduleNotFoundError
+from pgflow.errors import (
+    FlowNotRegisteredError,
+    InvalidScheduleError,
+    MapInputNotArrayError,
+    ScheduleError,
+    ScheduleNotFoundError,
+)
 from pgflow.schedules._cron import Cron, Missed, validate_name
 from pgflow.schedules._declared import schedules_of
 from pgflow.schedules._firing import cron_from_row, fire

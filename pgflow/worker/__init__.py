@@ -1,17 +1,18 @@
 """The anyio worker: ``Worker([MyFlow], engine).run()`` or ``await worker.serve()``."""
 
-from pgflow.errors import WorkerCrashedError
+from typing import Any
+
+from pgflow._deprecated import moved_attribute
 from pgflow.worker._options import WorkerOptions
 from pgflow.worker._services import WorkerService
 from pgflow.worker._session import ServingSession
-from pgflow.worker._startup import FlowNotReadyError
 from pgflow.worker._worker import Worker
 
-__all__ = [
-    "FlowNotReadyError",
-    "ServingSession",
-    "Worker",
-    "WorkerCrashedError",
-    "WorkerOptions",
-    "WorkerService",
-]
+__all__ = ["ServingSession", "Worker", "WorkerOptions", "WorkerService"]
+
+# The errors this module exported before 0.2 are in pgflow.errors.
+_MOVED = dict.fromkeys(["FlowNotReadyError", "WorkerCrashedError"], "pgflow.errors")
+
+
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, _MOVED, name)

@@ -8,12 +8,8 @@ from sqlalchemy.engine import Engine
 from pgflow import _sql
 from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition
-from pgflow.errors import IncompatibleSchemaError, PgflowError, SchemaError
+from pgflow.errors import FlowNotReadyError, IncompatibleSchemaError, SchemaError
 from pgflow.schema import status
-
-
-class FlowNotReadyError(PgflowError):
-    """A flow the worker should serve is missing from the database or has another shape."""
 
 
 def check_schema(engine: Engine) -> None:

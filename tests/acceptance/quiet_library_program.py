@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from pgflow import Flow, RunFailedError, step
+from pgflow import Flow, step
+from pgflow.errors import RunFailedError
 from pgflow.testing import run_flow_inline
 
 

@@ -8,7 +8,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pgflow import definition_of, start_flow
+from pgflow import start_flow
+from pgflow.dsl import definition_of
 from tests.helpers.database import register_flows
 from tests.helpers.interop_flows import Interop
 from tests.helpers.node import node_worker, typescript_compile

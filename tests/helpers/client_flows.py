@@ -16,9 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 import sql_only_flow
-from pgflow import definition_of
 from pgflow.context import Context
-from pgflow.dsl import Flow, Job, map_step, step
+from pgflow.dsl import Flow, Job, definition_of, map_step, step
 
 # The flows' methods are what a worker would run; the driver runs these raw-protocol handlers,
 # which get upstream 0.8.1's task input: a root step {"run": input}, a dependent

@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from alembic_pgflow import FlowHasRunsError, SchemaDowngradeRefusedError
-from pgflow import install
+from alembic_pgflow.errors import FlowHasRunsError, SchemaDowngradeRefusedError
+from pgflow.schema import install
 from pgflow.testing import temporary_database
 from tests.helpers import database
 from tests.helpers.alembic_project import (

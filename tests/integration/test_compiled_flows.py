@@ -10,8 +10,8 @@ from sqlalchemy.engine import Engine
 
 import sql_only_flow
 from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
-from pgflow import definition_of
 from pgflow.definition import StepType
+from pgflow.dsl import definition_of
 from tests.helpers.database import register_flows
 
 

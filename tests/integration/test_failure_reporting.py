@@ -10,8 +10,9 @@ import anyio.to_thread
 import pytest
 from sqlalchemy.engine import Engine
 
-from pgflow import Flow, NonRetryableError, RunFailedError, start_flow_and_wait, step
+from pgflow import Flow, NonRetryableError, start_flow_and_wait, step
 from pgflow.client import get_run_with_states
+from pgflow.errors import RunFailedError
 from tests.helpers.database import register_flows
 from tests.helpers.workers import EventLog, running_worker
 

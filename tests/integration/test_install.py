@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from pgflow import IncompatibleSchemaError, PgmqMode, SchemaError, install, status
 from pgflow._db import create_engine
 from pgflow._devserver import DevServer
-from pgflow.schema import _pgmq, _sources
+from pgflow.errors import IncompatibleSchemaError, SchemaError
+from pgflow.schema import PgmqMode, _pgmq, _sources, install, status
 from tests.helpers import database
 
 EVERYTHING = 1 + 1 + 12 + len(_sources.extension_migrations())  # pgmq, shim, upstream, ours

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 import pgflow.otel
 from pgflow import Flow, NonRetryableError, start_flow, step
-from pgflow.client import FlowNotRegisteredError
+from pgflow.errors import FlowNotRegisteredError
 from tests.helpers.database import register_flows
 from tests.helpers.workers import running_worker, wait_until_finished
 

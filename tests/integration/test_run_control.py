@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import sql_only_flow
-from pgflow import Flow, definition_of, get_run, get_run_with_states, map_step, start_flow, step
-from pgflow.client import RunCancelledError, UnknownRunError, wait_for_run
+from pgflow import Flow, get_run, get_run_with_states, map_step, start_flow, step
+from pgflow.client import wait_for_run
+from pgflow.dsl import definition_of
+from pgflow.errors import RunCancelledError, UnknownRunError
 from pgflow.operations import (
     CancelOutcome,
     ResumeOutcome,

@@ -8,10 +8,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 import sql_only_flow
-from pgflow import Flow, get_run, install, start_flow, step
+from pgflow import Flow, get_run, start_flow, step
 from pgflow._db import create_engine
 from pgflow.operations import cancel_run, resume_run
-from pgflow.schema import _sources
+from pgflow.schema import _sources, install
 from tests.helpers.database import register_flows
 
 RUN_CONTROL = "0020_run_control.sql"

@@ -14,16 +14,14 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
-from pgflow import (
-    Flow,
+from pgflow import Flow, Job, map_step, start_flow, step
+from pgflow.errors import (
     FlowNotRegisteredError,
-    Job,
+    InvalidScheduleError,
     MapInputNotArrayError,
-    map_step,
-    start_flow,
-    step,
+    ScheduleError,
+    ScheduleNotFoundError,
 )
-from pgflow.errors import InvalidScheduleError, ScheduleError, ScheduleNotFoundError
 from pgflow.operations import list_runs
 from pgflow.schedules import (
     Cron,

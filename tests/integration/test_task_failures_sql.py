@@ -14,7 +14,8 @@ import pytest
 from psycopg.rows import dict_row
 from sqlalchemy.engine import URL, Engine
 
-from pgflow.client import RunFailedError, get_run_with_states, get_task_failures, wait_for_run
+from pgflow.client import get_run_with_states, get_task_failures, wait_for_run
+from pgflow.errors import RunFailedError
 
 Db = psycopg.Connection[dict[str, Any]]
 TRACEBACK = 'Traceback (most recent call last):\n  File "flows.py", line 3\nValueError: bad\n'

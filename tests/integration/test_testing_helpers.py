@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from myapp.flows import AnalyzeWebsite, Thumbnails
 from pgflow import Context, Flow, step, telemetry
-from pgflow.client import RunFailedError
+from pgflow.errors import RunFailedError
 from pgflow.testing import call_step, run_flow_inline
 
 

@@ -17,7 +17,8 @@ from sqlalchemy.engine import Engine
 
 from myapp.flows import AnalyzeWebsite, SendEmail, Thumbnails
 from pgflow import Context, Flow, _sql, map_step, step
-from pgflow.worker import FlowNotReadyError, Worker
+from pgflow.errors import FlowNotReadyError
+from pgflow.worker import Worker
 from tests.helpers.database import register_flows
 from tests.helpers.workers import (
     EventLog,

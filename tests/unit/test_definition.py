@@ -7,13 +7,8 @@ from typing import Any
 
 import pytest
 
-from pgflow.definition import (
-    FlowDefinition,
-    FlowDefinitionError,
-    FlowType,
-    StepDefinition,
-    StepType,
-)
+from pgflow.definition import FlowDefinition, FlowType, StepDefinition, StepType
+from pgflow.errors import FlowDefinitionError
 
 
 def flow(*steps: StepDefinition, slug: str = "f", **options: Any) -> FlowDefinition:

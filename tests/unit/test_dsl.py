@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from pgflow.context import Context
-from pgflow.definition import FlowDefinitionError, FlowType, StepDefinition, StepType
+from pgflow.definition import FlowType, StepDefinition, StepType
 from pgflow.dsl import Flow, Job, definition_of, map_step, step
+from pgflow.errors import FlowDefinitionError
 
 
 class AnalyzeWebsite(Flow, slug="analyze_website", max_attempts=3, base_delay=1, timeout=60):

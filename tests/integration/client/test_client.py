@@ -13,17 +13,10 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session
 
 from pgflow import (
-    FlowInputError,
-    FlowNotRegisteredError,
-    InputNotJSONError,
-    MapInputNotArrayError,
-    NotAJobError,
     PgflowError,
-    RunExistsError,
     RunStatus,
     StepStatus,
     TaskStatus,
-    definition_of,
     enqueue,
     get_run,
     get_run_with_states,
@@ -31,6 +24,15 @@ from pgflow import (
     wait_for_run,
 )
 from pgflow._db import create_engine
+from pgflow.dsl import definition_of
+from pgflow.errors import (
+    FlowInputError,
+    FlowNotRegisteredError,
+    InputNotJSONError,
+    MapInputNotArrayError,
+    NotAJobError,
+    RunExistsError,
+)
 from tests.helpers.client_flows import (
     FALSY_HANDLERS,
     GREETING_HANDLERS,

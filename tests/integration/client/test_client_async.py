@@ -13,13 +13,8 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from pgflow import (
-    FlowNotRegisteredError,
-    MapInputNotArrayError,
-    RunFailedError,
     RunStatus,
-    RunTimeoutError,
     StepStatus,
-    UnknownRunError,
     enqueue_async,
     get_run,
     get_run_async,
@@ -27,6 +22,13 @@ from pgflow import (
     start_flow_and_wait_async,
     start_flow_async,
     wait_for_run_async,
+)
+from pgflow.errors import (
+    FlowNotRegisteredError,
+    MapInputNotArrayError,
+    RunFailedError,
+    RunTimeoutError,
+    UnknownRunError,
 )
 from tests.helpers.client_flows import (
     GREETING_HANDLERS,

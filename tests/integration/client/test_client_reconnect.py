@@ -18,7 +18,6 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pgflow import (
-    DatabaseUnavailableError,
     Run,
     RunStatus,
     start_flow,
@@ -29,6 +28,7 @@ from pgflow import (
     wait_for_run_async,
 )
 from pgflow._db import create_engine
+from pgflow.errors import DatabaseUnavailableError
 from pgflow.schema import install
 from tests.helpers.client_flows import GREETING_HANDLERS, Greeting, driving, waiter_is_waiting
 from tests.helpers.database import register_flows

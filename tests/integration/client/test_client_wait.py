@@ -10,17 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from pgflow import (
-    RunFailedError,
-    RunStatus,
-    RunTimeoutError,
-    UnknownRunError,
-    get_run,
-    start_flow,
-    start_flow_and_wait,
-    wait_for_run,
-)
+from pgflow import RunStatus, get_run, start_flow, start_flow_and_wait, wait_for_run
 from pgflow._db import create_engine
+from pgflow.errors import RunFailedError, RunTimeoutError, UnknownRunError
 from tests.helpers.client_flows import (
     GREETING_HANDLERS,
     Fragile,

@@ -1,4 +1,4 @@
-"""Errors of the Alembic plugin.
+"""Every exception the Alembic plugin raises (the rest of pgflow's are in :mod:`pgflow.errors`).
 
 Each is also an Alembic ``CommandError``, so the ``alembic`` command prints the message as
 ``FAILED: ...`` instead of a traceback: these are decisions for the user, not crashes.
