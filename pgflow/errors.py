@@ -209,6 +209,13 @@ class RunTimeoutError(PgflowError, TimeoutError):
         )
 
 
+# The dashboard
+
+
+class UnsafeBindError(PgflowError):
+    """Binding a non-loopback address with no authentication configured."""
+
+
 # Schedules
 
 

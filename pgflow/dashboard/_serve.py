@@ -13,11 +13,7 @@ from pgflow.dashboard._security import (
     auth_from_environment,
     is_loopback,
 )
-from pgflow.errors import PgflowError
-
-
-class UnsafeBindError(PgflowError):
-    """Binding a non-loopback address with no authentication configured."""
+from pgflow.errors import UnsafeBindError
 
 
 def serve(
