@@ -60,6 +60,12 @@ class FlowNotReadyError(PgflowError):
     """A flow the worker should serve is missing from the database or has another shape."""
 
 
+class ConnectionLost(PgflowError):
+    """A worker store could not reach the database, or the connection broke during the call
+    (see :mod:`pgflow.worker._store`). For a call that changes data the outcome is unknown: it
+    may or may not have committed."""
+
+
 # Starting, reading and waiting for runs
 
 

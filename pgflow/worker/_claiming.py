@@ -15,9 +15,10 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from pgflow import telemetry
+from pgflow.errors import ConnectionLost
 from pgflow.worker._executor import describe
 from pgflow.worker._session import ServedFlow, ServingSession
-from pgflow.worker._store import ClaimedTask, ConnectionLost
+from pgflow.worker._store import ClaimedTask
 
 Claimed = tuple[ServedFlow, ClaimedTask]
 

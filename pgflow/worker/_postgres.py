@@ -22,11 +22,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgflow import _sql, _tracing
+from pgflow.errors import ConnectionLost
 from pgflow.worker._executor import Failed
 from pgflow.worker._store import (
     ClaimedTask,
     CompletionRecorded,
-    ConnectionLost,
     EndedRun,
     FailureRecorded,
     HeartbeatReply,

@@ -25,8 +25,9 @@ import anyio
 import anyio.lowlevel
 
 from pgflow import telemetry
+from pgflow.errors import ConnectionLost
 from pgflow.worker._executor import Completed, Failed, Outcome, describe, sanitize
-from pgflow.worker._store import ClaimedTask, ConnectionLost, WorkerStore
+from pgflow.worker._store import ClaimedTask, WorkerStore
 
 _BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 T = TypeVar("T")

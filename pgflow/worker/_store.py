@@ -23,13 +23,6 @@ if TYPE_CHECKING:
     from pgflow.worker._executor import Failed
 
 
-class ConnectionLost(Exception):
-    """The database could not be reached, or the connection broke during the call.
-
-    For a call that changes data the outcome is unknown: it may or may not have committed.
-    """
-
-
 @dataclass(frozen=True, slots=True)
 class ClaimedTask:
     flow_slug: str

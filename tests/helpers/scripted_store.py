@@ -12,11 +12,11 @@ from typing import Any
 
 import anyio
 
+from pgflow.errors import ConnectionLost
 from pgflow.worker._executor import Failed
 from pgflow.worker._store import (
     ClaimedTask,
     CompletionRecorded,
-    ConnectionLost,
     FailureRecorded,
     HeartbeatReply,
     RecoveredTask,
