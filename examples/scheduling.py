@@ -14,7 +14,6 @@ import anyio.to_thread
 import sqlalchemy as sa
 
 from pgflow import Context, Flow, Job, step
-from pgflow._db import create_engine
 from pgflow.client import wait_for_run
 from pgflow.compiler import compile_flow
 from pgflow.dsl import definition_of
@@ -89,7 +88,7 @@ def operate(engine: sa.Engine) -> None:
 async def main() -> None:
     with temporary_database() as url:
         install(url)
-        engine = create_engine(url)
+        engine = sa.create_engine(url)
         with engine.begin() as connection:  # what a migration would apply
             for flow in (NightlyReport, Digest):
                 for statement in compile_flow(definition_of(flow)):

@@ -21,7 +21,12 @@ from pgflow import _db, telemetry
 from pgflow._loading import flow_classes, load_definitions
 from pgflow._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from pgflow.compiler import compile_flow
-from pgflow.errors import DatabaseUnavailableError, InvalidDatabaseURLError, PgflowError
+from pgflow.errors import (
+    BadOptionsError,
+    DatabaseUnavailableError,
+    InvalidDatabaseURLError,
+    PgflowError,
+)
 from pgflow.operations._cli import add_commands as add_operations_commands
 from pgflow.schedules._cli import schedules_command
 from pgflow.schema import PgmqMode, install, status
@@ -29,10 +34,6 @@ from pgflow.schema import PgmqMode, install, status
 EXIT_SCHEMA_PROBLEM = 1
 EXIT_USAGE = 2
 EXIT_NO_DATABASE = 3
-
-
-class BadOptionsError(PgflowError):
-    """Options that click accepted one by one but that do not work together."""
 
 
 P = ParamSpec("P")

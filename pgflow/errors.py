@@ -26,6 +26,10 @@ class FlowImportError(PgflowError):
     """A reference that does not name an importable Flow/Job class, definition or module."""
 
 
+class BadOptionsError(PgflowError):
+    """Options accepted one by one that do not work together (the CLI names them as flags)."""
+
+
 # The database and the schema
 
 
