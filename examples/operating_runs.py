@@ -26,7 +26,6 @@ from pgflow import (
     step,
     wait_for_run,
 )
-from pgflow._db import create_engine
 from pgflow.compiler import compile_flow
 from pgflow.dsl import definition_of
 from pgflow.errors import RunCancelledError, RunFailedError
@@ -149,7 +148,7 @@ def operate(engine: sa.Engine) -> None:
 async def main() -> None:
     with temporary_database() as url:
         install(url)
-        engine = create_engine(url)
+        engine = sa.create_engine(url)
         with engine.begin() as connection:  # what a migration would apply
             for flow in (Checkout, Export, Notify):
                 for statement in compile_flow(definition_of(flow)):
