@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import traceback
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeGuard
 
 from pgflow.definition import FlowDefinition
 from pgflow.dsl import Flow, definition_of
@@ -26,7 +26,7 @@ def discover(source: FlowSource) -> list[tuple[FlowDefinition, str]]:
         return discover(_import_reference(source))
     if isinstance(source, ModuleType):
         return _definitions_in_module(source)
-    if isinstance(source, type) and "__pgflow_definition__" in vars(source):
+    if is_concrete_flow_class(source):
         return [(definition_of(source), _qualname(source))]
     raise FlowImportError(f"{source!r} is not a concrete pgflow Flow or Job class, nor a module")
 
@@ -74,23 +74,37 @@ def _import_reference(reference: str) -> Any:
 
 
 def _definitions_in_module(module: ModuleType) -> list[tuple[FlowDefinition, str]]:
-    prefix = module.__name__ + "."
-    found = []
-    for name, value in vars(module).items():
-        if isinstance(value, FlowDefinition):
-            found.append((value, f"{module.__name__}.{name}"))
-        elif (
-            isinstance(value, type)
-            and issubclass(value, Flow)
-            and "__pgflow_definition__" in vars(value)
-            # defined here or in a submodule (a package re-exporting its flows), not imported
-            and (value.__module__ == module.__name__ or value.__module__.startswith(prefix))
-        ):
-            found.append((definition_of(value), _qualname(value)))
+    found = [
+        (value, f"{module.__name__}.{name}")
+        for name, value in vars(module).items()
+        if isinstance(value, FlowDefinition)
+    ]
+    found += [(definition_of(cls), _qualname(cls)) for cls in _flow_classes_defined_in(module)]
     if not found:
         # For autogenerate, registering nothing would make every flow of the module look removed.
         raise FlowImportError(f"module {module.__name__!r} defines no concrete Flow or Job class")
     return found
+
+
+def is_concrete_flow_class(value: object) -> TypeGuard[type[Flow]]:
+    """A Flow or Job subclass with its own definition (not ``Flow``, ``Job`` or a base class)."""
+    return (
+        isinstance(value, type)
+        and issubclass(value, Flow)
+        and "__pgflow_definition__" in vars(value)
+    )
+
+
+def _flow_classes_defined_in(module: ModuleType) -> list[type[Flow]]:
+    """Concrete flow classes defined in the module or a submodule (a package re-exporting its
+    flows), not ones it imported from elsewhere."""
+    prefix = module.__name__ + "."
+    return [
+        value
+        for value in vars(module).values()
+        if is_concrete_flow_class(value)
+        and (value.__module__ == module.__name__ or value.__module__.startswith(prefix))
+    ]
 
 
 def _qualname(cls: type) -> str:
@@ -100,24 +114,10 @@ def _qualname(cls: type) -> str:
 def flow_classes(reference: str) -> list[type[Flow]]:
     """The Flow/Job classes a ``module`` or ``module:Class`` reference names (for workers)."""
     target = _import_reference(reference)
-    if (
-        isinstance(target, type)
-        and issubclass(target, Flow)
-        and "__pgflow_definition__" in vars(target)
-    ):
+    if is_concrete_flow_class(target):
         return [target]
-    if isinstance(target, ModuleType):
-        prefix = target.__name__ + "."
-        classes = [
-            value
-            for value in vars(target).values()
-            if isinstance(value, type)
-            and issubclass(value, Flow)
-            and "__pgflow_definition__" in vars(value)
-            and (value.__module__ == target.__name__ or value.__module__.startswith(prefix))
-        ]
-        if classes:
-            return classes
+    if isinstance(target, ModuleType) and (classes := _flow_classes_defined_in(target)):
+        return classes
     raise FlowImportError(f"{reference!r} names no concrete Flow or Job class")
 
 
@@ -126,16 +126,8 @@ def discover_schedules(source: FlowSource) -> list[tuple[Cron, str]]:
     ``FlowDefinition`` declares none)."""
     target = _import_reference(source) if isinstance(source, str) else source
     if isinstance(target, ModuleType):
-        prefix = target.__name__ + "."
-        classes = [
-            value
-            for value in vars(target).values()
-            if isinstance(value, type)
-            and issubclass(value, Flow)
-            and "__pgflow_definition__" in vars(value)
-            and (value.__module__ == target.__name__ or value.__module__.startswith(prefix))
-        ]
-    elif isinstance(target, type) and "__pgflow_definition__" in vars(target):
+        classes = _flow_classes_defined_in(target)
+    elif is_concrete_flow_class(target):
         classes = [target]
     else:
         classes = []
