@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+# Part of the store interface, defined with the other errors.
+from pgflow.errors import ConnectionLost as ConnectionLost  # noqa: PLC0414 (re-export)
+
 if TYPE_CHECKING:
     from pgflow.worker._executor import Failed
 
