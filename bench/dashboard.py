@@ -29,9 +29,12 @@ import sqlalchemy as sa
 import uvicorn
 from sqlalchemy.engine import URL, Engine
 
-from pgflow import Context, Flow, Job, compile_flow, definition_of, install, map_step, step
+from pgflow import Context, Flow, Job, map_step, step
 from pgflow._db import create_engine, normalize_url
+from pgflow.compiler import compile_flow
 from pgflow.dashboard import create_app
+from pgflow.dsl import definition_of
+from pgflow.schema import install
 from pgflow.testing import temporary_database
 
 

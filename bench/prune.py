@@ -28,8 +28,10 @@ import sqlalchemy as sa
 from bench import flows
 from bench._process import WorkerProcess
 from bench.systems.pgflow_system import COMPLETED_RUNS, MODULE, PgflowAdapter, start_runs
-from pgflow import Flow, compile_flow, definition_of, map_step, step
+from pgflow import Flow, map_step, step
 from pgflow._db import create_engine
+from pgflow.compiler import compile_flow
+from pgflow.dsl import definition_of
 from pgflow.operations import prune
 from pgflow.testing import temporary_database
 
