@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +39,11 @@ from pgflow.testing import temporary_database
 ELEMENTS = 9
 TASKS_PER_RUN = ELEMENTS + 1
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BACKLOG_CHUNK = 10_000
+
+
+def progress(message: str) -> None:
+    print(f"{datetime.now(UTC):%H:%M:%S} {message}", file=sys.stderr, flush=True)
 
 
 class Archived(Flow, slug="bench_archived"):
@@ -138,9 +144,20 @@ def prepare(url: str, tasks: int, backlog: int) -> dict[str, Any]:
             " pgmq.a_bench_archived"
         )
     filled = time.perf_counter() - began
-    start_runs(url, definition_of(flows.Noop).slug, backlog)
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute("ANALYZE pgflow.runs, pgflow.step_states, pgflow.step_tasks")
+    progress(f"filled {runs * TASKS_PER_RUN} finished tasks in {filled:.0f} s")
+    # In chunks, with fresh statistics after the first: plans cached while the queue table was
+    # empty make one huge bulk start quadratic (DESIGN.md, section 5).
+    queued = 0
+    while queued < backlog:
+        chunk = min(BACKLOG_CHUNK, backlog - queued)
+        start_runs(url, definition_of(flows.Noop).slug, chunk)
+        queued += chunk
+        if queued == chunk:
+            with psycopg.connect(url, autocommit=True) as connection:
+                connection.execute(
+                    "ANALYZE pgflow.runs, pgflow.step_states, pgflow.step_tasks, pgmq.q_bench_noop"
+                )
+        progress(f"queued {queued} of {backlog} jobs")
     return {"runs": runs, "tasks": runs * TASKS_PER_RUN, "fill_seconds": round(filled, 1)}
 
 
@@ -149,11 +166,13 @@ def measure(url: str, window: float) -> dict[str, Any]:
     with WorkerProcess(MODULE, "worker", url):
         time.sleep(3.0)  # warm-up: connections, first claims
         before = throughput(url, window)
+        progress(f"worker alone: {before:.0f} jobs/s; pruning")
         done_before = completed_noops(url)
         cpu_began = time.process_time()
         report = prune(engine, older_than=timedelta(days=30))
         prune_cpu = time.process_time() - cpu_began
         during = (completed_noops(url) - done_before) / report.seconds
+        progress(f"pruned in {report.seconds:.1f} s; worker meanwhile: {during:.0f} jobs/s")
         after = throughput(url, window)
         left = backlog_left(url)
     engine.dispose()
