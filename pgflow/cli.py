@@ -29,7 +29,7 @@ from pgflow.errors import (
 )
 from pgflow.operations._cli import add_commands as add_operations_commands
 from pgflow.schedules._cli import schedules_command
-from pgflow.schema import PgmqMode, install, status
+from pgflow.schema import PgmqMode, grant_access, install, status
 
 EXIT_SCHEMA_PROBLEM = 1
 EXIT_USAGE = 2
@@ -136,6 +136,44 @@ def db_status(database_url: str | None, check: bool) -> None:
     click.echo(snapshot.render())
     if check and not snapshot.up_to_date:
         sys.exit(EXIT_SCHEMA_PROBLEM)
+
+
+@db.command("grant")
+@database_url_option
+@click.option("--worker", "workers", multiple=True, metavar="ROLE", help="Role workers run as.")
+@click.option(
+    "--client", "clients", multiple=True, metavar="ROLE", help="Role that starts flows, reads runs."
+)
+@click.option(
+    "--readonly",
+    "readers",
+    multiple=True,
+    metavar="ROLE",
+    help="Role that only reads (dashboards).",
+)
+@_reports_errors
+def db_grant(
+    database_url: str | None,
+    workers: tuple[str, ...],
+    clients: tuple[str, ...],
+    readers: tuple[str, ...],
+) -> None:
+    """Grant roles least-privilege access, including to flows added later. Idempotent.
+
+    Run it as the role that applies migrations (usually the schema's owner): flows that role
+    adds later are covered through its default privileges.
+    """
+    grants = [
+        *((role, "worker") for role in workers),
+        *((role, "client") for role in clients),
+        *((role, "readonly") for role in readers),
+    ]
+    if not grants:
+        raise BadOptionsError(
+            "name at least one role: --worker ROLE, --client ROLE, --readonly ROLE"
+        )
+    for granted in grant_access(_db.url_from_env(database_url), grants):
+        click.echo(granted.render())
 
 
 @main.command("compile")

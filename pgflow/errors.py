@@ -53,6 +53,17 @@ class InsufficientPrivilegeError(SchemaError):
     """The connected role may not make the changes the installer needs."""
 
 
+class WorkerAccessError(InsufficientPrivilegeError):
+    """The worker's role lacks privileges it needs, or cannot open every connection the worker
+    holds; raised at start-up, before ``worker.started``, with each missing item listed."""
+
+
+class RecordingPrivilegeError(InsufficientPrivilegeError):
+    """Recording a task outcome was refused for lack of a privilege (SQLSTATE 42501).
+
+    Not the task's fault: the outcome is kept and retried until a grant fixes the role."""
+
+
 class IncompatibleSchemaError(SchemaError):
     """The database holds a pgflow schema this version cannot adopt (older, newer or modified)."""
 

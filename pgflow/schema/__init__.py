@@ -3,8 +3,17 @@
 Used by ``pgflow db install|status`` and by the Alembic revisions in ``alembic_pgflow``.
 """
 
+from pgflow.schema._grants import Granted, grant_access
 from pgflow.schema._installer import InstallReport, install
 from pgflow.schema._pgmq import PgmqMode
 from pgflow.schema._status import SchemaStatus, status
 
-__all__ = ["InstallReport", "PgmqMode", "SchemaStatus", "install", "status"]
+__all__ = [
+    "Granted",
+    "InstallReport",
+    "PgmqMode",
+    "SchemaStatus",
+    "grant_access",
+    "install",
+    "status",
+]

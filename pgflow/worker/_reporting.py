@@ -27,6 +27,7 @@ import anyio.lowlevel
 from pgflow import telemetry
 from pgflow.errors import ConnectionLost
 from pgflow.worker._executor import Completed, Failed, Outcome, describe, sanitize
+from pgflow.worker._privileges import recording_privilege_error
 from pgflow.worker._store import ClaimedTask, WorkerStore
 
 _BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -182,6 +183,22 @@ class Reporter:
                         **report.fields,
                     )
                 await anyio.sleep(delay)
+            except Exception as exc:
+                # A missing grant is the role's problem, not the task's: keep the outcome and
+                # retry (reports are fenced) until an operator fixes the grant.
+                problem = recording_privilege_error(exc)
+                if problem is None:
+                    raise
+                retry += 1
+                for report in reports:
+                    telemetry.emit(
+                        "task.report_privilege_missing",
+                        level=logging.ERROR,
+                        retry=retry,
+                        error=str(problem),
+                        **report.fields,
+                    )
+                await anyio.sleep(_BACKOFF[-1])
 
 
 def _run_ended(

@@ -1,4 +1,5 @@
-"""Start-up checks: the schema is installed and each flow exists with its class's shape."""
+"""Start-up checks: the schema is installed, each flow exists with its class's shape, and the
+worker's role can open its connections and has the privileges its work needs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition
 from pgflow.errors import FlowNotReadyError, IncompatibleSchemaError, SchemaError
 from pgflow.schema import status
+from pgflow.worker._privileges import check_worker_access
 
 
 def check_schema(engine: Engine) -> None:
@@ -54,3 +56,4 @@ def check_flows(
                     f"(database: {stored}; class: {expected}). Flows are immutable: give the "
                     "class a new slug, or migrate with allow_data_loss (see docs/alembic.md)"
                 )
+    check_worker_access(engine, [definition.slug for definition in definitions])
