@@ -4,11 +4,14 @@
 -- worker   claims, runs and records tasks: reads and writes pgflow's, pgmq's and our tables
 --          (upstream's functions are SECURITY INVOKER: they act with the caller's rights).
 -- client   starts flows and jobs and reads runs: writes runs, step states, tasks, idempotency
---          keys and queue messages; may not delete anything, register workers, define flows or
+--          keys, trace contexts and queue messages; may not delete anything, register workers, define flows or
 --          record task outcomes (that needs DELETE on queues and INSERT on their archives).
 -- readonly reads everything (dashboards with --read-only, reporting); changes nothing.
 --
 -- No role here may create, alter or drop objects: migrations run as the owner.
+-- A table that the client's start path writes must be listed below (in a later extension file
+-- that replaces access_needed); tests/integration/test_worker_access.py starts runs as a client
+-- role and fails when one is missing.
 
 -- One row per (object, privilege) that a role of kind `access` needs, for the objects that exist
 -- now. `queues` limits pgmq's queue tables to those flows (a worker's own); NULL means all.
@@ -59,7 +62,8 @@ BEGIN
                 WHEN t.nsp = 'pgmq' AND t.rel ~ '^q_' THEN ARRAY['SELECT', 'INSERT', 'UPDATE']
                 WHEN (t.nsp, t.rel) IN (('pgflow', 'runs'), ('pgflow', 'step_states'),
                                         ('pgflow', 'step_tasks'),
-                                        ('pgflow_python', 'idempotency_keys'))
+                                        ('pgflow_python', 'idempotency_keys'),
+                                        ('pgflow_python', 'run_trace_contexts'))
                     THEN ARRAY['SELECT', 'INSERT', 'UPDATE']
                 ELSE ARRAY['SELECT']
             END
