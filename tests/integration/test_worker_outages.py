@@ -115,7 +115,7 @@ class Blocking(Job, slug="blocking", max_attempts=3):
 
     async def perform(self, input: Any, ctx: Context) -> str:
         Blocking.runs.append(ctx.attempt)
-        time.sleep(3)
+        time.sleep(4)  # the mistake this test is about: blocking the event loop
         return "done"
 
 
@@ -124,7 +124,7 @@ def sweep_until(url: str, done: threading.Event, recovered: list[Any]) -> None:
     with psycopg.connect(url, autocommit=True) as connection:
         while not done.wait(0.2):
             rows = connection.execute(
-                "SELECT * FROM pgflow_python.recover_stalled_tasks(1, 3)"
+                "SELECT * FROM pgflow_python.recover_stalled_tasks(2, 3)"
             ).fetchall()
             recovered += rows
 
@@ -140,8 +140,8 @@ async def test_a_blocked_event_loop_keeps_heartbeats_going_and_is_reported(
         target=sweep_until, args=(libpq_url(pgflow_engine.url), done, recovered), daemon=True
     )
     options: dict[str, Any] = {
-        "heartbeat_interval": 0.2,
-        "heartbeat_timeout": 1,
+        "heartbeat_interval": 0.3,
+        "heartbeat_timeout": 2,
         "recovery_interval": 60,
     }
     sweeper.start()
