@@ -262,6 +262,7 @@ class Dashboard:
             raise HTTPException(404, "no such run")
         run = detail.run
         step_types = {row["step_slug"]: row["step_type"] for row in detail.step_shapes}
+        depends_on = {row["step_slug"]: list(row["depends_on"]) for row in detail.step_shapes}
         statuses = {row["step_slug"]: row["status"] for row in detail.steps}
         labels = {row["step_slug"]: _step_label(row) for row in detail.steps}
         failures: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -305,6 +306,10 @@ class Dashboard:
                 for row in detail.steps
             ],
             "tasks": tasks,
+            "inputs": {
+                slug: {"is_map": step_types[slug] == "map", "from": deps}
+                for slug, deps in depends_on.items()
+            },
             "tasks_per_step": self.settings.tasks_per_step,
             "dag": _dag.layout(_dag.shapes_from_rows(detail.step_shapes, statuses, labels)),
             "timeline": _charts.timeline(tasks, start=run["started_at"], end=end),

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from playwright.sync_api import Page, expect
 from sqlalchemy.engine import Engine
 
 from pgflow.dashboard import create_app
 from tests.helpers.dashboard import (
     FANOUT_HANDLERS,
+    NOTIFY_HANDLERS,
     PIPELINE_HANDLERS,
     XSS,
     Fanout,
     Gated,
+    Notify,
     Pipeline,
     drive,
+    fail_with_record,
     open_gate,
     register,
     screenshot,
@@ -31,7 +36,7 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture
 def engine(pgflow_engine: Engine) -> Engine:
-    register(pgflow_engine, Pipeline, Fanout, Gated)
+    register(pgflow_engine, Pipeline, Fanout, Gated, Notify)
     return pgflow_engine
 
 
@@ -50,11 +55,25 @@ def _box_fill(page: Page, step_slug: str) -> str:
 
 
 def test_overview_renders_with_data(engine: Engine, base_url: str, page: Page) -> None:
-    for value in range(4):
-        drive(engine, "pipeline", PIPELINE_HANDLERS, start(engine, "pipeline", {"n": value}))
-    drive(engine, "pipeline", PIPELINE_HANDLERS, start(engine, "pipeline", {"boom": "timeout"}))
+    ended = [start(engine, "pipeline", {"n": value}) for value in range(4)]
+    ended.append(start(engine, "pipeline", {"boom": "timeout"}))
+    for run_id in ended:
+        drive(engine, "pipeline", PIPELINE_HANDLERS, run_id)
     drive(engine, "fanout", FANOUT_HANDLERS, start(engine, "fanout", list(range(8))))
+    for value in range(3):
+        drive(engine, "notify", NOTIFY_HANDLERS, start(engine, "notify", {"to": value}))
     start(engine, "pipeline", {"n": "waiting"})
+    # The pipeline's runs ended 0, 2, 4, 6 and 8 hours ago: five bars in the hourly chart.
+    with engine.begin() as connection:
+        for hours, run_id in enumerate(ended):
+            connection.execute(
+                sa.text(
+                    "UPDATE pgflow.runs SET started_at = started_at - :shift,"
+                    " completed_at = completed_at - :shift, failed_at = failed_at - :shift"
+                    " WHERE run_id = :id"
+                ),
+                {"shift": timedelta(hours=2 * hours), "id": run_id},
+            )
 
     page.goto(base_url + "/")
 
@@ -63,8 +82,11 @@ def test_overview_renders_with_data(engine: Engine, base_url: str, page: Page) -
     expect(row.locator("td").nth(1)).to_have_text("6")
     expect(row.locator("td").nth(4)).to_have_text("1")
     expect(row.locator("td").nth(5)).to_have_text("20.0 %")
-    expect(page.locator("svg.chart rect.bar-completed")).to_have_count(1)
+    # Four hours with a completed pipeline run, one of them shared with fanout and notify,
+    # and the hour of the failed one.
+    expect(page.locator("svg.chart rect.bar-completed")).to_have_count(4)
     expect(page.locator("svg.chart rect.bar-failed")).to_have_count(1)
+    expect(page.locator('#stats-jobs tr[data-flow="notify"] td').nth(3)).to_have_text("3")
     screenshot(page, "overview")
 
     page.click('#stats-flows tr[data-flow="fanout"] a')
@@ -112,8 +134,20 @@ def test_run_dag_changes_colour_live_while_a_worker_completes_it(
 
 
 def test_failed_run_shows_its_error(engine: Engine, base_url: str, page: Page) -> None:
-    run_id = start(engine, "pipeline", {"boom": "the disk is full"})
-    drive(engine, "pipeline", PIPELINE_HANDLERS, run_id)
+    run_id = start(engine, "pipeline", {"path": "/var/data/export.csv"})
+    fail_with_record(
+        engine,
+        "pipeline",
+        run_id,
+        message="RuntimeError: the disk is full",
+        error_type="RuntimeError",
+        traceback=(
+            "Traceback (most recent call last):\n"
+            '  File "etl.py", line 12, in fetch\n'
+            "    sink.write(rows)\n"
+            "RuntimeError: the disk is full"
+        ),
+    )
 
     page.goto(f"{base_url}/runs/{run_id}")
 
@@ -122,7 +156,10 @@ def test_failed_run_shows_its_error(engine: Engine, base_url: str, page: Page) -
     expect(page.locator('table.steps tr[data-step="fetch"] pre.error')).to_contain_text(
         "RuntimeError: the disk is full"
     )
-    expect(page.locator('tr[data-task="fetch/0"] pre.error')).to_be_visible()
+    task = page.locator('tr[data-task="fetch/0"]')
+    expect(task.locator("pre.error").first).to_be_visible()
+    task.locator("details.attempts summary").click()
+    expect(task.locator("details.attempts")).to_contain_text('File "etl.py", line 12')
     screenshot(page, "run-failed")
 
 

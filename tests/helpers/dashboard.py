@@ -24,7 +24,7 @@ from starlette.types import ASGIApp
 import sql_only_flow
 from pgflow.compiler import compile_flow
 from pgflow.context import Context
-from pgflow.dsl import Flow, definition_of, map_step, step
+from pgflow.dsl import Flow, Job, definition_of, map_step, step
 from pgflow.worker import Worker, WorkerOptions
 
 XSS = "<script>alert('pwned')</script>"
@@ -117,6 +117,13 @@ def screenshot(page: Any, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"dashboard-{name}.png"), full_page=True)
 
 
+class Notify(Job, slug="notify"):
+    def perform(self, input: Any, ctx: Context) -> Any: ...
+
+
+NOTIFY_HANDLERS = {"perform": lambda task: {"sent": task["run"]}}
+
+
 def _echo(task: dict[str, Any]) -> Any:
     return task["run"]
 
@@ -176,7 +183,13 @@ def drive(
 
 
 def fail_with_record(
-    engine: Engine, flow_slug: str, run_id: uuid.UUID, *, message: str, traceback: str
+    engine: Engine,
+    flow_slug: str,
+    run_id: uuid.UUID,
+    *,
+    message: str,
+    traceback: str,
+    error_type: str = "ValueError",
 ) -> None:
     """Claim the run's first queued task and fail it through pgflow_python.fail_task, which
     keeps a failure record (type, message, traceback) besides upstream's error_message."""
@@ -204,7 +217,7 @@ def fail_with_record(
         connection.execute(
             sa.text(
                 "SELECT * FROM pgflow_python.fail_task(:worker, :run, :step, :index,"
-                " :message, 'ValueError', :traceback, true)"
+                " :message, :error_type, :traceback, true)"
             ),
             {
                 "worker": worker_id,
@@ -212,6 +225,7 @@ def fail_with_record(
                 "step": task["step_slug"],
                 "index": task["task_index"],
                 "message": message,
+                "error_type": error_type,
                 "traceback": traceback,
             },
         )
