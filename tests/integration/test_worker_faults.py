@@ -7,15 +7,19 @@ waste an attempt (defect 5); the next run afterwards proves the worker still ser
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pgflow import Context, Flow, Job, step
+from pgflow.errors import WorkerCrashedError
+from pgflow.worker import ServingSession, Worker
 from pgflow.worker._postgres import PostgresStore
 from pgflow.worker._store import ClaimedTask, ConnectionLost
 from tests.helpers.database import libpq_url, register_flows
@@ -235,3 +239,41 @@ async def test_a_message_whose_task_cannot_start_does_not_block_its_queue(
     assert "exceeds the maximum" in message
     [(rejected, _)] = events.named("task.rejected")
     assert rejected["run_id"] == str(poisoned)
+
+
+class BrokenService:
+    """A background service with a bug: serving must end as a crash."""
+
+    async def run(self, session: ServingSession) -> None:
+        await anyio.sleep(0.5)
+        raise RuntimeError("bug in a service")
+
+
+def worker_backends(engine: Engine) -> list[str]:
+    with engine.begin() as connection:
+        return list(
+            connection.execute(
+                sa.text(
+                    "SELECT application_name FROM pg_stat_activity WHERE datname ="
+                    " current_database() AND application_name LIKE 'pgflow-worker:%'"
+                )
+            ).scalars()
+        )
+
+
+async def test_a_crash_is_logged_raised_and_leaves_no_thread_or_connection_behind(
+    pgflow_engine: Engine, events: EventLog
+) -> None:
+    register_flows(pgflow_engine, Poison)
+    worker = Worker([Poison], pgflow_engine, services=[BrokenService()])
+    with pytest.raises(WorkerCrashedError, match="bug in a service"):
+        await worker.serve()
+    [(crashed, _)] = events.named("worker.crashed")
+    assert crashed["error"] == "RuntimeError: bug in a service"
+    assert not events.named("worker.stopped")
+    # The LISTEN and heartbeat threads end (the LISTEN one used to loop until stop()), and
+    # with them every connection of the worker.
+    deadline = time.monotonic() + 10
+    while backends := worker_backends(pgflow_engine):
+        assert time.monotonic() < deadline, f"still connected: {backends}"
+        await anyio.sleep(0.1)
