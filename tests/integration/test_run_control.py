@@ -7,10 +7,12 @@ driver), so the tests prove that upstream accepts the state we leave.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from typing import Any, cast
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -266,6 +268,22 @@ def test_cancelling_twice_or_a_finished_run_is_a_no_op_result(pgflow_engine: Eng
 
     with pytest.raises(UnknownRunError):
         cancel_run(pgflow_engine, uuid.uuid4())
+
+
+def test_cancel_sends_run_and_step_failed_events(pgflow_engine: Engine) -> None:
+    register(pgflow_engine, Three)
+    run_id = start(pgflow_engine, Three, {"n": 1})
+    claim_all(pgflow_engine, "three")  # "first" is started
+    url = pgflow_engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute("LISTEN pgflow")
+        cancel_run(pgflow_engine, run_id, reason="events")
+        events = [json.loads(n.payload) for n in listener.notifies(timeout=5, stop_after=2)]
+    topic = f"pgflow:run:{run_id}"
+    assert [(e["topic"], e["event"], e["status"]) for e in events] == [
+        (topic, "step:first:failed", "failed"),
+        (topic, "run:failed", "failed"),
+    ]
 
 
 def test_cancel_in_the_callers_transaction_is_undone_by_a_rollback(pgflow_engine: Engine) -> None:
