@@ -15,8 +15,7 @@ from alembic import context, op
 
 from alembic_pgflow.errors import SchemaDowngradeRefusedError, SchemaRevisionError
 from pgflow.errors import PgflowError
-from pgflow.schema import install
-from pgflow.schema._uninstaller import uninstall
+from pgflow.schema import install, uninstall
 
 DROP_SCHEMA_FLAG = "pgflow_drop_schema"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgflow.errors import DatabaseUnavailableError, InvalidDatabaseURLError
 
@@ -80,15 +81,27 @@ def transaction(bind: Bind) -> Iterator[Connection]:
         return
     engine = bind if isinstance(bind, Engine) else create_engine(bind)
     try:
-        try:
-            connection = engine.connect()
-        except sa.exc.OperationalError as exc:
-            raise unavailable(engine.url, exc) from exc
-        with connection, connection.begin():
+        with connect(engine) as connection, connection.begin():
             yield connection
     finally:
         if engine is not bind:
             engine.dispose()
+
+
+def connect(engine: Engine) -> Connection:
+    """``engine.connect()``, or a DatabaseUnavailableError naming the server and the reason."""
+    try:
+        return engine.connect()
+    except sa.exc.OperationalError as exc:
+        raise unavailable(engine.url, exc) from exc
+
+
+async def connect_async(engine: AsyncEngine) -> AsyncConnection:
+    """The async twin of :func:`connect`."""
+    try:
+        return await engine.connect()
+    except sa.exc.OperationalError as exc:
+        raise unavailable(engine.url, exc) from exc
 
 
 def unavailable(url: URL, exc: BaseException) -> DatabaseUnavailableError:

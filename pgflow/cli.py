@@ -29,7 +29,7 @@ from pgflow.errors import (
 )
 from pgflow.operations._cli import add_commands as add_operations_commands
 from pgflow.schedules._cli import schedules_command
-from pgflow.schema import PgmqMode, grant_access, install, status
+from pgflow.schema import PgmqMode, grant_access, install, status, uninstall
 
 EXIT_SCHEMA_PROBLEM = 1
 EXIT_USAGE = 2
@@ -174,6 +174,22 @@ def db_grant(
         )
     for granted in grant_access(_db.url_from_env(database_url), grants):
         click.echo(granted.render())
+
+
+@db.command("uninstall")
+@database_url_option
+@click.option("--yes", is_flag=True, help="Confirm: every flow, run and queue is deleted.")
+@_reports_errors
+def db_uninstall(database_url: str | None, yes: bool) -> None:
+    """Remove what `pgflow db install` installed; keep what it adopted from other tooling."""
+    url = _db.url_from_env(database_url)
+    if not yes:
+        raise BadOptionsError(
+            f"pgflow db uninstall deletes every flow, run and queue in {_db.display_url(url)}; "
+            "run it again with --yes to do it"
+        )
+    uninstall(url)
+    click.echo("pgflow schema removed (what other tooling installed is kept)")
 
 
 @main.command("compile")

@@ -9,12 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from pgflow._db import unavailable
+from pgflow._db import connect, connect_async
 from pgflow.definition import FlowDefinition, StepType
 from pgflow.dsl import Flow, definition_of
 from pgflow.errors import InputNotJSONError, MapInputNotArrayError
@@ -38,11 +37,7 @@ def connection_for(bind: SyncBind) -> Iterator[Connection]:
     elif isinstance(bind, Connection):
         yield bind
     elif isinstance(bind, Engine):
-        try:
-            connection = bind.connect()
-        except sa.exc.OperationalError as exc:
-            raise unavailable(bind.url, exc) from exc
-        with connection, connection.begin():
+        with connect(bind) as connection, connection.begin():
             yield connection
     else:
         raise TypeError(f"expected a Session, Connection or Engine, got {type(bind).__name__}")
@@ -62,10 +57,7 @@ async def run_async(
     if isinstance(bind, AsyncConnection):
         return await bind.run_sync(function, *args, **kwargs)
     if isinstance(bind, AsyncEngine):
-        try:
-            connection = await bind.connect()
-        except sa.exc.OperationalError as exc:
-            raise unavailable(bind.url, exc) from exc
+        connection = await connect_async(bind)
         try:
             async with connection.begin():
                 return await connection.run_sync(function, *args, **kwargs)

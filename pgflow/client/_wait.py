@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgflow import telemetry
-from pgflow._db import display_url, unavailable
+from pgflow._db import connect, connect_async, display_url, unavailable
 from pgflow._sql import query
 from pgflow.client._common import (
     AsyncBind,
@@ -354,16 +354,12 @@ def _waiting_connection(
 ) -> Iterator[tuple[Connection, psycopg.Connection[Any] | None]]:
     """An autocommit connection (every status check sees the latest commit; notifications are
     only delivered outside transactions), LISTENing if asked."""
-    try:
-        pooled = engine.connect()
-    except sa.exc.OperationalError as exc:
-        raise unavailable(engine.url, exc) from exc
-    with pooled:
+    with connect(engine) as pooled:
         connection = pooled.execution_options(isolation_level="AUTOCOMMIT")
         if not listen:
             yield connection, None
             return
-        connection.execute(query("client_listen"))
+        connection.execute(query("listen_for_run_events"))
         driver = cast("psycopg.Connection[Any]", connection.connection.driver_connection)
         try:
             yield connection, driver
@@ -377,7 +373,7 @@ def _unlisten(connection: Connection, driver: psycopg.Connection[Any]) -> None:
     if connection.invalidated:
         return
     try:
-        connection.execute(query("client_unlisten"))
+        connection.execute(query("unlisten_run_events"))
         for _ in driver.notifies(timeout=0):
             pass
     except (sa.exc.SQLAlchemyError, psycopg.Error):
@@ -388,16 +384,13 @@ def _unlisten(connection: Connection, driver: psycopg.Connection[Any]) -> None:
 async def _async_waiting_connection(
     engine: AsyncEngine, listen: bool
 ) -> AsyncIterator[tuple[AsyncConnection, psycopg.AsyncConnection[Any] | None]]:
-    try:
-        pooled = await engine.connect()
-    except sa.exc.OperationalError as exc:
-        raise unavailable(engine.url, exc) from exc
+    pooled = await connect_async(engine)
     try:
         connection = await pooled.execution_options(isolation_level="AUTOCOMMIT")
         if not listen:
             yield connection, None
             return
-        await connection.execute(query("client_listen"))
+        await connection.execute(query("listen_for_run_events"))
         raw = await connection.get_raw_connection()
         driver = cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
         try:
@@ -417,7 +410,7 @@ async def _unlisten_async(
     if connection.invalidated:
         return
     try:
-        await connection.execute(query("client_unlisten"))
+        await connection.execute(query("unlisten_run_events"))
         async for _ in driver.notifies(timeout=0):
             pass
     except (sa.exc.SQLAlchemyError, psycopg.Error):

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import anyio
 import psycopg
-from psycopg import sql
 from sqlalchemy.engine import URL
 
-CHANNEL = "pgflow"  # the realtime shim's NOTIFY channel (schema/sql/realtime_shim.sql)
+from pgflow._sql import psycopg_text
+
 RECONNECT_DELAY = 1.0
 
 
@@ -89,7 +89,7 @@ class Broadcaster:
                 continue
             try:
                 async with connection:
-                    await connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    await connection.execute(psycopg_text("listen_for_run_events"))
                     ready.set()
                     # After a reconnect, events may have been missed: tell everyone to refresh.
                     self._dispatch({"event": "resync"})

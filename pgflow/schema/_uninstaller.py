@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
+from pgflow._db import Bind, transaction
 from pgflow._sql import query
 
 
-def uninstall(connection: Connection) -> None:
-    """Remove pgflow-python's schema objects in the connection's transaction (every flow, run
-    and queue of an applied upstream schema goes with them)."""
+def uninstall(bind: Bind) -> None:
+    """Remove what pgflow-python installed, all or nothing: with a ``Connection`` inside the
+    caller's transaction (the Alembic downgrade), with an engine or URL in its own. Every flow,
+    run and queue of a schema it applied goes with it."""
+    with transaction(bind) as connection:
+        connection.execute(query("lock_installer"))
+        _uninstall(connection)
+
+
+def _uninstall(connection: Connection) -> None:
     if not connection.execute(query("bookkeeping_present")).scalar_one():
         return
     how = {row.component: row.how for row in connection.execute(query("installed_items"))}

@@ -138,10 +138,10 @@ WHERE ss.run_id = :run_id
 ORDER BY ss.failed_at, ss.step_slug
 LIMIT 1;
 
--- name: client_listen
--- description: Subscribe this connection to the realtime shim's NOTIFY channel (wakes run waiters).
+-- name: listen_for_run_events
+-- description: Subscribe to the run and step events the realtime shim (realtime_shim.sql) sends; run waiters and the dashboard.
 LISTEN pgflow;
 
--- name: client_unlisten
+-- name: unlisten_run_events
 -- description: Unsubscribe before the connection goes back to the pool.
 UNLISTEN pgflow;

@@ -137,3 +137,24 @@ def test_demo_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "run completed: {'card': {'to': 'Ada Lovelace'" in result.stdout
+
+
+def test_uninstall_asks_for_confirmation_then_removes_what_install_added(
+    pgflow_empty_database: URL,
+) -> None:
+    assert pgflow_cli("db", "install", url=pgflow_empty_database).returncode == 0
+    refused = pgflow_cli("db", "uninstall", url=pgflow_empty_database)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith("run it again with --yes to do it")
+    assert database.schemas(pgflow_empty_database) == {
+        "pgflow",
+        "pgflow_python",
+        "pgmq",
+        "realtime",
+    }
+    removed = pgflow_cli("db", "uninstall", "--yes", url=pgflow_empty_database)
+    assert removed.returncode == 0, removed.stderr
+    assert database.schemas(pgflow_empty_database) == set()
+    again = pgflow_cli("db", "install", url=pgflow_empty_database)
+    assert again.returncode == 0, again.stderr
+    assert status(pgflow_empty_database).up_to_date

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pgflow._sql import parse_named_queries, psycopg_text, query_names
+from pgflow._sql import parse_named_queries, psycopg_text, query_names, sql_text
 from pgflow.errors import SchemaFilesError
 from pgflow.schema import _sources
 
@@ -101,3 +102,22 @@ def test_every_shipped_query_file_parses_with_names_unique_across_files() -> Non
     # One from each file: the client's, the worker's, the installer's, the Alembic plugin's.
     assert {"client_start_flow", "claim_tasks", "server_facts", "stored_flows"} <= names
     assert psycopg_text("claim_tasks").count("%(qty)s") >= 1
+
+
+def _listened_channel(query_name: str) -> str:
+    match = re.fullmatch(r"LISTEN (\w+);?", sql_text(query_name).splitlines()[-1].strip())
+    assert match, sql_text(query_name)
+    return match.group(1)
+
+
+def _notified_channels(sql_file: Path) -> set[str]:
+    return set(re.findall(r"pg_notify\('(\w+)'", sql_file.read_text()))
+
+
+def test_listeners_listen_on_the_channels_the_schema_notifies() -> None:
+    schema_sql = ROOT / "pgflow" / "schema" / "sql"
+    wakeups = _notified_channels(schema_sql / "extension" / "0003_worker_wakeups.sql")
+    assert wakeups == {_listened_channel("listen_for_wakeups")}
+    run_events = _notified_channels(schema_sql / "realtime_shim.sql")
+    assert run_events == {_listened_channel("listen_for_run_events")}
+    assert sql_text("unlisten_run_events").splitlines()[-1] == f"UNLISTEN {run_events.pop()};"
