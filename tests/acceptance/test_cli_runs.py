@@ -124,10 +124,25 @@ def test_cancel_resume_and_retry_with_exit_codes(
 
 
 def test_prune_and_workers(pgflow_database: URL, runs: dict[str, uuid.UUID]) -> None:
-    workers = json_of(pgflow_database, "workers", "list")
+    # Rows registered by the fixture's drivers, which never heartbeat: alive for an hour.
+    workers = json_of(pgflow_database, "workers", "list", "--stale-after", "3600")
     assert workers
     assert {w["state"] for w in workers} == {"alive"}
     assert {w["queue_name"] for w in workers} == {"greeting"}
+    database.run_sql(
+        pgflow_database,
+        "INSERT INTO pgflow.workers (worker_id, queue_name, function_name, last_heartbeat_at,"
+        " deprecated_at) VALUES"
+        " ('00000000-0000-0000-0000-00000000dead', 'greeting', 'old', now() - interval '2 h',"
+        "  NULL),"
+        " ('00000000-0000-0000-0000-0000000000ff', 'greeting', 'old', now() - interval '2 h',"
+        "  now() - interval '2 h')",
+    )
+    states = {
+        w["worker_id"][-4:]: w["state"]
+        for w in json_of(pgflow_database, "workers", "list", "--stale-after", "3600")
+    }
+    assert (states["dead"], states["00ff"]) == ("dead", "stopped")
 
     preview = json_of(pgflow_database, "prune", "--older-than", "0s", "--dry-run")
     assert preview["dry_run"]
