@@ -1,7 +1,7 @@
 """pgflow-python under the benchmark workloads (bench/flows.py holds the flows).
 
 Worker process: ``python -m bench.systems.pgflow_system worker <url> [--concurrency N]
-[--batch-size N]``.
+[--batch-size N] [--otel]``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -60,8 +61,10 @@ class PgflowAdapter(Adapter):
                     connection.execute(sa.text(statement))
         engine.dispose()
 
+    worker_args: tuple[str, ...] = ()
+
     def _worker(self, url: str) -> WorkerProcess:
-        return WorkerProcess(MODULE, "worker", url)
+        return WorkerProcess(MODULE, "worker", url, *self.worker_args)
 
     def drain(self, url: str, jobs: int, backlog: int) -> Drain:
         start_runs(url, definition_of(flows.Noop).slug, jobs + backlog)
@@ -106,12 +109,73 @@ class PgflowAdapter(Adapter):
         return timings
 
 
+class PgflowOtelAdapter(PgflowAdapter):
+    """The same worker with OpenTelemetry on: what tracing and metrics cost per task."""
+
+    name = "pgflow-python-otel"
+    settings = (
+        PgflowAdapter.settings
+        + "; OpenTelemetry SDK on (pgflow.otel.instrument): task spans through a batch span "
+        "processor, metrics through a 10 s periodic reader with queue gauges, both exported to "
+        "exporters that drop the data"
+    )
+    worker_args = ("--otel",)
+
+
+def instrument_with_sdk(url: str) -> None:
+    """The OpenTelemetry SDK as an application would set it up, minus the network: spans and
+    metrics are produced, batched and exported, and the exporters drop them."""
+    from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import (  # noqa: PLC0415
+        MetricExporter,
+        MetricExportResult,
+        MetricsData,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    import pgflow.otel  # noqa: PLC0415
+
+    class DroppedSpans(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    class DroppedMetrics(MetricExporter):
+        def export(
+            self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+        ) -> MetricExportResult:
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            pass
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(DroppedSpans()))
+    reader = PeriodicExportingMetricReader(DroppedMetrics(), export_interval_millis=10_000)
+    pgflow.otel.instrument(
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        database=url,
+    )
+
+
 def serve(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE} worker")
     parser.add_argument("url")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--otel", action="store_true", help="OpenTelemetry on")
     args = parser.parse_args(argv)
+    if args.otel:
+        instrument_with_sdk(args.url)
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),

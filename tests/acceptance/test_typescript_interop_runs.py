@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pgflow import Flow, start_flow, step
+from pgflow import Flow, NonRetryableError, start_flow, step
+from pgflow.client import get_task_failures
 from tests.helpers.database import register_flows
 from tests.helpers.interop_flows import Interop
 from tests.helpers.node import node_worker, typescript_start
@@ -171,3 +172,73 @@ async def test_a_step_failing_in_python_then_node_then_python_exhausts_max_attem
     assert third - second >= SECOND_RETRY_DELAY - CLOCK_SLACK
     with pgflow_engine.begin() as connection:  # no message left: no worker can try a fourth time
         assert connection.execute(sa.text("SELECT count(*) FROM pgmq.q_relay")).scalar() == 0
+
+
+class Gate(Flow, slug="gate", max_attempts=5, base_delay=1):
+    @step
+    def enrich(self, order: dict[str, int]) -> dict[str, Any]:
+        return {"by": "python", "id": order["id"]}
+
+    @step
+    def check(self, order: dict[str, int]) -> None:
+        raise NonRetryableError(f"order {order['id']} cannot pass")
+
+    @step(depends_on=[enrich, check])
+    def publish(self, deps: dict[str, Any]) -> str:
+        return "published by python"
+
+
+def set_visibility(engine: Engine, run_id: uuid.UUID, step_slug: str, seconds: int) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "SELECT pgmq.set_vt(flow_slug, message_id, :seconds) FROM pgflow.step_tasks"
+                " WHERE run_id = :run_id AND step_slug = :step_slug"
+            ),
+            {"run_id": run_id, "step_slug": step_slug, "seconds": seconds},
+        )
+
+
+async def test_a_non_retryable_error_fails_the_run_while_node_holds_another_step(
+    pgflow_engine: Engine,
+) -> None:
+    register_flows(pgflow_engine, Gate)
+    with pgflow_engine.begin() as connection:
+        run_id = start_flow(connection, Gate, {"id": 9})
+    set_visibility(pgflow_engine, run_id, "check", 3600)  # for Node to take enrich, not check
+    node_report: dict[str, Any] = {}
+
+    async def node_holds_enrich() -> None:
+        node_report.update(
+            await anyio.to_thread.run_sync(
+                lambda: node_worker(
+                    pgflow_engine, "gate", maxTasks=1, slow={"enrich": 15_000}, visibility=120
+                )
+            )
+        )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(node_holds_enrich)
+        deadline = time.monotonic() + 30
+        while tasks_of(pgflow_engine, run_id)[1]["status"] != "started":  # enrich, by Node
+            assert time.monotonic() < deadline, tasks_of(pgflow_engine, run_id)
+            await anyio.sleep(0.05)
+        set_visibility(pgflow_engine, run_id, "check", 0)
+        async with running_worker(pgflow_engine, Gate):
+            run = await wait_until_finished(pgflow_engine, run_id)
+            # Only a failed run stops the Python worker from taking enrich's message.
+            assert run == {"status": "failed", "output": None}
+
+    assert [attempt["step"] for attempt in node_report["attempts"]] == ["enrich"]
+    tasks = {task["step_slug"]: task for task in tasks_of(pgflow_engine, run_id)}
+    assert (tasks["check"]["status"], tasks["check"]["attempts_count"]) == ("failed", 1)
+    assert tasks["check"]["error_message"] == "NonRetryableError: order 9 cannot pass"
+    assert "publish" not in tasks  # never started
+    # Node reported enrich after the run had failed, which upstream ignores: still started.
+    assert (tasks["enrich"]["status"], tasks["enrich"]["output"]) == ("started", None)
+    [failure] = get_task_failures(pgflow_engine, run_id)
+    assert (failure.step_slug, failure.attempt, failure.retryable) == ("check", 1, False)
+    # Node's late report of enrich changed nothing: the run stays failed, nothing is queued.
+    assert (await wait_until_finished(pgflow_engine, run_id))["status"] == "failed"
+    with pgflow_engine.begin() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM pgmq.q_gate")).scalar() == 0

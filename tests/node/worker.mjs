@@ -2,7 +2,9 @@
 // upstream protocol through @pgflow/core's PgflowSqlClient (readMessages -> startTasks ->
 // completeTask/failTask) and exits once the flow has no started runs left.
 //   node worker.mjs <database-url> <flow-slug> [options-json]
-// options: maxSeconds (60), maxTasks (no limit), fail (step slugs whose handler throws).
+// options: maxSeconds (60), maxTasks (no limit), fail (step slugs whose handler throws),
+// slow ({step slug: milliseconds} a handler takes), visibility (seconds a read message is
+// reserved, 5).
 import postgres from 'postgres';
 import { PgflowSqlClient } from '@pgflow/core';
 import { randomUUID } from 'node:crypto';
@@ -17,10 +19,16 @@ const handlers = {
   relay: {
     flaky: (input) => ({ by: 'node', n: input.run.n }),
   },
+  gate: {
+    enrich: (input) => ({ by: 'node', id: input.run.id }),
+    check: () => ({ by: 'node' }),
+    publish: () => 'published by node',
+  },
 };
 
 const [url, flowSlug, optionsJson = '{}'] = process.argv.slice(2);
-const { maxSeconds = 60, maxTasks = Infinity, fail = [] } = JSON.parse(optionsJson);
+const { maxSeconds = 60, maxTasks = Infinity, fail = [], slow = {}, visibility = 5 } =
+  JSON.parse(optionsJson);
 const sql = postgres(url, { max: 2, onnotice: () => {} });
 const client = new PgflowSqlClient(sql);
 const workerId = randomUUID();
@@ -31,13 +39,14 @@ const deadline = Date.now() + maxSeconds * 1000;
 const attempts = [];
 let completed = 0;
 while (Date.now() < deadline && attempts.length < maxTasks) {
-  const messages = await client.readMessages(flowSlug, 5, Math.min(10, maxTasks - attempts.length), 1, 50);
+  const messages = await client.readMessages(flowSlug, visibility, Math.min(10, maxTasks - attempts.length), 1, 50);
   const tasks = messages.length
     ? await client.startTasks(flowSlug, messages.map((m) => m.msg_id), workerId)
     : [];
   for (const task of tasks) {
     attempts.push({ step: task.step_slug, at: Date.now() / 1000 });
     try {
+      if (slow[task.step_slug]) await new Promise((done) => setTimeout(done, slow[task.step_slug]));
       if (fail.includes(task.step_slug)) throw new Error(`node failed ${task.step_slug}`);
       await client.completeTask(task, handlers[flowSlug][task.step_slug](task.input));
       completed += 1;
