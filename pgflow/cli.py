@@ -7,11 +7,10 @@ an unparsable database URL); 3 no database. Errors are one line on stderr, never
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
 import psycopg
@@ -20,6 +19,7 @@ import sqlalchemy as sa
 from pgflow import _db, telemetry
 from pgflow._loading import flow_classes, load_definitions
 from pgflow._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from pgflow._worker_cli import options_from, worker_options
 from pgflow.compiler import compile_flow
 from pgflow.errors import (
     BadOptionsError,
@@ -211,49 +211,7 @@ def compile_command(references: tuple[str, ...]) -> None:
 @main.command("run-worker")
 @click.argument("references", nargs=-1, required=True)
 @database_url_option
-@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option(
-    "--poll-interval",
-    type=click.FloatRange(min=0.01),
-    default=2.0,
-    show_default=True,
-    help="Longest idle wait in seconds when no wake-up arrives.",
-)
-@click.option(
-    "--visibility-timeout",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Seconds a read message is reserved before it is claimed.",
-)
-@click.option("--shutdown-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
-@click.option(
-    "--heartbeat-interval",
-    type=click.FloatRange(min=0.1),
-    default=5.0,
-    show_default=True,
-    help="Seconds between this worker's heartbeats.",
-)
-@click.option(
-    "--heartbeat-timeout",
-    type=click.IntRange(min=1),
-    default=30,
-    show_default=True,
-    help="Seconds of silence after which another worker's tasks are recovered.",
-)
-@click.option(
-    "--recovery-interval",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds between offers to run the stalled-task sweep.",
-)
-@click.option(
-    "--no-scheduler",
-    is_flag=True,
-    help="Do not fire schedules from this worker (others still do; see docs/schedules.md).",
-)
+@worker_options
 @log_format_option
 @log_level_option
 @click.option(
@@ -279,25 +237,20 @@ def run_worker(
     *,
     references: tuple[str, ...],
     database_url: str | None,
-    concurrency: int,
-    batch_size: int,
-    poll_interval: float,
-    visibility_timeout: int,
-    shutdown_timeout: float,
-    heartbeat_interval: float,
-    heartbeat_timeout: int,
-    recovery_interval: float,
-    no_scheduler: bool,
     log_format: str | None,
     log_level: str | None,
     otel: bool,
     metrics_port: int | None,
     metrics_host: str,
     compile_missing: bool,
+    **worker_settings: Any,
 ) -> None:
-    """Run a worker for flows: REFERENCES are module:Class or module (all its flows)."""
+    """Run a worker for flows: REFERENCES are module:Class or module (all its flows).
+
+    Every worker option can also be set as an environment variable (PGFLOW_CONCURRENCY=20).
+    """
     from pgflow.dsl import Flow  # noqa: PLC0415
-    from pgflow.worker import Worker, WorkerOptions  # noqa: PLC0415
+    from pgflow.worker import Worker  # noqa: PLC0415
 
     if log_format or log_level:  # also accepted after the command name
         settings = click.get_current_context().find_root().obj
@@ -306,24 +259,7 @@ def run_worker(
     classes: list[type[Flow]] = []
     for reference in references:
         classes += flow_classes(reference)
-    try:
-        options = WorkerOptions(
-            concurrency=concurrency,
-            batch_size=batch_size,
-            poll_interval=poll_interval,
-            visibility_timeout=visibility_timeout,
-            shutdown_timeout=shutdown_timeout,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
-            recovery_interval=recovery_interval,
-            scheduler=not no_scheduler,
-        )
-    except ValueError as exc:
-        # WorkerOptions names its fields; the command line user knows the flags.
-        message = re.sub(
-            r"\b([a-z]+(?:_[a-z]+)+)\b", lambda m: "--" + m[1].replace("_", "-"), str(exc)
-        )
-        raise BadOptionsError(message) from None
+    options = options_from(worker_settings)
     url = _db.url_from_env(database_url)
     if otel or metrics_port is not None:
         _instrument(url, metrics_port, metrics_host)

@@ -15,9 +15,11 @@ class WorkerOptions:
     """Seconds a read message is reserved before start_tasks claims it; the claim statement
     then keeps it invisible for the step's timeout plus ``visibility_margin``."""
     visibility_margin: int = 5
+    """Seconds added to a step's timeout to keep a claimed message invisible."""
     poll_interval: float = 2.0
     """Longest idle wait without a wake-up; NOTIFY and the next visible message wake earlier."""
     heartbeat_interval: float = 5.0
+    """Seconds between this worker's heartbeats in ``pgflow.workers``."""
     shutdown_timeout: float = 30.0
     """After SIGTERM: how long in-flight handlers may finish before they are cancelled."""
     recovery_interval: float = 10.0
