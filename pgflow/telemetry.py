@@ -21,13 +21,64 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 import structlog
 
 from pgflow._logging import configure_logging
 
-__all__ = ["Hook", "configure_logging", "emit", "subscribe"]
+__all__ = ["Event", "Hook", "configure_logging", "emit", "subscribe"]
+
+
+class Event(StrEnum):
+    """Every event pgflow emits: the names are stable (dashboards and alerts match on them),
+    each is documented in docs/observability.md (a test checks both ways), and ``emit`` is
+    called with these names only (a test checks the source). A new event is a member here and a
+    row there."""
+
+    METRICS_QUEUE_QUERY_FAILED = "metrics.queue_query_failed"
+    METRICS_SERVING = "metrics.serving"
+    POLL_FAILED = "poll.failed"
+    POLL_FINISHED = "poll.finished"
+    POLL_STARTED = "poll.started"
+    RUN_CANCELLED_IN_FLIGHT = "run.cancelled_in_flight"
+    RUN_COMPLETED = "run.completed"
+    RUN_FAILED = "run.failed"
+    RUN_STARTED = "run.started"
+    RUN_WAIT_RECONNECTING = "run.wait_reconnecting"
+    RUNS_CANCEL_CHECK_FAILED = "runs.cancel_check_failed"
+    SCHEDULE_FIRE_FAILED = "schedule.fire_failed"
+    SCHEDULE_FIRED = "schedule.fired"
+    SCHEDULER_PASS_FAILED = "scheduler.pass_failed"  # noqa: S105 (not a password)
+    SCHEDULER_STARTED = "scheduler.started"
+    STATISTICS_REFRESH_FAILED = "statistics.refresh_failed"
+    STATISTICS_REFRESHED = "statistics.refreshed"
+    TASK_CANCELLATION_IGNORED = "task.cancellation_ignored"
+    TASK_CANCELLED = "task.cancelled"
+    TASK_COMPLETED = "task.completed"
+    TASK_FAILED = "task.failed"
+    TASK_REJECTED = "task.rejected"
+    TASK_REPORT_FAILED = "task.report_failed"
+    TASK_REPORT_IGNORED = "task.report_ignored"
+    TASK_REPORT_PRIVILEGE_MISSING = "task.report_privilege_missing"
+    TASK_REPORT_RETRY = "task.report_retry"
+    TASK_STARTED = "task.started"
+    TASKS_RECOVERED = "tasks.recovered"
+    TASKS_RECOVERY_FAILED = "tasks.recovery_failed"
+    TASKS_RELEASED = "tasks.released"
+    TELEMETRY_HOOK_FAILED = "telemetry.hook_failed"
+    WORKER_CRASHED = "worker.crashed"
+    WORKER_DEPRECATED = "worker.deprecated"
+    WORKER_EXIT_FORCED = "worker.exit_forced"
+    WORKER_HEARTBEAT_FAILED = "worker.heartbeat_failed"
+    WORKER_LOOP_BLOCKED = "worker.loop_blocked"
+    WORKER_STARTED = "worker.started"
+    WORKER_STOP_UNRECORDED = "worker.stop_unrecorded"
+    WORKER_STOPPED = "worker.stopped"
+    WORKER_STOPPING = "worker.stopping"
+    WORKER_THREADS_STUCK = "worker.threads_stuck"
+
 
 Hook = Callable[[str, dict[str, Any]], None]
 
