@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alembic_pgflow._stored import FLOW_OPTIONS, STEP_OPTIONS, StoredFlow
+from pgflow._shape import StepShape, shape_changes, shape_of
 from pgflow.definition import FlowDefinition
 
 Change = tuple[Any, Any]
@@ -57,32 +58,5 @@ def diff_flow(
 
 
 def _shape_changes(definition: FlowDefinition, stored: StoredFlow) -> list[str]:
-    code = [s.slug for s in definition.steps]
-    database = [s.slug for s in stored.steps]
-    changes = []
-    added = [slug for slug in code if slug not in database]
-    removed = [slug for slug in database if slug not in code]
-    if added:
-        changes.append(f"steps added: {', '.join(added)}")
-    if removed:
-        changes.append(f"steps removed: {', '.join(removed)}")
-    kept_code = [slug for slug in code if slug in database]
-    kept_database = [slug for slug in database if slug in code]
-    if kept_code != kept_database:
-        changes.append(f"steps reordered: {', '.join(kept_database)} -> {', '.join(kept_code)}")
-    for stored_step in stored.steps:
-        if stored_step.slug not in code:
-            continue
-        step = definition.step(stored_step.slug)
-        if step.step_type != stored_step.step_type:
-            changes.append(f"step {step.slug!r} type: {stored_step.step_type} -> {step.step_type}")
-        if set(step.depends_on) != set(stored_step.depends_on):
-            changes.append(
-                f"step {step.slug!r} dependencies: {_names(stored_step.depends_on)}"
-                f" -> {_names(step.depends_on)}"
-            )
-    return changes
-
-
-def _names(slugs: tuple[str, ...]) -> str:
-    return "[" + ", ".join(slugs) + "]"
+    database = tuple(StepShape.of(s.slug, s.step_type, s.depends_on) for s in stored.steps)
+    return shape_changes(database, shape_of(definition))

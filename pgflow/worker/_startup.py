@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pgflow import _sql
+from pgflow._shape import StepShape, shape_changes, shape_of
 from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition
 from pgflow.errors import FlowNotReadyError, IncompatibleSchemaError, SchemaError
@@ -48,12 +49,13 @@ def check_flows(
                     "migration (`alembic revision --autogenerate`, `alembic upgrade heads`), or "
                     f"run the SQL of `pgflow compile`; in development, --compile-missing"
                 )
-            stored = [(r["step_slug"], r["step_type"], sorted(r["depends_on"])) for r in rows]
-            expected = [(s.slug, str(s.step_type), sorted(s.depends_on)) for s in definition.steps]
-            if stored != expected:
+            stored = tuple(
+                StepShape.of(r["step_slug"], r["step_type"], r["depends_on"]) for r in rows
+            )
+            if changes := shape_changes(stored, shape_of(definition)):
                 raise FlowNotReadyError(
                     f"flow {definition.slug!r} in the database has another shape than its class "
-                    f"(database: {stored}; class: {expected}). Flows are immutable: give the "
-                    "class a new slug, or migrate with allow_data_loss (see docs/alembic.md)"
+                    f"({'; '.join(changes)}). Flows are immutable: give the class a new slug, "
+                    "or migrate with allow_data_loss (see docs/alembic.md)"
                 )
     check_worker_access(engine, [definition.slug for definition in definitions])
