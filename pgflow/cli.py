@@ -57,11 +57,31 @@ def _reports_errors(command: Callable[P, R]) -> Callable[P, R]:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_SCHEMA_PROBLEM)
         except (sa.exc.DBAPIError, psycopg.Error) as exc:
-            reason = str(getattr(exc, "orig", exc)).strip()
-            click.echo(f"error: database error: {reason}", err=True)
+            click.echo(f"error: database error: {_database_error_line(exc)}", err=True)
             sys.exit(EXIT_SCHEMA_PROBLEM)
 
     return wrapper
+
+
+# undefined_table, undefined_function, invalid_schema_name: what a database without our schema
+# (or with an older release's) answers.
+_MISSING_SCHEMA_STATES = {"42P01", "42883", "3F000"}
+
+
+def _database_error_line(exc: Exception) -> str:
+    """The server's message without its LINE/caret context, with the fix when the schema is
+    missing, so a database error stays one line."""
+    orig = getattr(exc, "orig", exc)
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    lines = str(orig).strip().splitlines()
+    message = primary or (lines[0] if lines else type(orig).__name__)
+    if getattr(orig, "sqlstate", None) in _MISSING_SCHEMA_STATES:
+        message += (
+            "; is the pgflow schema installed and up to date in this database? "
+            "Run `pgflow db install` (or `alembic upgrade heads`)"
+        )
+    return message
 
 
 database_url_option = click.option(
@@ -88,7 +108,42 @@ log_level_option = click.option(
 )
 
 
-@click.group()
+class _UsageErrorLine(click.ClickException):
+    """A usage error as one line, like every other error of the command."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class _OneLineUsageErrors(click.Group):
+    """Click prints usage errors as a usage block, a hint and the error; ours are one line that
+    names the command's --help. A command given without arguments still shows its help."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # click >= 8.2: its help is the message
+        return exc
+    message = exc.format_message().rstrip(".")
+    if exc.ctx is not None:
+        message += f" (see '{exc.ctx.command_path} --help')"
+    return _UsageErrorLine(message)
+
+
+@click.group(cls=_OneLineUsageErrors)
 @click.version_option(package_name="pgflow-python")
 @log_format_option
 @log_level_option

@@ -279,6 +279,19 @@ class Job(Flow, abstract=True):
             raise FlowDefinitionError(
                 f"job {cls.__qualname__} must define perform(self, input, ctx)"
             )
+        # A job runs perform() only: a decorated step would be silently dropped.
+        stray = [
+            attribute
+            for klass in cls.__mro__
+            for attribute, value in vars(klass).items()
+            if isinstance(value, StepMethod)
+        ]
+        if stray:
+            raise FlowDefinitionError(
+                f"job {cls.__qualname__} has one step, perform(); its @step/@map_step methods "
+                f"({', '.join(sorted(set(stray)))}) would never run: make it a Flow to have "
+                "several steps"
+            )
         _attach(
             cls,
             slug=slug,

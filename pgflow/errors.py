@@ -159,7 +159,7 @@ class UnknownRunError(PgflowError, LookupError):
         self.run_id = run_id
         super().__init__(
             f"run {run_id} does not exist in this database. If it was started with a Session or "
-            "Connection, commit that transaction before waiting for the run."
+            "Connection, commit that transaction first: until then no other connection sees it."
         )
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import URL
 
 FLOWS = """\
 from pgflow import Flow, step
@@ -122,3 +123,60 @@ def test_no_database_is_exit_code_3(project: Path) -> None:
     )
     assert code == 3
     assert "cannot connect to postgresql://nobody@127.0.0.1:1/none" in one_line(stderr)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("runs", "list"),
+        ("workers", "list"),
+        ("schedules", "list"),
+        ("prune", "--older-than", "1d", "--dry-run"),
+        ("runs", "cancel", "00000000-0000-0000-0000-000000000001"),
+    ],
+)
+def test_a_database_without_the_schema_is_one_line_naming_the_installer(
+    project: Path, pgflow_empty_database: URL, args: tuple[str, ...]
+) -> None:
+    url = pgflow_empty_database.render_as_string(hide_password=False)
+    code, stderr = pgflow_cli(project, *args, database_url=url)
+    assert code == 1
+    line = one_line(stderr)
+    assert line.startswith("error: database error: ")
+    assert "does not exist" in line
+    assert "pgflow db install" in line
+
+
+def test_an_unknown_run_is_one_line_without_advice_about_waiting(
+    project: Path, pgflow_database: URL
+) -> None:
+    url = pgflow_database.render_as_string(hide_password=False)
+    for verb in ("cancel", "resume", "retry"):
+        code, stderr = pgflow_cli(
+            project, "runs", verb, "00000000-0000-0000-0000-000000000001", database_url=url
+        )
+        assert code == 1
+        line = one_line(stderr)
+        assert "run 00000000-0000-0000-0000-000000000001 does not exist" in line
+        assert "waiting" not in line
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (("runs", "list", "--status", "bogus"), "Invalid value for '--status'"),
+        (("runs", "show", "nope"), "'nope' is not a valid UUID"),
+        (("prune", "--dry-run"), "Missing option '--older-than'"),
+        (("--log-format", "xml", "db", "status"), "Invalid value for '--log-format'"),
+        (("runs", "frobnicate"), "No such command 'frobnicate'"),
+        (("schedules", "list", "--bogus"), "--bogus"),
+    ],
+)
+def test_bad_options_are_one_line_naming_the_help(
+    project: Path, args: tuple[str, ...], shown: str
+) -> None:
+    code, stderr = pgflow_cli(project, *args, database_url="postgresql://nobody@127.0.0.1:1/none")
+    assert code == 2
+    line = one_line(stderr)
+    assert shown in line
+    assert "--help')" in line

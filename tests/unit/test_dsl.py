@@ -206,6 +206,16 @@ def test_job_without_perform() -> None:
             pass
 
 
+def test_a_job_refuses_step_methods_it_would_never_run() -> None:
+    with pytest.raises(FlowDefinitionError, match=r"has one step, perform\(\).*\(notify\)"):
+
+        class Notifying(Job):
+            def perform(self, input: Any) -> None: ...
+
+            @step
+            def notify(self, input: Any) -> None: ...
+
+
 def test_definition_of_rejects_other_objects() -> None:
     with pytest.raises(TypeError):
         definition_of(int)  # type: ignore[arg-type]
