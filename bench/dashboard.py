@@ -321,8 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     with _database(args.database_url, args.keep) as url:
         engine = create_engine(url)
         report: dict[str, Any] = {}
+        install(url)  # idempotent: brings a kept database up to this version's schema
         if not args.no_fill:
-            install(url)
             print(f"filling {args.runs:,} runs over {args.days:g} days …", flush=True)
             report["fill_seconds"] = round(
                 fill(
