@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL, Engine
 from starlette.applications import Starlette
 
 from pgflow import _db
-from pgflow.dashboard._app import Dashboard, DashboardSettings, SecurityHeadersMiddleware, build_app
+from pgflow.dashboard._app import Dashboard, DashboardSettings, build_app
 from pgflow.dashboard._security import (
     PASSWORD_ENV,
     TOKEN_ENV,
@@ -25,6 +25,7 @@ from pgflow.dashboard._security import (
     Auth,
     AuthMiddleware,
     BasicAuth,
+    SecurityHeadersMiddleware,
     TokenAuth,
     auth_from_environment,
     is_loopback,

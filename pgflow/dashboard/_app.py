@@ -16,7 +16,6 @@ from urllib.parse import urlencode
 import jinja2
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import (
@@ -28,27 +27,15 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pgflow.dashboard import _charts, _dag, _data, _format
 from pgflow.dashboard._actions import RunAction, perform, run_control_actions
 from pgflow.dashboard._live import Broadcaster
+from pgflow.dashboard._run_view import run_view, task_view
 from pgflow.dashboard._security import csrf_token, set_csrf_cookie
 
 _HEX_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
 SSE_HEARTBEAT_SECONDS = 15.0
-
-SECURITY_HEADERS = {
-    # Only our own script and stylesheet run: even a value that slipped past escaping could
-    # not execute inline script.
-    "content-security-policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    ),
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "same-origin",
-    "x-frame-options": "DENY",
-}
 
 
 @dataclass(frozen=True)
@@ -59,25 +46,6 @@ class DashboardSettings:
     preview_chars: int = 2000  # values longer than this are cut, with a link to all of them
     tasks_per_step: int = 20  # map steps show this many tasks, then a link to the rest
     title: str = "pgflow"
-
-
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def _templates() -> jinja2.Environment:
@@ -260,61 +228,10 @@ class Dashboard:
         )
         if detail is None:
             raise HTTPException(404, "no such run")
-        run = detail.run
-        step_types = {row["step_slug"]: row["step_type"] for row in detail.step_shapes}
-        depends_on = {row["step_slug"]: list(row["depends_on"]) for row in detail.step_shapes}
-        statuses = {row["step_slug"]: row["status"] for row in detail.steps}
-        labels = {row["step_slug"]: _step_label(row) for row in detail.steps}
-        failures: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for failure in detail.failures:
-            failures.setdefault((failure["step_slug"], failure["task_index"]), []).append(
-                {
-                    **failure,
-                    "message": _format.text_preview(
-                        failure["message_preview"], failure["message_chars"]
-                    ),
-                    "traceback": _format.text_preview(
-                        failure["traceback_preview"], failure["traceback_chars"]
-                    ),
-                }
-            )
-        tasks = [
-            {
-                **task,
-                "failures": failures.get((task["step_slug"], task["task_index"]), []),
-                "is_map": step_types.get(task["step_slug"]) == "map",
-                "output": _format.json_preview(task["output_preview"], task["output_chars"]),
-                "error": _format.text_preview(task["error_preview"], task["error_chars"]),
-            }
-            for task in detail.tasks
-        ]
-        ended = run["completed_at"] or run["failed_at"]
-        now = _data.database_now(self.engine)
-        end = ended or now
-        for task in tasks:
-            end = max(end, task["completed_at"] or task["failed_at"] or end)
         return {
-            "run": run,
-            "run_input": _format.json_preview(run["input_preview"], run["input_chars"]),
-            "run_output": _format.json_preview(run["output_preview"], run["output_chars"]),
-            "steps": [
-                {
-                    **row,
-                    "error": _format.text_preview(row["error_preview"], row["error_chars"]),
-                    "label": labels[row["step_slug"]],
-                }
-                for row in detail.steps
-            ],
-            "tasks": tasks,
-            "inputs": {
-                slug: {"is_map": step_types[slug] == "map", "from": deps}
-                for slug, deps in depends_on.items()
-            },
+            **run_view(detail, now=_data.database_now(self.engine)),
             "tasks_per_step": self.settings.tasks_per_step,
-            "dag": _dag.layout(_dag.shapes_from_rows(detail.step_shapes, statuses, labels)),
-            "timeline": _charts.timeline(tasks, start=run["started_at"], end=end),
-            "is_live": run["status"] == "started",
-            "run_actions": [action for action in self.actions.values() if action.applies(run)],
+            "run_actions": [a for a in self.actions.values() if a.applies(detail.run)],
         }
 
     def step_tasks(self, request: Request) -> Response:
@@ -333,14 +250,7 @@ class Dashboard:
             limit=limit + 1,
             preview_chars=self.settings.preview_chars,
         )
-        tasks = [
-            {
-                **task,
-                "output": _format.json_preview(task["output_preview"], task["output_chars"]),
-                "error": _format.text_preview(task["error_preview"], task["error_chars"]),
-            }
-            for task in rows[:limit]
-        ]
+        tasks = [task_view(task) for task in rows[:limit]]
         next_after = tasks[-1]["task_index"] if len(rows) > limit else None
         return self.render(
             request,
@@ -430,16 +340,14 @@ class Dashboard:
     # --- live ---------------------------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
-        run_id = request.path_params.get("run_id")
-        if run_id is not None:
-            run_id = str(self._run_id(request))
+        run_id = str(self._run_id(request))
         return StreamingResponse(
             self._event_stream(run_id),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
 
-    async def _event_stream(self, run_id: str | None) -> AsyncIterator[str]:
+    async def _event_stream(self, run_id: str) -> AsyncIterator[str]:
         async with self.broadcaster.subscribe(run_id) as subscription:
             # Sent once subscribed: the page refreshes then, so nothing that happened between
             # rendering it and subscribing is missed.
@@ -470,13 +378,6 @@ def _cursor(raw: str | None) -> _data.Cursor | None:
         raise HTTPException(400, "malformed page cursor") from None
 
 
-def _step_label(row: dict[str, Any]) -> str:
-    if row["step_type"] != "map" or row["initial_tasks"] is None:
-        return row["status"] or "not started"
-    done = int(row["task_counts"].get("completed", 0))
-    return f"{row['status']} · {done}/{row['initial_tasks']}"
-
-
 def _http_error(request: Request, exc: Exception) -> Awaitable[Response] | Response:
     if not isinstance(exc, HTTPException):
         raise exc
@@ -503,7 +404,6 @@ def build_app(dashboard: Dashboard) -> Starlette:
             name="task_value",
         ),
         Route("/workers", d.workers, name="workers"),
-        Route("/events", d.events, name="events"),
         Mount("/static", StaticFiles(packages=[("pgflow.dashboard", "static")]), name="static"),
     ]
 

@@ -18,7 +18,8 @@ from starlette.routing import Mount
 
 from pgflow.dashboard import BasicAuth, DashboardSettings, TokenAuth, create_app
 from pgflow.dashboard._actions import RunAction
-from pgflow.dashboard._app import Dashboard, SecurityHeadersMiddleware, build_app
+from pgflow.dashboard._app import Dashboard, build_app
+from pgflow.dashboard._security import SecurityHeadersMiddleware
 from tests.helpers.dashboard import (
     FANOUT_HANDLERS,
     PIPELINE_HANDLERS,
