@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import httpx
 from sqlalchemy.engine import Engine
 
@@ -18,3 +21,14 @@ def test_the_mounted_dashboard_example_serves_under_its_prefix(pgflow_engine: En
         assert runs.status_code == 200
         assert f'href="/pgflow/runs/{run_id}"' in runs.text
         assert "read-only" in runs.text
+
+
+def test_the_docs_show_the_example_verbatim() -> None:
+    root = Path(__file__).resolve().parents[2]
+    docs = (root / "docs" / "dashboard.md").read_text(encoding="utf-8")
+    shown = re.search(r"```python\n(.*?)```", docs, re.DOTALL)
+    assert shown is not None
+    example = (root / "examples" / "dashboard_app.py").read_text(encoding="utf-8")
+    # The docs show the file without its module docstring.
+    assert example.endswith(shown.group(1))
+    assert example.startswith('"""')
