@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from alembic_pgflow._stored import FLOW_OPTIONS, STEP_OPTIONS, StoredFlow
+from alembic_pgflow._stored import StoredFlow
 from pgflow._shape import StepShape, shape_changes, shape_of
-from pgflow.definition import FlowDefinition
+from pgflow.definition import FLOW_OPTIONS, STEP_OPTIONS, FlowDefinition
 
 Change = tuple[Any, Any]
 """(value in the database, value in the code)"""

@@ -14,10 +14,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from pgflow._sql import query
-from pgflow.definition import OPTION_MINIMUMS, FlowType, StepType
+from pgflow.definition import FLOW_OPTIONS, STEP_OPTIONS, FlowType, StepType
 
-FLOW_OPTIONS = ("max_attempts", "base_delay", "timeout")
-STEP_OPTIONS = tuple(OPTION_MINIMUMS)
 # pgflow.create_flow's defaults in @pgflow/core 0.8.1; the database's own signature wins.
 CREATE_FLOW_DEFAULTS: Mapping[str, int] = {"max_attempts": 3, "base_delay": 5, "timeout": 60}
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from pgflow.errors import FlowDefinitionError
 
@@ -29,6 +29,36 @@ class StepType(StrEnum):
 class FlowType(StrEnum):
     FLOW = "flow"
     JOB = "job"
+
+
+class FlowOptions(TypedDict, total=False):
+    """Options of a flow (class keywords of ``Flow`` and ``Job``); omitted, upstream's apply."""
+
+    max_attempts: int
+    base_delay: int
+    timeout: int
+
+
+class StepOptions(FlowOptions, total=False):
+    """Options of a step (keywords of ``@step`` and ``@map_step``, and of a ``Job`` class);
+    omitted, the flow's apply."""
+
+    start_delay: int
+
+
+FLOW_OPTIONS: tuple[str, ...] = tuple(FlowOptions.__annotations__)
+STEP_OPTIONS: tuple[str, ...] = tuple(StepOptions.__annotations__)
+
+
+def options_given(
+    options: Mapping[str, Any], names: tuple[str, ...], where: str
+) -> dict[str, int | None]:
+    """Every option in ``names`` (None where not given); an unknown keyword is a TypeError, as
+    for any misspelled keyword argument."""
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise TypeError(f"{where} got unexpected keyword argument {unknown[0]!r}")
+    return {name: options.get(name) for name in names}
 
 
 # option -> (smallest allowed value, what it means). The minimums are @pgflow/dsl 0.8.1's, so a

@@ -17,9 +17,19 @@ import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Unpack, overload
 
-from pgflow.definition import FlowDefinition, FlowType, StepDefinition, StepType
+from pgflow.definition import (
+    FLOW_OPTIONS,
+    STEP_OPTIONS,
+    FlowDefinition,
+    FlowOptions,
+    FlowType,
+    StepDefinition,
+    StepOptions,
+    StepType,
+    options_given,
+)
 from pgflow.errors import FlowDefinitionError
 
 if TYPE_CHECKING:
@@ -108,10 +118,7 @@ def step(
     *,
     depends_on: Sequence[StepMethod | str] = (),
     slug: str | None = None,
-    max_attempts: int | None = None,
-    base_delay: int | None = None,
-    timeout: int | None = None,
-    start_delay: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> Callable[[HandlerFunction], StepMethod]: ...
 def step(
     function: HandlerFunction | None = None,
@@ -119,10 +126,7 @@ def step(
     *,
     depends_on: Sequence[StepMethod | str] = (),
     slug: str | None = None,
-    max_attempts: int | None = None,
-    base_delay: int | None = None,
-    timeout: int | None = None,
-    start_delay: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> StepMethod | Callable[[HandlerFunction], StepMethod]:
     """Declare a step. A root step gets the flow input; a dependent step gets
     ``{dependency_slug: output, ...}``. Options left out use the flow's (then upstream's) values.
@@ -133,12 +137,7 @@ def step(
         StepType.SINGLE,
         depends_on,
         slug,
-        {
-            "max_attempts": max_attempts,
-            "base_delay": base_delay,
-            "timeout": timeout,
-            "start_delay": start_delay,
-        },
+        options_given(options, STEP_OPTIONS, "step()"),
     )
     return decorate(function) if function is not None else decorate
 
@@ -150,10 +149,7 @@ def map_step(
     *,
     array: StepMethod | str | None = None,
     slug: str | None = None,
-    max_attempts: int | None = None,
-    base_delay: int | None = None,
-    timeout: int | None = None,
-    start_delay: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> Callable[[HandlerFunction], StepMethod]: ...
 def map_step(
     function: HandlerFunction | None = None,
@@ -161,10 +157,7 @@ def map_step(
     *,
     array: StepMethod | str | None = None,
     slug: str | None = None,
-    max_attempts: int | None = None,
-    base_delay: int | None = None,
-    timeout: int | None = None,
-    start_delay: int | None = None,
+    **options: Unpack[StepOptions],
 ) -> StepMethod | Callable[[HandlerFunction], StepMethod]:
     """Declare a map step: one task per element of an array, outputs collected in order.
 
@@ -177,12 +170,7 @@ def map_step(
         StepType.MAP,
         depends_on,
         slug,
-        {
-            "max_attempts": max_attempts,
-            "base_delay": base_delay,
-            "timeout": timeout,
-            "start_delay": start_delay,
-        },
+        options_given(options, STEP_OPTIONS, "map_step()"),
     )
     return decorate(function) if function is not None else decorate
 
@@ -226,14 +214,11 @@ class Flow:
         cls,
         *,
         slug: str | None = None,
-        max_attempts: int | None = None,
-        base_delay: int | None = None,
-        timeout: int | None = None,
         schedule: Cron | Sequence[Cron] | None = None,
         abstract: bool = False,
-        **kwargs: Any,
+        **options: Unpack[FlowOptions],
     ) -> None:
-        super().__init_subclass__(**kwargs)
+        super().__init_subclass__()
         if abstract:
             return
         steps: dict[str, StepMethod] = {}
@@ -248,7 +233,7 @@ class Flow:
             flow_type=FlowType.FLOW,
             steps=[method.definition() for method in steps.values()],
             handlers={m.slug: _handler_spec(cls, attr, m.function) for attr, m in steps.items()},
-            options={"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
+            options=options_given(options, FLOW_OPTIONS, f"flow {cls.__qualname__}"),
             schedule=schedule,
         )
 
@@ -263,17 +248,14 @@ class Job(Flow, abstract=True):
         cls,
         *,
         slug: str | None = None,
-        max_attempts: int | None = None,
-        base_delay: int | None = None,
-        timeout: int | None = None,
-        start_delay: int | None = None,
         schedule: Cron | Sequence[Cron] | None = None,
         abstract: bool = False,
-        **kwargs: Any,
+        **options: Unpack[StepOptions],
     ) -> None:
-        super(Flow, cls).__init_subclass__(**kwargs)
+        super(Flow, cls).__init_subclass__()
         if abstract:
             return
+        given = options_given(options, STEP_OPTIONS, f"job {cls.__qualname__}")
         perform = getattr(cls, JOB_STEP_SLUG, None)
         if not callable(perform):
             raise FlowDefinitionError(
@@ -296,9 +278,9 @@ class Job(Flow, abstract=True):
             cls,
             slug=slug,
             flow_type=FlowType.JOB,
-            steps=[StepDefinition(JOB_STEP_SLUG, start_delay=start_delay)],
+            steps=[StepDefinition(JOB_STEP_SLUG, start_delay=given.pop("start_delay"))],
             handlers={JOB_STEP_SLUG: _handler_spec(cls, JOB_STEP_SLUG, perform)},
-            options={"max_attempts": max_attempts, "base_delay": base_delay, "timeout": timeout},
+            options=given,
             schedule=schedule,
         )
 

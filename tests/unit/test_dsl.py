@@ -220,3 +220,14 @@ def test_definition_of_rejects_other_objects() -> None:
     with pytest.raises(TypeError):
         definition_of(int)  # type: ignore[arg-type]
     assert definition_of(definition_of(Thumbnails)) is definition_of(Thumbnails)
+
+
+def test_a_misspelled_option_is_a_type_error_naming_it() -> None:
+    with pytest.raises(TypeError, match="step\\(\\) got unexpected keyword argument 'max_attempt'"):
+        step(max_attempt=3)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'start_delay'"):
+
+        class Misspelled(Flow, start_delay=3):  # type: ignore[call-arg]
+            @step
+            def only(self, input: object) -> object:
+                return input
