@@ -74,12 +74,13 @@ def _import_reference(reference: str) -> Any:
 
 
 def _definitions_in_module(module: ModuleType) -> list[tuple[FlowDefinition, str]]:
-    found = [
-        (value, f"{module.__name__}.{name}")
-        for name, value in vars(module).items()
-        if isinstance(value, FlowDefinition)
-    ]
-    found += [(definition_of(cls), _qualname(cls)) for cls in _flow_classes_defined_in(module)]
+    classes = _flow_classes_defined_in(module)
+    found = []
+    for name, value in vars(module).items():  # in definition order
+        if isinstance(value, FlowDefinition):
+            found.append((value, f"{module.__name__}.{name}"))
+        elif value in classes:
+            found.append((definition_of(value), _qualname(value)))
     if not found:
         # For autogenerate, registering nothing would make every flow of the module look removed.
         raise FlowImportError(f"module {module.__name__!r} defines no concrete Flow or Job class")
