@@ -43,9 +43,11 @@ SELECT count(done.*)
 FROM {CLAIM} AS t,
 LATERAL pgflow.complete_task(t.run_id, t.step_slug, t.task_index, {OUTPUT}) AS done
 """
-# Ours, set-based: the whole claimed batch in one complete_task_batch call.
+# Ours: the same claim through our cached-plan twin of start_tasks, then the whole batch in
+# one complete_task_batch call.
+CLAIM_OURS = CLAIM.replace("pgflow.start_tasks", "pgflow_python.start_claimed_tasks")
 DRIVE_SET_BASED = f"""
-WITH t AS (SELECT * FROM {CLAIM}),
+WITH t AS (SELECT * FROM {CLAIM_OURS}),
 outputs AS (SELECT t.run_id, t.step_slug, t.task_index, {OUTPUT} AS output FROM t)
 SELECT count(b.recorded)
 FROM pgflow_python.complete_task_batch(
@@ -162,12 +164,13 @@ class SqlFloor(Adapter):
 
 
 class SetBasedSqlFloor(SqlFloor):
-    """The floor of pgflow-python's own SQL: the same claim, then the whole batch completed by
-    one pgflow_python.complete_task_batch call (what the worker runs, minus the worker)."""
+    """The floor of pgflow-python's own SQL: the claim through pgflow_python.start_claimed_tasks,
+    then the whole batch completed by one pgflow_python.complete_task_batch call (what the
+    worker runs, minus the worker)."""
 
     name = "sql-floor-set"
     settings = (
-        f"one connection, one statement per batch of {BATCH_SIZE}: read, start, "
-        "pgflow_python.complete_task_batch"
+        f"one connection, one statement per batch of {BATCH_SIZE}: read, "
+        "pgflow_python.start_claimed_tasks, pgflow_python.complete_task_batch"
     )
     drive = DRIVE_SET_BASED
