@@ -40,9 +40,20 @@ def engine_for(url: str) -> sa.Engine:
     return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
 
 
+START_CHUNK = 5_000
+
+
 def start_runs(url: str, slug: str, runs: int) -> None:
-    with psycopg.connect(url) as connection:
-        connection.execute(START_RUNS, {"runs": runs, "slug": slug})
+    """Start runs in statements of START_CHUNK, analyzing filled tables in between: in one huge
+    statement, start_flow's cached plans would keep assuming the tables as small as they were
+    (quadratic: 100,000 runs did not finish in 10 minutes), and autovacuum is off here."""
+    left = runs
+    with psycopg.connect(url, autocommit=True) as connection:
+        while left > 0:
+            connection.execute(START_RUNS, {"runs": min(left, START_CHUNK), "slug": slug})
+            left -= START_CHUNK
+            if left > 0:
+                analyze_filled_tables(url)
 
 
 class PgflowAdapter(Adapter):

@@ -252,15 +252,18 @@ class Arm:
         return snap
 
     def _messages(self, flow_slug: str) -> list[tuple[Any, ...]]:
-        """Each task's message: in the queue or the archive, its body and read count, and the
-        delay it was sent with while the task was never tried (later delays are fail_task's)."""
+        """Each task's message: in the queue or the archive, its body and read count, and whether
+        it was sent with a start delay while the task was never tried (later delays are
+        fail_task's)."""
         rows = []
         for where, table in (("queue", f"q_{flow_slug}"), ("archive", f"a_{flow_slug}")):
             rows += self.execute(
                 sql.SQL(
                     "SELECT %s, m.message, m.read_ct, t.run_id, t.step_slug, t.task_index,"
+                    # Start delays are 0 or 3 s; vt counts from clock_timestamp(), enqueued_at
+                    # from the transaction's start, so compare which, not the exact interval.
                     " CASE WHEN t.attempts_count = 0"
-                    "  THEN round(extract(epoch FROM m.vt - m.enqueued_at)) END"
+                    "  THEN m.vt - m.enqueued_at >= interval '3 seconds' END"
                     " FROM pgmq.{} m LEFT JOIN pgflow.step_tasks t"
                     "  ON t.flow_slug = %s AND t.message_id = m.msg_id"
                 ).format(sql.Identifier(table)),
