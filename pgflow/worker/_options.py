@@ -28,7 +28,7 @@ class WorkerOptions:
     """A worker silent this long is considered dead; its started tasks are recovered."""
     max_requeues: int = 3
     """Recoveries of one task before it is failed as stalled."""
-    statistics_interval: float = 60.0
+    statistics_interval: float = 10.0
     """How often this worker offers to refresh planner statistics where autovacuum is off."""
     cancel_check_interval: float = 0.5
     """While tasks run: how often to ask whether their runs were cancelled (``cancel_run``)."""
