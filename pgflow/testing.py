@@ -108,7 +108,7 @@ def run_flow_inline(
 ) -> Any:
     """Run ``flow`` to completion in this process through the real SQL and the real worker code,
     registering the flow first if it is missing. Returns the finished :class:`pgflow.results.Run`
-    (raises :class:`pgflow.client.RunFailedError` if it fails)."""
+    (raises :class:`pgflow.errors.RunFailedError` if it fails)."""
     import anyio  # noqa: PLC0415
     import anyio.to_thread  # noqa: PLC0415
 
