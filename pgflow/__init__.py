@@ -78,26 +78,11 @@ __all__ = [
     "wait_for_run_async",
 ]
 
-# Entry points that need the database stack, imported on first use.
+# The entry points not imported above need the database stack: imported on first use.
 _LAZY = {
-    "Worker": "pgflow.worker",
-    **dict.fromkeys(
-        [
-            "enqueue",
-            "enqueue_async",
-            "get_run",
-            "get_run_async",
-            "get_run_with_states",
-            "get_run_with_states_async",
-            "start_flow",
-            "start_flow_and_wait",
-            "start_flow_and_wait_async",
-            "start_flow_async",
-            "wait_for_run",
-            "wait_for_run_async",
-        ],
-        "pgflow.client",
-    ),
+    name: "pgflow.worker" if name == "Worker" else "pgflow.client"
+    for name in __all__
+    if name not in globals()
 }
 
 # Names this module exported before 0.2, and where they live now.
