@@ -49,7 +49,7 @@ def grant_access(bind: Bind, grants: list[tuple[str, str]]) -> list[Granted]:
         )
     done = []
     with transaction(bind) as connection:
-        creator = str(connection.exec_driver_sql("SELECT current_user").scalar_one())
+        creator = str(connection.execute(query("server_facts")).mappings().one()["role"])
         for grantee, access in grants:
             count = connection.execute(
                 query("grant_access"), {"grantee": grantee, "access": access}

@@ -37,8 +37,8 @@ def check_worker_access(engine: Engine, queues: Sequence[str]) -> None:
     problems: list[str] = []
     with engine.connect() as connection:
         # Held while probing: the engine's own connection counts against the same limits.
-        role = str(connection.exec_driver_sql("SELECT current_user").scalar_one())
-        database = str(connection.exec_driver_sql("SELECT current_database()").scalar_one())
+        facts = connection.execute(_sql.query("server_facts")).mappings().one()
+        role, database = str(facts["role"]), str(facts["database"])
         try:
             rows = connection.execute(
                 _sql.query("missing_privileges"), {"access": "worker", "queues": list(queues)}
