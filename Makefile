@@ -34,7 +34,9 @@ test: setup
 demo: setup
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
+# mypy checks the bench adapters against the peers' real packages, so lint installs the bench extra.
 lint: setup
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
