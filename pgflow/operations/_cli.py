@@ -108,7 +108,8 @@ def add_commands(
     @json_option
     @reports_errors
     def runs_show(*, run_id: uuid.UUID, database_url: str | None, as_json: bool) -> None:
-        """A run and its steps: status, tasks, attempts, durations, errors, output sizes."""
+        """A run and its steps: status, tasks, attempts, durations, errors, output sizes, and the
+        traceback of each failed step's last attempt."""
         with _engine(database_url) as engine:
             details = describe_run(engine, run_id)
         if details is None:

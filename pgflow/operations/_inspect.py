@@ -8,7 +8,7 @@ from sqlalchemy.engine import Connection
 
 from pgflow._sql import query
 from pgflow.client._common import AsyncBind, RunId, SyncBind, as_run_id, connection_for, run_async
-from pgflow.client._read import read_run
+from pgflow.client._read import read_run, read_task_failures
 from pgflow.operations._results import (
     ResumeRecord,
     RunDetails,
@@ -108,6 +108,7 @@ def _describe(connection: Connection, run_id: RunId) -> RunDetails | None:
         run=run,
         steps=tuple(StepSummary.from_row(row) for row in steps),
         resumes=tuple(ResumeRecord(**row) for row in resumes),
+        failures=read_task_failures(connection, run_id),
     )
 
 

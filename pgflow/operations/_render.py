@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pgflow.operations._results import RunDetails, RunSummary, WorkerInfo
+from pgflow.results import TaskFailure
 
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -183,7 +184,28 @@ def run_details(details: RunDetails) -> str:
     lines.append(
         table(["STEP", "NEEDS", "STATUS", "TASKS", "ATTEMPTS", "DURATION", "OUTPUT", "ERROR"], rows)
     )
+    lines += _last_failures(details)
     return "\n".join(lines)
+
+
+def _last_failures(details: RunDetails) -> list[str]:
+    """The traceback of each failed step's last recorded attempt (Python workers record them)."""
+    failed_steps = {step.step_slug for step in details.steps if step.status == "failed"}
+    last: dict[str, TaskFailure] = {}
+    for failure in details.failures:  # in the order they happened
+        if failure.step_slug in failed_steps:
+            last[failure.step_slug] = failure
+    lines = []
+    for failure in last.values():
+        retry = "" if failure.retryable else ", not retryable"
+        lines += [
+            "",
+            f"step {failure.step_slug!r} failed (task {failure.task_index}, attempt "
+            f"{failure.attempt}{retry}): {failure.error_message}",
+        ]
+        if failure.traceback:
+            lines += ["  " + line for line in failure.traceback.rstrip().splitlines()]
+    return lines
 
 
 def workers_table(workers: Sequence[WorkerInfo]) -> str:

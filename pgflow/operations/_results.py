@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pgflow.results import Run, RunStatus, StepStatus
+from pgflow.results import Run, RunStatus, StepStatus, TaskFailure
 
 
 class CancelOutcome(StrEnum):
@@ -257,8 +257,10 @@ class WorkerInfo:
 
 @dataclass(frozen=True, slots=True)
 class RunDetails:
-    """A run with its steps summed up and its resumes: what ``pgflow runs show`` prints."""
+    """A run with its steps summed up, its resumes and its recorded failed attempts (with
+    tracebacks): what ``pgflow runs show`` prints."""
 
     run: Run
     steps: tuple[StepSummary, ...]
     resumes: tuple[ResumeRecord, ...]
+    failures: tuple[TaskFailure, ...] = ()

@@ -13,6 +13,8 @@ from sqlalchemy.engine import Engine
 from pgflow import Flow, NonRetryableError, start_flow_and_wait, step
 from pgflow.client import get_run_with_states
 from pgflow.errors import RunFailedError
+from pgflow.operations import describe_run
+from pgflow.operations._render import run_details
 from tests.helpers.database import register_flows
 from tests.helpers.workers import EventLog, running_worker
 
@@ -102,6 +104,11 @@ async def test_a_non_retryable_error_ends_the_run_after_one_attempt(
         error = await start_and_fail(pgflow_engine, Strict, {"id": 7})
 
     assert error.attempts == 1
+    details = describe_run(pgflow_engine, error.run_id)
+    assert details is not None
+    shown = run_details(details)  # what `pgflow runs show` prints
+    assert "step 'validate' failed (task 0, attempt 1, not retryable): NonRetryableError" in shown
+    assert "  pgflow.errors.NonRetryableError: order 7 cannot be shipped" in shown
     assert error.failure is not None
     assert (error.failure.retryable, error.failure.retry_at) == (False, None)
     assert "failed after 1 attempt: NonRetryableError: order 7 cannot be shipped" in str(error)
