@@ -9,6 +9,7 @@ the claim loop) emits ``worker.crashed`` and raises, so the process exits non-ze
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,6 +21,8 @@ import traceback
 from collections.abc import Sequence
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -86,6 +89,8 @@ class Worker:
         self._services = [*services]
         self._stop_requested = False
         self._session: ServingSession | None = None
+        self._loop_token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop_thread: int | None = None
 
     def add_service(self, service: WorkerService) -> None:
         """Run ``service`` in the background of every later :meth:`serve`."""
@@ -95,6 +100,10 @@ class Worker:
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (a second signal stops at once). Blocks; owns the loop.
+
+        Off the main thread (a worker embedded in an application) no signal handlers are
+        installed (Python only allows them on the main thread): end it with :meth:`stop`,
+        from any thread.
 
         Raises :class:`WorkerCrashedError` (after a ``worker.crashed`` event) when serving
         ends for any other reason, so the process exits non-zero and a supervisor restarts it.
@@ -129,10 +138,18 @@ class Worker:
                 os._exit(EXIT_FORCED)
 
     async def _serve_with_signals(self) -> None:
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._watch_signals)
-            await self.serve()
-            group.cancel_scope.cancel()
+        self._loop_thread = threading.get_ident()
+        self._loop_token = anyio.lowlevel.current_token()
+        try:
+            if threading.current_thread() is not threading.main_thread():
+                await self.serve()
+                return
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watch_signals)
+                await self.serve()
+                group.cancel_scope.cancel()
+        finally:
+            self._loop_token = None
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -148,8 +165,14 @@ class Worker:
         """Stop claiming; in-flight handlers get ``shutdown_timeout`` seconds to finish.
 
         Called before :meth:`serve`, the next ``serve()`` stops as soon as it has started.
-        Call it from the event loop's thread (from elsewhere: ``anyio.from_thread.run_sync``).
+        Call it from the event loop's thread, or from any thread while :meth:`run` serves.
         """
+        token = self._loop_token
+        if token is not None and threading.get_ident() != self._loop_thread:
+            # A RuntimeError means the loop has just ended: nothing is left to stop.
+            with contextlib.suppress(RuntimeError):
+                anyio.from_thread.run_sync(self.stop, token=token)
+            return
         if self._stop_requested:
             return
         self._stop_requested = True
