@@ -243,8 +243,10 @@ def db_uninstall(database_url: str | None, yes: bool) -> None:
             f"pgflow db uninstall deletes every flow, run and queue in {_db.display_url(url)}; "
             "run it again with --yes to do it"
         )
-    uninstall(url)
-    click.echo("pgflow schema removed (what other tooling installed is kept)")
+    if uninstall(url):
+        click.echo("pgflow schema removed (what other tooling installed is kept)")
+    else:
+        click.echo(f"nothing to remove: pgflow is not installed in {_db.display_url(url)}")
 
 
 @main.command("compile")

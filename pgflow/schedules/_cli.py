@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from pgflow import _db
 from pgflow._loading import flow_classes
+from pgflow.operations._render import to_json
 from pgflow.schedules._api import (
     Schedule,
     delete_schedule,
@@ -63,6 +65,18 @@ def render(schedules: list[Schedule]) -> str:
     )
 
 
+def as_plain(schedule: Schedule) -> dict[str, Any]:
+    """One schedule for ``--json``: its definition's fields flat, then its state."""
+    plain = {"name": schedule.name, "flow_slug": schedule.flow_slug, **asdict(schedule.cron)}
+    plain.update(
+        {
+            "paused": schedule.paused,
+            **{key: value for key, value in asdict(schedule).items() if key != "cron"},
+        }
+    )
+    return plain
+
+
 def schedules_command(
     reports_errors: Callable[[Any], Any], database_url_option: Callable[[Any], Any]
 ) -> click.Group:
@@ -75,12 +89,16 @@ def schedules_command(
     @schedules_group.command("list")
     @database_url_option
     @click.option("--flow", "flow_slug", help="Only the schedules of this flow.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
     @reports_errors
-    def list_command(database_url: str | None, flow_slug: str | None) -> None:
+    def list_command(database_url: str | None, flow_slug: str | None, as_json: bool) -> None:
         """Show every schedule: its cron, zone, state, next and last fire."""
         with _engine(database_url) as engine:
             found = list_schedules(engine, flow_slug)
-        click.echo(render(found) if found else "no schedules")
+        if as_json:
+            click.echo(to_json([as_plain(schedule) for schedule in found]))
+        else:
+            click.echo(render(found) if found else "no schedules")
 
     @schedules_group.command("sync")
     @click.argument("references", nargs=-1, required=True)

@@ -13,18 +13,18 @@ from pgflow._db import Bind, transaction
 from pgflow._sql import query
 
 
-def uninstall(bind: Bind) -> None:
+def uninstall(bind: Bind) -> bool:
     """Remove what pgflow-python installed, all or nothing: with a ``Connection`` inside the
     caller's transaction (the Alembic downgrade), with an engine or URL in its own. Every flow,
-    run and queue of a schema it applied goes with it."""
+    run and queue of a schema it applied goes with it. False when nothing was installed."""
     with transaction(bind) as connection:
         connection.execute(query("lock_installer"))
-        _uninstall(connection)
+        return _uninstall(connection)
 
 
-def _uninstall(connection: Connection) -> None:
+def _uninstall(connection: Connection) -> bool:
     if not connection.execute(query("bookkeeping_present")).scalar_one():
-        return
+        return False
     how = {row.component: row.how for row in connection.execute(query("installed_items"))}
     if how.get("upstream") == "applied":
         for slug in connection.execute(query("flow_slugs")).scalars().all():
@@ -44,6 +44,7 @@ def _uninstall(connection: Connection) -> None:
         if _schema_is_empty(connection, "pgmq"):
             connection.execute(query("uninstall_empty_pgmq_schema"))
     connection.execute(query("uninstall_bookkeeping"))
+    return True
 
 
 def _schema_is_empty(connection: Connection, schema: str) -> bool:

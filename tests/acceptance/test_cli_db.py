@@ -155,6 +155,10 @@ def test_uninstall_asks_for_confirmation_then_removes_what_install_added(
     removed = pgflow_cli("db", "uninstall", "--yes", url=pgflow_empty_database)
     assert removed.returncode == 0, removed.stderr
     assert database.schemas(pgflow_empty_database) == set()
+    assert removed.stdout.startswith("pgflow schema removed")
+    removed_twice = pgflow_cli("db", "uninstall", "--yes", url=pgflow_empty_database)
+    assert removed_twice.returncode == 0, removed_twice.stderr
+    assert removed_twice.stdout.startswith("nothing to remove: pgflow is not installed in ")
     again = pgflow_cli("db", "install", url=pgflow_empty_database)
     assert again.returncode == 0, again.stderr
     assert status(pgflow_empty_database).up_to_date

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.engine import URL, Engine
@@ -83,3 +85,31 @@ def test_sync_stores_declared_schedules(pgflow_engine: Engine, pgflow_database: 
     ]
     again = sync("scheduling:Digest")
     assert again.stdout == "declared schedules are up to date\n"
+
+
+def test_schedules_list_prints_json_for_scripts(
+    pgflow_engine: Engine, pgflow_database: URL
+) -> None:
+    register_flows(pgflow_engine, Tick)
+    empty = pgflow_cli("schedules", "list", "--json", url=pgflow_database)
+    assert (empty.returncode, json.loads(empty.stdout)) == (0, [])
+    create_schedule(
+        pgflow_engine, Tick, Cron("0 3 * * *", name="nightly", input={"size": 2}, timezone="UTC")
+    )
+    pgflow_cli("schedules", "pause", "nightly", url=pgflow_database)
+
+    listed = pgflow_cli("schedules", "list", "--json", url=pgflow_database)
+    assert listed.returncode == 0, listed.stderr
+    [nightly] = json.loads(listed.stdout)
+    stored = get_schedule(pgflow_engine, "nightly")
+    assert {key: nightly[key] for key in ("name", "flow_slug", "expression", "timezone")} == {
+        "name": "nightly",
+        "flow_slug": "tick",
+        "expression": "0 3 * * *",
+        "timezone": "UTC",
+    }
+    assert nightly["input"] == {"size": 2}
+    assert nightly["paused"] is True
+    assert stored.paused_at is not None
+    assert datetime.fromisoformat(nightly["paused_at"]) == stored.paused_at
+    assert nightly["last_run_id"] is None
