@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -14,6 +15,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+import psycopg
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -28,12 +31,14 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from pgflow import _db
 from pgflow.dashboard import _charts, _dag, _data, _format
 from pgflow.dashboard._actions import RunAction, perform, run_control_actions
 from pgflow.dashboard._live import Broadcaster
 from pgflow.dashboard._run_view import run_view, task_view
 from pgflow.dashboard._security import csrf_token, set_csrf_cookie
 
+_log = logging.getLogger("pgflow.dashboard")
 _HEX_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
 SSE_HEARTBEAT_SECONDS = 15.0
 
@@ -384,6 +389,22 @@ def _http_error(request: Request, exc: Exception) -> Awaitable[Response] | Respo
     return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
+def _database_unavailable(dashboard: Dashboard) -> Any:
+    """A clear 503 page, and one log line, when the database goes away under a running
+    dashboard (start-up already refused an unreachable one)."""
+
+    def handle(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, sa.exc.OperationalError | psycopg.OperationalError):
+            raise exc
+        message = str(_db.unavailable(dashboard.engine.url, exc))
+        _log.warning("%s %s: %s", request.method, request.url.path, message)
+        return dashboard.render(
+            request, "unavailable.html", status_code=503, page="", message=message
+        )
+
+    return handle
+
+
 def build_app(dashboard: Dashboard) -> Starlette:
     d = dashboard
     routes = [
@@ -415,8 +436,15 @@ def build_app(dashboard: Dashboard) -> Starlette:
         yield
         await d.broadcaster.close()
 
+    unavailable = _database_unavailable(dashboard)
     app = Starlette(
-        routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan
+        routes=routes,
+        exception_handlers={
+            HTTPException: _http_error,
+            sa.exc.OperationalError: unavailable,
+            psycopg.OperationalError: unavailable,
+        },
+        lifespan=lifespan,
     )
     app.state.dashboard = dashboard
     return app

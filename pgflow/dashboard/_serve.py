@@ -32,6 +32,7 @@ def serve(
             "or pass --insecure if something in front of it already authenticates"
         )
     engine = _db.create_engine(url, pool_pre_ping=True)
+    _db.connect(engine).close()  # refuse to start on a database that does not answer
     app = create_app(engine, read_only=read_only, auth=auth)
     shown = f"[{host}]" if ":" in host else host
     print(f"pgflow dashboard on http://{shown}:{port}/ ({_db.display_url(url)})", flush=True)

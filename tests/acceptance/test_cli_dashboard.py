@@ -53,6 +53,21 @@ def test_half_configured_basic_auth_is_refused(pgflow_database: URL) -> None:
     assert "PGFLOW_DASHBOARD_PASSWORD" in refused.stderr
 
 
+def test_refuses_to_start_without_a_database() -> None:
+    refused = subprocess.run(
+        [*PGFLOW, "dashboard", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=_environment(None, DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere"),
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 3, refused.stderr
+    assert refused.stdout == ""
+    [line] = refused.stderr.splitlines()
+    assert line.startswith("error: cannot connect to postgresql://postgres@127.0.0.1:1/nowhere")
+
+
 def test_serves_on_loopback_and_stops_on_sigterm(pgflow_database: URL) -> None:
     port = free_port()
     token = "a-long-enough-token-for-tests"  # noqa: S105
