@@ -27,7 +27,10 @@ expect.set_options(timeout=DEADLINE_MS)
 INSTALL_HINT = "apt-get install -y chromium  (as root; `make setup` does it when it can)"
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop marked as running in
+# this thread for as long as it is started, which breaks every later anyio test on the same
+# xdist worker ("Cannot run the event loop while another loop is running").
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(
