@@ -139,6 +139,8 @@ def _note(run: RunSummary) -> str:
         notes.append(_short(run.cancel_reason, 40))
     if run.restart_of_run_id:
         notes.append(f"retry of {run.restart_of_run_id}")
+    if run.schedule_name:
+        notes.append(f"schedule {run.schedule_name}")
     return "; ".join(notes)
 
 

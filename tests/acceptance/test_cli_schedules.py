@@ -43,6 +43,9 @@ def test_operating_a_schedule_from_the_command_line(
     triggered = pgflow_cli("schedules", "trigger", "nightly", url=pgflow_database)
     assert triggered.returncode == 0, triggered.stderr
     run_id = uuid.UUID(triggered.stdout.strip())
+    runs = pgflow_cli("runs", "list", url=pgflow_database)
+    [run_row] = [line for line in runs.stdout.splitlines() if line.startswith(str(run_id))]
+    assert run_row.endswith("schedule nightly")  # which schedule started the run
     assert get_schedule(pgflow_engine, "nightly").paused  # a trigger does not resume
 
     resumed = pgflow_cli("schedules", "resume", "nightly", url=pgflow_database)
