@@ -41,14 +41,31 @@ WORKER += ["--heartbeat-interval", "0.5", "--heartbeat-timeout", "2"]
 WORKER += ["--recovery-interval", "0.5", "--no-scheduler"]
 
 
+EXIT_NO_DATABASE = 3
+"""A worker started while the server is down refuses to start with this code (docs/workers.md)."""
+
+
 class Workers:
-    """Worker processes under a test-made supervisor: a killed one is replaced at once."""
+    """Worker processes under a test-made supervisor: a killed one is replaced at once, and one
+    that refused to start because the server was down is started again (as systemd's
+    ``Restart=on-failure`` would); any other exit is a failure."""
 
     def __init__(self, url: URL, logs: Path) -> None:
         self._url = url
         self._logs = logs
         self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
         self.killed = 0
+        self._restarted: set[int] = set()
+
+    def restart_refused(self) -> None:
+        for process, _ in list(self.processes):
+            if process.poll() == EXIT_NO_DATABASE and process.pid not in self._restarted:
+                self._restarted.add(process.pid)
+                self.spawn()
+
+    def unexpected_exits(self) -> list[int]:
+        codes = [process.poll() for process, _ in self.processes]
+        return [c for c in codes if c is not None and c not in (-signal.SIGKILL, EXIT_NO_DATABASE)]
 
     def spawn(self) -> None:
         log = self._logs / f"worker-{len(self.processes)}.log"
@@ -181,9 +198,11 @@ def test_runs_complete_exactly_once_through_kill_9_and_a_server_restart(
                     restart(cluster, rng)
                 done_log.append(f"{what} at {share:.0%}")
             assert time.monotonic() < deadline, f"stuck before {what} at {share:.0%}"
+            workers.restart_refused()
             time.sleep(0.1)
         while completed_tasks(url) < TASKS:
             assert time.monotonic() < deadline, "the runs did not all complete in time"
+            workers.restart_refused()
             time.sleep(0.2)
 
         runs = dict(
@@ -206,6 +225,8 @@ def test_runs_complete_exactly_once_through_kill_9_and_a_server_restart(
 
         # No worker left alive without serving: every live process (a replacement may still be
         # starting on a loaded machine) comes to heartbeat, and none crashed.
+        workers.restart_refused()
+        assert workers.unexpected_exits() == []
         alive = workers.alive()
         assert len(alive) == 3
         serving_deadline = time.monotonic() + 60
