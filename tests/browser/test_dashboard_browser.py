@@ -47,9 +47,15 @@ def base_url(engine: Engine) -> Iterator[str]:
 
 
 def _box_fill(page: Page, step_slug: str) -> str:
-    fill = page.eval_on_selector(
-        f'g.node[data-step="{step_slug}"] rect.box', "box => getComputedStyle(box).fill"
-    )
+    # Waits for a box that is in the document: a live update may be swapping the DAG in, and a
+    # detached box has no computed fill ("").
+    fill = page.wait_for_function(
+        """slug => {
+            const box = document.querySelector(`g.node[data-step="${slug}"] rect.box`);
+            return (box && box.isConnected && getComputedStyle(box).fill) || null;
+        }""",
+        arg=step_slug,
+    ).json_value()
     assert isinstance(fill, str)
     return fill
 
