@@ -15,9 +15,9 @@ from alembic.config import Config
 
 from alembic_pgflow.errors import FlowDiscoveryError
 from pgflow._loading import FlowSource, discover, discover_schedules
+from pgflow.cron import Cron
 from pgflow.definition import FlowDefinition
 from pgflow.errors import FlowImportError
-from pgflow.schedules import Cron
 
 _ATTRIBUTE = "alembic_pgflow.registry"
 

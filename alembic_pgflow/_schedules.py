@@ -22,7 +22,7 @@ from alembic_pgflow._ops import DropFlowOp
 from alembic_pgflow._registry import FlowRegistry
 from alembic_pgflow._render import _call, _flat, _import, literal
 from pgflow._sql import query
-from pgflow.schedules import Cron
+from pgflow.cron import Cron
 from pgflow.schedules._api import cron_parameters, schedule_from_row
 
 log = logging.getLogger("alembic.autogenerate.pgflow")

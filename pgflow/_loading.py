@@ -9,11 +9,10 @@ import traceback
 from types import ModuleType
 from typing import Any, TypeGuard
 
+from pgflow.cron import Cron, schedules_of
 from pgflow.definition import FlowDefinition
 from pgflow.dsl import Flow, definition_of
 from pgflow.errors import FlowImportError
-from pgflow.schedules._cron import Cron
-from pgflow.schedules._declared import schedules_of
 
 FlowSource = str | ModuleType | type | FlowDefinition
 

@@ -17,8 +17,9 @@ import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Unpack, overload
+from typing import Any, ClassVar, Unpack, overload
 
+from pgflow.cron import Cron, bind_declared
 from pgflow.definition import (
     FLOW_OPTIONS,
     STEP_OPTIONS,
@@ -31,9 +32,6 @@ from pgflow.definition import (
     options_given,
 )
 from pgflow.errors import FlowDefinitionError
-
-if TYPE_CHECKING:
-    from pgflow.schedules import Cron
 
 HandlerFunction = Callable[..., Any]
 
@@ -295,9 +293,6 @@ def _attach(
     options: dict[str, int | None],
     schedule: Cron | Sequence[Cron] | None = None,
 ) -> None:
-    # Imported here: pgflow.schedules uses the client, which imports this module.
-    from pgflow.schedules._declared import bind_declared  # noqa: PLC0415
-
     try:
         definition = FlowDefinition(
             slug=slug if slug is not None else _snake_case(cls.__name__),

@@ -5,6 +5,7 @@ autogenerate stores them) or manage them at run time with the functions here. Ev
 ``pgflow run-worker`` fires due schedules (:class:`Scheduler`). See docs/schedules.md.
 """
 
+from pgflow.cron import MISSED_POLICIES, Cron, Missed, schedules_of
 from pgflow.errors import InvalidScheduleError, ScheduleError, ScheduleNotFoundError
 from pgflow.schedules._api import (
     Schedule,
@@ -27,8 +28,6 @@ from pgflow.schedules._api import (
     update_schedule,
     update_schedule_async,
 )
-from pgflow.schedules._cron import MISSED_POLICIES, Cron, Missed
-from pgflow.schedules._declared import schedules_of
 from pgflow.schedules._firing import FirePass, Scheduler, SchedulerService, fire_due
 
 __all__ = [

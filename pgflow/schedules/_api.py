@@ -27,6 +27,7 @@ from pgflow.client._common import (
     resolve_flow,
     run_async,
 )
+from pgflow.cron import Cron, Missed, schedules_of, validate_name
 from pgflow.errors import (
     FlowNotRegisteredError,
     InvalidScheduleError,
@@ -34,8 +35,6 @@ from pgflow.errors import (
     ScheduleError,
     ScheduleNotFoundError,
 )
-from pgflow.schedules._cron import Cron, Missed, validate_name
-from pgflow.schedules._declared import schedules_of
 from pgflow.schedules._firing import cron_from_row, fire
 
 

@@ -26,8 +26,8 @@ from sqlalchemy.engine import Connection, Engine
 from pgflow import telemetry
 from pgflow._sql import query
 from pgflow.client._start import prepare_start, start_run
+from pgflow.cron import Cron
 from pgflow.errors import PgflowError
-from pgflow.schedules._cron import Cron
 
 if TYPE_CHECKING:
     from pgflow.worker._session import ServingSession

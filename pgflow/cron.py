@@ -1,4 +1,8 @@
-"""``Cron``: a validated schedule declaration, and the cron arithmetic the scheduler needs.
+"""``Cron``: a validated schedule declaration, the cron arithmetic the scheduler needs, and the
+binding of the schedules a Flow/Job class declares (``schedule=Cron(...)``, checked at class
+creation).
+
+A value module below the DSL: it imports no database code and no feature package.
 
 Cron expressions are evaluated by cronsim: five fields (minute hour day month weekday), or six
 with a leading seconds field. Times are computed in the schedule's IANA time zone (zoneinfo),
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -17,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from pgflow.definition import FlowDefinition, StepType
 from pgflow.errors import InvalidScheduleError
 
 Missed = Literal["latest", "all", "none"]
@@ -215,3 +220,47 @@ def validate_name(name: object) -> str:
             "_ . : -, starting with a letter"
         )
     return name
+
+
+ScheduleDeclaration = Cron | Sequence[Cron] | None
+
+
+def bind_declared(
+    owner: str, definition: FlowDefinition, declaration: ScheduleDeclaration
+) -> tuple[Cron, ...]:
+    """The class's schedules bound to its flow; a clear error for anything pgflow would refuse."""
+    if declaration is None:
+        return ()
+    crons = [declaration] if isinstance(declaration, Cron) else list(declaration)
+    for cron in crons:
+        if not isinstance(cron, Cron):
+            raise InvalidScheduleError(
+                f"{owner}: schedule= takes Cron(...) or a list of them, got {cron!r}"
+            )
+    if len(crons) > 1 and any(cron.name is None for cron in crons):
+        raise InvalidScheduleError(
+            f"{owner} declares {len(crons)} schedules: give each a name=... (unique over the "
+            "database), e.g. Cron('0 3 * * *', name='nightly')"
+        )
+    root_map = next(
+        (s.slug for s in definition.steps if s.step_type is StepType.MAP and not s.depends_on),
+        None,
+    )
+    bound: list[Cron] = []
+    for cron in crons:
+        schedule = cron.bound(definition.slug, default_name=definition.slug)
+        if root_map is not None and not isinstance(schedule.input, list):
+            raise InvalidScheduleError(
+                f"{owner}: schedule {schedule.name!r} starts flow {definition.slug!r}, which maps "
+                f"over its input in step {root_map!r}, so its input must be a list"
+            )
+        if schedule.name in {b.name for b in bound}:
+            raise InvalidScheduleError(f"{owner} declares schedule {schedule.name!r} twice")
+        bound.append(schedule)
+    return tuple(bound)
+
+
+def schedules_of(flow_class: type) -> tuple[Cron, ...]:
+    """The schedules declared on a concrete Flow/Job class (bound to its slug)."""
+    found = vars(flow_class).get("__pgflow_schedules__", ())
+    return tuple(found)
