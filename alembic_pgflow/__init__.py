@@ -26,6 +26,7 @@ from typing import Any
 
 from alembic_pgflow import _compare, _render, _schedules  # noqa: F401  (registers them)
 from alembic_pgflow._compare import plan_operations
+from alembic_pgflow._environment import configure_database_url
 from alembic_pgflow._ops import CreateFlowOp, DropFlowOp, UpdateFlowOptionsOp
 from alembic_pgflow._registry import FlowRegistry, include_flows
 from alembic_pgflow._revisions import (
@@ -50,6 +51,7 @@ __all__ = [
     "FlowRegistry",
     "UpdateFlowOptionsOp",
     "UpdateScheduleOp",
+    "configure_database_url",
     "include_flows",
     "include_name",
     "plan_operations",

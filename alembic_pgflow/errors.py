@@ -37,3 +37,7 @@ class SchemaRevisionError(MigrationError):
 
 class SchemaDowngradeRefusedError(SchemaRevisionError):
     """The pgflow schema revision was downgraded without the explicit opt-in."""
+
+
+class DatabaseURLError(MigrationError):
+    """No database configured for the migration, or a URL pgflow cannot use."""

@@ -1,4 +1,4 @@
-"""examples/alembic_shop, driven with the ``alembic`` command exactly as docs/alembic.md shows."""
+"""examples/alembic_shop (docs/alembic.md's finished project), driven by the ``alembic`` command."""
 
 from __future__ import annotations
 

@@ -1,36 +1,34 @@
-"""Alembic environment of the example shop: its tables (none here) and its pgflow flows."""
-
-import os
 from logging.config import fileConfig
 
-import sqlalchemy as sa
 from alembic import context
+from sqlalchemy import MetaData, engine_from_config, pool
 
-import alembic_pgflow
+import alembic_pgflow  # pgflow
 
-if context.config.config_file_name is not None:
-    fileConfig(context.config.config_file_name)
+config = context.config
 
-# The flows autogenerate manages. Changing a flow's shape stops autogenerate with an
-# explanation; allow_data_loss=[...] or drop_removed=[...] here opt in to deleting runs.
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name)
+
+# pgflow: the database is DATABASE_URL when set (else sqlalchemy.url), on psycopg 3.
+alembic_pgflow.configure_database_url(config)
+
+# pgflow: the flows autogenerate manages: module names ("myapp.flows"), "module:Class"
+# references, Flow/Job classes or FlowDefinition objects. Call it once or several times.
 alembic_pgflow.include_flows("shop.flows")
 
-# Your models' MetaData (e.g. Base.metadata); autogenerate compares tables as usual.
-target_metadata = sa.MetaData()
-
-
-def database_url() -> sa.URL:
-    url = os.environ.get("DATABASE_URL") or context.config.get_main_option("sqlalchemy.url")
-    if not url:
-        raise SystemExit("set DATABASE_URL, e.g. postgresql://postgres@127.0.0.1:5432/shop")
-    return sa.make_url(url).set(drivername="postgresql+psycopg")
+# Your models' MetaData (e.g. Base.metadata); an empty MetaData() if you have none.
+target_metadata = MetaData()
 
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=database_url(),
+        url=config.get_main_option("sqlalchemy.url"),
         target_metadata=target_metadata,
         literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        # pgflow: new revisions go on *your* head and into *your* directory, and those
+        # with flow operations depend on the pgflow schema branch.
         process_revision_directives=alembic_pgflow.process_revision_directives,
     )
     with context.begin_transaction():
@@ -38,18 +36,21 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = sa.create_engine(database_url(), poolclass=sa.pool.NullPool)
-    with engine.connect() as connection:
+    connectable = engine_from_config(
+        config.get_section(config.config_ini_section, {}),
+        prefix="sqlalchemy.",
+        poolclass=pool.NullPool,
+    )
+    with connectable.connect() as connection:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
-            # Bases new revisions on your own head and makes those with flow operations
-            # depend on the pgflow schema branch, so `alembic upgrade heads` installs it first.
-            process_revision_directives=alembic_pgflow.process_revision_directives,
+            process_revision_directives=alembic_pgflow.process_revision_directives,  # pgflow
+            # pgflow, only if you compare several schemas: keep autogenerate away from pgflow's.
+            # include_schemas=True, include_name=alembic_pgflow.include_name,
         )
         with context.begin_transaction():
             context.run_migrations()
-    engine.dispose()
 
 
 if context.is_offline_mode():
