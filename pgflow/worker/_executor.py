@@ -129,7 +129,9 @@ async def run_handler(
             else:
                 # A sync handler cannot be interrupted: past its timeout it is abandoned (the
                 # thread finishes on its own) and its late result is ignored.
-                result = await threads.run(lambda: handler(*args), keep_slot=keep_slot)
+                result = await threads.run(
+                    lambda: handler(*args), keep_slot=keep_slot, deadline=deadline.deadline
+                )
     except anyio.get_cancelled_exc_class() as exc:
         if anyio.current_effective_deadline() == -math.inf:
             raise  # the worker's own shutdown (or the caller's): not this attempt's outcome

@@ -6,6 +6,10 @@ keeps its task's concurrency slot until then, so a process never runs more threa
 ``concurrency`` (anyio's own worker threads are released on abandon, so each timeout used to add
 one). The threads are daemons: a stuck handler does not keep the process alive after ``serve()``
 has returned, so one SIGTERM is enough to exit.
+
+A handler abandoned *before* its timeout (its run was cancelled, and it is expected to see
+``ctx.cancelled`` and return) is not stuck: it counts as stuck only if it still runs once its
+timeout has passed. Only threads past their timeout can make the process give up.
 """
 
 from __future__ import annotations
@@ -35,22 +39,40 @@ class HandlerThreads:
         self.event_loop = anyio.lowlevel.current_token()
 
     async def run(
-        self, function: Callable[[], Any], *, keep_slot: Callable[[], Callable[[], None]]
+        self,
+        function: Callable[[], Any],
+        *,
+        keep_slot: Callable[[], Callable[[], None]],
+        deadline: float,
     ) -> Any:
-        """``function()`` in a thread. When cancelled (the timeout), return at once and let the
-        thread finish on its own; ``keep_slot()`` holds the caller's slot until it does."""
+        """``function()`` in a thread. When cancelled (the timeout at ``deadline``, on anyio's
+        clock, or the run's cancellation), return at once and let the thread finish on its own;
+        ``keep_slot()`` holds the caller's slot until it does."""
         jobs = self._idle.pop() if self._idle else self._start()
         done = anyio.Event()
         result: list[Any] = []
         error: list[BaseException] = []
         abandoned: list[Callable[[], None]] = []
+        counted_stuck: list[bool] = []
+        timer: list[threading.Timer] = []
 
         def finished() -> None:  # on the event loop
             self._idle.append(jobs)
-            if abandoned:
+            if timer:
+                timer[0].cancel()
+            if counted_stuck:
                 self.stuck -= 1
+            if abandoned:
                 abandoned[0]()
             done.set()
+
+        def now_stuck() -> None:  # on the event loop, once the handler is past its timeout
+            if done.is_set() or counted_stuck:
+                return
+            counted_stuck.append(True)
+            self.stuck += 1
+            if self.stuck >= self._size:
+                self._on_all_stuck(self.stuck)
 
         # The caller's context variables (e.g. the current tracing span) go with the call.
         context = contextvars.copy_context()
@@ -70,13 +92,21 @@ class HandlerThreads:
         except anyio.get_cancelled_exc_class():
             if not done.is_set():
                 abandoned.append(keep_slot())
-                self.stuck += 1
-                if self.stuck >= self._size:
-                    self._on_all_stuck(self.stuck)
+                left = deadline - anyio.current_time()
+                if left <= 0:
+                    now_stuck()
+                else:  # the run was cancelled: the handler has until its timeout to return
+                    timer.append(threading.Timer(left, self._on_loop, (now_stuck,)))
+                    timer[0].daemon = True
+                    timer[0].start()
             raise
         if error:
             raise error[0]
         return result[0]
+
+    def _on_loop(self, function: Callable[[], None]) -> None:
+        with contextlib.suppress(anyio.RunFinishedError):
+            anyio.from_thread.run_sync(function, token=self.event_loop)
 
     def _start(self) -> queue.SimpleQueue[Job | None]:
         jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
