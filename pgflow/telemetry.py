@@ -73,6 +73,7 @@ class Event(StrEnum):
     WORKER_EXIT_FORCED = "worker.exit_forced"
     WORKER_HEARTBEAT_FAILED = "worker.heartbeat_failed"
     WORKER_LOOP_BLOCKED = "worker.loop_blocked"
+    WORKER_LOOP_UNBLOCKED = "worker.loop_unblocked"
     WORKER_STARTED = "worker.started"
     WORKER_STOP_UNRECORDED = "worker.stop_unrecorded"
     WORKER_STOPPED = "worker.stopped"

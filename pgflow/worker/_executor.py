@@ -146,6 +146,15 @@ async def run_handler(
         return Failed(
             f"TimeoutError: step {context.step_slug!r} exceeded its timeout of {timeout:g}s"
         )
+    if spec.is_async and anyio.current_time() > deadline.deadline:
+        # It returned without awaiting once its deadline had passed: it blocked the event loop
+        # (time.sleep, a sync driver) for that long, so the cancellation never reached it.
+        ran_for = anyio.current_time() - deadline.deadline + timeout
+        return Failed(
+            f"TimeoutError: step {context.step_slug!r} exceeded its timeout of {timeout:g}s "
+            f"(it ran {ran_for:.1f}s, blocking the event loop: an async handler must not call "
+            "blocking code; make it a sync handler or await the blocking call in a thread)"
+        )
     try:
         output = to_json(result)
         # A lone surrogate passes json.dumps but is not valid UTF-8, so PostgreSQL (and the

@@ -44,6 +44,8 @@ async def execute(
             outcome = await _outcome(
                 session, threads, served, task, fields=fields, slot=slot, cancel=cancellation
             )
+        # The handler has ended: it can no longer be overdue (OverdueHandlers).
+        session.async_deadlines.pop(task.key, None)
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         if cancellation.requested:
             # The run was cancelled while the handler ran: nothing to report (a late result

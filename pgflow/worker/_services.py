@@ -25,6 +25,7 @@ import anyio.to_thread
 
 from pgflow import telemetry
 from pgflow.worker._session import ServingSession
+from pgflow.worker._store import TaskKey
 
 
 class WorkerService(Protocol):
@@ -147,19 +148,29 @@ class LoopWatchdog:
         last_tick = [time.monotonic()]
 
         def watch(stop: threading.Event) -> None:
-            warned = False
+            blocked_since: float | None = None  # the last tick before the block we warned of
+            running: list[str] = []
             while not stop.wait(threshold / 4):
-                blocked_for = time.monotonic() - last_tick[0]
-                if blocked_for <= threshold:
-                    warned = False
-                elif not warned:
-                    warned = True
+                tick = last_tick[0]
+                blocked_for = time.monotonic() - tick
+                if blocked_since is not None and tick != blocked_since:
+                    # The loop runs again: say how long it really was blocked, and by what.
+                    telemetry.emit(
+                        "worker.loop_unblocked",
+                        level=logging.WARNING,
+                        blocked_for=round(tick - blocked_since, 1),
+                        running=running,
+                    )
+                    blocked_since = None
+                if blocked_for > threshold and blocked_since is None:
+                    blocked_since = tick
+                    running = _running_steps(session)
                     telemetry.emit(
                         "worker.loop_blocked",
                         level=logging.WARNING,
                         blocked_for=round(blocked_for, 1),
                         threshold=threshold,
-                        running=_running_steps(session),
+                        running=running,
                     )
 
         async with anyio.create_task_group() as group:
@@ -190,14 +201,22 @@ class OverdueHandlers:
     crashes; under ``Worker.run()`` the process then exits (see ``Worker.run``)."""
 
     async def run(self, session: ServingSession) -> None:
+        reported: set[TaskKey] = set()
         while True:
+            asleep_since = anyio.current_time()
             await anyio.sleep(1.0)
             now = anyio.current_time()
+            if now - asleep_since > 2.0:
+                # The loop was blocked (by a handler's blocking call): the handlers whose
+                # timeout passed meanwhile have not had their turn to see the cancellation yet.
+                continue
             overdue = [
                 key
                 for key, deadline in session.async_deadlines.items()
-                if now > deadline + CANCELLATION_GRACE
+                if now > deadline + CANCELLATION_GRACE and key not in reported
             ]
+            reported.intersection_update(session.async_deadlines)
+            reported.update(overdue)
             for key in overdue:
                 telemetry.emit(
                     "task.cancellation_ignored",

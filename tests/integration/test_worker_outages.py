@@ -158,3 +158,36 @@ async def test_a_blocked_event_loop_keeps_heartbeats_going_and_is_reported(
     blocked = [fields for fields, _ in events.named("worker.loop_blocked")]
     assert blocked, "nothing warned about the blocked event loop"
     assert any("perform[0] of run " + str(run_id) in entry for entry in blocked[0]["running"])
+
+
+class BlocksPastTimeout(Job, slug="blocks_past_timeout", max_attempts=1, timeout=3):
+    async def perform(self, input: Any, ctx: Context) -> str:
+        time.sleep(9)  # the mistake: blocking the loop past the timeout and its grace period
+        return "late"
+
+
+class After(Job, slug="after_blocking", max_attempts=1):
+    async def perform(self, input: Any, ctx: Context) -> str:
+        return "fine"
+
+
+async def test_an_async_handler_blocking_past_its_timeout_fails_as_a_timeout_and_the_worker_lives(
+    pgflow_engine: Engine, events: EventLog
+) -> None:
+    register_flows(pgflow_engine, BlocksPastTimeout, After)
+    async with running_worker(pgflow_engine, BlocksPastTimeout, After):
+        blocked = start(pgflow_engine, BlocksPastTimeout, {})
+        run = await wait_until_finished(pgflow_engine, blocked, timeout=40)
+        after = start(pgflow_engine, After, {})
+        assert (await wait_until_finished(pgflow_engine, after))["status"] == "completed"
+    assert run["status"] == "failed"
+    [task] = tasks_of(pgflow_engine, blocked)
+    assert task["output"] is None
+    assert task["error_message"].startswith(
+        "TimeoutError: step 'perform' exceeded its timeout of 3s (it ran 9."
+    )
+    assert not events.named("task.cancellation_ignored")
+    assert not events.named("worker.crashed")
+    [(unblocked, _)] = events.named("worker.loop_unblocked")
+    assert unblocked["blocked_for"] >= 8.5
+    assert any("perform[0] of run " + str(blocked) in entry for entry in unblocked["running"])
