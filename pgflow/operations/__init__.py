@@ -15,6 +15,7 @@ from pgflow.operations._control import (
     retry_run_async,
 )
 from pgflow.operations._inspect import (
+    LISTABLE_STATUSES,
     describe_run,
     describe_run_async,
     list_runs,
@@ -22,7 +23,7 @@ from pgflow.operations._inspect import (
     list_workers,
     list_workers_async,
 )
-from pgflow.operations._prune import prune, prune_async
+from pgflow.operations._prune import DEFAULT_BATCH_SIZE, PRUNABLE_STATUSES, prune, prune_async
 from pgflow.operations._results import (
     CancelOutcome,
     CancelResult,
@@ -39,6 +40,9 @@ from pgflow.operations._results import (
 )
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "LISTABLE_STATUSES",
+    "PRUNABLE_STATUSES",
     "CancelOutcome",
     "CancelResult",
     "PruneReport",

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from pgflow import Flow, NonRetryableError, start_flow_and_wait, step
+from pgflow.cli._render import run_details
 from pgflow.client import get_run_with_states
 from pgflow.errors import RunFailedError
 from pgflow.operations import describe_run
-from pgflow.operations._render import run_details
 from tests.helpers.database import register_flows
 from tests.helpers.workers import EventLog, running_worker
 

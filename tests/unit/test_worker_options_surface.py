@@ -12,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pgflow._worker_cli import envvar, field_docs, flag, options_from, worker_options
+from pgflow.cli.worker import envvar, field_docs, flag, options_from, worker_options
 from pgflow.errors import BadOptionsError
 from pgflow.worker import WorkerOptions
 

@@ -1,5 +1,4 @@
-"""How the ``pgflow runs``/``workers``/``prune`` commands print results: plain tables for people,
-JSON for scripts."""
+"""How the ``pgflow`` commands print results: plain tables for people, JSON for scripts."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pgflow.operations._results import RunDetails, RunSummary, WorkerInfo
+from pgflow.operations import RunDetails, RunSummary, WorkerInfo
 from pgflow.results import TaskFailure
 
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")

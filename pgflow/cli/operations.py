@@ -1,0 +1,245 @@
+"""``pgflow runs``, ``pgflow workers`` and ``pgflow prune``: operating runs from a shell.
+
+People get tables, scripts ``--json``. Exit codes as for every command: 0 done (also when the
+run already was as asked, e.g. cancelled twice), 1 refused or failed (the run is in the wrong
+state, unknown, or a database error), 2 usage, 3 no database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import click
+
+from pgflow.cli._common import database_url_option, engine_for, finish, json_option, reports_errors
+from pgflow.cli._render import (
+    moment,
+    parse_duration,
+    parse_since,
+    run_details,
+    runs_table,
+    workers_table,
+)
+from pgflow.errors import PgflowError
+from pgflow.operations import (
+    DEFAULT_BATCH_SIZE,
+    LISTABLE_STATUSES,
+    PRUNABLE_STATUSES,
+    CancelOutcome,
+    ResumeOutcome,
+    RetryOutcome,
+    cancel_run,
+    describe_run,
+    list_runs,
+    list_workers,
+    prune,
+    resume_run,
+    retry_run,
+)
+
+
+def _since(_context: click.Context, _parameter: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _duration(_context: click.Context, _parameter: click.Parameter, value: str) -> Any:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group()
+def runs() -> None:
+    """List and inspect runs; cancel, retry or resume one."""
+
+
+@runs.command("list")
+@database_url_option
+@click.option("--flow", help="Only runs of this flow (slug).")
+@click.option("--status", type=click.Choice(LISTABLE_STATUSES))
+@click.option("--since", callback=_since, help="Started since: 2h, 7d, 2026-11-29T08:00.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+@reports_errors
+def runs_list(
+    *,
+    database_url: str | None,
+    flow: str | None,
+    status: str | None,
+    since: datetime | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Runs, newest first."""
+    with engine_for(database_url) as engine:
+        found = list_runs(engine, flow=flow, status=status, since=since, limit=limit)
+    finish(as_json, found, runs_table(found))
+
+
+@runs.command("show")
+@click.argument("run_id", type=click.UUID)
+@database_url_option
+@json_option
+@reports_errors
+def runs_show(*, run_id: uuid.UUID, database_url: str | None, as_json: bool) -> None:
+    """A run and its steps: status, tasks, attempts, durations, errors, output sizes, and the
+    traceback of each failed step's last attempt."""
+    with engine_for(database_url) as engine:
+        details = describe_run(engine, run_id)
+    if details is None:
+        raise PgflowError(f"run {run_id} does not exist in this database")
+    finish(as_json, details, run_details(details))
+
+
+@runs.command("cancel")
+@click.argument("run_id", type=click.UUID)
+@click.option("--reason", help="Recorded with the cancellation and shown with the run.")
+@database_url_option
+@json_option
+@reports_errors
+def runs_cancel(
+    *, run_id: uuid.UUID, reason: str | None, database_url: str | None, as_json: bool
+) -> None:
+    """Cancel a started run; its queued tasks never run, running handlers are told."""
+    with engine_for(database_url) as engine:
+        result = cancel_run(engine, run_id, reason)
+    text = {
+        CancelOutcome.CANCELLED: f"cancelled run {run_id} ({result.tasks_cancelled} "
+        "unfinished task(s) ended)",
+        CancelOutcome.ALREADY_CANCELLED: f"run {run_id} was already cancelled",
+        CancelOutcome.NOT_RUNNING: f"run {run_id} already ended {result.status}; nothing to cancel",
+    }[result.outcome]
+    finish(as_json, result, text, refused=not result.cancelled)
+
+
+@runs.command("retry")
+@click.argument("run_id", type=click.UUID)
+@database_url_option
+@json_option
+@reports_errors
+def runs_retry(*, run_id: uuid.UUID, database_url: str | None, as_json: bool) -> None:
+    """Start a failed or cancelled run again as a new run (same flow, same input)."""
+    with engine_for(database_url) as engine:
+        result = retry_run(engine, run_id)
+    text = {
+        RetryOutcome.RETRIED: f"retried run {run_id} as {result.new_run_id}",
+        RetryOutcome.ALREADY_RETRIED: f"run {run_id} was already retried as {result.new_run_id}",
+        RetryOutcome.NOT_FAILED: f"run {run_id} is {result.status}; only failed or "
+        "cancelled runs can be retried",
+    }[result.outcome]
+    finish(as_json, result, text, refused=not result.retried)
+
+
+@runs.command("resume")
+@click.argument("run_id", type=click.UUID)
+@database_url_option
+@json_option
+@reports_errors
+def runs_resume(*, run_id: uuid.UUID, database_url: str | None, as_json: bool) -> None:
+    """Continue a failed or cancelled run in place: only unfinished work runs again."""
+    with engine_for(database_url) as engine:
+        result = resume_run(engine, run_id)
+    text = {
+        ResumeOutcome.RESUMED: f"resumed run {run_id}: {result.tasks_requeued} task(s) "
+        f"queued again, run {result.status}",
+        ResumeOutcome.NOT_FAILED: f"run {run_id} is {result.status}; only failed or "
+        "cancelled runs can be resumed",
+    }[result.outcome]
+    finish(as_json, result, text, refused=not result.resumed)
+
+
+@click.group()
+def workers() -> None:
+    """Inspect the workers registered in the database (Python and TypeScript)."""
+
+
+@workers.command("list")
+@database_url_option
+@click.option("--flow", help="Only workers of this flow (slug).")
+@click.option(
+    "--stale-after",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Seconds without a heartbeat after which a worker counts as dead.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+@reports_errors
+def workers_list(
+    *,
+    database_url: str | None,
+    flow: str | None,
+    stale_after: int,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Worker rows, latest heartbeat first."""
+    with engine_for(database_url) as engine:
+        found = list_workers(engine, flow=flow, stale_after=stale_after, limit=limit)
+    finish(as_json, found, workers_table(found))
+
+
+@click.command("prune")
+@database_url_option
+@click.option(
+    "--older-than",
+    required=True,
+    callback=_duration,
+    help="Keep what finished more recently than this: 30d, 12h, 1d12h.",
+)
+@click.option("--flow", "flows", multiple=True, help="Only this flow (repeatable).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(PRUNABLE_STATUSES),
+    help="Only runs with this status (repeatable; default both).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Runs deleted per transaction.",
+)
+@json_option
+@reports_errors
+def prune_command(
+    *,
+    database_url: str | None,
+    older_than: Any,
+    flows: tuple[str, ...],
+    statuses: tuple[str, ...],
+    dry_run: bool,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Delete finished runs (with their steps, tasks, queue messages and records) and dead
+    worker rows older than --older-than. Started runs are never touched."""
+    with engine_for(database_url) as engine:
+        report = prune(
+            engine,
+            older_than=older_than,
+            statuses=statuses or PRUNABLE_STATUSES,
+            flows=flows or None,
+            dry_run=dry_run,
+            batch_size=batch_size,
+        )
+    verb = "would delete" if dry_run else "deleted"
+    text = (
+        f"{verb} {report.runs} run(s) finished before {moment(report.cutoff)} UTC: "
+        f"{report.step_states} step state(s), {report.step_tasks} task(s), "
+        f"{report.messages} queue message(s), {report.extension_rows} record(s); "
+        f"{report.workers} worker row(s)" + ("" if dry_run else f" in {report.seconds:.1f}s")
+    )
+    finish(as_json, report, text)
