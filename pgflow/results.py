@@ -28,21 +28,28 @@ class RunStatus(StrEnum):
 
 
 class StepStatus(StrEnum):
-    """``pgflow.step_states.status``: ``created`` until its dependencies complete."""
+    """``pgflow.step_states.status``: ``created`` until its dependencies complete;
+    ``skipped`` when its condition was not met or it ran out of attempts with
+    ``retries_exhausted="skip"`` (upstream 0.14's status)."""
 
     CREATED = "created"
     STARTED = "started"
     COMPLETED = "completed"
     FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 class TaskStatus(StrEnum):
-    """``pgflow.step_tasks.status``: a retried task goes back to ``queued``."""
+    """``pgflow.step_tasks.status``: a retried task goes back to ``queued``; the tasks a failed
+    or cancelled run leaves unfinished end ``cancelled``, those of a skipped step ``skipped``
+    (upstream 0.15.1's statuses)."""
 
     QUEUED = "queued"
     STARTED = "started"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True, slots=True)

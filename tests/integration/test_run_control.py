@@ -227,7 +227,7 @@ def test_cancel_ends_a_started_run_and_upstream_then_changes_nothing(pgflow_engi
 
     before = snapshot(pgflow_engine, run_id)
     assert before["status"] == "failed"
-    assert {t[2] for t in before["tasks"]} == {"failed"}
+    assert {t[2] for t in before["tasks"]} == {"cancelled"}
     assert {t[5] for t in before["tasks"]} == {"cancelled: customer withdrew"}
     assert queued_messages(pgflow_engine, "squares", run_id) == 0
 

@@ -144,7 +144,7 @@ COMMENT ON FUNCTION pgflow_python.start_run(text, jsonb, uuid, text) IS
 
 -- ---------------------------------------------------------------------------------------------
 -- Cancelling a started run: status failed (upstream's vocabulary), a run_cancellations row, its
--- queued and started tasks and started steps failed with "cancelled: <reason>", their messages
+-- queued and started tasks 'cancelled' and started steps failed with "cancelled: <reason>", their messages
 -- archived (no worker can read them again), run:failed and step:<slug>:failed events sent.
 -- Created steps stay created: they never started. outcome: 'cancelled', or for a run that is not
 -- started 'already_cancelled' / 'not_running' (nothing changed), or 'unknown'.
@@ -184,8 +184,6 @@ BEGIN
     at := pg_catalog.clock_timestamp();
     message := 'cancelled' || coalesce(': ' || cancel_run.reason, '');
 
-    UPDATE pgflow.runs AS r SET status = 'failed', failed_at = at
-    WHERE r.run_id = cancel_run.run_id;
     INSERT INTO pgflow_python.run_cancellations (run_id, reason, cancelled_at)
     VALUES (cancel_run.run_id, cancel_run.reason, at)
     ON CONFLICT ON CONSTRAINT run_cancellations_pkey
@@ -193,11 +191,11 @@ BEGIN
 
     -- Upstream's order: step states before tasks.
     PERFORM 1 FROM pgflow.step_states AS s WHERE s.run_id = cancel_run.run_id FOR UPDATE;
+    -- Tasks before the run: failing the run would cancel them too (extension/0060), without
+    -- the reason.
     WITH ended AS (
         UPDATE pgflow.step_tasks AS t
-        SET status = 'failed',
-            failed_at = GREATEST(at, t.started_at, t.queued_at),
-            error_message = message
+        SET status = 'cancelled', error_message = message
         WHERE t.run_id = cancel_run.run_id AND t.status IN ('queued', 'started')
         RETURNING t.message_id
     )
@@ -208,6 +206,8 @@ BEGIN
     IF cardinality(message_ids) > 0 THEN
         PERFORM pgmq.archive(run.flow_slug, message_ids);
     END IF;
+    UPDATE pgflow.runs AS r SET status = 'failed', failed_at = at
+    WHERE r.run_id = cancel_run.run_id;
 
     -- The event is sent from RETURNING, as upstream does, so it goes out for exactly the rows
     -- updated, in order.
@@ -371,14 +371,14 @@ BEGIN
     SELECT t.run_id, t.step_slug, t.task_index, at, t.flow_slug, t.status, t.attempts_count,
            t.message_id, t.error_message
     FROM pgflow.step_tasks AS t
-    WHERE t.run_id = resume_run.run_id AND t.status <> 'completed';
+    WHERE t.run_id = resume_run.run_id AND t.status NOT IN ('completed', 'skipped');
 
     SELECT coalesce(array_agg(t.step_slug ORDER BY t.step_slug, t.task_index), '{}'),
            coalesce(array_agg(t.task_index ORDER BY t.step_slug, t.task_index), '{}'),
            coalesce(array_agg(t.message_id) FILTER (WHERE t.message_id IS NOT NULL), '{}')
     INTO step_slugs, task_indexes, old_message_ids
     FROM pgflow.step_tasks AS t
-    WHERE t.run_id = resume_run.run_id AND t.status <> 'completed';
+    WHERE t.run_id = resume_run.run_id AND t.status NOT IN ('completed', 'skipped');
     tasks_requeued := cardinality(step_slugs);
 
     -- Normally archived already (fail_task and cancel_run archive them); a message still in the
@@ -400,7 +400,7 @@ BEGIN
                     'task_index', t.task_index
                 )
                 FROM pgflow.step_tasks AS t
-                WHERE t.run_id = resume_run.run_id AND t.status <> 'completed'
+                WHERE t.run_id = resume_run.run_id AND t.status NOT IN ('completed', 'skipped')
                 ORDER BY t.step_slug, t.task_index
             ),
             0
@@ -424,6 +424,18 @@ BEGIN
           AND t.task_index = fresh.task_index;
     END IF;
 
+    -- The run first: a step going back to created has its condition evaluated again
+    -- (extension/0061), which may fail the run again. Skipped steps stay skipped.
+    UPDATE pgflow.runs AS r
+    SET status = 'started',
+        failed_at = NULL,
+        remaining_steps = (
+            SELECT count(*) FROM pgflow.step_states AS ss
+            WHERE ss.run_id = resume_run.run_id
+              AND ss.status NOT IN ('completed', 'skipped')
+        )
+    WHERE r.run_id = resume_run.run_id;
+
     -- Steps with tasks to do are started; a failed step with no task row goes back to created
     -- (start_ready_steps starts it once its dependencies are done).
     UPDATE pgflow.step_states AS s
@@ -444,15 +456,6 @@ BEGIN
         GROUP BY ss.step_slug
     ) AS counts
     WHERE s.run_id = resume_run.run_id AND s.step_slug = counts.step_slug;
-
-    UPDATE pgflow.runs AS r
-    SET status = 'started',
-        failed_at = NULL,
-        remaining_steps = (
-            SELECT count(*) FROM pgflow.step_states AS ss
-            WHERE ss.run_id = resume_run.run_id AND ss.status <> 'completed'
-        )
-    WHERE r.run_id = resume_run.run_id;
 
     INSERT INTO pgflow_python.run_resumes (run_id, resumed_at, failed_at, was_cancelled, reason,
                                            tasks_requeued)
