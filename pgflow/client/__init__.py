@@ -8,8 +8,8 @@ exists only if the caller commits. See docs/starting-flows.md.
 
 from typing import Any
 
+from pgflow._binds import AsyncBind, FlowRef, SyncBind
 from pgflow._deprecated import moved_attribute
-from pgflow.client._common import AsyncBind, FlowRef, SyncBind
 from pgflow.client._read import (
     get_run,
     get_run_async,

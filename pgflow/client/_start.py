@@ -11,20 +11,19 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from pgflow import _tracing
-from pgflow._sql import query
-from pgflow.client._common import (
+from pgflow._binds import (
     AsyncBind,
     FlowRef,
     RunId,
     SyncBind,
     as_run_id,
-    check_input_shape,
     connection_for,
-    encode_input,
     json_kind,
     resolve_flow,
     run_async,
 )
+from pgflow._sql import query
+from pgflow.client._inputs import check_input_shape, encode_input
 from pgflow.definition import FlowType
 from pgflow.dsl import Job
 from pgflow.errors import (

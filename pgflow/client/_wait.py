@@ -22,9 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgflow import telemetry
-from pgflow._db import connect, connect_async, display_url, unavailable
-from pgflow._sql import query
-from pgflow.client._common import (
+from pgflow._binds import (
     AsyncBind,
     FlowRef,
     RunId,
@@ -33,6 +31,8 @@ from pgflow.client._common import (
     async_engine_of,
     engine_of,
 )
+from pgflow._db import connect, connect_async, display_url, unavailable
+from pgflow._sql import query
 from pgflow.client._read import read_run
 from pgflow.client._start import prepare_start, start_run
 from pgflow.errors import (

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
+from pgflow._binds import AsyncBind, RunId, SyncBind, as_run_id, connection_for, run_async
 from pgflow._sql import query
-from pgflow.client._common import AsyncBind, RunId, SyncBind, as_run_id, connection_for, run_async
 from pgflow.errors import UnknownRunError
 from pgflow.operations._results import (
     CancelOutcome,

@@ -6,9 +6,9 @@ from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
+from pgflow._binds import AsyncBind, RunId, SyncBind, as_run_id, connection_for, run_async
 from pgflow._sql import query
-from pgflow.client._common import AsyncBind, RunId, SyncBind, as_run_id, connection_for, run_async
-from pgflow.client._read import read_run, read_task_failures
+from pgflow.client import get_run, get_task_failures
 from pgflow.operations._results import (
     ResumeRecord,
     RunDetails,
@@ -99,7 +99,7 @@ def _list_runs(
 
 
 def _describe(connection: Connection, run_id: RunId) -> RunDetails | None:
-    run = read_run(connection, run_id)
+    run = get_run(connection, run_id)
     if run is None:
         return None
     steps = connection.execute(query("ops_run_steps"), {"run_id": run_id}).mappings()
@@ -108,7 +108,7 @@ def _describe(connection: Connection, run_id: RunId) -> RunDetails | None:
         run=run,
         steps=tuple(StepSummary.from_row(row) for row in steps),
         resumes=tuple(ResumeRecord(**row) for row in resumes),
-        failures=read_task_failures(connection, run_id),
+        failures=get_task_failures(connection, run_id),
     )
 
 

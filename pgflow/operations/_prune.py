@@ -17,8 +17,8 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.engine import Connection
 
+from pgflow._binds import AsyncBind, SyncBind, connection_for, run_async
 from pgflow._sql import query
-from pgflow.client._common import AsyncBind, SyncBind, connection_for, run_async
 from pgflow.operations._results import PruneReport
 
 P = ParamSpec("P")

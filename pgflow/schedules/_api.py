@@ -17,8 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from pgflow._sql import query
-from pgflow.client._common import (
+from pgflow._binds import (
     AsyncBind,
     FlowRef,
     SyncBind,
@@ -27,6 +26,7 @@ from pgflow.client._common import (
     resolve_flow,
     run_async,
 )
+from pgflow._sql import query
 from pgflow.cron import Cron, Missed, schedules_of, validate_name
 from pgflow.errors import (
     FlowNotRegisteredError,

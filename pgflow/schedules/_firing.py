@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pgflow import telemetry
 from pgflow._sql import query
-from pgflow.client._start import prepare_start, start_run
+from pgflow.client import start_flow
 from pgflow.cron import Cron
 from pgflow.errors import PgflowError
 
@@ -77,8 +77,7 @@ def fire(
     ).first()
     if recorded is None:
         return None
-    request = prepare_start(str(cron.flow_slug), cron.run_input(tick), run_id)
-    start_run(connection, request)
+    start_flow(connection, str(cron.flow_slug), cron.run_input(tick), run_id=run_id)
     return run_id
 
 
