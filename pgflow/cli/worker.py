@@ -84,9 +84,17 @@ def worker_options(command: F) -> F:
             show_default=True,
             envvar=envvar(field.name),
             show_envvar=True,
-            help=field_docs().get(field.name),
+            help=_help(field.name),
         )(command)
     return command
+
+
+def _help(name: str) -> str | None:
+    text = field_docs().get(name)
+    if name in WorkerOptions.VALID_RANGES and text is not None:
+        low, high = WorkerOptions.VALID_RANGES[name]
+        text += f" Valid: {low:g} to {high:g}."
+    return text
 
 
 def options_from(values: Mapping[str, Any]) -> WorkerOptions:
@@ -95,7 +103,7 @@ def options_from(values: Mapping[str, Any]) -> WorkerOptions:
     names = {field.name for field in dataclasses.fields(WorkerOptions)}
     try:
         return WorkerOptions(**{name: value for name, value in values.items() if name in names})
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         message = re.sub(r"\b[a-z]+(?:_[a-z]+)*\b", _as_flag(names), str(exc))
         raise BadOptionsError(message) from None
 

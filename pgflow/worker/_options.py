@@ -2,11 +2,51 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar
+
+DAY = 86_400
+
+_WHOLE = frozenset(
+    {
+        "concurrency",
+        "batch_size",
+        "visibility_timeout",
+        "visibility_margin",
+        "heartbeat_timeout",
+        "max_requeues",
+    }
+)
+
+_RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        # Bounded so that a typo cannot make a worker spin (NaN or 0 intervals), never act again
+        # (infinite ones), or allocate without limit (a huge concurrency).
+        "concurrency": (1, 10_000),
+        "batch_size": (1, 10_000),
+        "visibility_timeout": (1, DAY),
+        "visibility_margin": (0, DAY),
+        "poll_interval": (0.01, DAY),
+        "heartbeat_interval": (0.01, DAY),
+        "shutdown_timeout": (0, DAY),
+        "recovery_interval": (0.01, DAY),
+        "heartbeat_timeout": (1, 7 * DAY),
+        "max_requeues": (0, 1_000),
+        "statistics_interval": (0.01, DAY),
+        "cancel_check_interval": (0.01, DAY),
+        "blocked_loop_warning": (0.01, DAY),
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
+    # Each numeric option's valid values, both ends included (docs/workers.md lists them).
+    VALID_RANGES: ClassVar[Mapping[str, tuple[float, float]]] = _RANGES
+
     concurrency: int = 10
     """Handlers running at once in this process (over all flows it serves)."""
     batch_size: int = 10
@@ -39,19 +79,14 @@ class WorkerOptions:
     ``worker.loop_blocked`` is logged. Heartbeats go on meanwhile (they have a thread)."""
 
     def __post_init__(self) -> None:
-        for name in ("concurrency", "batch_size", "visibility_timeout"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        for name in (
-            "poll_interval",
-            "heartbeat_interval",
-            "shutdown_timeout",
-            "cancel_check_interval",
-            "statistics_interval",
-            "blocked_loop_warning",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            whole = name in _WHOLE
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                kind = "a whole number" if whole else "a number"
+                raise TypeError(f"{name} must be {kind}, got {value!r}")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"{name} must be from {low:g} to {high:g}, got {value!r}")
         if self.heartbeat_timeout < 2 * self.heartbeat_interval:
             # Otherwise a live worker's own tasks look stalled between two of its heartbeats.
             raise ValueError(

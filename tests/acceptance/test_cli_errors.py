@@ -180,3 +180,30 @@ def test_bad_options_are_one_line_naming_the_help(
     line = one_line(stderr)
     assert shown in line
     assert "--help')" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--heartbeat-interval", "nan"],
+        ["--poll-interval", "nan"],
+        ["--recovery-interval", "inf"],
+        ["--shutdown-timeout", "nan"],
+        ["--max-requeues", "-1"],
+        ["--visibility-margin", "-100"],
+        ["--concurrency", "1000000000"],
+    ],
+    ids=" ".join,
+)
+def test_an_option_value_outside_its_range_exits_2_with_one_line(
+    project: Path, args: list[str]
+) -> None:
+    code, stderr = pgflow_cli(
+        project,
+        "run-worker",
+        "good_flows",
+        *args,
+        database_url="postgresql://nobody@127.0.0.1:1/none",
+    )
+    assert code == 2, stderr
+    assert one_line(stderr).startswith(f"error: {args[0]} must be from ")

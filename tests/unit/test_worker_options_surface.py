@@ -4,6 +4,7 @@ from it, and docs/workers.md's table must list exactly its fields with their def
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -65,3 +66,50 @@ def test_a_bad_combination_names_the_flags() -> None:
     assert str(raised.value) == (
         "--heartbeat-timeout (30) must be at least twice --heartbeat-interval (20.0)"
     )
+
+
+def test_the_docs_table_states_each_options_valid_range() -> None:
+    rows = re.findall(r"^\| `(\w+)` \| [^|]* \| [^|]* \| ([^|]*) \|", DOCS.read_text(), re.M)
+    stated = {name: cell.strip() for name, cell in rows if name in FIELDS}
+    assert sorted(WorkerOptions.VALID_RANGES) == sorted(
+        name for name in FIELDS if name != "scheduler"
+    )
+    for name, (low, high) in WorkerOptions.VALID_RANGES.items():
+        found = re.match(r"([\d.,]+)\N{EN DASH}([\d.,]+)", stated[name])
+        assert found, (name, stated[name])
+        assert tuple(float(end.replace(",", "")) for end in found.groups()) == (low, high), name
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("heartbeat_interval", math.nan),
+        ("poll_interval", math.nan),
+        ("recovery_interval", math.nan),
+        ("shutdown_timeout", math.nan),
+        ("poll_interval", math.inf),
+        ("cancel_check_interval", -1.0),
+        ("statistics_interval", 0.0),
+        ("blocked_loop_warning", -math.inf),
+        ("max_requeues", -1),
+        ("visibility_margin", -100),
+        ("concurrency", 10**9),
+        ("concurrency", 0),
+        ("batch_size", True),
+        ("visibility_timeout", 2.5),
+        ("heartbeat_timeout", 10**9),
+    ],
+)
+def test_values_outside_an_options_range_are_refused_with_its_name(name: str, value: Any) -> None:
+    low, high = WorkerOptions.VALID_RANGES[name]
+    with pytest.raises((ValueError, TypeError), match=rf"^{name} must be ") as raised:
+        WorkerOptions(**{name: value})
+    assert repr(value) in str(raised.value)
+    # Both ends of the range are valid.
+    companions: dict[str, dict[str, Any]] = {
+        "heartbeat_timeout": {"heartbeat_interval": 0.5},
+        "heartbeat_interval": {"heartbeat_timeout": 604_800},
+    }
+    related = companions.get(name, {})
+    for end in (low, high):
+        WorkerOptions(**{name: end, **related})
