@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -89,3 +90,39 @@ def test_tasks_committed_while_a_claim_runs_are_returned_by_that_claim(
             {"id": run_id},
         ).one()
     assert (status, worker) == ("started", worker_id)
+
+
+@pytest.mark.parametrize("claim", ["claim_tasks", "claim_tasks_isolated"])
+def test_a_task_queued_after_the_claims_transaction_began_is_started_not_refused(
+    pgflow_engine: Engine, claim: str
+) -> None:
+    """now() is the claim transaction's start; a task queued (and committed) later, then read by
+    the claim, must not get a started_at before its queued_at (the table's check refused the
+    whole claim)."""
+    register_flows(pgflow_engine, Racy)
+    worker_id = uuid.uuid4()
+    with pgflow_engine.begin() as connection:
+        connection.execute(
+            _sql.query("register_worker"),
+            {"worker_id": worker_id, "queue_name": "racy", "function_name": "test"},
+        )
+    with pgflow_engine.connect() as claimer:
+        began = claimer.execute(sa.text("SELECT now()")).scalar_one()  # fixes now()
+        with pgflow_engine.begin() as starter:
+            run_id = start_flow(starter, Racy, {"x": 1})
+        rows = claimer.execute(
+            _sql.query(claim),
+            {"flow_slug": "racy", "worker_id": worker_id, "qty": 10, "vt": 5, "margin": 5},
+        ).mappings()
+        claimed = [(row["task"]["run_id"], row["attempt"]) for row in rows]
+        claimer.commit()
+    assert claimed == [(str(run_id), 1)]
+    with pgflow_engine.begin() as connection:
+        status, queued_at, started_at = connection.execute(
+            sa.text(
+                "SELECT status, queued_at, started_at FROM pgflow.step_tasks WHERE run_id = :id"
+            ),
+            {"id": run_id},
+        ).one()
+    assert status == "started"
+    assert began < queued_at <= started_at

@@ -39,7 +39,7 @@ BEGIN
                 'the task could not be started, so its handler never ran: %s', failure);
             BEGIN
                 UPDATE pgflow.step_tasks AS t
-                SET status = 'started', started_at = pg_catalog.now(),
+                SET status = 'started', started_at = greatest(pg_catalog.now(), t.queued_at),
                     attempts_count = t.attempts_count + 1, last_worker_id = claiming_worker
                 WHERE t.flow_slug = queue AND t.message_id = read_id
                   AND t.status = 'queued'
@@ -79,9 +79,14 @@ CREATE OR REPLACE FUNCTION pgflow_python.claim_read_messages(
     queue text, claiming_worker uuid, read_ids bigint[], margin integer
 )
 RETURNS TABLE (task jsonb, task_timeout integer, attempt integer)
-LANGUAGE sql VOLATILE SET search_path = '' AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    -- start_claimed_tasks (extension/0012): upstream's start_tasks whose started_at is never
+    -- before queued_at (plpgsql: the body is resolved when called, after 0012 is installed).
     WITH claimed AS (
-        SELECT * FROM pgflow.start_tasks(queue, read_ids, claiming_worker)
+        SELECT * FROM pgflow_python.start_claimed_tasks(queue, read_ids, claiming_worker)
     ),
     timeouts AS (
         SELECT c.msg_id, coalesce(s.opt_timeout, f.opt_timeout) AS seconds
@@ -102,7 +107,8 @@ LANGUAGE sql VOLATILE SET search_path = '' AS $$
     JOIN timeouts t ON t.msg_id = c.msg_id
     JOIN pgflow.step_tasks st
       ON st.run_id = c.run_id AND st.step_slug = c.step_slug AND st.task_index = c.task_index
-    CROSS JOIN extended
+    CROSS JOIN extended;
+END
 $$;
 
 -- Giving back tasks this worker claimed but is not running: after a claim whose reply was lost

@@ -13,6 +13,10 @@
 -- {"run": run input} plus each dependency's output under its slug (a map dependency's outputs as
 -- an array ordered by task_index). Upstream's start_tasks means to extend the messages'
 -- visibility but never does (its CTE is not referenced): neither does this; claim_task_batch does.
+--
+-- One difference: started_at is never before queued_at. now() is the claim transaction's start,
+-- and pgmq.read may see a task committed after that moment, so upstream's started_at = now() can
+-- break the table's started_at_is_after_queued_at check and fail the whole claim.
 CREATE OR REPLACE FUNCTION pgflow_python.start_claimed_tasks(flow_slug text, msg_ids bigint[], worker_id uuid)
 RETURNS SETOF pgflow.step_task_record
 LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
@@ -28,7 +32,8 @@ BEGIN
     ),
     started AS (
         UPDATE pgflow.step_tasks t
-        SET attempts_count = t.attempts_count + 1, status = 'started', started_at = now(),
+        SET attempts_count = t.attempts_count + 1, status = 'started',
+            started_at = greatest(now(), t.queued_at),
             last_worker_id = start_claimed_tasks.worker_id
         FROM picked p
         WHERE t.message_id = p.message_id AND t.flow_slug = p.flow_slug AND t.status = 'queued'
