@@ -194,12 +194,16 @@ async def test_start_delay_is_honoured_and_picked_up_promptly(pgflow_engine: Eng
     assert 2.0 <= waited < 5.0, waited  # woken at visibility, not by the 10 s poll interval
 
 
-class Slow(Flow, slug="slow", timeout=3, max_attempts=1):
+# One flow per failing step: a run ends at its first failure and cancels its other tasks
+# (extension/0060), so each failure is observed in a run of its own.
+class SlowAsync(Flow, slug="slow_async", timeout=3, max_attempts=1):
     @step
     async def async_sleeper(self, input: Any) -> str:
         await anyio.sleep(30)
         return "late"
 
+
+class SlowSync(Flow, slug="slow_sync", timeout=3, max_attempts=1):
     @step
     def sync_sleeper(self, input: Any) -> str:
         time.sleep(4)
@@ -207,28 +211,36 @@ class Slow(Flow, slug="slow", timeout=3, max_attempts=1):
 
 
 async def test_timeouts_fail_async_and_sync_handlers(pgflow_engine: Engine) -> None:
-    register_flows(pgflow_engine, Slow)
-    async with running_worker(pgflow_engine, Slow):
-        run_id = start(pgflow_engine, Slow, {})
-        run = await wait_until_finished(pgflow_engine, run_id)
+    register_flows(pgflow_engine, SlowAsync, SlowSync)
+    async with running_worker(pgflow_engine, SlowAsync, SlowSync):
+        run_ids = [start(pgflow_engine, flow, {}) for flow in (SlowAsync, SlowSync)]
+        runs = [await wait_until_finished(pgflow_engine, run_id) for run_id in run_ids]
         await anyio.sleep(1.5)  # the abandoned sync handler finishes; its result must be ignored
-    assert run["status"] == "failed"
-    errors = {t["step_slug"]: t["error_message"] for t in tasks_of(pgflow_engine, run_id)}
+    assert [run["status"] for run in runs] == ["failed", "failed"]
+    errors = {
+        t["step_slug"]: t["error_message"]
+        for run_id in run_ids
+        for t in tasks_of(pgflow_engine, run_id)
+    }
     assert (
         errors["async_sleeper"] == "TimeoutError: step 'async_sleeper' exceeded its timeout of 3s"
     )
     assert errors["sync_sleeper"] == "TimeoutError: step 'sync_sleeper' exceeded its timeout of 3s"
 
 
-class Bad(Flow, slug="bad_outputs", max_attempts=1):
+class NotJson(Flow, slug="bad_not_json", max_attempts=1):
     @step
     def not_json(self, input: Any) -> object:
         return {"when": object()}
 
+
+class Nan(Flow, slug="bad_nan", max_attempts=1):
     @step
     def nan(self, input: Any) -> float:
         return float("nan")
 
+
+class Base(Flow, slug="bad_base_exception", max_attempts=1):
     @step
     def base_exception(self, input: Any) -> None:
         class Abort(BaseException):
@@ -238,11 +250,17 @@ class Bad(Flow, slug="bad_outputs", max_attempts=1):
 
 
 async def test_bad_outputs_and_base_exceptions_fail_only_the_task(pgflow_engine: Engine) -> None:
-    register_flows(pgflow_engine, Bad)
-    async with running_worker(pgflow_engine, Bad):
-        run_id = start(pgflow_engine, Bad, {})
-        assert (await wait_until_finished(pgflow_engine, run_id))["status"] == "failed"
-    errors = {t["step_slug"]: t["error_message"] for t in tasks_of(pgflow_engine, run_id)}
+    flows = (NotJson, Nan, Base)
+    register_flows(pgflow_engine, *flows)
+    async with running_worker(pgflow_engine, *flows):
+        run_ids = [start(pgflow_engine, flow, {}) for flow in flows]
+        for run_id in run_ids:
+            assert (await wait_until_finished(pgflow_engine, run_id))["status"] == "failed"
+    errors = {
+        t["step_slug"]: t["error_message"]
+        for run_id in run_ids
+        for t in tasks_of(pgflow_engine, run_id)
+    }
     assert errors["not_json"].startswith(
         "TypeError: step 'not_json' returned a value that is not JSON"
     )
