@@ -2,7 +2,7 @@
 
 Declare them on a class (``class Nightly(Flow, schedule=Cron("0 3 * * *"))``; Alembic
 autogenerate stores them) or manage them at run time with the functions here. Every
-``pgflow run-worker`` fires due schedules (:class:`Scheduler`). See docs/schedules.md.
+``pgflow run-worker`` fires due schedules (its scheduler service). See docs/schedules.md.
 """
 
 from pgflow.cron import MISSED_POLICIES, Cron, Missed, schedules_of
@@ -28,7 +28,7 @@ from pgflow.schedules._api import (
     update_schedule,
     update_schedule_async,
 )
-from pgflow.schedules._firing import FirePass, Scheduler, SchedulerService, fire_due
+from pgflow.schedules._firing import FirePass, fire_due
 
 __all__ = [
     "MISSED_POLICIES",
@@ -39,8 +39,6 @@ __all__ = [
     "Schedule",
     "ScheduleError",
     "ScheduleNotFoundError",
-    "Scheduler",
-    "SchedulerService",
     "create_schedule",
     "create_schedule_async",
     "delete_schedule",

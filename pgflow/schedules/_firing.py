@@ -1,4 +1,5 @@
-"""Firing schedules: one pass (:func:`fire_due`) and the loop each worker runs (:class:`Scheduler`).
+"""Firing schedules: one pass (:func:`fire_due`); every worker runs passes in a loop (its scheduler
+service, :mod:`pgflow.worker._scheduler`).
 
 Exactly once, however many workers run: a pass locks the due schedules it fires (``FOR UPDATE
 SKIP LOCKED``, so schedulers never wait for each other and never share a schedule), records each
@@ -10,27 +11,20 @@ mid-pass (even ``kill -9``) rolls all of that back: the tick stays due for the o
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import anyio
-import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from pgflow import telemetry
 from pgflow._sql import query
 from pgflow.client import start_flow
 from pgflow.cron import Cron
 from pgflow.errors import PgflowError
-
-if TYPE_CHECKING:
-    from pgflow.worker._session import ServingSession
 
 # A schedule whose row cannot be evaluated here (e.g. a time zone this machine lacks) is
 # looked at again after this long, not on every pass.
@@ -49,10 +43,6 @@ def cron_from_row(row: Mapping[Any, Any]) -> Cron:
         time_key=row["time_key"],
         flow_slug=row["flow_slug"],
     )
-
-
-def default_fired_by() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def fire(
@@ -162,91 +152,3 @@ def _advance(
             "last_error": error,
         },
     )
-
-
-class Scheduler:
-    """Fires due schedules until cancelled; every worker runs one (``--no-scheduler`` turns
-    it off). Standalone: ``anyio.run(Scheduler(engine).run)``.
-
-    Between passes it sleeps until the earliest schedule is due, at most ``max_idle`` seconds
-    (so a schedule created elsewhere is noticed within that long).
-    """
-
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        fired_by: str | None = None,
-        max_idle: float = 1.0,
-        batch_size: int = 20,
-        keep_fires: timedelta = timedelta(days=7),
-        prune_interval: float = 3600.0,
-    ) -> None:
-        if max_idle <= 0 or batch_size < 1:
-            raise ValueError("max_idle must be positive and batch_size at least 1")
-        self.engine = engine
-        self.fired_by = fired_by or default_fired_by()
-        self.max_idle = max_idle
-        self.batch_size = batch_size
-        self.keep_fires = keep_fires
-        self.prune_interval = prune_interval
-
-    def run_once(self) -> float:
-        """One pass (blocking); returns how long to sleep before the next."""
-        with self.engine.begin() as connection:
-            done = fire_due(connection, fired_by=self.fired_by, limit=self.batch_size)
-        for schedule, flow, tick, run_id in done.fired:  # committed: now they happened
-            telemetry.emit(
-                "schedule.fired",
-                schedule=schedule,
-                flow=flow,
-                fire_time=tick.isoformat(),
-                run_id=str(run_id),
-            )
-        if done.claimed == self.batch_size:
-            return 0.0  # more may be due
-        with self.engine.connect() as connection:
-            seconds = connection.execute(query("schedules_seconds_until_due")).scalar_one()
-        if seconds is None:
-            return self.max_idle
-        # A few milliseconds late, so that the tick is due when the next pass looks.
-        return min(float(seconds) + 0.005, self.max_idle)
-
-    def prune(self) -> int:
-        """Forget fire records older than ``keep_fires`` (each schedule's latest stays)."""
-        with self.engine.begin() as connection:
-            pruned: int = connection.execute(
-                query("schedules_prune_fires"),
-                {"keep_seconds": self.keep_fires.total_seconds()},
-            ).scalar_one()
-        return pruned
-
-    async def run(self) -> None:
-        telemetry.emit("scheduler.started", fired_by=self.fired_by)
-        next_prune = anyio.current_time() + self.prune_interval
-        while True:
-            try:
-                wait = await anyio.to_thread.run_sync(self.run_once)
-                if anyio.current_time() >= next_prune:
-                    next_prune = anyio.current_time() + self.prune_interval
-                    await anyio.to_thread.run_sync(self.prune)
-            except Exception as exc:
-                telemetry.emit(
-                    "scheduler.pass_failed",
-                    level=logging.WARNING,
-                    error=f"{type(exc).__name__}: {exc}".strip(),
-                )
-                wait = self.max_idle
-            await anyio.sleep(wait)
-
-
-class SchedulerService:
-    """The scheduler as a background service of a serving worker (``WorkerOptions.scheduler``,
-    on by default; ``pgflow run-worker --no-scheduler`` turns it off). It uses the worker's
-    engine and handles its own database faults, so it never ends serving."""
-
-    def __init__(self, **scheduler_options: Any) -> None:
-        self.scheduler_options = scheduler_options
-
-    async def run(self, session: ServingSession) -> None:
-        await Scheduler(session.engine, **self.scheduler_options).run()

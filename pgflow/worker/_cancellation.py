@@ -1,12 +1,13 @@
 """Telling running handlers that their run was cancelled (``pgflow.operations.cancel_run``).
 
 The serving session keeps a :class:`RunCancellations`: every running task is tracked under its
-run with a cancel scope and a flag. :class:`CancelWatcher`, a background service, asks the store
-every ``cancel_check_interval`` seconds which of the runs in flight were cancelled, and cancels
-their tasks: an async handler's cancel scope is cancelled (it stops at its next await); a sync
-handler cannot be stopped, so its thread is abandoned and ``ctx.cancelled`` turns true for it to
-poll. Either way nothing is reported for the task: the run is failed, so upstream would ignore
-the report anyway, and a late result must not look like work done.
+run with a cancel scope and a flag. The cancel watcher, a background service
+(:class:`~pgflow.worker._services.CancelWatcher`), asks the store every
+``cancel_check_interval`` seconds which of the runs in flight were cancelled, and cancels their
+tasks: an async handler's cancel scope is cancelled (it stops at its next await); a sync handler
+cannot be stopped, so its thread is abandoned and ``ctx.cancelled`` turns true for it to poll.
+Either way nothing is reported for the task: the run is failed, so upstream would ignore the
+report anyway, and a late result must not look like work done.
 
 Polling, not NOTIFY: it works where ``realtime.send`` is Supabase's, costs one primary-key
 lookup per interval only while tasks run, and keeps within about a second.
@@ -14,18 +15,11 @@ lookup per interval only while tasks run, and keeps within about a second.
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import anyio
-
-from pgflow import telemetry
-
-if TYPE_CHECKING:
-    from pgflow.worker._session import ServingSession
 
 
 class TaskCancellation:
@@ -74,22 +68,3 @@ class RunCancellations:
         for task in fresh:
             task.cancel()
         return len(fresh)
-
-
-class CancelWatcher:
-    """Cancels the running tasks of runs that were cancelled (see the module's docstring)."""
-
-    async def run(self, session: ServingSession) -> None:
-        while True:
-            await anyio.sleep(session.options.cancel_check_interval)
-            runs = session.cancellations.runs()
-            if not runs:
-                continue
-            try:
-                cancelled = await session.store.cancelled_runs(runs)
-            except Exception as exc:  # the next round asks again
-                telemetry.emit("runs.cancel_check_failed", level=logging.WARNING, error=str(exc))
-                continue
-            for run_id in cancelled:
-                if tasks := session.cancellations.cancel_run(run_id):
-                    telemetry.emit("run.cancelled_in_flight", run_id=str(run_id), tasks=tasks)

@@ -231,3 +231,23 @@ class OverdueHandlers:
                     f"went on more than {CANCELLATION_GRACE:g}s after their timeout cancelled "
                     "them (they catch the cancellation and do not re-raise it)"
                 )
+
+
+class CancelWatcher:
+    """Cancels the running tasks of runs that were cancelled, every ``cancel_check_interval``
+    (see :mod:`pgflow.worker._cancellation`)."""
+
+    async def run(self, session: ServingSession) -> None:
+        while True:
+            await anyio.sleep(session.options.cancel_check_interval)
+            runs = session.cancellations.runs()
+            if not runs:
+                continue
+            try:
+                cancelled = await session.store.cancelled_runs(runs)
+            except Exception as exc:  # the next round asks again
+                telemetry.emit("runs.cancel_check_failed", level=logging.WARNING, error=str(exc))
+                continue
+            for run_id in cancelled:
+                if tasks := session.cancellations.cancel_run(run_id):
+                    telemetry.emit("run.cancelled_in_flight", run_id=str(run_id), tasks=tasks)

@@ -32,15 +32,15 @@ from pgflow import telemetry
 from pgflow._db import create_engine, normalize_url
 from pgflow.dsl import Flow
 from pgflow.errors import WorkerCrashedError
-from pgflow.schedules import SchedulerService
-from pgflow.worker._cancellation import CancelWatcher
 from pgflow.worker._claiming import Claimed, poll
 from pgflow.worker._executor import describe
 from pgflow.worker._options import WorkerOptions
 from pgflow.worker._postgres import PostgresStore
 from pgflow.worker._reporting import Reporter
 from pgflow.worker._running import execute
+from pgflow.worker._scheduler import SchedulerService
 from pgflow.worker._services import (
+    CancelWatcher,
     Heartbeats,
     LoopWatchdog,
     OverdueHandlers,

@@ -25,7 +25,6 @@ from pgflow.errors import (
 from pgflow.operations import list_runs
 from pgflow.schedules import (
     Cron,
-    Scheduler,
     create_schedule,
     create_schedule_async,
     delete_schedule,
@@ -43,6 +42,7 @@ from pgflow.schedules import (
     trigger_schedule_async,
     update_schedule,
 )
+from pgflow.worker._scheduler import Scheduler
 from tests.helpers.database import register_flows as register
 from tests.helpers.workers import running_worker, wait_until_finished
 
