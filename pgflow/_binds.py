@@ -104,7 +104,38 @@ def resolve_flow(flow: FlowRef) -> tuple[str, FlowDefinition | None]:
 
 
 def as_run_id(run_id: RunId) -> uuid.UUID:
-    return run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(run_id)
+    """A run id given as a ``uuid.UUID`` or its text; anything else is refused before any SQL."""
+    if isinstance(run_id, uuid.UUID):
+        return run_id
+    if not isinstance(run_id, str):
+        raise TypeError(
+            f"run_id must be a uuid.UUID or its text, got {type(run_id).__name__} {run_id!r}"
+        )
+    try:
+        return uuid.UUID(run_id)
+    except ValueError:
+        raise ValueError(f"run_id must be a UUID, got {run_id[:100]!r}") from None
+
+
+def checked_text(name: str, value: object, *, max_bytes: int, empty_ok: bool = False) -> str:
+    """``value`` if PostgreSQL's text takes it within ``max_bytes`` of UTF-8; otherwise a clear
+    error before any SQL runs, so the caller's transaction is never aborted by it."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value and not empty_ok:
+        raise ValueError(f"{name} must not be empty")
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain a NUL character (PostgreSQL's text cannot)")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{name} must not contain a lone surrogate (it is not a character; often text "
+            "decoded with errors='surrogateescape')"
+        ) from None
+    if size > max_bytes:
+        raise ValueError(f"{name} must be at most {max_bytes} bytes of UTF-8, got {size}")
+    return value
 
 
 def json_kind(value: Any) -> str:

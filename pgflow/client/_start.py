@@ -17,6 +17,7 @@ from pgflow._binds import (
     RunId,
     SyncBind,
     as_run_id,
+    checked_text,
     connection_for,
     json_kind,
     resolve_flow,
@@ -125,6 +126,10 @@ class StartRequest:
     require_job: bool = False
 
 
+MAX_IDEMPOTENCY_KEY_BYTES = 1000
+"""Keys are a primary key: PostgreSQL's btree takes about 2,700 bytes; a key should be an id."""
+
+
 def prepare_start(
     flow: FlowRef, input: Any, run_id: RunId | None, idempotency_key: str | None = None
 ) -> StartRequest:
@@ -135,8 +140,7 @@ def prepare_start(
                 "pass run_id or idempotency_key, not both: the key decides which run a start "
                 "returns"
             )
-        if not isinstance(idempotency_key, str) or not idempotency_key:
-            raise ValueError(f"idempotency_key must be a non-empty str, got {idempotency_key!r}")
+        checked_text("idempotency_key", idempotency_key, max_bytes=MAX_IDEMPOTENCY_KEY_BYTES)
     encoded = encode_input(slug, input)
     if definition is not None:
         check_input_shape(definition, input)

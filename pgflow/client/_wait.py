@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -253,10 +254,10 @@ class _Waiter:
 
     @staticmethod
     def check_arguments(timeout: float | None, poll_interval: float) -> None:
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+        if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+            raise ValueError(f"timeout must be >= 0 seconds (finite) or None, got {timeout}")
+        if not (math.isfinite(poll_interval) and poll_interval > 0):
+            raise ValueError(f"poll_interval must be > 0 seconds (finite), got {poll_interval}")
 
     def check(self, connection: Connection) -> Run | None:
         """The finished run, ``None`` to keep waiting, or the error that ends the wait."""

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
-from pgflow._binds import AsyncBind, RunId, SyncBind, as_run_id, connection_for, run_async
+from pgflow._binds import (
+    AsyncBind,
+    RunId,
+    SyncBind,
+    as_run_id,
+    checked_text,
+    connection_for,
+    run_async,
+)
 from pgflow._sql import query
 from pgflow.errors import UnknownRunError
 from pgflow.operations._results import (
@@ -33,15 +41,16 @@ def cancel_run(bind: SyncBind, run_id: RunId, reason: str | None = None) -> Canc
     A run that already ended is left alone: the result says so (``outcome``), nothing is raised.
     :class:`UnknownRunError` if no run has this id.
     """
+    run, reason = as_run_id(run_id), _checked_reason(reason)
     with connection_for(bind) as connection:
-        return _cancel(connection, as_run_id(run_id), reason)
+        return _cancel(connection, run, reason)
 
 
 async def cancel_run_async(
     bind: AsyncBind, run_id: RunId, reason: str | None = None
 ) -> CancelResult:
     """:func:`cancel_run` for an async bind."""
-    return await run_async(bind, _cancel, as_run_id(run_id), reason)
+    return await run_async(bind, _cancel, as_run_id(run_id), _checked_reason(reason))
 
 
 def retry_run(bind: SyncBind, run_id: RunId) -> RetryResult:
@@ -68,6 +77,16 @@ def resume_run(bind: SyncBind, run_id: RunId) -> ResumeResult:
 async def resume_run_async(bind: AsyncBind, run_id: RunId) -> ResumeResult:
     """:func:`resume_run` for an async bind."""
     return await run_async(bind, _resume, as_run_id(run_id))
+
+
+MAX_REASON_BYTES = 2000
+"""A reason is a sentence for operators; it is copied into each cancelled task's error."""
+
+
+def _checked_reason(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    return checked_text("reason", reason, max_bytes=MAX_REASON_BYTES, empty_ok=True)
 
 
 def _cancel(connection: Connection, run_id: RunId, reason: str | None) -> CancelResult:

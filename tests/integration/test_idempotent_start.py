@@ -150,7 +150,7 @@ def test_a_pruned_run_frees_its_key(pgflow_engine: Engine) -> None:
 def test_key_and_run_id_together_are_refused(pgflow_engine: Engine) -> None:
     with pytest.raises(ValueError, match="run_id or idempotency_key, not both"):
         start_flow(pgflow_engine, Order, {}, run_id=uuid.uuid4(), idempotency_key="k")
-    with pytest.raises(ValueError, match="non-empty str"):
+    with pytest.raises(ValueError, match="idempotency_key must not be empty"):
         start_flow(pgflow_engine, Order, {}, idempotency_key="")
 
 
