@@ -20,8 +20,9 @@ from alembic_pgflow._ops import CreateFlowOp, DropFlowOp, UpdateFlowOptionsOp
 from alembic_pgflow._registry import FlowRegistry, Registration, registry_for
 from alembic_pgflow._revisions import schema_head
 from alembic_pgflow._schedules import plan_schedule_operations, read_schedules
-from alembic_pgflow._stored import StoredFlow, create_flow_defaults, read_flows
+from alembic_pgflow._stored import StoredFlow, read_flows
 from alembic_pgflow.errors import FlowShapeChangedError
+from pgflow._registered import create_flow_defaults
 
 # Under Alembic's logger so that the default alembic.ini shows these lines next to its own
 # "Detected added table ..." ones.

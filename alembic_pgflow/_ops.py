@@ -16,8 +16,9 @@ from alembic.operations import MigrateOperation, Operations
 from sqlalchemy.engine import Connection
 
 from alembic_pgflow._diff import diff_flow
-from alembic_pgflow._stored import create_flow_defaults, read_flows
+from alembic_pgflow._stored import read_flows
 from alembic_pgflow.errors import FlowConflictError, FlowHasRunsError
+from pgflow._registered import create_flow_defaults
 from pgflow._sql import query
 from pgflow.compiler import compile_flow
 from pgflow.definition import FLOW_OPTIONS, STEP_OPTIONS, FlowDefinition, FlowType

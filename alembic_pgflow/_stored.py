@@ -16,9 +16,6 @@ from sqlalchemy.engine import Connection
 from pgflow._sql import query
 from pgflow.definition import FLOW_OPTIONS, STEP_OPTIONS, FlowType, StepType
 
-# pgflow.create_flow's defaults in @pgflow/core 0.8.1; the database's own signature wins.
-CREATE_FLOW_DEFAULTS: Mapping[str, int] = {"max_attempts": 3, "base_delay": 5, "timeout": 60}
-
 
 @dataclass(frozen=True)
 class StoredStep:
@@ -92,9 +89,3 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
             started_runs=counts["started"] if counts else 0,
         )
     return flows
-
-
-def create_flow_defaults(connection: Connection) -> dict[str, int]:
-    """The values ``create_flow`` stores for omitted flow options on this database."""
-    found = {row.name: row.value for row in connection.execute(query("create_flow_defaults"))}
-    return {name: found.get(name, CREATE_FLOW_DEFAULTS[name]) for name in FLOW_OPTIONS}

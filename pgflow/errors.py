@@ -72,7 +72,8 @@ class IncompatibleSchemaError(SchemaError):
 
 
 class FlowNotReadyError(PgflowError):
-    """A flow the worker should serve is missing from the database or has another shape."""
+    """A flow the worker should serve is missing from the database, or a flow class (served by
+    a worker or named by ``start_flow``/``enqueue``) has another shape than the stored flow."""
 
 
 class ConnectionLost(PgflowError):

@@ -37,6 +37,7 @@ class Event(StrEnum):
     called with these names only (a test checks the source). A new event is a member here and a
     row there."""
 
+    FLOW_OPTIONS_DIFFER = "flow.options_differ"
     METRICS_QUEUE_QUERY_FAILED = "metrics.queue_query_failed"
     METRICS_SERVING = "metrics.serving"
     POLL_FAILED = "poll.failed"

@@ -25,7 +25,8 @@ from pgflow._binds import (
 )
 from pgflow._sql import query
 from pgflow.client._inputs import check_input_shape, encode_input
-from pgflow.definition import FlowType
+from pgflow.client._registered import check_definition_once
+from pgflow.definition import FlowDefinition, FlowType
 from pgflow.dsl import Job
 from pgflow.errors import (
     FlowNotRegisteredError,
@@ -124,6 +125,8 @@ class StartRequest:
     run_id: uuid.UUID | None
     idempotency_key: str | None = None
     require_job: bool = False
+    # The class (or definition) the caller named, checked against the stored flow once.
+    definition: FlowDefinition | None = None
 
 
 MAX_IDEMPOTENCY_KEY_BYTES = 1000
@@ -145,7 +148,12 @@ def prepare_start(
     if definition is not None:
         check_input_shape(definition, input)
     return StartRequest(
-        slug, input, encoded, None if run_id is None else as_run_id(run_id), idempotency_key
+        slug,
+        input,
+        encoded,
+        None if run_id is None else as_run_id(run_id),
+        idempotency_key,
+        definition=definition,
     )
 
 
@@ -180,6 +188,8 @@ def start_run(connection: Connection, request: StartRequest) -> uuid.UUID:
 
 def start_run_once(connection: Connection, request: StartRequest) -> tuple[uuid.UUID, bool]:
     """``(run_id, created)``: ``created`` is false when an idempotency key found its run."""
+    if request.definition is not None:
+        check_definition_once(connection, request.definition)
     tracer = _tracing.current()
     if tracer is None:
         return _start_run(connection, request, {})

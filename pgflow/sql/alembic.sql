@@ -43,18 +43,6 @@ SELECT r.flow_slug,
 FROM pgflow.runs AS r
 GROUP BY r.flow_slug
 
--- name: create_flow_defaults
--- description: What pgflow.create_flow uses for an omitted option, read from its signature (0.8.1: 3, 5, 60).
-SELECT DISTINCT ON (a.name)
-       a.name,
-       pg_get_function_arg_default(p.oid, a.position::integer)::integer AS value
-FROM pg_proc AS p
-CROSS JOIN LATERAL unnest(p.proargnames) WITH ORDINALITY AS a(name, position)
-WHERE p.pronamespace = 'pgflow'::regnamespace
-  AND p.proname = 'create_flow'
-  AND a.name IN ('max_attempts', 'base_delay', 'timeout')
-ORDER BY a.name, p.pronargs DESC
-
 -- name: set_flow_options
 -- description: Change a stored flow's options (extension/0002_flow_admin.sql).
 SELECT 1 FROM pgflow_python.set_flow_options(:flow_slug, CAST(:options AS jsonb))

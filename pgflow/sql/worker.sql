@@ -48,15 +48,36 @@ FROM pgflow_python.fail_task(
     :retryable
 )
 
--- name: flow_shape
--- description: A flow's steps as stored, to compare with the class the worker serves.
-SELECT s.step_slug, s.step_type, s.step_index,
+-- name: registered_flow
+-- description: A flow as stored, one row per step (flow columns repeated), to compare with its class; no rows when it is not stored.
+SELECT f.flow_type,
+       f.opt_max_attempts AS flow_max_attempts,
+       f.opt_base_delay AS flow_base_delay,
+       f.opt_timeout AS flow_timeout,
+       s.step_slug, s.step_type,
+       s.opt_max_attempts AS max_attempts,
+       s.opt_base_delay AS base_delay,
+       s.opt_timeout AS timeout,
+       s.opt_start_delay AS start_delay,
        coalesce(ARRAY(SELECT d.dep_slug FROM pgflow.deps d
                       WHERE d.flow_slug = s.flow_slug AND d.step_slug = s.step_slug
                       ORDER BY d.dep_slug), '{}') AS depends_on
-FROM pgflow.steps s
-WHERE s.flow_slug = :flow_slug
+FROM pgflow.flows f
+JOIN pgflow.steps s ON s.flow_slug = f.flow_slug
+WHERE f.flow_slug = :flow_slug
 ORDER BY s.step_index
+
+-- name: create_flow_defaults
+-- description: What pgflow.create_flow uses for an omitted option, read from its signature (0.8.1: 3, 5, 60).
+SELECT DISTINCT ON (a.name)
+       a.name,
+       pg_get_function_arg_default(p.oid, a.position::integer)::integer AS value
+FROM pg_proc AS p
+CROSS JOIN LATERAL unnest(p.proargnames) WITH ORDINALITY AS a(name, position)
+WHERE p.pronamespace = 'pgflow'::regnamespace
+  AND p.proname = 'create_flow'
+  AND a.name IN ('max_attempts', 'base_delay', 'timeout')
+ORDER BY a.name, p.pronargs DESC
 
 -- name: ensure_wakeup_trigger
 -- description: Install the wake-up trigger on a flow's queue table (extension/0003_worker_wakeups.sql).

@@ -6,8 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pgflow import _sql
-from pgflow._shape import StepShape, shape_changes, shape_of
+from pgflow._registered import check_registered, stored_rows
 from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition
 from pgflow.errors import FlowNotReadyError, IncompatibleSchemaError, SchemaError
@@ -34,11 +33,7 @@ def check_flows(
     check_schema(engine)
     with engine.begin() as connection:
         for definition in definitions:
-            rows = (
-                connection.execute(_sql.query("flow_shape"), {"flow_slug": definition.slug})
-                .mappings()
-                .all()
-            )
+            rows = stored_rows(connection, definition.slug)
             if not rows and compile_missing:
                 for statement in compile_flow(definition):
                     connection.execute(sa.text(statement))
@@ -49,13 +44,5 @@ def check_flows(
                     "migration (`alembic revision --autogenerate`, `alembic upgrade heads`), or "
                     f"run the SQL of `pgflow compile`; in development, --compile-missing"
                 )
-            stored = tuple(
-                StepShape.of(r["step_slug"], r["step_type"], r["depends_on"]) for r in rows
-            )
-            if changes := shape_changes(stored, shape_of(definition)):
-                raise FlowNotReadyError(
-                    f"flow {definition.slug!r} in the database has another shape than its class "
-                    f"({'; '.join(changes)}). Flows are immutable: give the class a new slug, "
-                    "or migrate with allow_data_loss (see docs/alembic.md)"
-                )
+            check_registered(connection, definition, rows, by="worker")
     check_worker_access(engine, [definition.slug for definition in definitions])

@@ -16,8 +16,9 @@ from alembic_pgflow import FlowRegistry, include_flows
 from alembic_pgflow import _registry as registry_module
 from alembic_pgflow._diff import diff_flow
 from alembic_pgflow._render import literal
-from alembic_pgflow._stored import CREATE_FLOW_DEFAULTS, StoredFlow, StoredStep
+from alembic_pgflow._stored import StoredFlow, StoredStep
 from alembic_pgflow.errors import FlowDiscoveryError
+from pgflow._registered import CREATE_FLOW_DEFAULTS
 from pgflow.definition import STEP_OPTIONS, FlowDefinition, FlowType, StepDefinition, StepType
 
 FLOWS = """\

@@ -9,8 +9,9 @@ import pytest
 from alembic_pgflow._compare import plan_operations
 from alembic_pgflow._ops import CreateFlowOp, DropFlowOp, UpdateFlowOptionsOp
 from alembic_pgflow._registry import FlowRegistry, Registration
-from alembic_pgflow._stored import CREATE_FLOW_DEFAULTS, StoredFlow, StoredStep
+from alembic_pgflow._stored import StoredFlow, StoredStep
 from alembic_pgflow.errors import FlowShapeChangedError
+from pgflow._registered import CREATE_FLOW_DEFAULTS
 from pgflow._shape import StepShape, shape_changes, shape_of
 from pgflow.definition import FlowDefinition, FlowType, StepType
 from pgflow.errors import IncompatibleSchemaError
