@@ -104,11 +104,19 @@ def call_step(
 
 
 def run_flow_inline(
-    flow: type[Flow], input: Any, database: Engine | URL | str, *, timeout: float = 30.0
+    flow: type[Flow],
+    input: Any,
+    database: Engine | URL | str,
+    *,
+    timeout: float = 30.0,
+    fire_schedules: bool = False,
 ) -> Any:
     """Run ``flow`` to completion in this process through the real SQL and the real worker code,
     registering the flow first if it is missing. Returns the finished :class:`pgflow.results.Run`
-    (raises :class:`pgflow.errors.RunFailedError` if it fails)."""
+    (raises :class:`pgflow.errors.RunFailedError` if it fails).
+
+    The worker fires no schedules unless ``fire_schedules=True``: a test pointed at a shared
+    development database must not start that database's scheduled runs."""
     import anyio  # noqa: PLC0415
     import anyio.to_thread  # noqa: PLC0415
 
@@ -118,7 +126,8 @@ def run_flow_inline(
 
     engine = database if isinstance(database, Engine) else create_engine(database)
     check_flows(engine, [definition_of(flow)], compile_missing=True)
-    worker = Worker([flow], engine, options=WorkerOptions(poll_interval=0.2, shutdown_timeout=1))
+    options = WorkerOptions(poll_interval=0.2, shutdown_timeout=1, scheduler=fire_schedules)
+    worker = Worker([flow], engine, options=options)
 
     async def main() -> Any:
         async with anyio.create_task_group() as group:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from myapp.flows import AnalyzeWebsite, Thumbnails
 from pgflow import Context, Flow, step, telemetry
+from pgflow.cron import Cron
 from pgflow.errors import RunFailedError
+from pgflow.schedules import create_schedule
 from pgflow.testing import call_step, run_flow_inline
+from tests.helpers.database import register_flows
 
 
 def test_call_step_runs_sync_and_async_handlers_without_a_database() -> None:
@@ -80,3 +85,35 @@ class _AlwaysFails(Flow, slug="always_fails", max_attempts=1):
     @step
     def boom(self, input: object) -> None:
         raise RuntimeError("always")
+
+
+class _Slow(Flow, slug="slow_inline"):
+    @step
+    def wait(self, input: object) -> str:
+        time.sleep(2.5)  # long enough for an every-second schedule to be due twice
+        return "done"
+
+
+def _fired(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.text("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'heartbeat'")
+            ).scalar_one()
+        )
+
+
+def test_run_flow_inline_fires_no_schedule_unless_asked(pgflow_engine: Engine) -> None:
+    class Heartbeat(Flow, slug="heartbeat"):
+        @step
+        def beat(self, input: object) -> None:
+            return None
+
+    register_flows(pgflow_engine, Heartbeat)
+    create_schedule(pgflow_engine, Heartbeat, Cron("* * * * * *", name="every_second"))
+
+    run_flow_inline(_Slow, {}, pgflow_engine)
+    assert _fired(pgflow_engine) == 0
+
+    run_flow_inline(_Slow, {}, pgflow_engine, fire_schedules=True)
+    assert _fired(pgflow_engine) >= 1
