@@ -122,8 +122,10 @@ WHERE s.schedule_name = :name;
 
 -- name: schedules_seconds_until_due
 -- description: Seconds until the earliest unpaused schedule is due (0 when one is due or not computed yet; NULL when none exists).
-SELECT greatest(0, extract(epoch FROM min(coalesce(s.next_fire_at, '-infinity')) - clock_timestamp()))::float8
-    AS seconds
+-- (greatest() skips NULLs: greatest(0, NULL) is 0, so the no-schedule case is tested apart.)
+SELECT CASE WHEN count(*) > 0 THEN greatest(
+           0, extract(epoch FROM min(coalesce(s.next_fire_at, '-infinity')) - clock_timestamp())
+       )::float8 END AS seconds
 FROM pgflow_python.schedules AS s
 WHERE s.paused_at IS NULL;
 

@@ -18,6 +18,9 @@ from pgflow._sql import query
 from pgflow.schedules import fire_due
 from pgflow.worker._session import ServingSession
 
+NOTHING_CLAIMED_PAUSE = 0.1
+"""Seconds to wait after a pass that found a schedule due but fired nothing."""
+
 
 class Scheduler:
     """Fires due schedules until cancelled; every worker runs one (``--no-scheduler`` turns
@@ -47,9 +50,14 @@ class Scheduler:
         self.prune_interval = prune_interval
 
     def run_once(self) -> float:
-        """One pass (blocking); returns how long to sleep before the next."""
+        """One pass (blocking, one transaction); returns how long to sleep before the next."""
         with self.engine.begin() as connection:
             done = fire_due(connection, fired_by=self.fired_by, limit=self.batch_size)
+            seconds = (
+                None
+                if done.claimed == self.batch_size
+                else connection.execute(query("schedules_seconds_until_due")).scalar_one()
+            )
         for schedule, flow, tick, run_id in done.fired:  # committed: now they happened
             telemetry.emit(
                 "schedule.fired",
@@ -60,10 +68,12 @@ class Scheduler:
             )
         if done.claimed == self.batch_size:
             return 0.0  # more may be due
-        with self.engine.connect() as connection:
-            seconds = connection.execute(query("schedules_seconds_until_due")).scalar_one()
-        if seconds is None:
+        if seconds is None:  # no active schedule
             return self.max_idle
+        if seconds == 0 and not done.claimed:
+            # Due, yet this pass fired nothing: another worker holds it, or it cannot be fired
+            # now. Looking again at once would only spin.
+            return min(NOTHING_CLAIMED_PAUSE, self.max_idle)
         # A few milliseconds late, so that the tick is due when the next pass looks.
         return min(float(seconds) + 0.005, self.max_idle)
 
