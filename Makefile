@@ -12,6 +12,7 @@ NODE_DEPS := tests/node/node_modules/@pgflow/dsl/package.json
 setup: $(STAMP) $(NODE_DEPS)
 	@$(BIN)/python scripts/fetch_upstream.py
 	@sh scripts/ensure_chromium.sh
+	@sh scripts/ensure_pgbouncer.sh
 
 # Node packages for the parity and interoperability tests (pinned in tests/node/package.json).
 $(NODE_DEPS): tests/node/package.json

@@ -1,4 +1,14 @@
-"""Database URLs and engines: one place that turns what the user gave into a psycopg 3 engine."""
+"""Database URLs and engines: one place that turns what the user gave into a psycopg 3 engine.
+
+Behind a transaction pooler (PgBouncer ``pool_mode = transaction``, RDS Proxy, Supabase's pooler)
+consecutive transactions of one client run on different server sessions, so nothing may outlive a
+transaction: no server-side prepared statements (psycopg prepares a statement after its fifth use;
+the next transaction finds it missing, or finds another client's under the same name), no
+``LISTEN``. A URL says it goes through such a pooler with ``?pool_mode=transaction`` (PgBouncer's
+own words); pgflow strips that parameter before libpq sees it and opens connections that never
+prepare. An engine built elsewhere says the same with ``connect_args={"prepare_threshold": None}``:
+pgflow reads that setting back from the engine's connections (:func:`through_pooler`).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +28,10 @@ Bind = Engine | Connection | str | URL
 
 _PG_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg"}
 
+POOL_MODE = "pool_mode"
+"""The URL query parameter naming the pooler's mode (PgBouncer's ``pool_mode``)."""
+_POOL_MODES = {"session": False, "transaction": True, "statement": True}
+
 
 def normalize_url(url: str | URL) -> URL:
     """Accept libpq-style and SQLAlchemy-style URLs; always use the psycopg 3 driver."""
@@ -35,7 +49,41 @@ def normalize_url(url: str | URL) -> URL:
             f"unsupported database URL scheme {parsed.drivername!r}: "
             "use postgresql://user@host:port/dbname"
         )
+    mode = parsed.query.get(POOL_MODE)
+    if mode is not None and mode not in _POOL_MODES:
+        raise InvalidDatabaseURLError(
+            f"unknown {POOL_MODE}={mode!r} in the database URL {_masked(url)!r}: "
+            f"use {POOL_MODE}=transaction (a transaction pooler such as PgBouncer's "
+            f"transaction mode), {POOL_MODE}=statement or {POOL_MODE}=session"
+        )
     return parsed.set(drivername="postgresql+psycopg")
+
+
+def pooled_url(url: str | URL) -> bool:
+    """Whether the URL says it goes through a transaction (or statement) pooler."""
+    mode = normalize_url(url).query.get(POOL_MODE)
+    return isinstance(mode, str) and _POOL_MODES[mode]
+
+
+def server_url(url: str | URL) -> URL:
+    """The URL as libpq takes it: psycopg's driver name, without our ``pool_mode``."""
+    return normalize_url(url).difference_update_query([POOL_MODE])
+
+
+def conninfo(url: str | URL) -> str:
+    """A libpq connection string (with its password) for code that holds psycopg directly."""
+    return server_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def through_pooler(driver_connection: Any) -> bool:
+    """Whether a psycopg connection was opened for a transaction pooler (it never prepares)."""
+    return getattr(driver_connection, "prepare_threshold", 0) is None
+
+
+def engine_through_pooler(engine: Engine) -> bool:
+    """Whether ``engine``'s connections are meant for a transaction pooler (asks one of them)."""
+    with connect(engine) as connection:
+        return through_pooler(connection.connection.driver_connection)
 
 
 def _masked(url: str | URL) -> str:
@@ -63,9 +111,13 @@ def display_url(url: URL) -> str:
 def create_engine(
     url: str | URL, *, connect_args: dict[str, Any] | None = None, **kwargs: Any
 ) -> Engine:
-    """A SQLAlchemy engine on psycopg 3 that fails fast when the server is unreachable."""
+    """A SQLAlchemy engine on psycopg 3 that fails fast when the server is unreachable (and
+    never prepares statements when the URL says ``pool_mode=transaction``)."""
+    pooled = {"prepare_threshold": None} if pooled_url(url) else {}
     return sa.create_engine(
-        normalize_url(url), connect_args={"connect_timeout": 5, **(connect_args or {})}, **kwargs
+        server_url(url),
+        connect_args={"connect_timeout": 5, **pooled, **(connect_args or {})},
+        **kwargs,
     )
 
 

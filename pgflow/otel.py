@@ -46,7 +46,7 @@ from psycopg.rows import dict_row
 from sqlalchemy.engine import URL, Engine
 
 from pgflow import _sql, _tracing, telemetry
-from pgflow._db import normalize_url
+from pgflow._db import conninfo
 
 __all__ = [
     "ATTRIBUTES",
@@ -192,10 +192,7 @@ class _QueueGauges:
     """Seconds a sample serves the other gauges' callbacks (of the same collection)."""
 
     def __init__(self, meter: metrics.Meter, database: Engine | URL | str) -> None:
-        url = database.url if isinstance(database, Engine) else database
-        self._conninfo = (
-            normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        )
+        self._conninfo = conninfo(database.url if isinstance(database, Engine) else database)
         self._lock = threading.Lock()
         self._connection: psycopg.Connection[dict[str, Any]] | None = None
         self._sample: list[_QueueSample] = []
@@ -254,6 +251,9 @@ class _QueueGauges:
                     row_factory=dict_row,
                     application_name="pgflow-otel:queue-metrics",
                     connect_timeout=5,
+                    # Never prepared: one small query per collection, and it may go through a
+                    # transaction pooler (or to a replica behind one).
+                    prepare_threshold=None,
                 )
             rows = self._connection.execute(_sql.psycopg_text("otel_queue_metrics")).fetchall()
         except psycopg.Error as exc:

@@ -75,6 +75,7 @@ class Event(StrEnum):
     WORKER_HEARTBEAT_FAILED = "worker.heartbeat_failed"
     WORKER_LOOP_BLOCKED = "worker.loop_blocked"
     WORKER_LOOP_UNBLOCKED = "worker.loop_unblocked"
+    WORKER_POLLING = "worker.polling"
     WORKER_STARTED = "worker.started"
     WORKER_STOP_UNRECORDED = "worker.stop_unrecorded"
     WORKER_STOPPED = "worker.stopped"

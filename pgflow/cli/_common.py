@@ -83,6 +83,13 @@ database_url_option = click.option(
     show_envvar=True,
     help="PostgreSQL URL, e.g. postgresql://postgres@127.0.0.1:5432/app",
 )
+read_url_option = click.option(
+    "--read-url",
+    envvar="PGFLOW_READ_URL",
+    show_envvar=True,
+    help="Read from this database instead, e.g. a streaming replica (actions still go to "
+    "--database-url).",
+)
 log_format_option = click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),

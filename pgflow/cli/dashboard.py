@@ -7,7 +7,7 @@ import sys
 import click
 
 from pgflow import _db
-from pgflow.cli._common import EXIT_USAGE, database_url_option, reports_errors
+from pgflow.cli._common import EXIT_USAGE, database_url_option, read_url_option, reports_errors
 from pgflow.errors import UnsafeBindError
 
 
@@ -21,9 +21,24 @@ from pgflow.errors import UnsafeBindError
     is_flag=True,
     help="Allow a non-loopback address without PGFLOW_DASHBOARD_TOKEN or basic auth.",
 )
+@read_url_option
+@click.option(
+    "--listen-url",
+    envvar="PGFLOW_LISTEN_URL",
+    show_envvar=True,
+    help="A direct URL for the live updates' LISTEN, when --database-url goes through a "
+    "transaction pooler (pool_mode=transaction); without it, pages update on reload.",
+)
 @reports_errors
 def dashboard_command(
-    *, database_url: str | None, host: str, port: int, read_only: bool, insecure: bool
+    *,
+    database_url: str | None,
+    host: str,
+    port: int,
+    read_only: bool,
+    insecure: bool,
+    read_url: str | None,
+    listen_url: str | None,
 ) -> None:
     """Serve the web dashboard (needs the 'dashboard' extra)."""
     try:
@@ -50,7 +65,13 @@ def dashboard_command(
         )
     engine = _db.create_engine(url, pool_pre_ping=True)
     _db.connect(engine).close()  # refuse to start on a database that does not answer
-    app = dashboard.create_app(engine, read_only=read_only, auth=auth)
+    reads = None
+    if read_url is not None:
+        reads = _db.create_engine(_db.normalize_url(read_url), pool_pre_ping=True)
+        _db.connect(reads).close()
+    app = dashboard.create_app(
+        engine, read_only=read_only, auth=auth, read_engine=reads, listen_url=listen_url
+    )
     click.echo(f"pgflow dashboard on http://{_host(host)}:{port}/ ({_db.display_url(url)})")
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 

@@ -13,7 +13,14 @@ from typing import Any
 
 import click
 
-from pgflow.cli._common import database_url_option, engine_for, finish, json_option, reports_errors
+from pgflow.cli._common import (
+    database_url_option,
+    engine_for,
+    finish,
+    json_option,
+    read_url_option,
+    reports_errors,
+)
 from pgflow.cli._render import (
     moment,
     parse_duration,
@@ -63,6 +70,7 @@ def runs() -> None:
 
 @runs.command("list")
 @database_url_option
+@read_url_option
 @click.option("--flow", help="Only runs of this flow (slug).")
 @click.option("--status", type=click.Choice(LISTABLE_STATUSES))
 @click.option("--since", callback=_since, help="Started since: 2h, 7d, 2026-11-29T08:00.")
@@ -72,6 +80,7 @@ def runs() -> None:
 def runs_list(
     *,
     database_url: str | None,
+    read_url: str | None,
     flow: str | None,
     status: str | None,
     since: datetime | None,
@@ -79,7 +88,7 @@ def runs_list(
     as_json: bool,
 ) -> None:
     """Runs, newest first."""
-    with engine_for(database_url) as engine:
+    with engine_for(read_url or database_url) as engine:
         found = list_runs(engine, flow=flow, status=status, since=since, limit=limit)
     finish(as_json, found, runs_table(found))
 
@@ -87,12 +96,15 @@ def runs_list(
 @runs.command("show")
 @click.argument("run_id", type=click.UUID)
 @database_url_option
+@read_url_option
 @json_option
 @reports_errors
-def runs_show(*, run_id: uuid.UUID, database_url: str | None, as_json: bool) -> None:
+def runs_show(
+    *, run_id: uuid.UUID, database_url: str | None, read_url: str | None, as_json: bool
+) -> None:
     """A run and its steps: status, tasks, attempts, durations, errors, output sizes, and the
     traceback of each failed step's last attempt."""
-    with engine_for(database_url) as engine:
+    with engine_for(read_url or database_url) as engine:
         details = describe_run(engine, run_id)
     if details is None:
         raise PgflowError(f"run {run_id} does not exist in this database")
@@ -163,6 +175,7 @@ def workers() -> None:
 
 @workers.command("list")
 @database_url_option
+@read_url_option
 @click.option("--flow", help="Only workers of this flow (slug).")
 @click.option(
     "--stale-after",
@@ -177,13 +190,14 @@ def workers() -> None:
 def workers_list(
     *,
     database_url: str | None,
+    read_url: str | None,
     flow: str | None,
     stale_after: int,
     limit: int,
     as_json: bool,
 ) -> None:
     """Worker rows, latest heartbeat first."""
-    with engine_for(database_url) as engine:
+    with engine_for(read_url or database_url) as engine:
         found = list_workers(engine, flow=flow, stale_after=stale_after, limit=limit)
     finish(as_json, found, workers_table(found))
 

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import textwrap
+import types
 import typing
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -70,9 +71,9 @@ def field_docs() -> Mapping[str, str]:
 
 def worker_options(command: F) -> F:
     """Add one click option per ``WorkerOptions`` field to ``command``."""
-    types = typing.get_type_hints(WorkerOptions)
+    hints = typing.get_type_hints(WorkerOptions)
     for field in reversed(dataclasses.fields(WorkerOptions)):
-        kind = types[field.name]
+        kind = _optional_of(hints[field.name])
         declaration = flag(field.name)
         if kind is bool:
             declaration += "/" + flag("no_" + field.name)
@@ -95,6 +96,14 @@ def _help(name: str) -> str | None:
         low, high = WorkerOptions.VALID_RANGES[name]
         text += f" Valid: {low:g} to {high:g}."
     return text
+
+
+def _optional_of(kind: Any) -> Any:
+    """``str`` for ``str | None`` (an option left out is None); other types as they are."""
+    arguments = [a for a in typing.get_args(kind) if a is not type(None)]
+    if isinstance(kind, types.UnionType) and len(arguments) == 1:
+        return arguments[0]
+    return kind
 
 
 def options_from(values: Mapping[str, Any]) -> WorkerOptions:

@@ -32,7 +32,7 @@ from pgflow._binds import (
     async_engine_of,
     engine_of,
 )
-from pgflow._db import connect, connect_async, display_url, unavailable
+from pgflow._db import connect, connect_async, display_url, through_pooler, unavailable
 from pgflow._sql import query
 from pgflow.client._read import read_run
 from pgflow.client._start import prepare_start, start_run
@@ -357,11 +357,12 @@ def _waiting_connection(
     only delivered outside transactions), LISTENing if asked."""
     with connect(engine) as pooled:
         connection = pooled.execution_options(isolation_level="AUTOCOMMIT")
-        if not listen:
+        driver = cast("psycopg.Connection[Any]", connection.connection.driver_connection)
+        if not listen or through_pooler(driver):
+            # Through a transaction pooler LISTEN would be accepted and then receive nothing.
             yield connection, None
             return
         connection.execute(query("listen_for_run_events"))
-        driver = cast("psycopg.Connection[Any]", connection.connection.driver_connection)
         try:
             yield connection, driver
         finally:
@@ -388,12 +389,12 @@ async def _async_waiting_connection(
     pooled = await connect_async(engine)
     try:
         connection = await pooled.execution_options(isolation_level="AUTOCOMMIT")
-        if not listen:
+        raw = await connection.get_raw_connection()
+        driver = cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
+        if not listen or through_pooler(driver):
             yield connection, None
             return
         await connection.execute(query("listen_for_run_events"))
-        raw = await connection.get_raw_connection()
-        driver = cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
         try:
             yield connection, driver
         finally:

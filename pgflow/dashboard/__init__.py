@@ -50,18 +50,29 @@ def create_app(
     read_only: bool = False,
     auth: Auth | None = None,
     settings: DashboardSettings | None = None,
+    read_engine: Engine | str | URL | None = None,
+    listen_url: str | URL | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI application on ``engine`` (a SQLAlchemy engine or a URL).
 
     ``auth`` (:class:`TokenAuth` or :class:`BasicAuth`) guards every route; ``read_only``
     removes the run actions. ``settings`` tunes page sizes and thresholds.
+    ``read_engine`` (e.g. a streaming replica) serves the pages' reads, and the header shows
+    its lag; the actions still go to ``engine``. ``listen_url`` is a direct URL for the live
+    updates' LISTEN when ``engine`` is behind a transaction pooler (``pool_mode=transaction``).
     """
-    bind = engine if isinstance(engine, Engine) else _db.create_engine(engine, pool_pre_ping=True)
+    bind = _engine(engine)
     chosen = settings or DashboardSettings()
     if read_only and not chosen.read_only:
         chosen = DashboardSettings(**{**chosen.__dict__, "read_only": True})
-    app = build_app(Dashboard(bind, chosen))
+    reads = None if read_engine is None else _engine(read_engine)
+    listen = None if listen_url is None else _db.conninfo(listen_url)
+    app = build_app(Dashboard(bind, chosen, reads=reads, listen_url=listen))
     if auth is not None:
         app.add_middleware(AuthMiddleware, auth=auth)
     app.add_middleware(SecurityHeadersMiddleware)
     return app
+
+
+def _engine(bind: Engine | str | URL) -> Engine:
+    return bind if isinstance(bind, Engine) else _db.create_engine(bind, pool_pre_ping=True)

@@ -70,20 +70,29 @@ def _templates() -> jinja2.Environment:
 
 
 class Dashboard:
-    """Holds what every request needs; its methods are the routes."""
+    """Holds what every request needs; its methods are the routes.
+
+    ``engine`` is where the pages read (a streaming replica, when one is given); ``writes`` is
+    the primary, where the actions go and whose notifications (``listen_url``, else the primary
+    itself unless it is behind a transaction pooler) drive the live updates.
+    """
 
     def __init__(
         self,
         engine: Engine,
         settings: DashboardSettings,
         actions: dict[str, RunAction] | None = None,
+        *,
+        reads: Engine | None = None,
+        listen_url: str | None = None,
     ) -> None:
-        self.engine = engine
+        self.engine = reads or engine
+        self.writes = engine
         self.settings = settings
         chosen = run_control_actions() if actions is None else actions
         self.actions = {} if settings.read_only else dict(chosen)
         self.templates = _templates()
-        self.broadcaster = Broadcaster(engine.url)
+        self.broadcaster = Broadcaster(engine, listen_url)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -94,6 +103,7 @@ class Dashboard:
         root = request.scope.get("root_path", "")
         html = self.templates.get_template(name).render(
             root=root,
+            replica_lag=self._replica_lag(),
             title=self.settings.title,
             read_only=self.settings.read_only,
             csrf_token=token,
@@ -106,6 +116,10 @@ class Dashboard:
         if is_new:
             set_csrf_cookie(response, token, root)
         return response
+
+    def _replica_lag(self) -> _data.ReplicaLag | None:
+        """How far behind the primary the pages are, when they read from a replica."""
+        return None if self.engine is self.writes else _data.replica_lag(self.engine)
 
     def _run_id(self, request: Request) -> uuid.UUID:
         try:
@@ -302,7 +316,7 @@ class Dashboard:
     async def act(self, request: Request) -> Response:
         return await perform(
             request,
-            self.engine,
+            self.writes,
             self.actions,
             self._run_id(request),
             read_only=self.settings.read_only,

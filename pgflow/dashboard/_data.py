@@ -324,6 +324,22 @@ def workers_page(
     )
 
 
+@dataclass(frozen=True)
+class ReplicaLag:
+    """What a streaming replica says of itself: ``seconds`` behind its primary's last replayed
+    commit (0 when it has replayed all it received), ``None`` when it is not a replica."""
+
+    replica: bool
+    seconds: float | None
+
+
+def replica_lag(engine: Engine) -> ReplicaLag:
+    with engine.connect() as connection:
+        row = connection.execute(query("dashboard_replica_lag")).mappings().one()
+    seconds = row["lag_seconds"]
+    return ReplicaLag(bool(row["replica"]), None if seconds is None else float(seconds))
+
+
 def database_now(engine: Engine) -> datetime:
     with engine.connect() as connection:
         value = connection.execute(sa.select(sa.func.now())).scalar_one()

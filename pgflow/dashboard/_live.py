@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 import anyio
 import psycopg
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import Engine
 
+from pgflow import _db
 from pgflow._sql import psycopg_text
+from pgflow.errors import DatabaseUnavailableError
 
 RECONNECT_DELAY = 1.0
 
@@ -38,8 +40,14 @@ class Subscription:
 
 
 class Broadcaster:
-    def __init__(self, url: URL) -> None:
-        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    """LISTENs on ``listen_url`` when given, else on the engine's server, unless the engine is
+    behind a transaction pooler (LISTEN there receives nothing): then there are no live events
+    and pages show changes when reloaded."""
+
+    def __init__(self, engine: Engine, listen_url: str | None = None) -> None:
+        self._engine = engine
+        self._conninfo = None if listen_url is None else _db.conninfo(listen_url)
+        self._through_pooler: bool | None = None
         self._subscriptions: set[Subscription] = set()
         self._listener: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -75,13 +83,26 @@ class Broadcaster:
             # wait() neither raises the listener's CancelledError nor mistakes it for ours.
             await asyncio.wait([listener])
 
+    async def _target(self) -> str | None:
+        if self._conninfo is not None:
+            return self._conninfo
+        if self._through_pooler is None:
+            self._through_pooler = await anyio.to_thread.run_sync(
+                _db.engine_through_pooler, self._engine
+            )
+        return None if self._through_pooler else _db.conninfo(self._engine.url)
+
     async def _listen(self, ready: asyncio.Event) -> None:
         while True:
             try:
+                conninfo = await self._target()
+                if conninfo is None:
+                    ready.set()
+                    return
                 connection = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=5
+                    conninfo, autocommit=True, connect_timeout=5
                 )
-            except psycopg.Error:
+            except (psycopg.Error, DatabaseUnavailableError):
                 # Subscribers wait on a heartbeat, not on us; they see no events until the
                 # database is back, and their pages still load through the normal queries.
                 ready.set()

@@ -6,6 +6,16 @@
 -- description: Settings for the dashboard's read transaction: no JIT (compiling costs its aggregates 0.3-1 s, ten times the query).
 SET LOCAL jit = off;
 
+-- name: dashboard_replica_lag
+-- description: On a streaming replica: seconds behind (0 once it has replayed all it received; else since its last replayed commit). Not a replica: replica false.
+SELECT
+    pg_is_in_recovery() AS replica,
+    CASE
+        WHEN NOT pg_is_in_recovery() THEN NULL
+        WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+        ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
+    END AS lag_seconds;
+
 -- name: dashboard_flow_stats
 -- description: Per flow, runs started since :since: counts by status and p50/p95 duration (seconds) of the completed ones.
 -- One index range per flow (LATERAL) instead of one sort of the whole window by flow.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar
 
@@ -40,6 +40,8 @@ _RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
         "blocked_loop_warning": (0.01, DAY),
     }
 )
+
+from pgflow._db import normalize_url, pooled_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,10 @@ class WorkerOptions:
     blocked_loop_warning: float = 1.0
     """Seconds the event loop may be blocked (an async handler calling blocking code) before
     ``worker.loop_blocked`` is logged. Heartbeats go on meanwhile (they have a thread)."""
+    listen_url: str | None = field(default=None, repr=False)
+    """A direct database URL (not through a transaction pooler) for the one LISTEN connection
+    that wakes idle pollers at once. Default: the database URL, unless that goes through a
+    transaction pooler (pool_mode=transaction); then the worker polls every poll_interval."""
 
     def __post_init__(self) -> None:
         for name, (low, high) in _RANGES.items():
@@ -87,6 +93,14 @@ class WorkerOptions:
                 raise TypeError(f"{name} must be {kind}, got {value!r}")
             if not (math.isfinite(value) and low <= value <= high):
                 raise ValueError(f"{name} must be from {low:g} to {high:g}, got {value!r}")
+        if self.listen_url is not None and pooled_url(self.listen_url):
+            # LISTEN through a transaction pooler is accepted and then receives nothing.
+            raise ValueError(
+                "listen_url must reach the server directly (or through a session pool), "
+                "not through a transaction pooler: LISTEN there receives nothing"
+            )
+        if self.listen_url is not None:
+            normalize_url(self.listen_url)  # a malformed URL fails here, not in a thread later
         if self.heartbeat_timeout < 2 * self.heartbeat_interval:
             # Otherwise a live worker's own tasks look stalled between two of its heartbeats.
             raise ValueError(

@@ -4,6 +4,11 @@ psycopg's async connections only run on asyncio; blocking connections in threads
 on asyncio and trio. Each connection belongs to one activity (claiming, reporting, the service
 calls, heartbeats, LISTEN), so no two threads ever share one. A lost connection is reopened on
 next use; the callers decide when to retry.
+
+Directly on the server every statement is prepared at first use (the claim and completion
+statements are large; planning them each time costs the server CPU). Through a transaction
+pooler nothing is prepared (pgflow/_db.py), and the LISTEN connection goes to ``listen_conninfo``
+(a direct URL), or nowhere: the pollers then wake on their own timer.
 """
 
 from __future__ import annotations
@@ -38,14 +43,16 @@ from pgflow.worker._store import (
 
 Row = dict[str, Any]
 CONNECT_TIMEOUT = 5
+PREPARE_AFTER_USES = 5  # psycopg's default; statements run with prepare=True skip the wait
 
 
 class Connection:
     """One lazily (re)opened autocommit connection, used from a single activity at a time."""
 
-    def __init__(self, conninfo: str, *, application_name: str) -> None:
+    def __init__(self, conninfo: str, *, application_name: str, prepare: bool = True) -> None:
         self._conninfo = conninfo
         self._application_name = application_name
+        self._prepare = prepare
         self._connection: psycopg.Connection[Row] | None = None
         self._lock = anyio.CapacityLimiter(1)
 
@@ -58,6 +65,7 @@ class Connection:
                     row_factory=dict_row,
                     application_name=self._application_name,
                     connect_timeout=CONNECT_TIMEOUT,
+                    prepare_threshold=PREPARE_AFTER_USES if self._prepare else None,
                 )
             except psycopg.OperationalError as exc:
                 raise ConnectionLost(str(exc)) from exc
@@ -70,7 +78,7 @@ class Connection:
 
     def fetch_blocking(self, name: str, params: Mapping[str, Any]) -> list[Row]:
         with self._reporting_lost_connections() as connection:
-            cursor = connection.execute(_sql.psycopg_text(name), params, prepare=True)
+            cursor = connection.execute(_sql.psycopg_text(name), params, prepare=self._prepare)
             return cursor.fetchall() if cursor.description else []
 
     def fetch_all_blocking(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Row]:
@@ -78,7 +86,7 @@ class Connection:
         rows: list[Row] = []
         with self._reporting_lost_connections() as connection, connection.transaction():
             for name, params in statements:
-                cursor = connection.execute(_sql.psycopg_text(name), params, prepare=True)
+                cursor = connection.execute(_sql.psycopg_text(name), params, prepare=self._prepare)
                 rows = cursor.fetchall() if cursor.description else []
         return rows
 
@@ -127,17 +135,38 @@ def claimed_from_rows(rows: Sequence[Row]) -> list[ClaimedTask]:
 
 
 class PostgresStore:
-    """:class:`~pgflow.worker._store.WorkerStore` on PostgreSQL (libpq connection string)."""
+    """:class:`~pgflow.worker._store.WorkerStore` on PostgreSQL (libpq connection strings).
 
-    def __init__(self, conninfo: str) -> None:
+    ``prepare=False`` for a transaction pooler; ``listen_conninfo`` is where to LISTEN for
+    wake-ups (None: nowhere, the pollers' timer alone wakes them).
+    """
+
+    def __init__(
+        self, conninfo: str, *, prepare: bool = True, listen_conninfo: str | None = None
+    ) -> None:
         self._conninfo = conninfo
+        self._prepare = prepare
+        self._listen_conninfo = listen_conninfo
         self._claims = self._connection("claim")
         self._reports = self._connection("report")
         self._service = self._connection("service")
         self._heartbeats = self._connection("heartbeat")
 
+    @property
+    def listening(self) -> bool:
+        return self._listen_conninfo is not None
+
+    def connection_targets(self) -> dict[str, str]:
+        """Each connection this store opens, by name, and where it connects."""
+        targets = dict.fromkeys(("claim", "report", "service", "heartbeat"), self._conninfo)
+        if self._listen_conninfo is not None:
+            targets["listen"] = self._listen_conninfo
+        return targets
+
     def _connection(self, role: str) -> Connection:
-        return Connection(self._conninfo, application_name=f"pgflow-worker:{role}")
+        return Connection(
+            self._conninfo, application_name=f"pgflow-worker:{role}", prepare=self._prepare
+        )
 
     async def register(self, registrations: Sequence[Registration]) -> None:
         for registration in registrations:
@@ -285,10 +314,12 @@ class PostgresStore:
         return {row["run_id"] for row in rows}
 
     def wait_for_wakeups(self, stop: threading.Event, wake: Callable[[str], None]) -> None:
+        if self._listen_conninfo is None:
+            return
         while not stop.is_set():
             try:
                 with psycopg.connect(
-                    self._conninfo,
+                    self._listen_conninfo,
                     autocommit=True,
                     application_name="pgflow-worker:listen",
                     connect_timeout=CONNECT_TIMEOUT,

@@ -10,14 +10,13 @@ privileges) for each privilege in ``pgflow_python.access_needed('worker', its qu
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pgflow import _sql
-from pgflow._db import normalize_url
+from pgflow import _db, _sql
 from pgflow.errors import RecordingPrivilegeError, WorkerAccessError
 
 WORKER_CONNECTIONS = ("claim", "report", "service", "heartbeat", "listen")
@@ -31,9 +30,14 @@ GRANT_HINT = (
 _LISTED = 12
 
 
-def check_worker_access(engine: Engine, queues: Sequence[str]) -> None:
+def check_worker_access(
+    engine: Engine, queues: Sequence[str], connections: Mapping[str, str] | None = None
+) -> None:
     """Raise :class:`WorkerAccessError` listing every missing privilege and every connection
-    that could not be opened; return quietly when the worker can do its work."""
+    that could not be opened; return quietly when the worker can do its work.
+
+    ``connections``: the libpq connection string of each connection the worker will hold, by
+    name (default: all of :data:`WORKER_CONNECTIONS` on the engine's server)."""
     problems: list[str] = []
     with engine.connect() as connection:
         # Held while probing: the engine's own connection counts against the same limits.
@@ -52,7 +56,9 @@ def check_worker_access(engine: Engine, queues: Sequence[str]) -> None:
         connection.rollback()
         if rows:
             problems.append(_describe_missing(rows))
-        failure = _probe_connections(engine)
+        if connections is None:
+            connections = dict.fromkeys(WORKER_CONNECTIONS, _db.conninfo(engine.url))
+        failure = _probe_connections(connections)
         if failure:
             problems.append(failure)
     if problems:
@@ -74,17 +80,16 @@ def _describe_missing(rows: Sequence[tuple[object, ...]]) -> str:
     return f"missing privileges on {len(listed)} objects: {', '.join(listed[:_LISTED])}{more}"
 
 
-def _probe_connections(engine: Engine) -> str | None:
+def _probe_connections(connections: Mapping[str, str]) -> str | None:
     """Open all the worker's connections at once (then close them): a role or server limit
     that lets only some of them open is found now, not after tasks are claimed."""
-    conninfo = normalize_url(engine.url).set(drivername="postgresql")
     opened: list[psycopg.Connection[tuple[object, ...]]] = []
     try:
-        for name in WORKER_CONNECTIONS:
+        for name, conninfo in connections.items():
             try:
                 opened.append(
                     psycopg.connect(
-                        conninfo.render_as_string(hide_password=False),
+                        conninfo,
                         autocommit=True,
                         application_name=f"pgflow-worker:{name}",
                         connect_timeout=5,
@@ -93,9 +98,9 @@ def _probe_connections(engine: Engine) -> str | None:
             except psycopg.OperationalError as exc:
                 reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
                 return (
-                    f"it could open only {len(opened)} of the {len(WORKER_CONNECTIONS)} "
+                    f"it could open only {len(opened)} of the {len(connections)} "
                     f"connections a worker holds besides its engine's "
-                    f"({', '.join(WORKER_CONNECTIONS)}); connection {name!r} failed: {reason}"
+                    f"({', '.join(connections)}); connection {name!r} failed: {reason}"
                 )
         return None
     finally:

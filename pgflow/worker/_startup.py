@@ -3,6 +3,8 @@ worker's role can open its connections and has the privileges its work needs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -28,7 +30,11 @@ def check_schema(engine: Engine) -> None:
 
 
 def check_flows(
-    engine: Engine, definitions: list[FlowDefinition], *, compile_missing: bool
+    engine: Engine,
+    definitions: list[FlowDefinition],
+    *,
+    compile_missing: bool,
+    connections: Mapping[str, str] | None = None,
 ) -> None:
     check_schema(engine)
     with engine.begin() as connection:
@@ -45,4 +51,4 @@ def check_flows(
                     f"run the SQL of `pgflow compile`; in development, --compile-missing"
                 )
             check_registered(connection, definition, rows, by="worker")
-    check_worker_access(engine, [definition.slug for definition in definitions])
+    check_worker_access(engine, [definition.slug for definition in definitions], connections)

@@ -28,8 +28,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 from sqlalchemy.engine import URL, Engine
 
-from pgflow import telemetry
-from pgflow._db import create_engine, normalize_url
+from pgflow import _db, telemetry
 from pgflow.dsl import Flow
 from pgflow.errors import WorkerCrashedError
 from pgflow.worker._claiming import Claimed, poll
@@ -80,10 +79,9 @@ class Worker:
         if not flows:
             raise ValueError("a worker needs at least one Flow or Job class")
         self.options = options or WorkerOptions()
-        self._engine = database if isinstance(database, Engine) else create_engine(database)
-        conninfo = normalize_url(self._engine.url).set(drivername="postgresql")
+        self._engine = database if isinstance(database, Engine) else _db.create_engine(database)
         self._scripted_store = store is not None
-        self._store = store or PostgresStore(conninfo.render_as_string(hide_password=False))
+        self._store: WorkerStore = store or PostgresStore(_db.conninfo(self._engine.url))
         self._compile_missing = compile_missing
         self._flows = [ServedFlow.of(flow) for flow in flows]
         self._services = [*services]
@@ -188,6 +186,8 @@ class Worker:
         """
         if self._session is not None:
             raise RuntimeError("this worker is already serving")
+        if not self._scripted_store:
+            self._store = await anyio.to_thread.run_sync(self._postgres_store)
         session = ServingSession(self._flows, self._store, self.options, self._engine)
         self._session = session
         if self._stop_requested:
@@ -213,12 +213,30 @@ class Worker:
         with anyio.CancelScope(shield=True):
             await self._finish(session, crash=None)
 
+    def _postgres_store(self) -> PostgresStore:
+        """The store for this serving, on the engine's server: through a transaction pooler
+        (the engine's connections never prepare) it prepares nothing either, and LISTENs only
+        on ``listen_url``."""
+        through_pooler = _db.engine_through_pooler(self._engine)
+        if self.options.listen_url is not None:
+            listen: str | None = _db.conninfo(self.options.listen_url)
+        else:
+            listen = None if through_pooler else _db.conninfo(self._engine.url)
+        return PostgresStore(
+            _db.conninfo(self._engine.url), prepare=not through_pooler, listen_conninfo=listen
+        )
+
     async def _start(self, session: ServingSession) -> None:
         definitions = [served.definition for served in self._flows]
-        if not self._scripted_store:
+        store = None if self._scripted_store else self._store
+        if isinstance(store, PostgresStore):
+            connections = store.connection_targets()
             await anyio.to_thread.run_sync(
                 lambda: check_flows(
-                    self._engine, definitions, compile_missing=self._compile_missing
+                    self._engine,
+                    definitions,
+                    compile_missing=self._compile_missing,
+                    connections=connections,
                 )
             )
         await self._store.register([served.registration for served in self._flows])
@@ -229,6 +247,13 @@ class Worker:
             concurrency=self.options.concurrency,
             host=socket.gethostname(),
         )
+        if isinstance(store, PostgresStore) and not store.listening:
+            telemetry.emit(
+                "worker.polling",
+                reason="the database URL goes through a transaction pooler (no LISTEN there) "
+                "and no listen_url (--listen-url, PGFLOW_LISTEN_URL) is set",
+                poll_interval=self.options.poll_interval,
+            )
 
     async def _serve(self, session: ServingSession) -> None:
         reporter = Reporter(self._store, on_failed=session.wake_worker)

@@ -52,7 +52,10 @@ def _free_port() -> int:
 
 
 class OwnCluster:
-    def __init__(self, root: Path) -> None:
+    """A new cluster in ``root`` (initdb), or with ``replica_of``, a streaming replica of that
+    cluster (``pg_basebackup -R``: it follows the primary until stopped)."""
+
+    def __init__(self, root: Path, *, replica_of: OwnCluster | None = None) -> None:
         self.bindir = server_bindir()
         self.data = root / "data"
         self.port = _free_port()
@@ -61,7 +64,17 @@ class OwnCluster:
             owner = pwd.getpwnam(SYSTEM_USER_AS_ROOT)
             os.chown(root, owner.pw_uid, owner.pw_gid)
             self._as_user = ["runuser", "-u", SYSTEM_USER_AS_ROOT, "--"]
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        if replica_of is None:
+            self._run(
+                "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+            )
+        else:
+            self._run(
+                "pg_basebackup",
+                *("-D", str(self.data), "-R", "-X", "stream", "-c", "fast"),
+                *("-h", "127.0.0.1", "-p", str(replica_of.port), "-U", "postgres"),
+            )
+        # Appended settings win over the copied primary's (the last one in the file counts).
         settings = f"""
 listen_addresses = '127.0.0.1'
 port = {self.port}
@@ -110,5 +123,21 @@ def own_cluster() -> Iterator[OwnCluster]:
         finally:
             if (cluster.data / "postmaster.pid").exists():
                 cluster.stop("immediate")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def streaming_replica(primary: OwnCluster) -> Iterator[OwnCluster]:
+    """A started hot standby of ``primary`` on a port of its own, stopped and deleted after."""
+    root = Path(tempfile.mkdtemp(prefix="pgflow-own-replica-"))
+    try:
+        replica = OwnCluster(root, replica_of=primary)
+        replica.start()
+        try:
+            yield replica
+        finally:
+            if (replica.data / "postmaster.pid").exists():
+                replica.stop("immediate")
     finally:
         shutil.rmtree(root, ignore_errors=True)

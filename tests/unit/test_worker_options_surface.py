@@ -33,7 +33,10 @@ def test_the_docs_table_lists_every_option_with_its_flag_and_default() -> None:
     for name, (cli, default) in table.items():
         assert flag(name) in cli, name
         value: Any = FIELDS[name].default
-        stated = default == "True" if isinstance(value, bool) else type(value)(default)
+        if value is None:
+            stated: Any = None if default == "None" else default
+        else:
+            stated = default == "True" if isinstance(value, bool) else type(value)(default)
         assert stated == value, name
 
 

@@ -1,0 +1,158 @@
+"""Reads from a streaming replica (docs/deployment.md, "Scaling out"): a cluster of the test's own
+with a hot standby made by ``pg_basebackup -R``; the dashboard's pages and the read APIs read from
+the standby, its actions go to the primary, and the header shows the standby's lag."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pgflow import _db
+from pgflow.dashboard import create_app
+from pgflow.operations import describe_run, list_runs, list_workers
+from pgflow.schema import install
+from tests.helpers import database
+from tests.helpers.dashboard import (
+    PIPELINE_HANDLERS,
+    Pipeline,
+    drive,
+    http_client,
+    register,
+    row_cells,
+    start,
+)
+from tests.helpers.own_cluster import OwnCluster, own_cluster, streaming_replica
+from tests.helpers.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def clusters() -> Iterator[tuple[OwnCluster, OwnCluster]]:
+    with own_cluster() as primary, streaming_replica(primary) as replica:
+        yield primary, replica
+
+
+def run_status(engine: Engine, run_id: uuid.UUID) -> str | None:
+    with engine.connect() as connection:
+        status: str | None = connection.execute(
+            sa.text("SELECT status FROM pgflow.runs WHERE run_id = :id"), {"id": run_id}
+        ).scalar()
+        return status
+
+
+def cancelled_on(engine: Engine, run_id: uuid.UUID) -> bool:
+    with engine.connect() as connection:
+        return bool(
+            connection.execute(
+                sa.text("SELECT count(*) FROM pgflow_python.run_cancellations WHERE run_id = :id"),
+                {"id": run_id},
+            ).scalar_one()
+        )
+
+
+def test_dashboard_reads_from_a_streaming_replica_and_acts_on_the_primary(
+    clusters: tuple[OwnCluster, OwnCluster],
+) -> None:
+    primary_cluster, replica_cluster = clusters
+    primary = _db.create_engine(primary_cluster.url)
+    replica = _db.create_engine(replica_cluster.url)
+    try:
+        install(primary)
+        register(primary, Pipeline)
+        done = start(primary, "pipeline", {"n": 1})
+        drive(primary, "pipeline", PIPELINE_HANDLERS, done)
+        running = start(primary, "pipeline", {"n": 2})
+        wait_until(
+            lambda: run_status(replica, running) == "started",
+            timeout=30,
+            what="the replica to replay the runs",
+        )
+
+        # The read APIs work on the standby (nothing they run writes).
+        assert {run.run_id for run in list_runs(replica)} == {done, running}
+        details = describe_run(replica, done)
+        assert details is not None
+        assert details.run.status.value == "completed"
+        assert list_workers(replica) is not None
+
+        with http_client(create_app(primary, read_engine=replica)) as client:
+            for page in ("/", "/flows", "/flows/pipeline", "/runs", f"/runs/{done}", "/workers"):
+                response = client.get(page)
+                assert response.status_code == 200, (page, response.text[-2000:])
+                assert 'id="replica-lag"' in response.text, page
+                assert re.search(r"replica \d+\.\d s behind", response.text), page
+
+            # With replay paused, a run started on the primary is not on the pages: they read
+            # from the replica. An action still reaches the primary.
+            with replica.connect() as connection:
+                connection.execute(sa.text("SELECT pg_wal_replay_pause()"))
+            try:
+                unseen = start(primary, "pipeline", {"n": 3})
+                listed = client.get("/runs").text
+                assert str(unseen) not in listed
+                assert row_cells(listed, "data-run-id", str(running))
+                token = re.search(
+                    r'name="csrf_token" value="([^"]+)"', client.get(f"/runs/{running}").text
+                )
+                assert token is not None
+                acted = client.post(
+                    f"/runs/{running}/actions/cancel", data={"csrf_token": token[1]}
+                )
+                assert acted.status_code == 303, acted.text[-2000:]
+                assert cancelled_on(primary, running)
+                assert not cancelled_on(replica, running)
+            finally:
+                with replica.connect() as connection:
+                    connection.execute(sa.text("SELECT pg_wal_replay_resume()"))
+
+            wait_until(lambda: cancelled_on(replica, running), timeout=30, what="replay to resume")
+            assert str(unseen) in client.get("/runs").text
+            assert 'id="run-cancelled"' in client.get(f"/runs/{running}").text
+    finally:
+        primary.dispose()
+        replica.dispose()
+
+
+def test_the_deployment_guide_replica_sample_runs(
+    clusters: tuple[OwnCluster, OwnCluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary_cluster, replica_cluster = clusters
+    install(primary_cluster.url)
+    monkeypatch.setenv("DATABASE_URL", database.libpq_url(primary_cluster.url))
+    monkeypatch.setenv("PGFLOW_READ_URL", database.libpq_url(replica_cluster.url))
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    [sample] = [b for b in re.findall(r"```python\n(.*?)```", guide, re.S) if "read_engine" in b]
+    wait_until(
+        lambda: "pgflow" in database.schemas(replica_cluster.url),
+        timeout=30,
+        what="the replica to replay the installation",
+    )
+    namespace: dict[str, object] = {}
+    exec(compile(sample, "docs/deployment.md", "exec"), namespace)  # noqa: S102
+    assert namespace["recent"] == []
+    for name in ("primary", "replica"):
+        namespace[name].dispose()  # type: ignore[attr-defined]
+
+
+def test_dashboard_says_when_its_read_database_is_no_replica(
+    clusters: tuple[OwnCluster, OwnCluster],
+) -> None:
+    primary_cluster, _ = clusters
+    primary = _db.create_engine(primary_cluster.url)
+    other = _db.create_engine(primary_cluster.url)
+    try:
+        install(primary)
+        with http_client(create_app(primary, read_engine=other)) as client:
+            page = client.get("/").text
+        assert "read database is not a replica" in page
+    finally:
+        primary.dispose()
+        other.dispose()
