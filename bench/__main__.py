@@ -25,14 +25,21 @@ from bench._report import Results, render
 SYSTEMS = {
     "pgflow-python": "bench.systems.pgflow_system:PgflowAdapter",
     "pgflow-python-otel": "bench.systems.pgflow_system:PgflowOtelAdapter",
+    "pgflow-python-pgbouncer": "bench.systems.pgflow_pooled:PgflowPgBouncerAdapter",
+    "pgflow-python-pgbouncer-polling": "bench.systems.pgflow_pooled:PgflowPgBouncerPollingAdapter",
     "sql-floor": "bench.systems.sql_floor:SqlFloor",
     "sql-floor-set": "bench.systems.sql_floor:SetBasedSqlFloor",
     "pgqueuer": "bench.systems.pgqueuer_system:PgQueuerAdapter",
     "procrastinate": "bench.systems.procrastinate_system:ProcrastinateAdapter",
     "dbos": "bench.systems.dbos_system:DbosAdapter",
 }
-# Variants measured on request: `--systems pgflow-python,pgflow-python-otel --workloads P1`.
-OPT_IN_SYSTEMS = ("pgflow-python-otel",)
+# Variants measured on request: `--systems pgflow-python,pgflow-python-otel --workloads P1`;
+# through PgBouncer: `--systems pgflow-python,pgflow-python-pgbouncer --workloads P1,P4`.
+OPT_IN_SYSTEMS = (
+    "pgflow-python-otel",
+    "pgflow-python-pgbouncer",
+    "pgflow-python-pgbouncer-polling",
+)
 WORKLOADS = ("P1", "P2", "P3", "P4", "P6")  # P5 is measured in P1, P7 in P6
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -1,7 +1,7 @@
 """pgflow-python under the benchmark workloads (bench/flows.py holds the flows).
 
 Worker process: ``python -m bench.systems.pgflow_system worker <url> [--concurrency N]
-[--batch-size N] [--otel]``.
+[--batch-size N] [--otel] [--listen-url URL]``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import structlog
 from bench import flows
 from bench._api import Adapter, Drain, Timed
 from bench._process import WorkerProcess, analyze_filled_tables, measured_drain, wait_until
-from pgflow import start_flow_and_wait, telemetry
+from pgflow import start_flow, start_flow_and_wait, telemetry, wait_for_run
+from pgflow._db import create_engine
 from pgflow.compiler import compile_flow
 from pgflow.dsl import definition_of
 from pgflow.schema import install
@@ -37,7 +38,8 @@ START_RUNS = (
 
 
 def engine_for(url: str) -> sa.Engine:
-    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    # pgflow's own engine factory: it understands ?pool_mode=transaction (the PgBouncer runs).
+    return create_engine(url)
 
 
 START_CHUNK = 5_000
@@ -75,7 +77,14 @@ class PgflowAdapter(Adapter):
     worker_args: tuple[str, ...] = ()
 
     def _worker(self, url: str) -> WorkerProcess:
-        return WorkerProcess(MODULE, "worker", url, *self.worker_args)
+        return WorkerProcess(MODULE, "worker", self.served_url(url), *self.worker_args_for(url))
+
+    def served_url(self, url: str) -> str:
+        """The URL the worker and the client's starts use (the direct one here)."""
+        return url
+
+    def worker_args_for(self, url: str) -> tuple[str, ...]:
+        return self.worker_args
 
     def drain(self, url: str, jobs: int, backlog: int) -> Drain:
         start_runs(url, definition_of(flows.Noop).slug, jobs + backlog)
@@ -109,14 +118,19 @@ class PgflowAdapter(Adapter):
         return Timed(elements, finished - started)
 
     def latency(self, url: str, samples: int) -> list[float]:
-        engine = engine_for(url)
+        starts, waits = engine_for(self.served_url(url)), engine_for(url)
         timings = []
         with self._worker(url):
             for _ in range(samples):
                 started = time.perf_counter()
-                start_flow_and_wait(engine, flows.Ping, {}, timeout=60)
+                if self.served_url(url) == url:
+                    start_flow_and_wait(waits, flows.Ping, {}, timeout=60)
+                else:
+                    # Started through the pooler, waited for on a direct connection (LISTEN).
+                    wait_for_run(waits, start_flow(starts, flows.Ping, {}), timeout=60)
                 timings.append(1000 * (time.perf_counter() - started))
-        engine.dispose()
+        starts.dispose()
+        waits.dispose()
         return timings
 
 
@@ -184,6 +198,7 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--otel", action="store_true", help="OpenTelemetry on")
+    parser.add_argument("--listen-url", help="direct URL for LISTEN (worker behind a pooler)")
     args = parser.parse_args(argv)
     if args.otel:
         instrument_with_sdk(args.url)
@@ -198,7 +213,9 @@ def serve(argv: list[str]) -> None:
             print("ready", flush=True)
 
     telemetry.subscribe(announce)
-    options = WorkerOptions(concurrency=args.concurrency, batch_size=args.batch_size)
+    options = WorkerOptions(
+        concurrency=args.concurrency, batch_size=args.batch_size, listen_url=args.listen_url
+    )
     Worker(flows.ALL, engine_for(args.url), options=options).run()
 
 

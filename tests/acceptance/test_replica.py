@@ -4,7 +4,11 @@ the standby, its actions go to the primary, and the header shows the standby's l
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +120,26 @@ def test_dashboard_reads_from_a_streaming_replica_and_acts_on_the_primary(
             wait_until(lambda: cancelled_on(replica, running), timeout=30, what="replay to resume")
             assert str(unseen) in client.get("/runs").text
             assert 'id="run-cancelled"' in client.get(f"/runs/{running}").text
+
+        # The command line's read commands take the replica too (--read-url, PGFLOW_READ_URL).
+        with replica.connect() as connection:
+            connection.execute(sa.text("SELECT pg_wal_replay_pause()"))
+        latest = start(primary, "pipeline", {"n": 4})
+        listed = subprocess.run(
+            [sys.executable, "-m", "pgflow", "runs", "list", "--json"],
+            env={
+                **os.environ,
+                "DATABASE_URL": database.libpq_url(primary_cluster.url),
+                "PGFLOW_READ_URL": database.libpq_url(replica_cluster.url),
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        shown = {run["run_id"] for run in json.loads(listed.stdout)}
+        assert str(done) in shown
+        assert str(latest) not in shown  # started on the primary, not replayed yet
     finally:
         primary.dispose()
         replica.dispose()
