@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar
 
+from pgflow._db import normalize_url, pooled_url
+
 DAY = 86_400
 
 _WHOLE = frozenset(
@@ -40,8 +42,6 @@ _RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
         "blocked_loop_warning": (0.01, DAY),
     }
 )
-
-from pgflow._db import normalize_url, pooled_url
 
 
 @dataclass(frozen=True, slots=True)

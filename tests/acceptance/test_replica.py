@@ -125,7 +125,7 @@ def test_dashboard_reads_from_a_streaming_replica_and_acts_on_the_primary(
         with replica.connect() as connection:
             connection.execute(sa.text("SELECT pg_wal_replay_pause()"))
         latest = start(primary, "pipeline", {"n": 4})
-        listed = subprocess.run(
+        command = subprocess.run(
             [sys.executable, "-m", "pgflow", "runs", "list", "--json"],
             env={
                 **os.environ,
@@ -137,7 +137,7 @@ def test_dashboard_reads_from_a_streaming_replica_and_acts_on_the_primary(
             timeout=120,
             check=True,
         )
-        shown = {run["run_id"] for run in json.loads(listed.stdout)}
+        shown = {run["run_id"] for run in json.loads(command.stdout)}
         assert str(done) in shown
         assert str(latest) not in shown  # started on the primary, not replayed yet
     finally:
