@@ -36,6 +36,7 @@ from tests.helpers.pgbouncer import PgBouncer, pgbouncer
 from tests.helpers.process_flows import SlowStep, TenSteps
 from tests.helpers.schedule_flows import Tick
 from tests.helpers.waiting import wait_until
+from tests.helpers.worker_processes import worker_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 POOL_SIZE = 8
@@ -73,30 +74,11 @@ def pooled_engine(pooled_url: URL) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def spawn_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
-    processes: list[subprocess.Popen[str]] = []
-
-    def spawn(url: str, *args: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "DATABASE_URL": url}
-        env.pop("PGFLOW_LISTEN_URL", None)
-        log_path = tmp_path / f"worker-{len(processes)}.log"
-        with log_path.open("w") as log:  # a file: an unread pipe would block the worker
-            process = subprocess.Popen(
-                [*WORKER_COMMAND, *args],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        processes.append(process)
-        return process
-
-    yield spawn
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
+def spawn_worker(pooled_libpq_url: str, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Workers whose DATABASE_URL goes through PgBouncer."""
+    env = {"DATABASE_URL": pooled_libpq_url, "PGFLOW_LISTEN_URL": ""}  # "": not set
+    with worker_processes(WORKER_COMMAND, tmp_path, env) as spawn:
+        yield spawn
 
 
 def events(log: Path, name: str) -> list[dict[str, Any]]:
@@ -130,15 +112,11 @@ def server_connections(server: URL, database_name: str) -> int:
 def test_three_workers_through_pgbouncer_run_maps_schedules_and_run_control(
     pgflow_database: URL,
     pooled_engine: Engine,
-    pooled_libpq_url: str,
     spawn_worker: WorkerFactory,
     tmp_path: Path,
 ) -> None:
     register_flows(pooled_engine, TenSteps, SlowStep, Tick)
-    workers = [
-        spawn_worker(pooled_libpq_url, "--poll-interval", "0.5", "--concurrency", "10")
-        for _ in range(3)
-    ]
+    workers = [spawn_worker("--poll-interval", "0.5", "--concurrency", "10") for _ in range(3)]
     logs = sorted(tmp_path.glob("worker-*.log"))
     wait_until(
         lambda: all(events(log, "scheduler.started") for log in logs),
@@ -216,14 +194,12 @@ def test_three_workers_through_pgbouncer_run_maps_schedules_and_run_control(
 def test_worker_behind_pgbouncer_wakes_at_once_with_a_listen_url(
     pgflow_database: URL,
     pooled_engine: Engine,
-    pooled_libpq_url: str,
     spawn_worker: WorkerFactory,
     tmp_path: Path,
 ) -> None:
     register_flows(pooled_engine, TenSteps, SlowStep, Tick)
     # Polling once a minute: only a wake-up can finish the runs within the deadlines below.
     spawn_worker(
-        pooled_libpq_url,
         "--poll-interval",
         "60",
         "--listen-url",

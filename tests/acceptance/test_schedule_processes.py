@@ -4,7 +4,6 @@ last and the others go on; pause and resume while they run."""
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from tests.helpers import database
 from tests.helpers.database import register_flows
 from tests.helpers.schedule_flows import Tick
 from tests.helpers.waiting import wait_until
+from tests.helpers.worker_processes import worker_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_COMMAND = [sys.executable, "-m", "pgflow", "run-worker", "tests.helpers.schedule_flows"]
@@ -32,28 +32,9 @@ SECOND = timedelta(seconds=1)
 
 @pytest.fixture
 def spawn_worker(pgflow_database: URL, tmp_path: Path) -> Iterator[WorkerFactory]:
-    processes: list[subprocess.Popen[str]] = []
-
-    def spawn(*args: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "DATABASE_URL": database.libpq_url(pgflow_database)}
-        log_path = tmp_path / f"worker-{len(processes)}.log"
-        with log_path.open("w") as log:  # a file: an unread pipe would block the worker
-            process = subprocess.Popen(
-                [*WORKER_COMMAND, *args],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        processes.append(process)
-        return process
-
-    yield spawn
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
+    env = {"DATABASE_URL": database.libpq_url(pgflow_database)}
+    with worker_processes(WORKER_COMMAND, tmp_path, env) as spawn:
+        yield spawn
 
 
 def fires(engine: Engine, name: str) -> list[dict[str, Any]]:

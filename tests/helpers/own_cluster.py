@@ -44,7 +44,7 @@ def server_bindir() -> Path:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -58,7 +58,7 @@ class OwnCluster:
     def __init__(self, root: Path, *, replica_of: OwnCluster | None = None) -> None:
         self.bindir = server_bindir()
         self.data = root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as_user: list[str] = []
         if os.geteuid() == 0:
             owner = pwd.getpwnam(SYSTEM_USER_AS_ROOT)

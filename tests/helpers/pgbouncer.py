@@ -20,18 +20,11 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from tests.helpers.own_cluster import SYSTEM_USER_AS_ROOT
+from tests.helpers.own_cluster import SYSTEM_USER_AS_ROOT, free_port
 
 BINARY = os.environ.get("PGFLOW_PGBOUNCER", "/usr/sbin/pgbouncer")
 MISSING = f"The pooler tests need Debian's pgbouncer at {BINARY}: sudo apt-get install -y pgbouncer"
 START_TIMEOUT = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class PgBouncer:
@@ -42,7 +35,7 @@ class PgBouncer:
         if not (Path(BINARY).is_file() and os.access(BINARY, os.X_OK)):
             raise RuntimeError(MISSING)
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.log = root / "pgbouncer.log"
         (root / "userlist.txt").write_text(f'"{server.username or "postgres"}" ""\n')
         (root / "pgbouncer.ini").write_text(
