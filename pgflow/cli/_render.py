@@ -23,15 +23,22 @@ def parse_duration(text: str) -> timedelta:
     parts = _DURATION_PART.findall(compact)
     if not parts or "".join(n + u for n, u in parts) != compact:
         raise ValueError(f"{text!r} is not a duration such as 30d, 12h, 1d12h, 90m or 45s")
-    return sum((timedelta(**{_UNITS[unit]: int(n)}) for n, unit in parts), timedelta())
+    try:
+        return sum((timedelta(**{_UNITS[unit]: int(n)}) for n, unit in parts), timedelta())
+    except OverflowError:
+        raise ValueError(f"{text!r} is longer than the longest duration, 999999999d") from None
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """A duration back from now (``2h``) or an ISO 8601 time (UTC when no offset is given)."""
     try:
-        return (now or datetime.now(UTC)) - parse_duration(text)
+        span = parse_duration(text)
     except ValueError:
         pass
+    else:
+        now = now or datetime.now(UTC)
+        # Further back than datetime goes: everything is newer than that.
+        return now - min(span, now - datetime.min.replace(tzinfo=UTC))
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

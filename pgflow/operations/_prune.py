@@ -32,6 +32,8 @@ DEFAULT_BATCH_SIZE = 500
 WORKER_SILENCE_FLOOR = timedelta(hours=1)
 """Worker rows are pruned only when silent for at least this long, whatever ``older_than``."""
 _WORKER_BATCH = 100
+LONGEST_RETENTION = timedelta(days=365_000)
+"""``older_than`` beyond a thousand years is the same as a thousand years: nothing to prune."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,9 @@ class _PruneRequest:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         slugs = None if flows is None else [flows] if isinstance(flows, str) else list(flows)
+        # Nothing is older than that; a longer window would put the cutoff before the first
+        # timestamp PostgreSQL can hold (an error that would abort the caller's transaction).
+        older_than = min(older_than, LONGEST_RETENTION)
         return cls(older_than, sorted(set(wanted)), slugs, dry_run, batch_size)
 
 

@@ -207,3 +207,26 @@ def test_an_option_value_outside_its_range_exits_2_with_one_line(
     )
     assert code == 2, stderr
     assert one_line(stderr).startswith(f"error: {args[0]} must be from ")
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ("prune", "--older-than", "99999999999d"),
+            "'99999999999d' is longer than the longest duration, 999999999d",
+        ),
+        (
+            ("runs", "list", "--since", "99999999999d"),
+            "'99999999999d' is neither a duration",
+        ),
+    ],
+    ids=["prune", "runs-list"],
+)
+def test_a_duration_too_long_for_python_is_a_usage_error_not_a_traceback(
+    project: Path, args: tuple[str, ...], error: str
+) -> None:
+    code, stderr = pgflow_cli(project, *args, database_url="postgresql://nobody@127.0.0.1:1/none")
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    assert error in one_line(stderr)

@@ -236,6 +236,21 @@ def test_prune_refuses_started_and_unknown_statuses(pgflow_engine: Engine) -> No
         prune(pgflow_engine, older_than=timedelta(days=-1))
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["prune", "dry-run"])
+def test_a_window_longer_than_any_history_prunes_nothing_and_the_transaction_goes_on(
+    pgflow_engine: Engine, dry_run: bool
+) -> None:
+    register_flows(pgflow_engine, Batch)
+    done = start(pgflow_engine, [1])
+    drive(pgflow_engine, done)
+    age(pgflow_engine, done)
+    with pgflow_engine.begin() as connection:
+        report = prune(connection, older_than=timedelta.max, dry_run=dry_run)
+        assert (report.runs, report.step_tasks) == (0, 0)
+        # The caller's transaction is still usable.
+        assert prune(connection, older_than=timedelta(days=30), dry_run=dry_run).runs == 1
+
+
 @pytest.mark.anyio
 async def test_prune_async_gives_each_batch_its_own_transaction(pgflow_engine: Engine) -> None:
     register_flows(pgflow_engine, Batch)
