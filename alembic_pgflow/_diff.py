@@ -1,8 +1,8 @@
 """Compare a flow definition with the flow stored in the database: shape, then options.
 
 Shape (steps, their order and types, dependencies) cannot change in place: runs in flight
-reference the old steps. Options and the flow type can. Dependencies compare as sets, since the
-database keeps no order among a step's dependencies.
+reference the old steps. Options (conditions included) and the flow type can. Dependencies
+compare as sets, since the database keeps no order among a step's dependencies.
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ from typing import Any
 
 from alembic_pgflow._stored import StoredFlow
 from pgflow._shape import StepShape, shape_changes, shape_of
-from pgflow.definition import FLOW_OPTIONS, STEP_OPTIONS, FlowDefinition
+from pgflow.definition import (
+    CONDITION_DEFAULTS,
+    CONDITION_OPTIONS,
+    FLOW_OPTIONS,
+    STEP_OPTIONS,
+    FlowDefinition,
+)
 
 Change = tuple[Any, Any]
 """(value in the database, value in the code)"""
@@ -54,6 +60,14 @@ def diff_flow(
                     stored_step.options[name],
                     options[name],
                 )
+        # Conditions are options too (docs/alembic.md): they change no step, type or
+        # dependency, and apply to steps that become ready after the change.
+        condition = definition.step(stored_step.slug).condition
+        for name in CONDITION_OPTIONS:
+            old, new = stored_step.condition.get(name), condition[name]
+            default = CONDITION_DEFAULTS.get(name)
+            if (default if old is None else old) != (default if new is None else new):
+                steps.setdefault(stored_step.slug, {})[name] = (old, new)
     return FlowDiff(flow=flow, steps=steps)
 
 

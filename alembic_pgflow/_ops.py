@@ -21,10 +21,16 @@ from alembic_pgflow.errors import FlowConflictError, FlowHasRunsError
 from pgflow._registered import create_flow_defaults
 from pgflow._sql import query
 from pgflow.compiler import compile_flow
-from pgflow.definition import FLOW_OPTIONS, STEP_OPTIONS, FlowDefinition, FlowType
+from pgflow.definition import (
+    CONDITION_OPTIONS,
+    FLOW_OPTIONS,
+    STEP_OPTIONS,
+    FlowDefinition,
+    FlowType,
+)
 
 FlowData = Mapping[str, Any]
-StepOptions = Mapping[str, Mapping[str, int | None]]
+StepOptions = Mapping[str, Mapping[str, Any]]
 _FLOW_KEYS = (*FLOW_OPTIONS, "flow_type")
 
 
@@ -40,9 +46,10 @@ def _check_keys(flow: FlowData, steps: StepOptions) -> None:
     if unknown:
         raise ValueError(f"unknown flow options {unknown}; known: {list(_FLOW_KEYS)}")
     for step, options in steps.items():
-        unknown = sorted(set(options) - set(STEP_OPTIONS))
+        known = (*STEP_OPTIONS, *CONDITION_OPTIONS)
+        unknown = sorted(set(options) - set(known))
         if unknown:
-            raise ValueError(f"step {step!r}: unknown options {unknown}; known: {STEP_OPTIONS}")
+            raise ValueError(f"step {step!r}: unknown options {unknown}; known: {known}")
 
 
 @Operations.register_operation("create_flow")
@@ -222,9 +229,17 @@ def _update_flow_options(operations: Operations, operation: UpdateFlowOptionsOp)
             )
         )
     for step, options in operation.steps.items():
-        if options:
+        plain = {k: v for k, v in options.items() if k not in CONDITION_OPTIONS}
+        condition = {k: v for k, v in options.items() if k in CONDITION_OPTIONS}
+        if plain:
             operations.execute(
                 query("set_step_options").bindparams(
-                    flow_slug=slug, step_slug=step, options=json.dumps(options, sort_keys=True)
+                    flow_slug=slug, step_slug=step, options=json.dumps(plain, sort_keys=True)
+                )
+            )
+        if condition:
+            operations.execute(
+                query("set_step_condition_options").bindparams(
+                    flow_slug=slug, step_slug=step, options=json.dumps(condition, sort_keys=True)
                 )
             )

@@ -8,13 +8,13 @@ comparator must still be able to describe and drop them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from pgflow._sql import query
-from pgflow.definition import FLOW_OPTIONS, STEP_OPTIONS, FlowType, StepType
+from pgflow.definition import CONDITION_OPTIONS, FLOW_OPTIONS, STEP_OPTIONS, FlowType, StepType
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class StoredStep:
     step_type: StepType
     depends_on: tuple[str, ...]
     options: Mapping[str, int | None]
+    condition: Mapping[str, Any] = field(default_factory=dict)
+    """Condition options as stored (``CONDITION_OPTIONS``); empty for a step without any."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class StoredFlow:
             if step.depends_on:
                 item["depends_on"] = list(step.depends_on)
             item.update({k: v for k, v in step.options.items() if v is not None})
+            item.update({k: v for k, v in step.condition.items() if v is not None})
             steps.append(item)
         data["steps"] = steps
         return data
@@ -65,6 +68,12 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
     deps: dict[tuple[str, str], list[str]] = {}
     for row in connection.execute(query("stored_deps")).mappings():
         deps.setdefault((row["flow_slug"], row["step_slug"]), []).append(row["dep_slug"])
+    conditions: dict[tuple[str, str], dict[str, Any]] = {}
+    if connection.execute(query("step_conditions_present")).scalar_one():
+        for row in connection.execute(query("stored_conditions")).mappings():
+            conditions[(row["flow_slug"], row["step_slug"])] = {
+                name: row[name] for name in CONDITION_OPTIONS
+            }
     steps: dict[str, list[StoredStep]] = {}
     for row in connection.execute(query("stored_steps")).mappings():
         steps.setdefault(row["flow_slug"], []).append(
@@ -73,6 +82,7 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
                 step_type=StepType(row["step_type"]),
                 depends_on=tuple(deps.get((row["flow_slug"], row["step_slug"]), ())),
                 options={name: row[name] for name in STEP_OPTIONS},
+                condition=conditions.get((row["flow_slug"], row["step_slug"]), {}),
             )
         )
     runs = {row["flow_slug"]: row for row in connection.execute(query("run_counts")).mappings()}

@@ -2,14 +2,16 @@
 
 Same text means a flow compiled here or by the TypeScript tooling produces the same migration,
 so either side can own a flow. Slugs are validated (letters, digits, underscores), and options
-are integers, so nothing here needs quoting beyond the single quotes around slugs.
+are integers, so nothing here needs quoting beyond the single quotes around slugs, except the
+JSON patterns of conditions (``sql_json``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
-from pgflow.definition import FlowDefinition, FlowType, StepType
+from pgflow.definition import FlowDefinition, FlowType, StepDefinition, StepType
 
 _OPTION_ORDER = ("max_attempts", "base_delay", "timeout", "start_delay")
 
@@ -24,8 +26,9 @@ def _options_clause(options: Mapping[str, int | None]) -> str:
 def compile_flow(definition: FlowDefinition) -> list[str]:
     """``create_flow`` then one ``add_step`` per step, in declaration order.
 
-    A job gets one more statement (our additive ``flows.flow_type`` column); TypeScript has no
-    jobs, so parity with ``compileFlow`` holds for every flow.
+    A job gets one more statement (our additive ``flows.flow_type`` column), and so does each
+    step with a condition (our ``step_conditions`` table, extension/0061); TypeScript 0.8.1 has
+    neither, so parity with ``compileFlow`` holds for every flow without conditions.
     """
     statements = [
         f"SELECT pgflow.create_flow('{definition.slug}'{_options_clause(definition.options)});"
@@ -41,8 +44,61 @@ def compile_flow(definition: FlowDefinition) -> list[str]:
             f"SELECT pgflow.add_step('{definition.slug}', '{step.slug}'"
             f"{deps}{_options_clause(step.options)}{step_type});"
         )
+    statements += [
+        _condition_statement(definition.slug, s) for s in definition.steps if s.has_condition
+    ]
     if definition.flow_type is FlowType.JOB:
         statements.append(
             f"UPDATE pgflow.flows SET flow_type = 'job' WHERE flow_slug = '{definition.slug}';"
         )
     return statements
+
+
+# pgflow_python.set_step_condition's argument for each condition option (upstream 0.14's names).
+_CONDITION_ARGUMENTS = {
+    "if_": "required_input_pattern",
+    "if_not": "forbidden_input_pattern",
+    "when_unmet": "when_unmet",
+    "retries_exhausted": "when_exhausted",
+}
+
+
+def _condition_statement(flow_slug: str, step: StepDefinition) -> str:
+    arguments = []
+    for option, argument in _CONDITION_ARGUMENTS.items():
+        value = step.condition[option]
+        if value is None:
+            continue
+        if option in ("if_", "if_not"):
+            arguments.append(f"{argument} => {sql_json(value)}")
+        else:
+            arguments.append(f"{argument} => '{value}'")  # a validated WhenUnmet value
+    return (
+        f"SELECT pgflow_python.set_step_condition('{flow_slug}', '{step.slug}', "
+        f"{', '.join(arguments)});"
+    )
+
+
+def sql_json(value: object) -> str:
+    """A JSON value as a SQL literal that every executor runs unchanged: quotes doubled, and
+    in strings ``:`` and ``%`` written as JSON escapes, so that neither SQLAlchemy's ``:name``
+    bind parameters nor the driver's ``%`` placeholders can be read into a pattern."""
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), sort_keys=True)
+    return "'" + _escape_in_strings(text).replace("'", "''") + "'::jsonb"
+
+
+def _escape_in_strings(text: str) -> str:
+    out = []
+    in_string = escaped = False
+    for char in text:
+        if in_string and not escaped and char in ":%":
+            out.append(f"\\u{ord(char):04x}")
+            continue
+        out.append(char)
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = in_string
+        elif char == '"':
+            in_string = not in_string
+    return "".join(out)

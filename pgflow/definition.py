@@ -7,6 +7,7 @@ is how Alembic revisions carry a flow without importing application code.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -72,6 +73,25 @@ OPTION_MINIMUMS: Mapping[str, tuple[int, str]] = {
 }
 
 
+class WhenUnmet(StrEnum):
+    """What happens to a step whose condition (``if_`` / ``if_not``) is not met, and (as
+    ``retries_exhausted``) to a step that ran out of attempts. Upstream 0.14's values."""
+
+    FAIL = "fail"
+    """The run fails with a message naming the step (``retries_exhausted``'s default)."""
+    SKIP = "skip"
+    """The step is skipped; its dependents run without its key (``when_unmet``'s default)."""
+    SKIP_CASCADE = "skip-cascade"
+    """The step and every step downstream of it are skipped."""
+
+
+CONDITION_OPTIONS: tuple[str, ...] = ("if_", "if_not", "when_unmet", "retries_exhausted")
+"""Step keywords that make a step conditional (stored by our SQL, not by ``add_step``)."""
+
+# What upstream's SQL does when a mode is omitted (upstream 0.14's column defaults).
+CONDITION_DEFAULTS: Mapping[str, str] = {"when_unmet": "skip", "retries_exhausted": "fail"}
+
+
 def validate_slug(slug: object, what: str) -> str:
     """Upstream's slug rules (SQL ``is_valid_slug`` and the TypeScript DSL's, which is stricter)."""
     if not isinstance(slug, str) or not slug:
@@ -118,6 +138,14 @@ class StepDefinition:
     base_delay: int | None = None
     timeout: int | None = None
     start_delay: int | None = None
+    if_: Any = None
+    """JSON containment pattern (``@>``) the step's input must match for it to run."""
+    if_not: Any = None
+    """JSON containment pattern the step's input must not match for it to run."""
+    when_unmet: str | None = None
+    """``WhenUnmet`` value when the condition is not met; omitted: ``"skip"``."""
+    retries_exhausted: str | None = None
+    """``WhenUnmet`` value when the step runs out of attempts; omitted: ``"fail"``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "step_type", StepType(self.step_type))
@@ -127,6 +155,15 @@ class StepDefinition:
     def options(self) -> dict[str, int | None]:
         return {name: getattr(self, name) for name in OPTION_MINIMUMS}
 
+    @property
+    def condition(self) -> dict[str, Any]:
+        """The condition options as given (None where omitted)."""
+        return {name: getattr(self, name) for name in CONDITION_OPTIONS}
+
+    @property
+    def has_condition(self) -> bool:
+        return any(value is not None for value in self.condition.values())
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"slug": self.slug}
         if self.step_type is not StepType.SINGLE:
@@ -134,6 +171,7 @@ class StepDefinition:
         if self.depends_on:
             data["depends_on"] = list(self.depends_on)
         data.update({k: v for k, v in self.options.items() if v is not None})
+        data.update({k: v for k, v in self.condition.items() if v is not None})
         return data
 
 
@@ -221,7 +259,45 @@ def _validate(flow: FlowDefinition) -> None:
         seen[step.slug] = index
         for name in OPTION_MINIMUMS:
             _validate_option(where, name, getattr(step, name))
+        _validate_condition(where, step)
     _check_dependencies(flow, seen)
+
+
+def _validate_condition(where: str, step: StepDefinition) -> None:
+    for name in ("when_unmet", "retries_exhausted"):
+        value = getattr(step, name)
+        if value is not None and value not in {m.value for m in WhenUnmet}:
+            choices = ", ".join(repr(m.value) for m in WhenUnmet)
+            raise FlowDefinitionError(f"{where}: {name} must be one of {choices}, got {value!r}")
+    patterns = {name: getattr(step, name) for name in ("if_", "if_not")}
+    given = {name: pattern for name, pattern in patterns.items() if pattern is not None}
+    if step.when_unmet is not None and not given:
+        raise FlowDefinitionError(
+            f"{where}: when_unmet={step.when_unmet!r} needs a condition (if_= or if_not=)"
+        )
+    for name, pattern in given.items():
+        try:
+            text = json.dumps(pattern, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise FlowDefinitionError(
+                f"{where}: {name} must be a JSON pattern (dicts, lists, strings, numbers, "
+                f"booleans, None), got {pattern!r}: {exc}"
+            ) from None
+        object.__setattr__(step, name, json.loads(text))  # detached from the caller's object
+        if not step.depends_on:
+            continue  # a root step's input is the flow input: any JSON
+        if not isinstance(pattern, dict):
+            raise FlowDefinitionError(
+                f"{where}: {name} is matched against {{dependency: output, ...}}, so it must "
+                f"be a dict keyed by dependencies ({', '.join(step.depends_on)}), got {pattern!r}"
+            )
+        strangers = [key for key in pattern if key not in step.depends_on]
+        if strangers:
+            raise FlowDefinitionError(
+                f"{where}: {name} names {', '.join(map(repr, strangers))}, which "
+                f"{'is' if len(strangers) == 1 else 'are'} not a dependency of this step "
+                f"(dependencies: {', '.join(step.depends_on)}); no input could match it"
+            )
 
 
 def _check_dependencies(flow: FlowDefinition, position: Mapping[str, int]) -> None:

@@ -17,7 +17,7 @@ import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Unpack, overload
+from typing import Any, ClassVar, Literal, Unpack, overload
 
 from pgflow.cron import Cron, bind_declared
 from pgflow.definition import (
@@ -34,6 +34,7 @@ from pgflow.definition import (
 from pgflow.errors import FlowDefinitionError
 
 HandlerFunction = Callable[..., Any]
+WhenUnmetName = Literal["fail", "skip", "skip-cascade"]
 
 JOB_STEP_SLUG = "perform"
 
@@ -58,8 +59,10 @@ class StepMethod:
         depends_on: Sequence[StepMethod | str],
         slug: str | None,
         options: dict[str, int | None],
+        condition: dict[str, Any],
     ) -> None:
         self.function = function
+        self.condition = condition
         self.step_type = step_type
         self.depends_on = tuple(depends_on)
         self.explicit_slug = slug
@@ -87,11 +90,12 @@ class StepMethod:
         return f"<{self.step_type} step {self.slug!r}>"
 
     def definition(self) -> StepDefinition:
+        given: dict[str, Any] = {**self.options, **self.condition}
         return StepDefinition(
             slug=self.slug,
             step_type=self.step_type,
             depends_on=tuple(d.slug if isinstance(d, StepMethod) else d for d in self.depends_on),
-            **self.options,
+            **given,
         )
 
 
@@ -100,10 +104,16 @@ def _declarer(
     depends_on: Sequence[StepMethod | str],
     slug: str | None,
     options: dict[str, int | None],
+    condition: dict[str, Any],
 ) -> Callable[[HandlerFunction], StepMethod]:
     def decorate(function: HandlerFunction) -> StepMethod:
         return StepMethod(
-            function, step_type=step_type, depends_on=depends_on, slug=slug, options=options
+            function,
+            step_type=step_type,
+            depends_on=depends_on,
+            slug=slug,
+            options=options,
+            condition=condition,
         )
 
     return decorate
@@ -116,6 +126,10 @@ def step(
     *,
     depends_on: Sequence[StepMethod | str] = (),
     slug: str | None = None,
+    if_: Any = None,
+    if_not: Any = None,
+    when_unmet: WhenUnmetName | None = None,
+    retries_exhausted: WhenUnmetName | None = None,
     **options: Unpack[StepOptions],
 ) -> Callable[[HandlerFunction], StepMethod]: ...
 def step(
@@ -124,10 +138,20 @@ def step(
     *,
     depends_on: Sequence[StepMethod | str] = (),
     slug: str | None = None,
+    if_: Any = None,
+    if_not: Any = None,
+    when_unmet: WhenUnmetName | None = None,
+    retries_exhausted: WhenUnmetName | None = None,
     **options: Unpack[StepOptions],
 ) -> StepMethod | Callable[[HandlerFunction], StepMethod]:
     """Declare a step. A root step gets the flow input; a dependent step gets
     ``{dependency_slug: output, ...}``. Options left out use the flow's (then upstream's) values.
+
+    Conditions (docs/defining-flows.md): the step runs only when its input contains ``if_``
+    and does not contain ``if_not`` (JSON containment, PostgreSQL's ``@>``); otherwise
+    ``when_unmet`` decides: ``"skip"`` (default), ``"skip-cascade"`` or ``"fail"``.
+    ``retries_exhausted`` decides the same when the step runs out of attempts (default
+    ``"fail"``).
     """
     if isinstance(depends_on, (str, StepMethod)):
         depends_on = [depends_on]
@@ -136,6 +160,7 @@ def step(
         depends_on,
         slug,
         options_given(options, STEP_OPTIONS, "step()"),
+        _condition(if_, if_not, when_unmet, retries_exhausted),
     )
     return decorate(function) if function is not None else decorate
 
@@ -147,6 +172,10 @@ def map_step(
     *,
     array: StepMethod | str | None = None,
     slug: str | None = None,
+    if_: Any = None,
+    if_not: Any = None,
+    when_unmet: WhenUnmetName | None = None,
+    retries_exhausted: WhenUnmetName | None = None,
     **options: Unpack[StepOptions],
 ) -> Callable[[HandlerFunction], StepMethod]: ...
 def map_step(
@@ -155,12 +184,18 @@ def map_step(
     *,
     array: StepMethod | str | None = None,
     slug: str | None = None,
+    if_: Any = None,
+    if_not: Any = None,
+    when_unmet: WhenUnmetName | None = None,
+    retries_exhausted: WhenUnmetName | None = None,
     **options: Unpack[StepOptions],
 ) -> StepMethod | Callable[[HandlerFunction], StepMethod]:
     """Declare a map step: one task per element of an array, outputs collected in order.
 
     Without ``array`` it maps over the flow input (which must then be a JSON array); with
-    ``array=other_step`` over that step's output (which must be an array).
+    ``array=other_step`` over that step's output (which must be an array). A condition
+    (``if_`` ... as for :func:`step`) applies to the step as a whole: its pattern is matched
+    against the flow input, or ``{array_step: array}``.
     """
 
     depends_on = [array] if array is not None else []
@@ -169,8 +204,20 @@ def map_step(
         depends_on,
         slug,
         options_given(options, STEP_OPTIONS, "map_step()"),
+        _condition(if_, if_not, when_unmet, retries_exhausted),
     )
     return decorate(function) if function is not None else decorate
+
+
+def _condition(
+    if_: Any, if_not: Any, when_unmet: str | None, retries_exhausted: str | None
+) -> dict[str, Any]:
+    return {
+        "if_": if_,
+        "if_not": if_not,
+        "when_unmet": when_unmet,
+        "retries_exhausted": retries_exhausted,
+    }
 
 
 def _snake_case(name: str) -> str:

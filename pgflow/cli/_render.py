@@ -181,7 +181,9 @@ def run_details(details: RunDetails) -> str:
             [
                 f"{branch} {step.step_slug}" + (" [map]" if step.step_type == "map" else ""),
                 ", ".join(step.depends_on) or "-",
-                step.status,
+                f"{step.status} ({_SKIP_REASONS.get(step.skip_reason, step.skip_reason)})"
+                if step.skip_reason and step.status == "skipped"
+                else step.status,
                 f"{step.completed_tasks}/{step.tasks}" if step.tasks else "-",
                 str(step.attempts),
                 duration(step.duration),
@@ -194,6 +196,13 @@ def run_details(details: RunDetails) -> str:
     )
     lines += _last_failures(details)
     return "\n".join(lines)
+
+
+_SKIP_REASONS = {
+    "condition_unmet": "condition unmet",
+    "handler_failed": "attempts exhausted",
+    "dependency_skipped": "upstream skipped",
+}
 
 
 def _last_failures(details: RunDetails) -> list[str]:

@@ -187,6 +187,9 @@ class StepSummary:
     started_at: datetime | None
     completed_at: datetime | None
     failed_at: datetime | None
+    skip_reason: str | None = None
+    """Why a ``skipped`` step was skipped: ``condition_unmet``, ``handler_failed`` (its last
+    attempt failed, ``retries_exhausted="skip"``) or ``dependency_skipped`` (skip-cascade)."""
 
     @property
     def duration(self) -> timedelta | None:
@@ -214,6 +217,7 @@ class StepSummary:
             started_at=row["started_at"],
             completed_at=row["completed_at"],
             failed_at=row["failed_at"],
+            skip_reason=row.get("skip_reason"),
         )
 
 

@@ -28,6 +28,24 @@ SELECT s.flow_slug,
 FROM pgflow.steps AS s
 ORDER BY s.flow_slug, s.step_index
 
+-- name: step_conditions_present
+-- description: Whether this database has our step_conditions table (extension/0061_step_conditions.sql).
+SELECT to_regclass('pgflow_python.step_conditions') IS NOT NULL
+
+-- name: stored_conditions
+-- description: Every step's condition options, under the DSL's names (extension/0061_step_conditions.sql).
+SELECT c.flow_slug,
+       c.step_slug,
+       c.required_input_pattern AS if_,
+       c.forbidden_input_pattern AS if_not,
+       c.when_unmet,
+       c.when_exhausted AS retries_exhausted
+FROM pgflow_python.step_conditions AS c
+
+-- name: set_step_condition_options
+-- description: Change a stored step's condition options (extension/0061_step_conditions.sql).
+SELECT pgflow_python.set_step_condition_options(:flow_slug, :step_slug, CAST(:options AS jsonb))
+
 -- name: stored_deps
 -- description: Dependencies in the order their steps were declared (the deps table keeps no order).
 SELECT d.flow_slug, d.step_slug, d.dep_slug

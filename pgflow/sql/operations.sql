@@ -85,7 +85,9 @@ SELECT
     coalesce(tasks.output_bytes, 0) AS output_bytes,
     coalesce((SELECT array_agg(d.dep_slug ORDER BY d.dep_slug) FROM pgflow.deps AS d
               WHERE d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug),
-             '{}') AS depends_on
+             '{}') AS depends_on,
+    (SELECT k.skip_reason FROM pgflow_python.step_skips AS k
+     WHERE k.run_id = ss.run_id AND k.step_slug = ss.step_slug) AS skip_reason
 FROM pgflow.step_states AS ss
 JOIN pgflow.steps AS st ON st.flow_slug = ss.flow_slug AND st.step_slug = ss.step_slug
 LEFT JOIN LATERAL (

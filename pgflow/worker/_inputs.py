@@ -20,7 +20,8 @@ def handler_input(step: StepDefinition, record: Mapping[str, Any]) -> Any:
         return task_input
     if not step.depends_on:
         return record["flow_input"] if "flow_input" in record else task_input["run"]
-    return {dep: task_input[dep] for dep in step.depends_on}
+    # A skipped dependency (conditions, extension/0061) is absent from the claim's input.
+    return {dep: task_input[dep] for dep in step.depends_on if dep in task_input}
 
 
 def flow_input(record: Mapping[str, Any]) -> Any:

@@ -111,7 +111,7 @@ async def test_cancel_stops_a_sleeping_async_handler_and_node_later_leaves_the_r
     assert before["messages"] == []
     [seed] = before["tasks"]
     assert (seed["status"], seed["attempts_count"], seed["error_message"]) == (
-        "failed",
+        "cancelled",
         1,
         "cancelled: test",
     )

@@ -234,8 +234,9 @@ async def test_a_non_retryable_error_fails_the_run_while_node_holds_another_step
     assert (tasks["check"]["status"], tasks["check"]["attempts_count"]) == ("failed", 1)
     assert tasks["check"]["error_message"] == "NonRetryableError: order 9 cannot pass"
     assert "publish" not in tasks  # never started
-    # Node reported enrich after the run had failed, which upstream ignores: still started.
-    assert (tasks["enrich"]["status"], tasks["enrich"]["output"]) == ("started", None)
+    # The failed run cancelled enrich (extension/0060); Node reported it afterwards, which
+    # changes nothing.
+    assert (tasks["enrich"]["status"], tasks["enrich"]["output"]) == ("cancelled", None)
     [failure] = get_task_failures(pgflow_engine, run_id)
     assert (failure.step_slug, failure.attempt, failure.retryable) == ("check", 1, False)
     # Node's late report of enrich changed nothing: the run stays failed, nothing is queued.

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Page, expect
 from sqlalchemy.engine import Engine
 
+from pgflow import Flow, step
 from pgflow.dashboard import create_app
 from tests.helpers.dashboard import (
     FANOUT_HANDLERS,
@@ -220,3 +222,37 @@ def test_read_only_dashboard_shows_no_actions(engine: Engine, page: Page) -> Non
         page.goto(f"{url}/runs/{run_id}")
         expect(page.locator("#run-status")).to_have_attribute("data-status", "started")
         expect(page.locator("button[data-action]")).to_have_count(0)
+
+
+class Branch(Flow, slug="branch_view"):
+    @step(if_={"go": True})
+    def maybe(self, input: Any) -> str:
+        return "ran"
+
+    @step
+    def always(self, input: Any) -> str:
+        return "ran"
+
+    @step(depends_on=[always])
+    def later(self, deps: Any) -> str:
+        return "ran"
+
+
+def test_a_skipped_step_is_drawn_apart_from_waiting_and_running_ones(
+    engine: Engine, base_url: str, page: Page
+) -> None:
+    register(engine, Branch)
+    run_id = start(engine, "branch_view", {"go": False})  # maybe's condition is unmet at once
+
+    page.goto(f"{base_url}/runs/{run_id}")
+
+    skipped = page.locator('g.node[data-step="maybe"]')
+    expect(skipped).to_have_attribute("data-status", "skipped")
+    expect(page.locator('g.node[data-step="later"]')).to_have_attribute("data-status", "created")
+    expect(page.locator('table.steps tr[data-step="maybe"]')).to_contain_text("skipped")
+    fills = {slug: _box_fill(page, slug) for slug in ("maybe", "always", "later")}
+    assert len(set(fills.values())) == 3, fills  # skipped, started and created all differ
+    dashes = skipped.locator("rect.box").evaluate("box => getComputedStyle(box).strokeDasharray")
+    assert dashes not in ("", "none"), dashes
+    expect(page.locator("#step-maybe + p")).to_have_text("skipped: it never ran")
+    screenshot(page, "run-skipped-step")

@@ -19,6 +19,15 @@ const handlers = {
   relay: {
     flaky: (input) => ({ by: 'node', n: input.run.n }),
   },
+  // Conditions (pgflow-python's extension/0061): big/small run or are skipped by SQL; optional
+  // always fails and is skipped on exhaustion; report echoes what 0.8.1's start_tasks gave it.
+  branching: {
+    classify: (input) => ({ kind: input.run.size > 10 ? 'big' : 'small' }),
+    big: () => 'node big',
+    small: () => 'node small',
+    optional: () => 'never reached: the test makes it fail',
+    report: (input) => input,
+  },
   gate: {
     enrich: (input) => ({ by: 'node', id: input.run.id }),
     check: () => ({ by: 'node' }),

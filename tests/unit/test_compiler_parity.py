@@ -16,7 +16,7 @@ def flow(slug: str, *steps: StepDefinition, **options: int) -> FlowDefinition:
 
 
 def st(slug: str, *deps: str, step_type: StepType = S, **options: int) -> StepDefinition:
-    return StepDefinition(slug, step_type, deps, **options)
+    return StepDefinition(slug, step_type, deps, **options)  # type: ignore[arg-type]
 
 
 CORPUS = [

@@ -55,6 +55,10 @@ BEGIN
         FROM (SELECT DISTINCT pk.run_id, pk.step_slug, pk.flow_slug FROM picked pk) p
         JOIN pgflow.deps d ON d.flow_slug = p.flow_slug AND d.step_slug = p.step_slug
         JOIN pgflow.steps ds ON ds.flow_slug = d.flow_slug AND ds.step_slug = d.dep_slug
+        -- A skipped dependency's key is absent (extension/0061); upstream's start_tasks gives
+        -- it as null. Flows without conditions have every dependency completed here.
+        JOIN pgflow.step_states dss
+          ON dss.run_id = p.run_id AND dss.step_slug = d.dep_slug AND dss.status <> 'skipped'
         GROUP BY p.run_id, p.step_slug
     )
     SELECT p.flow_slug, p.run_id, p.step_slug,
