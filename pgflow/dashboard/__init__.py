@@ -25,6 +25,7 @@ from pgflow.dashboard._security import (
     Auth,
     AuthMiddleware,
     BasicAuth,
+    RefuseNulMiddleware,
     SecurityHeadersMiddleware,
     TokenAuth,
     auth_from_environment,
@@ -70,6 +71,7 @@ def create_app(
     app = build_app(Dashboard(bind, chosen, reads=reads, listen_url=listen))
     if auth is not None:
         app.add_middleware(AuthMiddleware, auth=auth)
+    app.add_middleware(RefuseNulMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     return app
 

@@ -219,3 +219,21 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class RefuseNulMiddleware:
+    """Answers 400 to a NUL character in the path or the query string: PostgreSQL's text cannot
+    hold one, so no page could find anything with it, and passing it on would be a 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query: bytes = scope.get("query_string", b"")
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
+        ):
+            response = PlainTextResponse("a NUL character is not allowed in a URL", status_code=400)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

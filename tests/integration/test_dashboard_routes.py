@@ -432,3 +432,23 @@ def test_run_control_actions_cancel_and_resume(engine: Engine) -> None:
         page = client.get(f"/runs/{run_id}").text
         assert 'data-status="started"' in page
         assert "resumed 1\N{MULTIPLICATION SIGN}" in page
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/runs?flow=%00",
+        "/runs?q=%00",
+        "/runs?since=%00",
+        "/flows/%00",
+        "/flows/pipe%00line",
+        "/runs/%00",
+        "/runs/00000000-0000-0000-0000-000000000000/steps/%00/tasks",
+    ],
+)
+def test_a_nul_in_a_path_or_filter_is_a_400_not_a_500(client: httpx.Client, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 400, response.text
+    assert "NUL" in response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/runs?flow=pipeline").status_code == 200
