@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from alembic.config import Config
 from click.testing import CliRunner
 
+from alembic_pgflow import configure_database_url
+from alembic_pgflow.errors import DatabaseURLError
 from pgflow import _db
 from pgflow.cli import main
 from pgflow.errors import InvalidDatabaseURLError
@@ -48,3 +51,11 @@ def test_a_listen_url_through_a_transaction_pooler_is_refused() -> None:
     )
     assert result.exit_code == 2, result.output
     assert "--listen-url must reach the server directly" in result.output
+
+
+def test_alembic_refuses_a_pooled_url_and_asks_for_a_direct_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", POOLED)
+    with pytest.raises(DatabaseURLError, match="run migrations with a direct URL"):
+        configure_database_url(Config())
