@@ -33,6 +33,8 @@ class RunAction:
     label: str
     applies: Callable[[Mapping[str, Any]], bool]  # given the dashboard_run row
     perform: Callable[[Engine, uuid.UUID], uuid.UUID | None]
+    question: str = "Are you sure?"  # the confirmation page's question
+    bulk_question: str = "{count} runs?"
 
 
 def _cancel(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
@@ -52,23 +54,42 @@ def _resume(engine: Engine, run_id: uuid.UUID) -> uuid.UUID | None:
 def run_control_actions() -> dict[str, RunAction]:
     """Cancel a started run; retry (once: a new run) or resume (in place) a failed one."""
     return {
-        "cancel": RunAction("cancel", "Cancel", lambda run: run["status"] == "started", _cancel),
+        "cancel": RunAction(
+            "cancel",
+            "Cancel",
+            lambda run: run["status"] == "started",
+            _cancel,
+            "Cancel this run? It fails as cancelled: its queued tasks are cancelled and running "
+            "handlers are told to stop. Retry or resume can start it again.",
+            "Cancel {count} started runs? Each fails as cancelled; retry or resume can start "
+            "them again.",
+        ),
         "retry": RunAction(
             "retry",
             "Retry as a new run",
             lambda run: run["status"] == "failed" and run.get("retried_as_run_id") is None,
             _retry,
+            "Retry this run? A new run of the same flow starts with the same input; this one "
+            "stays failed and links to it.",
+            "Retry {count} failed runs? Each gets a new run with the same input.",
         ),
-        "resume": RunAction("resume", "Resume", lambda run: run["status"] == "failed", _resume),
+        "resume": RunAction(
+            "resume",
+            "Resume",
+            lambda run: run["status"] == "failed",
+            _resume,
+            "Resume this run in place? Its failed and cancelled steps run again; completed "
+            "steps keep their outputs.",
+        ),
     }
 
 
-async def _form_field(request: Request, name: str) -> str | None:
+async def form_fields(request: Request) -> dict[str, str]:
+    """A small urlencoded form's fields (the first value of each)."""
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
         raise HTTPException(413, "form too large")
-    values = parse_qs(body.decode("utf-8", "replace")).get(name)
-    return values[0] if values else None
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
 
 
 async def perform(
@@ -84,7 +105,7 @@ async def perform(
     action = actions.get(request.path_params["action"])
     if action is None:
         raise HTTPException(404, "no such action")
-    if not csrf_ok(request.headers, await _form_field(request, CSRF_FIELD)):
+    if not csrf_ok(request.headers, (await form_fields(request)).get(CSRF_FIELD)):
         raise HTTPException(403, "the form expired or came from another site: reload the page")
     try:
         shown = await run_in_threadpool(action.perform, engine, run_id)

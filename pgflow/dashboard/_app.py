@@ -25,6 +25,7 @@ from starlette.responses import (
     HTMLResponse,
     JSONResponse,
     PlainTextResponse,
+    RedirectResponse,
     Response,
     StreamingResponse,
 )
@@ -32,7 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pgflow import _db
-from pgflow.dashboard import _charts, _dag, _data, _format
+from pgflow.dashboard import _charts, _control, _dag, _data, _format
 from pgflow.dashboard._actions import RunAction, perform, run_control_actions
 from pgflow.dashboard._live import Broadcaster
 from pgflow.dashboard._run_view import run_view, task_view
@@ -93,6 +94,10 @@ class Dashboard:
         self.actions = {} if settings.read_only else dict(chosen)
         self.templates = _templates()
         self.broadcaster = Broadcaster(engine, listen_url)
+
+    @property
+    def read_only(self) -> bool:
+        return self.settings.read_only
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -211,6 +216,7 @@ class Dashboard:
             flow_slugs=[f["flow_slug"] for f in _data.flows(self.engine)],
             since_value=params.get("since", ""),
             until_value=params.get("until", ""),
+            filter_query=urlencode({k: params[k] for k in _control.FILTER_FIELDS if params.get(k)}),
         )
 
     def _runs_and_next(
@@ -382,6 +388,11 @@ class Dashboard:
                 yield f"event: change\ndata: {json.dumps(event)}\n\n"
 
 
+def _favicon(request: Request) -> Response:
+    # Browsers and tools ask for /favicon.ico whatever the page links: answer, never a 404.
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/static/favicon.svg", 301)
+
+
 def _json_document(value: object) -> Response:
     # Served as JSON with nosniff: a browser shows it as data and never renders it as a page.
     return JSONResponse(value, headers={"content-disposition": "inline"})
@@ -439,6 +450,8 @@ def build_app(dashboard: Dashboard) -> Starlette:
             name="task_value",
         ),
         Route("/workers", d.workers, name="workers"),
+        *_control.routes(d),
+        Route("/favicon.ico", _favicon),
         Mount("/static", StaticFiles(packages=[("pgflow.dashboard", "static")]), name="static"),
     ]
 

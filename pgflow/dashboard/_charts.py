@@ -22,9 +22,12 @@ class Bar:
     completed_height: float
     failed_y: float
     failed_height: float
+    cancelled_y: float
+    cancelled_height: float
     start: datetime
     completed: int
     failed: int
+    cancelled: int
 
 
 @dataclass(frozen=True)
@@ -46,17 +49,26 @@ class Throughput:
 def throughput(
     rows: Sequence[Mapping[str, Any]], *, since: datetime, buckets: int, bucket: timedelta
 ) -> Throughput:
-    """Stacked bars (completed below failed) for each bucket since ``since``, empty ones too."""
-    counts = {row["bucket_start"]: (int(row["completed"]), int(row["failed"])) for row in rows}
-    peak = max((done + failed for done, failed in counts.values()), default=0)
+    """Stacked bars (completed, failed, cancelled from the bottom) for each bucket since
+    ``since``, empty ones too."""
+    counts = {
+        row["bucket_start"]: (
+            int(row["completed"]),
+            int(row["failed"]),
+            int(row.get("cancelled") or 0),
+        )
+        for row in rows
+    }
+    peak = max((sum(outcomes) for outcomes in counts.values()), default=0)
     slot = CHART_WIDTH / buckets
     bars = []
     for index in range(buckets):
         start = since + index * bucket
-        completed, failed = counts.get(start, (0, 0))
+        completed, failed, cancelled = counts.get(start, (0, 0, 0))
         scale = (CHART_HEIGHT - 4) / peak if peak else 0
         completed_height = completed * scale
         failed_height = failed * scale
+        cancelled_height = cancelled * scale
         bars.append(
             Bar(
                 x=index * slot + 1,
@@ -65,9 +77,12 @@ def throughput(
                 completed_height=completed_height,
                 failed_y=CHART_HEIGHT - completed_height - failed_height,
                 failed_height=failed_height,
+                cancelled_y=CHART_HEIGHT - completed_height - failed_height - cancelled_height,
+                cancelled_height=cancelled_height,
                 start=start,
                 completed=completed,
                 failed=failed,
+                cancelled=cancelled,
             )
         )
     ticks = [

@@ -22,7 +22,8 @@ from pgflow._sql import query
 
 Row = dict[str, Any]
 
-RUN_STATUSES = ("started", "completed", "failed")
+# "cancelled": failed runs with a cancellation record; "failed" excludes them.
+RUN_STATUSES = ("started", "completed", "failed", "cancelled")
 
 _runs = sa.table(
     "runs",
@@ -36,7 +37,22 @@ _runs = sa.table(
     schema="pgflow",
 )
 _cancellations = sa.table(
-    "run_cancellations", sa.column("run_id", PG_UUID(as_uuid=True)), schema="pgflow_python"
+    "run_cancellations",
+    sa.column("run_id", PG_UUID(as_uuid=True)),
+    sa.column("reason", sa.Text),
+    schema="pgflow_python",
+)
+_lineage = sa.table(
+    "run_lineage",
+    sa.column("run_id", PG_UUID(as_uuid=True)),
+    sa.column("restart_of_run_id", PG_UUID(as_uuid=True)),
+    schema="pgflow_python",
+)
+_fires = sa.table(
+    "schedule_fires",
+    sa.column("run_id", PG_UUID(as_uuid=True)),
+    sa.column("schedule_name", sa.Text),
+    schema="pgflow_python",
 )
 
 
@@ -74,7 +90,8 @@ class FlowStats:
     flow_type: str
     started: int
     completed: int
-    failed: int
+    failed: int  # not counting cancelled runs (failed runs with a cancellation record)
+    cancelled: int
     running: int
     p50_seconds: float | None
     p95_seconds: float | None
@@ -84,6 +101,7 @@ class FlowStats:
 
     @property
     def failure_rate(self) -> float | None:
+        """Failed over completed + failed: an operator's cancel is not a failure."""
         ended = self.completed + self.failed
         return self.failed / ended if ended else None
 
@@ -161,23 +179,15 @@ def uuid_prefix_bounds(prefix: str) -> tuple[uuid.UUID, uuid.UUID]:
     return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
 
-def runs_page(
-    engine: Engine, run_filter: RunFilter, *, after: Cursor | None, limit: int
-) -> list[Row]:
-    statement = sa.select(
-        _runs.c.run_id,
-        _runs.c.flow_slug,
-        _runs.c.status,
-        _runs.c.remaining_steps,
-        _runs.c.started_at,
-        _runs.c.completed_at,
-        _runs.c.failed_at,
-        _cancellations.c.run_id.is_not(None).label("cancelled"),
-    ).select_from(_runs.outerjoin(_cancellations, _cancellations.c.run_id == _runs.c.run_id))
+def _filtered(statement: sa.Select[Any], run_filter: RunFilter) -> sa.Select[Any]:
     if run_filter.flow_slug is not None:
         statement = statement.where(_runs.c.flow_slug == run_filter.flow_slug)
-    if run_filter.status is not None:
+    if run_filter.status == "cancelled":
+        statement = statement.where(_cancellations.c.run_id.is_not(None))
+    elif run_filter.status is not None:
         statement = statement.where(_runs.c.status == run_filter.status)
+        if run_filter.status == "failed":
+            statement = statement.where(_cancellations.c.run_id.is_(None))
     if run_filter.since is not None:
         statement = statement.where(_runs.c.started_at >= run_filter.since)
     if run_filter.until is not None:
@@ -185,6 +195,38 @@ def runs_page(
     if run_filter.run_id_prefix:
         low, high = uuid_prefix_bounds(run_filter.run_id_prefix)
         statement = statement.where(_runs.c.run_id.between(low, high))
+    return statement
+
+
+def _with_notes(*columns: Any) -> sa.Select[Any]:
+    return sa.select(
+        *columns,
+        _cancellations.c.run_id.is_not(None).label("cancelled"),
+        _cancellations.c.reason.label("cancel_reason"),
+        _lineage.c.restart_of_run_id,
+        _fires.c.schedule_name,
+    ).select_from(
+        _runs.outerjoin(_cancellations, _cancellations.c.run_id == _runs.c.run_id)
+        .outerjoin(_lineage, _lineage.c.run_id == _runs.c.run_id)
+        .outerjoin(_fires, _fires.c.run_id == _runs.c.run_id)
+    )
+
+
+def runs_page(
+    engine: Engine, run_filter: RunFilter, *, after: Cursor | None, limit: int
+) -> list[Row]:
+    statement = _filtered(
+        _with_notes(
+            _runs.c.run_id,
+            _runs.c.flow_slug,
+            _runs.c.status,
+            _runs.c.remaining_steps,
+            _runs.c.started_at,
+            _runs.c.completed_at,
+            _runs.c.failed_at,
+        ),
+        run_filter,
+    )
     if after is not None:
         statement = statement.where(
             sa.tuple_(_runs.c.started_at, _runs.c.run_id)
@@ -196,6 +238,40 @@ def runs_page(
     statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc()).limit(limit)
     with _reading(engine) as connection:
         return [dict(row) for row in connection.execute(statement).mappings()]
+
+
+def runs_for_action(engine: Engine, run_filter: RunFilter, action: str, *, limit: int) -> list[Row]:
+    """The runs a filter matches that a bulk ``cancel`` (started) or ``retry`` (failed, not yet
+    retried) could act on, newest first."""
+    retry = sa.alias(_lineage, "retry")
+    statement = _filtered(
+        _with_notes(
+            _runs.c.run_id,
+            _runs.c.flow_slug,
+            _runs.c.status,
+            _runs.c.started_at,
+            sa.select(retry.c.run_id)
+            .where(retry.c.restart_of_run_id == _runs.c.run_id)
+            .limit(1)
+            .scalar_subquery()
+            .label("retried_as_run_id"),
+        ),
+        run_filter,
+    )
+    statement = statement.where(_runs.c.status == ("started" if action == "cancel" else "failed"))
+    statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc()).limit(limit)
+    with _reading(engine) as connection:
+        return [dict(row) for row in connection.execute(statement).mappings()]
+
+
+def run_summary(engine: Engine, run_id: uuid.UUID) -> Row | None:
+    """The run's row of the run page, without its input and output."""
+    return _row(engine, "dashboard_run", run_id=run_id, preview_chars=0)
+
+
+def schedule_last_runs(engine: Engine) -> dict[str, Row]:
+    """Each schedule's latest fire (tick or manual trigger): run_id, fired_at, manual, status."""
+    return {row["schedule_name"]: row for row in _rows(engine, "dashboard_schedule_last_runs")}
 
 
 # --- one run ----------------------------------------------------------------------------------

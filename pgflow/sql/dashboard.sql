@@ -17,7 +17,7 @@ SELECT
     END AS lag_seconds;
 
 -- name: dashboard_flow_stats
--- description: Per flow, runs started since :since: counts by status and p50/p95 duration (seconds) of the completed ones.
+-- description: Per flow, runs started since :since: counts by status (cancelled apart from failed) and p50/p95 duration (seconds) of the completed ones.
 -- One index range per flow (LATERAL) instead of one sort of the whole window by flow.
 SELECT
     f.flow_slug,
@@ -25,6 +25,7 @@ SELECT
     s.started,
     s.completed,
     s.failed,
+    s.cancelled,
     s.running,
     s.percentiles[1] AS p50_seconds,
     s.percentiles[2] AS p95_seconds
@@ -33,18 +34,20 @@ CROSS JOIN LATERAL (
     SELECT
         count(*) AS started,
         count(*) FILTER (WHERE r.status = 'completed') AS completed,
-        count(*) FILTER (WHERE r.status = 'failed') AS failed,
+        count(*) FILTER (WHERE r.status = 'failed' AND c.run_id IS NULL) AS failed,
+        count(*) FILTER (WHERE r.status = 'failed' AND c.run_id IS NOT NULL) AS cancelled,
         count(*) FILTER (WHERE r.status = 'started') AS running,
         percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (
             ORDER BY extract(epoch FROM r.completed_at - r.started_at)
         ) FILTER (WHERE r.status = 'completed') AS percentiles
     FROM pgflow.runs AS r
+    LEFT JOIN pgflow_python.run_cancellations AS c ON c.run_id = r.run_id
     WHERE r.flow_slug = f.flow_slug AND r.started_at >= :since
 ) AS s
 ORDER BY f.flow_type, f.flow_slug;
 
 -- name: dashboard_throughput
--- description: Runs started since :since that ended, counted per :bucket of their end time and per outcome.
+-- description: Runs started since :since that ended, counted per :bucket of their end time and per outcome (cancelled apart from failed).
 SELECT
     date_bin(
         CAST(:bucket AS interval),
@@ -52,8 +55,10 @@ SELECT
         CAST(:since AS timestamptz)
     ) AS bucket_start,
     count(*) FILTER (WHERE r.status = 'completed') AS completed,
-    count(*) FILTER (WHERE r.status = 'failed') AS failed
+    count(*) FILTER (WHERE r.status = 'failed' AND c.run_id IS NULL) AS failed,
+    count(*) FILTER (WHERE r.status = 'failed' AND c.run_id IS NOT NULL) AS cancelled
 FROM pgflow.runs AS r
+LEFT JOIN pgflow_python.run_cancellations AS c ON c.run_id = r.run_id
 WHERE r.started_at >= :since
   AND r.status <> 'started'
 GROUP BY 1
@@ -297,3 +302,16 @@ WHERE CAST(:after_heartbeat AS timestamptz) IS NULL
       < (CAST(:after_heartbeat AS timestamptz), CAST(:after_worker_id AS uuid))
 ORDER BY w.last_heartbeat_at DESC, w.worker_id DESC
 LIMIT :limit;
+
+-- name: dashboard_schedule_last_runs
+-- description: Each schedule's latest fire (cron tick or manual trigger) with its run's status as the dashboard shows it ('cancelled' apart from 'failed'; NULL once pruned).
+SELECT DISTINCT ON (sf.schedule_name)
+    sf.schedule_name,
+    sf.run_id,
+    sf.fired_at,
+    sf.manual,
+    CASE WHEN c.run_id IS NOT NULL THEN 'cancelled' ELSE r.status END AS status
+FROM pgflow_python.schedule_fires AS sf
+LEFT JOIN pgflow.runs AS r ON r.run_id = sf.run_id
+LEFT JOIN pgflow_python.run_cancellations AS c ON c.run_id = sf.run_id
+ORDER BY sf.schedule_name, sf.fired_at DESC;

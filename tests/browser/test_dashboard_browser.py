@@ -89,7 +89,8 @@ def test_overview_renders_with_data(engine: Engine, base_url: str, page: Page) -
     expect(row).to_be_visible()
     expect(row.locator("td").nth(1)).to_have_text("6")
     expect(row.locator("td").nth(4)).to_have_text("1")
-    expect(row.locator("td").nth(5)).to_have_text("20.0 %")
+    expect(row.locator("td").nth(5)).to_have_text("0")  # cancelled, apart from failed
+    expect(row.locator("td").nth(6)).to_have_text("20.0 %")
     # Four hours with a completed pipeline run, one of them shared with fanout and notify,
     # and the hour of the failed one.
     expect(page.locator("svg.chart rect.bar-completed")).to_have_count(4)
@@ -199,6 +200,9 @@ def test_cancel_button_cancels_a_started_run_and_retry_starts_a_new_one(
     expect(page.locator('button[data-action="retry"]')).to_have_count(0)
 
     page.click('button[data-action="cancel"]')
+    # A confirmation page first: nothing is cancelled until it is confirmed.
+    expect(page.locator("#question")).to_contain_text("Cancel this run?")
+    page.click('button[data-confirm="cancel"]')
 
     expect(page.locator("#run-status")).to_have_attribute("data-status", "failed")
     expect(page.locator("#run-cancelled")).to_have_text("cancelled")
@@ -206,6 +210,8 @@ def test_cancel_button_cancels_a_started_run_and_retry_starts_a_new_one(
     screenshot(page, "run-cancelled")
 
     page.click('button[data-action="retry"]')
+    expect(page.locator("#question")).to_contain_text("Retry this run?")
+    page.click('button[data-confirm="retry"]')
 
     # The retry is a new run of the same flow; the page of the retry links back.
     expect(page.locator("h1")).not_to_contain_text(str(run_id))

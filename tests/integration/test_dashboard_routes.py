@@ -20,6 +20,7 @@ from pgflow.dashboard import BasicAuth, DashboardSettings, TokenAuth, create_app
 from pgflow.dashboard._actions import RunAction
 from pgflow.dashboard._app import Dashboard, build_app
 from pgflow.dashboard._security import SecurityHeadersMiddleware
+from pgflow.operations import cancel_run
 from tests.helpers.dashboard import (
     FANOUT_HANDLERS,
     PIPELINE_HANDLERS,
@@ -53,25 +54,31 @@ def test_overview_counts_runs_per_flow_and_job(engine: Engine, client: httpx.Cli
         drive(engine, "pipeline", PIPELINE_HANDLERS, start(engine, "pipeline", {"n": value}))
     drive(engine, "pipeline", PIPELINE_HANDLERS, start(engine, "pipeline", {"boom": "bad"}))
     start(engine, "pipeline", {"n": "still queued"})
+    # Two operator cancels are not failures: counted apart, outside the failure rate.
+    for _ in range(2):
+        cancel_run(engine, start(engine, "pipeline", {"n": "cancelled"}))
 
     page = client.get("/").text
 
-    flow, started, running, completed, failed, rate, *_ = row_cells(page, "data-flow", "pipeline")
-    assert (flow, started, running, completed, failed, rate) == (
+    cells = row_cells(page, "data-flow", "pipeline")
+    flow, started, running, completed, failed, cancelled, rate = cells[:7]
+    assert (flow, started, running, completed, failed, cancelled, rate) == (
         "pipeline",
-        "5",
+        "7",
         "1",
         "3",
         "1",
+        "2",
         "25.0 %",
     )
     # The queue still holds the started run's first task.
-    queue, waiting = row_cells(page, "data-flow", "pipeline")[8:10]
+    queue, waiting = row_cells(page, "data-flow", "pipeline")[9:11]
     assert (queue, waiting) == ("1", "1")
     assert row_cells(page, "data-flow", "fanout")[1] == "0"
     # The chart has a bar for the hour in which the runs ended.
     assert 'class="bar-completed"' in page
     assert 'class="bar-failed"' in page
+    assert 'class="bar-cancelled"' in page
 
 
 def test_runs_list_filters_and_pages_newest_first(engine: Engine) -> None:
@@ -362,8 +369,13 @@ def test_actions_post_with_csrf_and_are_refused_without(engine: Engine) -> None:
     app = SecurityHeadersMiddleware(build_app(Dashboard(engine, DashboardSettings(), actions)))
     with http_client(app) as client:
         page = client.get(f"/runs/{run_id}").text
+        # The run page's button asks first: a confirmation page holds the POST form.
         assert f'action="/runs/{run_id}/actions/poke"' in page
-        token = _csrf_token(page)
+        assert 'name="csrf_token"' not in page
+        confirm = client.get(f"/runs/{run_id}/actions/poke").text
+        assert 'data-confirm="poke"' in confirm
+        assert performed == []
+        token = _csrf_token(confirm)
         url = f"/runs/{run_id}/actions/poke"
         assert client.post(url, data={}).status_code == 403
         assert client.post(url, data={"csrf_token": "forged"}).status_code == 403
@@ -388,6 +400,7 @@ def test_actions_post_with_csrf_and_are_refused_without(engine: Engine) -> None:
         page = client.get(f"/runs/{run_id}").text
         assert "actions/poke" not in page
         assert "read-only" in page
+        assert client.get(f"/runs/{run_id}/actions/poke").status_code == 403
         response = client.post(f"/runs/{run_id}/actions/poke", data={"csrf_token": token})
         assert response.status_code == 403
     assert performed == [run_id]
@@ -417,14 +430,17 @@ def test_run_control_actions_cancel_and_resume(engine: Engine) -> None:
         page = client.get(f"/runs/{run_id}").text
         assert 'data-action="cancel"' in page
         assert 'data-action="resume"' not in page
-        token = _csrf_token(page)
+        confirm = client.get(f"/runs/{run_id}/actions/cancel").text
+        assert "Cancel this run?" in confirm
+        token = _csrf_token(confirm)
         cancelled = client.post(f"/runs/{run_id}/actions/cancel", data={"csrf_token": token})
         assert cancelled.status_code == 303
         page = client.get(f"/runs/{run_id}").text
         assert 'id="run-cancelled"' in page
         assert "cancelled from the dashboard" in page
-        listed = client.get("/runs", params={"status": "failed"}).text
-        assert row_cells(listed, "data-run-id", str(run_id))[2] == "failed cancelled"
+        listed = client.get("/runs", params={"status": "cancelled"}).text
+        assert row_cells(listed, "data-run-id", str(run_id))[2] == "cancelled"
+        assert str(run_id) not in client.get("/runs", params={"status": "failed"}).text
 
         resumed = client.post(f"/runs/{run_id}/actions/resume", data={"csrf_token": token})
         assert resumed.status_code == 303
