@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from pgflow import Flow, start_flow_and_wait, step
 from pgflow.testing import temporary_database
-from pgflow.worker import ServingSession, Worker, WorkerOptions
+from pgflow.worker import ServiceContext, Worker, WorkerOptions
 
 
 class Shout(Flow, slug="shout"):
@@ -29,8 +29,8 @@ class Ticker:
     def __init__(self) -> None:
         self.ticks = 0
 
-    async def run(self, session: ServingSession) -> None:
-        while not session.stopping.is_set():
+    async def run(self, context: ServiceContext) -> None:
+        while not context.stopping.is_set():
             self.ticks += 1
             await anyio.sleep(0.1)
 

@@ -4,11 +4,10 @@ from typing import Any
 
 from pgflow._deprecated import moved_attribute
 from pgflow.worker._options import WorkerOptions
-from pgflow.worker._services import WorkerService
-from pgflow.worker._session import ServingSession
+from pgflow.worker._services import ServiceContext, WorkerService
 from pgflow.worker._worker import Worker
 
-__all__ = ["ServingSession", "Worker", "WorkerOptions", "WorkerService"]
+__all__ = ["ServiceContext", "Worker", "WorkerOptions", "WorkerService"]
 
 # The errors this module exported before 0.2 are in pgflow.errors.
 _MOVED = dict.fromkeys(["FlowNotReadyError", "WorkerCrashedError"], "pgflow.errors")

@@ -3,7 +3,9 @@
 psycopg's async connections only run on asyncio; blocking connections in threads work the same
 on asyncio and trio. Each connection belongs to one activity (claiming, reporting, the service
 calls, heartbeats, LISTEN), so no two threads ever share one. A lost connection is reopened on
-next use; the callers decide when to retry.
+next use; the callers decide when to retry. The start-up checks, the scheduler and the
+statistics upkeep share code with the rest of the library, which speaks SQLAlchemy: they use
+the worker's engine.
 
 Directly on the server every statement is prepared at first use (the claim and completion
 statements are large; planning them each time costs the server CPU). Through a transaction
@@ -18,26 +20,32 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import psycopg
 from psycopg.rows import dict_row
+from sqlalchemy.engine import Engine
 
-from pgflow import _sql, _tracing
+from pgflow import _db, _sql, _tracing
+from pgflow.definition import FlowDefinition
 from pgflow.errors import ConnectionLost
+from pgflow.schedules import fire_due
 from pgflow.worker._executor import Failed
+from pgflow.worker._startup import check_flows
 from pgflow.worker._store import (
     ClaimedTask,
     CompletionRecorded,
     EndedRun,
     FailureRecorded,
+    FiredSchedule,
     HeartbeatReply,
     RecoveredTask,
     Registration,
     Rejection,
+    SchedulerPass,
     TaskKey,
 )
 
@@ -138,15 +146,23 @@ class PostgresStore:
     """:class:`~pgflow.worker._store.WorkerStore` on PostgreSQL (libpq connection strings).
 
     ``prepare=False`` for a transaction pooler; ``listen_conninfo`` is where to LISTEN for
-    wake-ups (None: nowhere, the pollers' timer alone wakes them).
+    wake-ups (None: nowhere, the pollers' timer alone wakes them); ``engine`` (default: one on
+    ``conninfo``) runs the start-up checks, the scheduler and the statistics upkeep.
     """
 
     def __init__(
-        self, conninfo: str, *, prepare: bool = True, listen_conninfo: str | None = None
+        self,
+        conninfo: str,
+        *,
+        prepare: bool = True,
+        listen_conninfo: str | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._prepare = prepare
         self._listen_conninfo = listen_conninfo
+        self._owns_engine = engine is None
+        self._engine = engine if engine is not None else _db.create_engine(conninfo)
         self._claims = self._connection("claim")
         self._reports = self._connection("report")
         self._service = self._connection("service")
@@ -166,6 +182,19 @@ class PostgresStore:
     def _connection(self, role: str) -> Connection:
         return Connection(
             self._conninfo, application_name=f"pgflow-worker:{role}", prepare=self._prepare
+        )
+
+    async def check_flows(
+        self, definitions: Sequence[FlowDefinition], *, compile_missing: bool
+    ) -> None:
+        connections = self.connection_targets()
+        await anyio.to_thread.run_sync(
+            lambda: check_flows(
+                self._engine,
+                list(definitions),
+                compile_missing=compile_missing,
+                connections=connections,
+            )
         )
 
     async def register(self, registrations: Sequence[Registration]) -> None:
@@ -313,6 +342,45 @@ class PostgresStore:
         rows = await self._service.fetch("cancelled_runs", run_ids=list(run_ids))
         return {row["run_id"] for row in rows}
 
+    async def refresh_statistics(self, queue_names: Sequence[str]) -> list[str]:
+        return await anyio.to_thread.run_sync(self._refresh_statistics, list(queue_names))
+
+    def _refresh_statistics(self, queue_names: list[str]) -> list[str]:
+        with self._engine.begin() as connection:
+            rows = connection.execute(
+                _sql.query("refresh_statistics"), {"queue_names": queue_names}
+            )
+            return [str(row.analyzed_table) for row in rows]
+
+    async def fire_schedules(self, *, fired_by: str, limit: int) -> SchedulerPass:
+        return await anyio.to_thread.run_sync(self._fire_schedules, fired_by, limit)
+
+    def _fire_schedules(self, fired_by: str, limit: int) -> SchedulerPass:
+        with self._engine.begin() as connection:  # one transaction for the pass
+            done = fire_due(connection, fired_by=fired_by, limit=limit)
+            more_due = done.claimed == limit
+            seconds = (
+                None
+                if more_due
+                else connection.execute(_sql.query("schedules_seconds_until_due")).scalar_one()
+            )
+        return SchedulerPass(
+            tuple(FiredSchedule(*fire) for fire in done.fired),
+            claimed=done.claimed,
+            more_due=more_due,
+            seconds_until_due=None if seconds is None else float(seconds),
+        )
+
+    async def prune_schedule_fires(self, keep: timedelta) -> int:
+        return await anyio.to_thread.run_sync(self._prune_schedule_fires, keep)
+
+    def _prune_schedule_fires(self, keep: timedelta) -> int:
+        with self._engine.begin() as connection:
+            pruned: int = connection.execute(
+                _sql.query("schedules_prune_fires"), {"keep_seconds": keep.total_seconds()}
+            ).scalar_one()
+        return pruned
+
     def wait_for_wakeups(self, stop: threading.Event, wake: Callable[[str], None]) -> None:
         if self._listen_conninfo is None:
             return
@@ -338,3 +406,5 @@ class PostgresStore:
             await connection.close()
         # The heartbeat thread has ended by now; its connection is closed here, from any thread.
         await anyio.to_thread.run_sync(self._heartbeats.discard)
+        if self._owns_engine:
+            await anyio.to_thread.run_sync(self._engine.dispose)

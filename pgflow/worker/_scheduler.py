@@ -1,5 +1,10 @@
-"""The scheduler: a worker service that fires due schedules (``pgflow.schedules.fire_due``) in a
-loop, exactly once however many workers run (see :mod:`pgflow.schedules._firing`)."""
+"""The scheduler: a worker service that fires due schedules, exactly once however many workers
+run (each pass locks the schedules it fires; see :mod:`pgflow.schedules._firing`).
+
+Between passes it sleeps until the earliest schedule is due, at most ``max_idle`` seconds (so a
+schedule created elsewhere is noticed within that long). ``WorkerOptions.scheduler`` (on by
+default; ``pgflow run-worker --no-scheduler``) decides whether a worker runs it.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +12,22 @@ import logging
 import os
 import socket
 from datetime import timedelta
-from typing import Any
 
 import anyio
-import anyio.to_thread
-from sqlalchemy.engine import Engine
 
 from pgflow import telemetry
-from pgflow._sql import query
-from pgflow.schedules import fire_due
 from pgflow.worker._session import ServingSession
 
 NOTHING_CLAIMED_PAUSE = 0.1
 """Seconds to wait after a pass that found a schedule due but fired nothing."""
 
 
-class Scheduler:
-    """Fires due schedules until cancelled; every worker runs one (``--no-scheduler`` turns
-    it off). Standalone: ``anyio.run(Scheduler(engine).run)``.
-
-    Between passes it sleeps until the earliest schedule is due, at most ``max_idle`` seconds
-    (so a schedule created elsewhere is noticed within that long).
-    """
+class SchedulerService:
+    """Fires due schedules through the worker's store until cancelled; handles its own database
+    faults (``scheduler.pass_failed``, then the next pass), so it never ends serving."""
 
     def __init__(
         self,
-        engine: Engine,
         *,
         fired_by: str | None = None,
         max_idle: float = 1.0,
@@ -42,59 +37,21 @@ class Scheduler:
     ) -> None:
         if max_idle <= 0 or batch_size < 1:
             raise ValueError("max_idle must be positive and batch_size at least 1")
-        self.engine = engine
         self.fired_by = fired_by or f"{socket.gethostname()}:{os.getpid()}"
         self.max_idle = max_idle
         self.batch_size = batch_size
         self.keep_fires = keep_fires
         self.prune_interval = prune_interval
 
-    def run_once(self) -> float:
-        """One pass (blocking, one transaction); returns how long to sleep before the next."""
-        with self.engine.begin() as connection:
-            done = fire_due(connection, fired_by=self.fired_by, limit=self.batch_size)
-            seconds = (
-                None
-                if done.claimed == self.batch_size
-                else connection.execute(query("schedules_seconds_until_due")).scalar_one()
-            )
-        for schedule, flow, tick, run_id in done.fired:  # committed: now they happened
-            telemetry.emit(
-                "schedule.fired",
-                schedule=schedule,
-                flow=flow,
-                fire_time=tick.isoformat(),
-                run_id=str(run_id),
-            )
-        if done.claimed == self.batch_size:
-            return 0.0  # more may be due
-        if seconds is None:  # no active schedule
-            return self.max_idle
-        if seconds == 0 and not done.claimed:
-            # Due, yet this pass fired nothing: another worker holds it, or it cannot be fired
-            # now. Looking again at once would only spin.
-            return min(NOTHING_CLAIMED_PAUSE, self.max_idle)
-        # A few milliseconds late, so that the tick is due when the next pass looks.
-        return min(float(seconds) + 0.005, self.max_idle)
-
-    def prune(self) -> int:
-        """Forget fire records older than ``keep_fires`` (each schedule's latest stays)."""
-        with self.engine.begin() as connection:
-            pruned: int = connection.execute(
-                query("schedules_prune_fires"),
-                {"keep_seconds": self.keep_fires.total_seconds()},
-            ).scalar_one()
-        return pruned
-
-    async def run(self) -> None:
+    async def run(self, session: ServingSession) -> None:
         telemetry.emit("scheduler.started", fired_by=self.fired_by)
         next_prune = anyio.current_time() + self.prune_interval
         while True:
             try:
-                wait = await anyio.to_thread.run_sync(self.run_once)
+                wait = await self._pass(session)
                 if anyio.current_time() >= next_prune:
                     next_prune = anyio.current_time() + self.prune_interval
-                    await anyio.to_thread.run_sync(self.prune)
+                    await session.store.prune_schedule_fires(self.keep_fires)
             except Exception as exc:
                 telemetry.emit(
                     "scheduler.pass_failed",
@@ -104,14 +61,24 @@ class Scheduler:
                 wait = self.max_idle
             await anyio.sleep(wait)
 
-
-class SchedulerService:
-    """The scheduler as a background service of a serving worker (``WorkerOptions.scheduler``,
-    on by default; ``pgflow run-worker --no-scheduler`` turns it off). It uses the worker's
-    engine and handles its own database faults, so it never ends serving."""
-
-    def __init__(self, **scheduler_options: Any) -> None:
-        self.scheduler_options = scheduler_options
-
-    async def run(self, session: ServingSession) -> None:
-        await Scheduler(session.engine, **self.scheduler_options).run()
+    async def _pass(self, session: ServingSession) -> float:
+        """One pass; how long to sleep before the next."""
+        done = await session.store.fire_schedules(fired_by=self.fired_by, limit=self.batch_size)
+        for fired in done.fired:  # committed: now they happened
+            telemetry.emit(
+                "schedule.fired",
+                schedule=fired.schedule_name,
+                flow=fired.flow_slug,
+                fire_time=fired.fire_time.isoformat(),
+                run_id=str(fired.run_id),
+            )
+        if done.more_due:
+            return 0.0
+        if done.seconds_until_due is None:  # no active schedule
+            return self.max_idle
+        if done.seconds_until_due == 0 and not done.claimed:
+            # Due, yet this pass fired nothing: another worker holds it, or it cannot be fired
+            # now. Looking again at once would only spin.
+            return min(NOTHING_CLAIMED_PAUSE, self.max_idle)
+        # A few milliseconds late, so that the tick is due when the next pass looks.
+        return min(done.seconds_until_due + 0.005, self.max_idle)

@@ -1,6 +1,6 @@
 """Background services of a serving worker, and the interface to plug in more.
 
-A service is any object with ``async def run(self, session: ServingSession) -> None``. The
+A service is any object with ``async def run(self, context: ServiceContext) -> None``. The
 worker starts each one in its task group once it is registered and about to claim, and cancels
 them after in-flight handlers have drained (or when serving fails). A service runs for the whole
 session: it loops, waits and handles its own database faults. An exception escaping ``run``
@@ -8,6 +8,9 @@ ends serving as a crash (``worker.crashed``, non-zero exit), so supervision rest
 
 Threads started by a service must end when ``run`` is cancelled: set a ``threading.Event``
 in a ``finally`` block, as :class:`Heartbeats` and :class:`WakeupListener` do.
+
+The built-in services see the whole serving session (:class:`SessionService`) and reach the
+database only through its store; a service of yours sees :class:`ServiceContext`.
 """
 
 from __future__ import annotations
@@ -16,19 +19,60 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+from sqlalchemy.engine import Engine
 
 from pgflow import telemetry
+from pgflow.worker._options import WorkerOptions
 from pgflow.worker._session import ServingSession
 from pgflow.worker._store import TaskKey
 
 
+class ServiceContext(Protocol):
+    """What a background service of yours sees of the serving worker."""
+
+    @property
+    def options(self) -> WorkerOptions:
+        """The worker's options."""
+
+    @property
+    def flow_slugs(self) -> tuple[str, ...]:
+        """The flows (and jobs) this worker serves."""
+
+    @property
+    def worker_ids(self) -> list[uuid.UUID]:
+        """The worker's rows in ``pgflow.workers``, one per flow served."""
+
+    @property
+    def engine(self) -> Engine:
+        """The worker's engine, for the service's own statements."""
+
+    @property
+    def stopping(self) -> anyio.Event:
+        """Set once the worker stops claiming; the service is cancelled after the drain."""
+
+    def stop(self) -> None:
+        """Stop the worker as ``Worker.stop()`` does (event loop only)."""
+
+    def wake(self, flow_slug: str) -> None:
+        """Claim the flow's tasks now instead of at the next poll."""
+
+
 class WorkerService(Protocol):
+    """A background service: ``Worker(..., services=[...])`` or ``worker.add_service(...)``."""
+
+    async def run(self, context: ServiceContext) -> None: ...
+
+
+class SessionService(Protocol):
+    """A built-in service: it sees the whole session (a :class:`WorkerService` is one too)."""
+
     async def run(self, session: ServingSession) -> None: ...
 
 

@@ -99,6 +99,10 @@ class ServingSession:
         self._wakeups: dict[str, anyio.Event] = {flow.slug: anyio.Event() for flow in flows}
 
     @property
+    def flow_slugs(self) -> tuple[str, ...]:
+        return tuple(flow.slug for flow in self.flows)
+
+    @property
     def worker_ids(self) -> list[uuid.UUID]:
         return [flow.worker_id for flow in self.flows]
 

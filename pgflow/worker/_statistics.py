@@ -11,10 +11,8 @@ from __future__ import annotations
 import logging
 
 import anyio
-import anyio.to_thread
-from sqlalchemy.engine import Engine
 
-from pgflow import _sql, telemetry
+from pgflow import telemetry
 from pgflow.worker._session import ServingSession
 
 
@@ -25,16 +23,10 @@ class StatisticsUpkeep:
         queue_names = [flow.slug for flow in session.flows]
         while True:
             try:
-                analyzed = await anyio.to_thread.run_sync(_refresh, session.engine, queue_names)
+                analyzed = await session.store.refresh_statistics(queue_names)
             except Exception as exc:  # the next round tries again; only plans suffer meanwhile
                 telemetry.emit("statistics.refresh_failed", level=logging.WARNING, error=str(exc))
             else:
                 if analyzed:
                     telemetry.emit("statistics.refreshed", level=logging.DEBUG, tables=analyzed)
             await anyio.sleep(session.options.statistics_interval)
-
-
-def _refresh(engine: Engine, queue_names: list[str]) -> list[str]:
-    with engine.begin() as connection:
-        rows = connection.execute(_sql.query("refresh_statistics"), {"queue_names": queue_names})
-        return [str(row.analyzed_table) for row in rows]

@@ -1,9 +1,10 @@
 """What the worker asks of the database, as a typed interface.
 
-The worker's loops call a :class:`WorkerStore` with domain values and get domain values back;
-only the store knows SQL, connections and drivers (:mod:`pgflow.worker._postgres` is the real
-one). Unit tests script a store to drive the loops through stop, crash and outage sequences
-without a server.
+The worker's loops and built-in services call a :class:`WorkerStore` with domain values and get
+domain values back; only the store knows SQL, connections and drivers
+(:mod:`pgflow.worker._postgres` is the real one). The worker never asks which store it has: a
+subclass of the real store (to inject a fault, say) runs with every check and service, and a
+scripted store (the unit tests') answers the same calls without a server.
 
 Errors: a store raises :class:`ConnectionLost` when the database could not be reached or the
 connection broke (retrying later is the cure) and lets any other exception through (the
@@ -16,13 +17,14 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 # Part of the store interface, defined with the other errors.
 from pgflow.errors import ConnectionLost as ConnectionLost  # noqa: PLC0414 (re-export)
 
 if TYPE_CHECKING:
+    from pgflow.definition import FlowDefinition
     from pgflow.worker._executor import Failed
 
 
@@ -117,12 +119,42 @@ class FailureRecorded:
     run_failed_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FiredSchedule:
+    """A tick a scheduler pass fired, committed with the run it started."""
+
+    schedule_name: str
+    flow_slug: str
+    fire_time: datetime
+    run_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerPass:
+    """What one pass of the scheduler did, and when the next is worth making."""
+
+    fired: tuple[FiredSchedule, ...]
+    claimed: int
+    """How many due schedules the pass locked (a schedule held by another worker is not)."""
+    more_due: bool
+    """The pass fired as many schedules as it may: more may be due right now."""
+    seconds_until_due: float | None
+    """Until the earliest active schedule is due (None: no active schedule, or ``more_due``)."""
+
+
 class WorkerStore(Protocol):
     """The database operations of a serving worker.
 
     Async methods are awaited from the event loop. ``heartbeat`` and ``wait_for_wakeups`` block:
     they are called from threads of their own, so they keep working while the loop is busy.
     """
+
+    async def check_flows(
+        self, definitions: Sequence[FlowDefinition], *, compile_missing: bool
+    ) -> None:
+        """Start-up checks: the schema is usable, each flow is in the database with its class's
+        shape (``compile_missing``: register the missing ones), the role has the privileges
+        serving needs. Raises what the worker must not serve through."""
 
     async def register(self, registrations: Sequence[Registration]) -> None:
         """Create or revive the workers' rows and the wake-up triggers of their queues."""
@@ -178,6 +210,22 @@ class WorkerStore(Protocol):
 
     async def cancelled_runs(self, run_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Those of ``run_ids`` that were cancelled (``pgflow.operations.cancel_run``)."""
+
+    async def refresh_statistics(self, queue_names: Sequence[str]) -> list[str]:
+        """Analyze pgflow's tables and these queues where autovacuum does not (one worker at a
+        time); the tables analyzed."""
+
+    async def fire_schedules(self, *, fired_by: str, limit: int) -> SchedulerPass:
+        """Fire up to ``limit`` due schedules that no other scheduler holds, each tick exactly
+        once across workers; a schedule whose run cannot start records its error instead."""
+
+    async def prune_schedule_fires(self, keep: timedelta) -> int:
+        """Forget fire records older than ``keep`` (each schedule's latest stays); how many."""
+
+    @property
+    def listening(self) -> bool:
+        """Whether :meth:`wait_for_wakeups` hears anything (False: through a transaction pooler
+        with no direct URL to LISTEN on, the pollers' timer alone wakes them)."""
 
     def wait_for_wakeups(self, stop: threading.Event, wake: Callable[[str], None]) -> None:
         """Blocking. Call ``wake(queue_name)`` for each wake-up notification until ``stop`` is

@@ -44,11 +44,11 @@ from pgflow.worker._services import (
     LoopWatchdog,
     OverdueHandlers,
     RecoverySweep,
+    SessionService,
     WakeupListener,
     WorkerService,
 )
 from pgflow.worker._session import ServedFlow, ServingSession
-from pgflow.worker._startup import check_flows
 from pgflow.worker._statistics import StatisticsUpkeep
 from pgflow.worker._store import WorkerStore
 from pgflow.worker._threads import HandlerThreads
@@ -60,10 +60,10 @@ EXIT_FORCED = 70  # EX_SOFTWARE
 class Worker:
     """Serves flows: ``Worker([MyFlow, MyJob], engine).run()`` or ``await worker.serve()``.
 
-    ``services`` are extra background services (objects with ``async run(session)``, see
-    :mod:`pgflow.worker._services`) started next to the built-in ones while serving.
-    ``store`` replaces the PostgreSQL store (tests script one); start-up checks then skip the
-    database.
+    ``services`` are extra background services (objects with ``async run(context)``, see
+    :class:`~pgflow.worker.WorkerService`) started next to the built-in ones while serving.
+    ``store`` replaces the PostgreSQL store (a subclass that injects faults, or a scripted one
+    in unit tests); every check and service goes through it.
     """
 
     def __init__(
@@ -80,8 +80,9 @@ class Worker:
             raise ValueError("a worker needs at least one Flow or Job class")
         self.options = options or WorkerOptions()
         self._engine = database if isinstance(database, Engine) else _db.create_engine(database)
-        self._scripted_store = store is not None
-        self._store: WorkerStore = store or PostgresStore(_db.conninfo(self._engine.url))
+        # None: a PostgresStore made for each serve() (it depends on where the engine connects).
+        self._given_store = store
+        self._store: WorkerStore = store or self._postgres_store()
         self._compile_missing = compile_missing
         self._flows = [ServedFlow.of(flow) for flow in flows]
         self._services = [*services]
@@ -186,7 +187,7 @@ class Worker:
         """
         if self._session is not None:
             raise RuntimeError("this worker is already serving")
-        if not self._scripted_store:
+        if self._given_store is None:
             self._store = await anyio.to_thread.run_sync(self._postgres_store)
         session = ServingSession(self._flows, self._store, self.options, self._engine)
         self._session = session
@@ -223,22 +224,16 @@ class Worker:
         else:
             listen = None if through_pooler else _db.conninfo(self._engine.url)
         return PostgresStore(
-            _db.conninfo(self._engine.url), prepare=not through_pooler, listen_conninfo=listen
+            _db.conninfo(self._engine.url),
+            prepare=not through_pooler,
+            listen_conninfo=listen,
+            engine=self._engine,
         )
 
     async def _start(self, session: ServingSession) -> None:
         definitions = [served.definition for served in self._flows]
-        store = None if self._scripted_store else self._store
-        if isinstance(store, PostgresStore):
-            connections = store.connection_targets()
-            await anyio.to_thread.run_sync(
-                lambda: check_flows(
-                    self._engine,
-                    definitions,
-                    compile_missing=self._compile_missing,
-                    connections=connections,
-                )
-            )
+        store = self._store
+        await store.check_flows(definitions, compile_missing=self._compile_missing)
         await self._store.register([served.registration for served in self._flows])
         telemetry.emit(
             "worker.started",
@@ -247,7 +242,7 @@ class Worker:
             concurrency=self.options.concurrency,
             host=socket.gethostname(),
         )
-        if isinstance(store, PostgresStore) and not store.listening:
+        if not store.listening:
             telemetry.emit(
                 "worker.polling",
                 reason="the database URL goes through a transaction pooler (no LISTEN there) "
@@ -257,17 +252,16 @@ class Worker:
 
     async def _serve(self, session: ServingSession) -> None:
         reporter = Reporter(self._store, on_failed=session.wake_worker)
-        services: list[WorkerService] = [
+        services: list[SessionService] = [
             Heartbeats(),
             RecoverySweep(),
             WakeupListener(),
             CancelWatcher(),
             LoopWatchdog(),
             OverdueHandlers(),
+            StatisticsUpkeep(),
         ]
-        if not self._scripted_store:
-            services.append(StatisticsUpkeep())
-        if self.options.scheduler and not self._scripted_store:  # a scripted store: no database
+        if self.options.scheduler:
             services.append(SchedulerService())
         async with anyio.create_task_group() as background:
             background.start_soon(reporter.run)
@@ -340,7 +334,7 @@ async def _drained(session: ServingSession) -> None:
         await anyio.sleep(0.05)
 
 
-async def _supervised(service: WorkerService, session: ServingSession) -> None:
+async def _supervised(service: SessionService, session: ServingSession) -> None:
     try:
         await service.run(session)
     except BaseException:

@@ -7,11 +7,12 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 
+from pgflow.definition import FlowDefinition
 from pgflow.errors import ConnectionLost
 from pgflow.worker._executor import Failed
 from pgflow.worker._store import (
@@ -22,6 +23,7 @@ from pgflow.worker._store import (
     RecoveredTask,
     Registration,
     Rejection,
+    SchedulerPass,
     TaskKey,
 )
 
@@ -48,8 +50,9 @@ class ScriptedStore:
         self.failed: dict[uuid.UUID, str] = {}
         self.stopped: list[uuid.UUID] = []
         self.closed = 0
-        self.listening = threading.Event()
+        self.listening_thread = threading.Event()
         """Set while a wait_for_wakeups thread runs."""
+        self.listening = True
         self.deprecated = False
         self.cancelled: set[uuid.UUID] = set()
         """Runs cancelled_runs reports as cancelled."""
@@ -59,6 +62,20 @@ class ScriptedStore:
     def add(self, *tasks: ClaimedTask) -> None:
         for claimed in tasks:
             self.queued[claimed.flow_slug].append(claimed)
+
+    async def check_flows(
+        self, definitions: Sequence[FlowDefinition], *, compile_missing: bool
+    ) -> None:
+        self.calls.append("check_flows")
+
+    async def refresh_statistics(self, queue_names: Sequence[str]) -> list[str]:
+        return []
+
+    async def fire_schedules(self, *, fired_by: str, limit: int) -> SchedulerPass:
+        return SchedulerPass((), claimed=0, more_due=False, seconds_until_due=None)
+
+    async def prune_schedule_fires(self, keep: timedelta) -> int:
+        return 0
 
     async def register(self, registrations: Sequence[Registration]) -> None:
         self.calls.append("register")
@@ -131,11 +148,11 @@ class ScriptedStore:
         return self.cancelled & set(run_ids)
 
     def wait_for_wakeups(self, stop: threading.Event, wake: Callable[[str], None]) -> None:
-        self.listening.set()
+        self.listening_thread.set()
         try:
             stop.wait()
         finally:
-            self.listening.clear()
+            self.listening_thread.clear()
 
     async def close(self) -> None:
         self.calls.append("close")

@@ -42,7 +42,8 @@ from pgflow.schedules import (
     trigger_schedule_async,
     update_schedule,
 )
-from pgflow.worker._scheduler import Scheduler
+from pgflow.worker._postgres import PostgresStore
+from tests.helpers.database import libpq_url
 from tests.helpers.database import register_flows as register
 from tests.helpers.workers import running_worker, wait_until_finished
 
@@ -333,13 +334,10 @@ async def test_async_twins(engine: Engine, pgflow_database: URL) -> None:
 @pytest.mark.anyio
 async def test_the_scheduler_loop_fires_every_second(engine: Engine) -> None:
     create_schedule(engine, Cleanup, Cron("* * * * * *", missed="all"))
-    scheduler = Scheduler(engine, fired_by="test")
     with anyio.fail_after(20):
-        async with anyio.create_task_group() as group:
-            group.start_soon(scheduler.run)
+        async with running_worker(engine, Cleanup):
             while len(runs(engine, "cleanup")) < 3:
                 await anyio.sleep(0.1)
-            group.cancel_scope.cancel()
     ticks = [run["fire_time"] for run in runs(engine, "cleanup")]
     assert all(b - a == timedelta(seconds=1) for a, b in itertools.pairwise(ticks))
 
@@ -386,7 +384,8 @@ def test_old_fire_records_are_pruned_but_each_schedule_keeps_its_latest(engine: 
         connection.execute(
             sa.text("UPDATE pgflow_python.schedule_fires SET fired_at = now() - interval '8 days'")
         )
-    assert Scheduler(engine, keep_fires=timedelta(days=7)).prune() == 2
+    store = PostgresStore(libpq_url(engine.url), engine=engine)
+    assert anyio.run(store.prune_schedule_fires, timedelta(days=7)) == 2
     assert [run["fire_time"] for run in runs(engine, "cleanup") if run["fire_time"]] == [
         T0 + 2 * DAY
     ]

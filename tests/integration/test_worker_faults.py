@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -18,10 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pgflow import Context, Flow, Job, step
-from pgflow.errors import WorkerCrashedError
-from pgflow.worker import ServingSession, Worker
+from pgflow.cron import Cron
+from pgflow.definition import FlowDefinition
+from pgflow.errors import FlowNotReadyError, WorkerCrashedError
+from pgflow.schedules import create_schedule
+from pgflow.worker import ServiceContext, Worker
 from pgflow.worker._postgres import PostgresStore
-from pgflow.worker._store import ClaimedTask, ConnectionLost
+from pgflow.worker._store import ClaimedTask, ConnectionLost, SchedulerPass
 from tests.helpers.database import libpq_url, register_flows
 from tests.helpers.workers import (
     EventLog,
@@ -244,7 +248,7 @@ async def test_a_message_whose_task_cannot_start_does_not_block_its_queue(
 class BrokenService:
     """A background service with a bug: serving must end as a crash."""
 
-    async def run(self, session: ServingSession) -> None:
+    async def run(self, session: ServiceContext) -> None:
         await anyio.sleep(0.5)
         raise RuntimeError("bug in a service")
 
@@ -277,3 +281,50 @@ async def test_a_crash_is_logged_raised_and_leaves_no_thread_or_connection_behin
     while backends := worker_backends(pgflow_engine):
         assert time.monotonic() < deadline, f"still connected: {backends}"
         await anyio.sleep(0.1)
+
+
+class CountingStore(PostgresStore):
+    """A real store that counts the calls its checks and services make."""
+
+    def __init__(self, conninfo: str) -> None:
+        super().__init__(conninfo)
+        self.counts: Counter[str] = Counter()
+
+    async def check_flows(
+        self, definitions: Sequence[FlowDefinition], *, compile_missing: bool
+    ) -> None:
+        self.counts["check_flows"] += 1
+        await super().check_flows(definitions, compile_missing=compile_missing)
+
+    async def refresh_statistics(self, queue_names: Sequence[str]) -> list[str]:
+        self.counts["refresh_statistics"] += 1
+        return await super().refresh_statistics(queue_names)
+
+    async def fire_schedules(self, *, fired_by: str, limit: int) -> SchedulerPass:
+        done = await super().fire_schedules(fired_by=fired_by, limit=limit)
+        self.counts["fired"] += len(done.fired)
+        return done
+
+
+class NeverRegistered(Job, slug="never_registered"):
+    def perform(self, input: Any, ctx: Context) -> None:
+        return None
+
+
+async def test_a_store_subclass_runs_with_every_check_and_service(pgflow_engine: Engine) -> None:
+    # The start-up checks go through the store: an unregistered flow is refused.
+    refused = CountingStore(libpq_url(pgflow_engine.url))
+    with pytest.raises(FlowNotReadyError, match="never_registered"):
+        await Worker([NeverRegistered], pgflow_engine, store=refused).serve()
+    assert refused.counts["check_flows"] == 1
+
+    register_flows(pgflow_engine, Counted)
+    Counted.calls.clear()
+    create_schedule(pgflow_engine, Counted, Cron("* * * * * *", input="tick"))
+    store = CountingStore(libpq_url(pgflow_engine.url))
+    async with running_worker(pgflow_engine, Counted, store=store):
+        with anyio.fail_after(20):
+            while not (store.counts["fired"] and Counted.calls.get("tick")):
+                await anyio.sleep(0.05)
+    assert store.counts["check_flows"] == 1
+    assert store.counts["refresh_statistics"] >= 1  # the upkeep offers once at start

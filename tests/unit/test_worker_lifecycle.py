@@ -12,7 +12,7 @@ import pytest
 
 from pgflow import Flow, step
 from pgflow.errors import WorkerCrashedError
-from pgflow.worker import ServingSession, Worker, WorkerOptions
+from pgflow.worker import ServiceContext, Worker, WorkerOptions
 from tests.helpers.scripted_store import ScriptedStore, lost, task
 from tests.helpers.workers import EventLog
 
@@ -77,7 +77,7 @@ async def test_start_returns_once_registered_and_serve_returns_after_stop(
     subject = worker(store, Quick)
     async with anyio.create_task_group() as group:
         await group.start(subject.serve)
-        assert store.calls[0] == "register"
+        assert store.calls[:2] == ["check_flows", "register"]  # checked before registering
         assert [r.queue_name for r in store.registered] == ["quick"]
         assert events.named("worker.started")
         await wait_for(lambda: store.completed, "the queued task to complete")
@@ -132,7 +132,7 @@ async def test_in_flight_handlers_past_the_shutdown_timeout_are_cancelled(
 
 
 class Failing:
-    async def run(self, session: ServingSession) -> None:
+    async def run(self, session: ServiceContext) -> None:
         await anyio.sleep(0.05)
         raise RuntimeError("service broke")
 
@@ -149,15 +149,15 @@ async def test_a_failing_service_is_a_crash_and_every_thread_ends(events: EventL
     assert not events.named("worker.stopped")
     assert store.calls[-2:] == ["mark_stopped", "close"]
     # The LISTEN thread was told to stop (it used to loop until someone called stop()).
-    await wait_for(lambda: not store.listening.is_set(), "the LISTEN thread to end")
+    await wait_for(lambda: not store.listening_thread.is_set(), "the LISTEN thread to end")
 
 
 class Recording:
     def __init__(self) -> None:
-        self.sessions: list[ServingSession] = []
+        self.sessions: list[ServiceContext] = []
         self.cancelled = False
 
-    async def run(self, session: ServingSession) -> None:
+    async def run(self, session: ServiceContext) -> None:
         self.sessions.append(session)
         try:
             await anyio.sleep_forever()
@@ -188,7 +188,7 @@ async def test_cancelling_serve_is_an_abrupt_stop_not_a_crash(events: EventLog) 
     [(stopped, _)] = events.named("worker.stopped")
     assert stopped["cancelled"] is True
     assert not events.named("worker.crashed")
-    await wait_for(lambda: not store.listening.is_set(), "the LISTEN thread to end")
+    await wait_for(lambda: not store.listening_thread.is_set(), "the LISTEN thread to end")
 
 
 async def test_a_deprecated_worker_stops_itself(events: EventLog) -> None:
