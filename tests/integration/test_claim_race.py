@@ -8,6 +8,7 @@ with no handler, and the run never finished.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -126,3 +127,41 @@ def test_a_task_queued_after_the_claims_transaction_began_is_started_not_refused
         ).one()
     assert status == "started"
     assert began < queued_at <= started_at
+
+
+@pytest.mark.parametrize("claim", ["claim_tasks", "claim_tasks_isolated"])
+def test_messages_of_no_task_are_archived_not_read_again_forever(
+    pgflow_engine: Engine, claim: str
+) -> None:
+    register_flows(pgflow_engine, Racy)
+    worker_id = uuid.uuid4()
+    garbage = [
+        {"hello": "world"},
+        "not even an object",
+        {"flow_slug": "racy", "run_id": str(uuid.uuid4()), "step_slug": "only", "task_index": 0},
+    ]
+    with pgflow_engine.begin() as connection:
+        connection.execute(
+            _sql.query("register_worker"),
+            {"worker_id": worker_id, "queue_name": "racy", "function_name": "test"},
+        )
+        sent = [
+            connection.execute(
+                sa.text("SELECT pgmq.send('racy', CAST(:body AS jsonb))"),
+                {"body": json.dumps(body)},
+            ).scalar_one()
+            for body in garbage
+        ]
+        run_id = start_flow(connection, Racy, {"x": 1})
+    with pgflow_engine.begin() as connection:
+        rows = connection.execute(
+            _sql.query(claim),
+            {"flow_slug": "racy", "worker_id": worker_id, "qty": 10, "vt": 0, "margin": 5},
+        ).mappings()
+        claimed = [row["task"]["run_id"] for row in rows]
+    assert claimed == [str(run_id)]
+    with pgflow_engine.begin() as connection:
+        queued = connection.execute(sa.text("SELECT msg_id FROM pgmq.q_racy")).scalars().all()
+        archived = connection.execute(sa.text("SELECT msg_id FROM pgmq.a_racy")).scalars().all()
+    assert sorted(archived) == sorted(sent)
+    assert len(queued) == 1  # the real task's message, reserved for its timeout

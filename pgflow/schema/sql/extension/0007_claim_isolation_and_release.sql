@@ -62,6 +62,14 @@ BEGIN
             END;
             CONTINUE;
         END;
+        IF NOT got AND NOT EXISTS (
+            SELECT 1 FROM pgflow.step_tasks AS t
+            WHERE t.message_id = read_id AND t.flow_slug = queue
+        ) THEN
+            -- A message of no task (see claim_task_batch, extension/0012): archived, not read
+            -- again forever.
+            PERFORM pgmq.archive(queue, read_id);
+        END IF;
         IF got THEN
             task := claimed.task;
             task_timeout := claimed.task_timeout;

@@ -80,6 +80,12 @@ COMMENT ON FUNCTION pgflow_python.start_claimed_tasks(text, bigint[], uuid) IS
 
 -- extension/0005's claim_tasks, starting the tasks through start_claimed_tasks. Two statements
 -- for the reason given there (the second one's snapshot must be taken after the read).
+--
+-- A message that belongs to no task of the flow (a body that is not a task, a run that does not
+-- exist: written by hand or by another program) would be read again after every reservation,
+-- forever. When fewer tasks were claimed than messages read, such messages are archived (kept
+-- in pgmq.a_<flow> for inspection). A task's message is sent in the statement that inserts the
+-- task, so a message this read sees always has its task visible to the next statement.
 CREATE OR REPLACE FUNCTION pgflow_python.claim_task_batch(
     queue text, claiming_worker uuid, batch integer, reservation integer, margin integer
 )
@@ -87,6 +93,7 @@ RETURNS TABLE (task jsonb, task_timeout integer, attempt integer)
 LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
 DECLARE
     read_ids bigint[];
+    claimed_count bigint;
 BEGIN
     SELECT coalesce(array_agg(r.msg_id), '{}') INTO read_ids
     FROM pgmq.read(queue, reservation, batch) AS r;
@@ -117,6 +124,14 @@ BEGIN
     JOIN pgflow.step_tasks st
       ON st.run_id = c.run_id AND st.step_slug = c.step_slug AND st.task_index = c.task_index
     CROSS JOIN extended;
+    GET DIAGNOSTICS claimed_count = ROW_COUNT;
+    IF claimed_count < cardinality(read_ids) THEN
+        PERFORM pgmq.archive(queue, ARRAY(
+            SELECT m.id FROM unnest(read_ids) AS m(id)
+            WHERE NOT EXISTS (
+                SELECT 1 FROM pgflow.step_tasks AS t
+                WHERE t.message_id = m.id AND t.flow_slug = queue)));
+    END IF;
 END
 $$;
 
