@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from pgflow import telemetry
 from pgflow.errors import ConnectionLost
 from pgflow.worker._executor import describe
+from pgflow.worker._repeats import RepeatedFailure
 from pgflow.worker._session import ServedFlow, ServingSession
 from pgflow.worker._store import ClaimedTask
 
@@ -26,12 +27,13 @@ Claimed = tuple[ServedFlow, ClaimedTask]
 async def poll(
     session: ServingSession, served: ServedFlow, claimed: MemoryObjectSendStream[Claimed]
 ) -> None:
+    outage = RepeatedFailure("poll.failed")
     while True:
         await session.slots.acquire()
         # From here until the tasks are handed on, nothing may be cut short: the slots taken
         # must be given back or passed to the tasks, and a claim sent must be received.
         with anyio.CancelScope(shield=True):
-            tasks, claim_failed, wakeup = await _claim_free_slots(session, served, claimed)
+            tasks, claim_failed, wakeup = await _claim_free_slots(session, served, claimed, outage)
         telemetry.emit("poll.finished", level=logging.DEBUG, flow=served.slug, claimed=len(tasks))
         if session.stopping.is_set():
             return
@@ -45,7 +47,10 @@ async def poll(
 
 
 async def _claim_free_slots(
-    session: ServingSession, served: ServedFlow, claimed: MemoryObjectSendStream[Claimed]
+    session: ServingSession,
+    served: ServedFlow,
+    claimed: MemoryObjectSendStream[Claimed],
+    outage: RepeatedFailure,
 ) -> tuple[list[ClaimedTask], bool, anyio.Event | None]:
     """Claim as many tasks as there are free slots (one is held already), hand them on.
 
@@ -65,7 +70,7 @@ async def _claim_free_slots(
     async with session.claim_lock:
         # Checked under the lock, after every wait: no claim starts after stop().
         if not session.stopping.is_set():
-            claim = await _claim(session, served, slots)
+            claim = await _claim(session, served, slots, outage)
             session.running.update(task.key for task in claim or ())
     tasks = claim or []
     for _ in range(slots - len(tasks)):
@@ -76,7 +81,7 @@ async def _claim_free_slots(
 
 
 async def _claim(
-    session: ServingSession, served: ServedFlow, slots: int
+    session: ServingSession, served: ServedFlow, slots: int, outage: RepeatedFailure
 ) -> list[ClaimedTask] | None:
     """The tasks claimed; None when the claim failed (the caller backs off). Runs under the
     session's claim lock, so ``session.running`` is exact while it runs."""
@@ -84,7 +89,7 @@ async def _claim(
     try:
         if worker_id in session.uncertain_claims:
             await _release_unstarted(session, served)
-        return await store.claim(
+        tasks = await store.claim(
             served.slug,
             worker_id,
             quantity=slots,
@@ -95,10 +100,13 @@ async def _claim(
         # The claim may have committed with its reply lost: this worker would hold tasks it
         # never got. Before the next claim, give back whatever it holds but does not run.
         session.uncertain_claims.add(worker_id)
-        telemetry.emit("poll.failed", level=logging.WARNING, flow=served.slug, error=str(exc))
+        outage.failed(flow=served.slug, error=str(exc))  # once a minute while it lasts
         return None
     except Exception as exc:
         telemetry.emit("poll.failed", level=logging.ERROR, flow=served.slug, error=_first_line(exc))
+    else:
+        outage.succeeded()
+        return tasks
     # Not the connection: a message whose task cannot be started rolls back the whole batch,
     # and stays first in line. Claim one by one; the bad task fails, the others run.
     try:

@@ -8,7 +8,6 @@ default; ``pgflow run-worker --no-scheduler``) decides whether a worker runs it.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from datetime import timedelta
@@ -16,6 +15,7 @@ from datetime import timedelta
 import anyio
 
 from pgflow import telemetry
+from pgflow.worker._repeats import RepeatedFailure
 from pgflow.worker._session import ServingSession
 
 NOTHING_CLAIMED_PAUSE = 0.1
@@ -46,6 +46,7 @@ class SchedulerService:
     async def run(self, session: ServingSession) -> None:
         telemetry.emit("scheduler.started", fired_by=self.fired_by)
         next_prune = anyio.current_time() + self.prune_interval
+        failures = RepeatedFailure("scheduler.pass_failed")
         while True:
             try:
                 wait = await self._pass(session)
@@ -53,12 +54,10 @@ class SchedulerService:
                     next_prune = anyio.current_time() + self.prune_interval
                     await session.store.prune_schedule_fires(self.keep_fires)
             except Exception as exc:
-                telemetry.emit(
-                    "scheduler.pass_failed",
-                    level=logging.WARNING,
-                    error=f"{type(exc).__name__}: {exc}".strip(),
-                )
+                failures.failed(error=f"{type(exc).__name__}: {exc}".strip())
                 wait = self.max_idle
+            else:
+                failures.succeeded()
             await anyio.sleep(wait)
 
     async def _pass(self, session: ServingSession) -> float:

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 
 from pgflow import telemetry
 from pgflow.worker._options import WorkerOptions
+from pgflow.worker._repeats import RepeatedFailure
 from pgflow.worker._session import ServingSession
 from pgflow.worker._store import TaskKey
 
@@ -105,13 +106,15 @@ class Heartbeats:
 
     def _beat(self, session: ServingSession, stop: threading.Event) -> None:
         worker_ids = session.worker_ids
+        failures = RepeatedFailure("worker.heartbeat_failed")
         while not stop.wait(session.options.heartbeat_interval):
             try:
                 replies = session.store.heartbeat(worker_ids)
             except Exception as exc:
                 session.heartbeats_healthy_since = None
-                telemetry.emit("worker.heartbeat_failed", level=logging.WARNING, error=str(exc))
+                failures.failed(error=str(exc))
                 continue
+            failures.succeeded()
             if session.heartbeats_healthy_since is None:
                 session.heartbeats_healthy_since = time.monotonic()
             if len(replies) < len(worker_ids):
@@ -141,6 +144,7 @@ class RecoverySweep:
 
     async def run(self, session: ServingSession) -> None:
         options = session.options
+        failures = RepeatedFailure("tasks.recovery_failed")
         while True:
             await anyio.sleep(options.recovery_interval)
             since = session.heartbeats_healthy_since
@@ -153,8 +157,9 @@ class RecoverySweep:
                     sweeper_ids=session.worker_ids,
                 )
             except Exception as exc:  # the next round tries again; nothing is lost meanwhile
-                telemetry.emit("tasks.recovery_failed", level=logging.WARNING, error=str(exc))
+                failures.failed(error=str(exc))
                 continue
+            failures.succeeded()
             if recovered:
                 telemetry.emit(
                     "tasks.recovered",
@@ -282,6 +287,7 @@ class CancelWatcher:
     (see :mod:`pgflow.worker._cancellation`)."""
 
     async def run(self, session: ServingSession) -> None:
+        failures = RepeatedFailure("runs.cancel_check_failed")
         while True:
             await anyio.sleep(session.options.cancel_check_interval)
             runs = session.cancellations.runs()
@@ -290,8 +296,9 @@ class CancelWatcher:
             try:
                 cancelled = await session.store.cancelled_runs(runs)
             except Exception as exc:  # the next round asks again
-                telemetry.emit("runs.cancel_check_failed", level=logging.WARNING, error=str(exc))
+                failures.failed(error=str(exc))
                 continue
+            failures.succeeded()
             for run_id in cancelled:
                 if tasks := session.cancellations.cancel_run(run_id):
                     telemetry.emit("run.cancelled_in_flight", run_id=str(run_id), tasks=tasks)

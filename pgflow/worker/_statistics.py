@@ -13,6 +13,7 @@ import logging
 import anyio
 
 from pgflow import telemetry
+from pgflow.worker._repeats import RepeatedFailure
 from pgflow.worker._session import ServingSession
 
 
@@ -21,12 +22,14 @@ class StatisticsUpkeep:
 
     async def run(self, session: ServingSession) -> None:
         queue_names = [flow.slug for flow in session.flows]
+        failures = RepeatedFailure("statistics.refresh_failed")
         while True:
             try:
                 analyzed = await session.store.refresh_statistics(queue_names)
             except Exception as exc:  # the next round tries again; only plans suffer meanwhile
-                telemetry.emit("statistics.refresh_failed", level=logging.WARNING, error=str(exc))
+                failures.failed(error=str(exc))
             else:
+                failures.succeeded()
                 if analyzed:
                     telemetry.emit("statistics.refreshed", level=logging.DEBUG, tables=analyzed)
             await anyio.sleep(session.options.statistics_interval)

@@ -191,3 +191,37 @@ async def test_an_async_handler_blocking_past_its_timeout_fails_as_a_timeout_and
     [(unblocked, _)] = events.named("worker.loop_unblocked")
     assert unblocked["blocked_for"] >= 8.5
     assert any("perform[0] of run " + str(blocked) in entry for entry in unblocked["running"])
+
+
+async def test_an_outage_is_logged_once_per_activity_not_every_round(
+    pgflow_engine: Engine, pgflow_database: Any, events: EventLog
+) -> None:
+    register_flows(pgflow_engine, Held)
+    options: dict[str, Any] = {
+        "cancel_check_interval": 0.1,
+        "heartbeat_interval": 0.2,
+        "heartbeat_timeout": 2,
+        "poll_interval": 0.2,
+    }
+    async with running_worker(pgflow_engine, Held, **options):
+        run_id = start(pgflow_engine, Held, {})
+        await wait_for(lambda: Held.entered, "the handler to start")  # cancel checks run now
+        with database_outage(pgflow_database):
+            await wait_for(
+                lambda: all(
+                    events.named(name)
+                    for name in (
+                        "runs.cancel_check_failed",
+                        "scheduler.pass_failed",
+                        "worker.heartbeat_failed",
+                    )
+                ),
+                "every activity to notice the outage",
+            )
+            await anyio.sleep(4)  # dozens of rounds of each
+        Held.release.set()
+        run = await wait_until_finished(pgflow_engine, run_id, timeout=30)
+    assert run["status"] == "completed"
+    for name in ("runs.cancel_check_failed", "scheduler.pass_failed", "worker.heartbeat_failed"):
+        [(first, _)] = events.named(name)
+        assert first["failures"] == 1
