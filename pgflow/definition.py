@@ -151,6 +151,19 @@ class StepDefinition:
         object.__setattr__(self, "step_type", StepType(self.step_type))
         object.__setattr__(self, "depends_on", tuple(self.depends_on))
 
+    def __hash__(self) -> int:
+        # Definitions are dictionary keys (e.g. the client's once-per-definition check); a
+        # pattern is a dict, so it is hashed as canonical JSON.
+        return hash(
+            (
+                self.slug,
+                self.step_type,
+                self.depends_on,
+                tuple(self.options.values()),
+                json.dumps(self.condition, sort_keys=True),
+            )
+        )
+
     @property
     def options(self) -> dict[str, int | None]:
         return {name: getattr(self, name) for name in OPTION_MINIMUMS}

@@ -149,7 +149,8 @@ class _Metrics:
             "pgflow.task.outcomes",
             unit="{task}",
             description="Task attempts by outcome: completed, retried (failed, a retry "
-            "follows) or failed (no retry follows).",
+            "follows), failed (no retry follows) or skipped (no retry follows and the step is "
+            "skipped: retries_exhausted).",
         )
         self.run_duration = meter.create_histogram(
             "pgflow.run.duration", unit="s", description="Time from a run's start to its end."
@@ -162,7 +163,11 @@ class _Metrics:
         if event == "task.completed":
             self._task(fields, "completed")
         elif event == "task.failed":
-            self._task(fields, "retried" if fields.get("retry_at") is not None else "failed")
+            if fields.get("step_skipped"):
+                outcome = "skipped"  # out of attempts, retries_exhausted="skip"
+            else:
+                outcome = "retried" if fields.get("retry_at") is not None else "failed"
+            self._task(fields, outcome)
         elif event in ("run.completed", "run.failed") and "duration_ms" in fields:
             attributes = {ATTR_FLOW: fields["flow"], ATTR_OUTCOME: event.partition(".")[2]}
             self.run_outcomes.add(1, attributes)

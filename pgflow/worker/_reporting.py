@@ -148,8 +148,17 @@ class Reporter:
             retryable=failure.retryable,
             retry_at=None if recorded.retry_at is None else recorded.retry_at.isoformat(),
             exception=failure.traceback,
+            **({"step_skipped": True} if recorded.step_skipped else {}),
             **report.fields,
         )
+        if recorded.run_completed_at is not None:
+            _run_ended(
+                "run.completed",
+                task.flow_slug,
+                task.run_id,
+                recorded.run_started_at,
+                recorded.run_completed_at,
+            )
         if recorded.run_failed:
             _run_ended(
                 "run.failed",

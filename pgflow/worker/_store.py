@@ -117,6 +117,10 @@ class FailureRecorded:
     """This report failed the run (it was not failed before)."""
     run_started_at: datetime | None = None
     run_failed_at: datetime | None = None
+    step_skipped: bool = False
+    """The step was skipped instead of failing (``retries_exhausted``), by this report."""
+    run_completed_at: datetime | None = None
+    """Set when that skip left nothing to run: this report completed the run."""
 
 
 @dataclass(frozen=True, slots=True)

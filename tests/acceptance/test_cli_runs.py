@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import URL, Engine
 
 import sql_only_flow
-from pgflow import start_flow
+from pgflow import Flow, start_flow, step
 from tests.helpers import database
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DATABASE = 0, 1, 2, 3
@@ -168,3 +168,48 @@ def test_usage_errors_and_no_database(pgflow_database: URL) -> None:
     nowhere = pgflow_cli("postgresql://postgres@127.0.0.1:1/none", "runs", "list")
     assert nowhere.returncode == EXIT_NO_DATABASE
     assert "cannot connect" in nowhere.stderr
+
+
+class Cascade(Flow, slug="cli_cascade"):
+    @step
+    def check(self, input: dict[str, bool]) -> dict[str, bool]:
+        return input
+
+    @step(depends_on=[check], if_={"check": {"ok": True}}, when_unmet="skip-cascade")
+    def charge(self, deps: Any) -> str:
+        return "charged"
+
+    @step(depends_on=[charge])
+    def receipt(self, deps: Any) -> str:
+        return "receipt"
+
+    @step(depends_on=[check])
+    def audit(self, deps: Any) -> str:
+        return "audited"
+
+
+def test_runs_show_says_which_steps_were_skipped_and_why(
+    pgflow_database: URL, pgflow_engine: Engine
+) -> None:
+    database.register_flows(pgflow_engine, Cascade)
+    with pgflow_engine.begin() as connection:
+        run_id = start_flow(connection, Cascade, {"ok": False})
+    worker_id = sql_only_flow.register_worker(pgflow_engine, "cli_cascade")
+    handlers = {"check": lambda task: task["run"], "audit": lambda task: "audited"}
+    while sql_only_flow.work_once(pgflow_engine, "cli_cascade", handlers, worker_id):
+        pass
+
+    shown = pgflow_cli(pgflow_database, "runs", "show", str(run_id))
+    assert shown.returncode == EXIT_OK, shown.stderr
+    lines = {line.split()[1]: line for line in shown.stdout.splitlines() if "─ " in line}
+    assert "skipped (condition unmet)" in lines["charge"]
+    assert "skipped (upstream skipped)" in lines["receipt"]
+    assert "completed" in lines["audit"]
+    details = json_of(pgflow_database, "runs", "show", str(run_id))
+    reasons = {s["step_slug"]: s["skip_reason"] for s in details["steps"]}
+    assert reasons == {
+        "check": None,
+        "charge": "condition_unmet",
+        "receipt": "dependency_skipped",
+        "audit": None,
+    }

@@ -17,7 +17,13 @@ from sqlalchemy.engine import Engine
 from pgflow import Flow, get_run_with_states, map_step, step
 from pgflow.operations import resume_run
 from tests.helpers.database import register_flows
-from tests.helpers.workers import running_worker, start, tasks_of, wait_until_finished
+from tests.helpers.workers import (
+    EventLog,
+    running_worker,
+    start,
+    tasks_of,
+    wait_until_finished,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -326,3 +332,30 @@ async def test_resume_of_a_run_with_skipped_steps(pgflow_engine: Engine) -> None
     assert run["status"] == "completed"
     assert run["output"] == {"report": {"small": "handled small"}}
     assert steps_of(pgflow_engine, run_id)["big"] == "skipped"
+
+
+class LastResort(Flow, slug="cond_last_resort", max_attempts=1):
+    @step(retries_exhausted="skip")
+    def only(self, input: Any) -> str:
+        raise RuntimeError("gave up")
+
+
+async def test_a_skip_on_exhaustion_is_announced_and_completes_the_run(
+    pgflow_engine: Engine,
+) -> None:
+    register_flows(pgflow_engine, LastResort)
+    events = EventLog()
+    try:
+        async with running_worker(pgflow_engine, LastResort):
+            run_id = start(pgflow_engine, LastResort, {})
+            run = await wait_until_finished(pgflow_engine, run_id)
+    finally:
+        events.close()
+    assert run == {"status": "completed", "output": None}
+    [(failed, _)] = events.named("task.failed")
+    assert failed["step_skipped"] is True
+    assert failed["retry_at"] is None
+    [(completed, _)] = events.named("run.completed")
+    assert completed["run_id"] == str(run_id)
+    assert completed["duration_ms"] is not None
+    assert not events.named("run.failed")

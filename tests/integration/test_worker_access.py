@@ -110,7 +110,7 @@ def grant_worker(roles: Roles) -> None:
 async def test_granted_roles_run_flows_added_before_and_after_the_grant(
     roles: Roles, pgflow_engine: Engine
 ) -> None:
-    register_flows(pgflow_engine, Early)
+    register_flows(pgflow_engine, Early, Branch)
     done = pgflow_grant(
         roles.database,
         "--worker",
@@ -136,6 +136,9 @@ async def test_granted_roles_run_flows_added_before_and_after_the_grant(
         async with running_worker(worker_engine, Early, Late):
             early = start_flow(client, Early, 5)
             late = start_flow(client, Late, 5)
+            # A root condition unmet at the start: skipped by the client's own start_flow.
+            branch = start_flow(client, Branch, {"go": False})
+            assert get_run(client, branch).status == "completed"  # type: ignore[union-attr]
             for run_id, output in ((early, {"double": 10}), (late, {"triple": 15})):
                 run = await anyio.to_thread.run_sync(
                     functools.partial(wait_for_run, client, run_id, timeout=30)
@@ -158,6 +161,12 @@ async def test_granted_roles_run_flows_added_before_and_after_the_grant(
     finally:
         for engine in (worker_engine, client, reader):
             engine.dispose()
+
+
+class Branch(Flow, slug="access_branch"):
+    @step(if_={"go": True})
+    def maybe(self, input: Any) -> str:
+        return "ran"
 
 
 EARLY_SOURCE = """\

@@ -63,7 +63,10 @@ BEGIN
                 WHEN (t.nsp, t.rel) IN (('pgflow', 'runs'), ('pgflow', 'step_states'),
                                         ('pgflow', 'step_tasks'),
                                         ('pgflow_python', 'idempotency_keys'),
-                                        ('pgflow_python', 'run_trace_contexts'))
+                                        ('pgflow_python', 'run_trace_contexts'),
+                                        -- start_flow skips a root step whose condition
+                                        -- is unmet (extension/0061)
+                                        ('pgflow_python', 'step_skips'))
                     THEN ARRAY['SELECT', 'INSERT', 'UPDATE']
                 ELSE ARRAY['SELECT']
             END
