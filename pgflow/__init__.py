@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from pgflow._deprecated import moved_attribute
 from pgflow.context import Context
-from pgflow.dsl import Flow, Job, map_step, step
+from pgflow.dsl import Flow, Job, map_step, step, wait_step
 from pgflow.errors import NonRetryableError, PgflowError
 from pgflow.results import (
     Run,
     RunStatus,
     RunWithStates,
+    SignalOutcome,
+    SignalResult,
     StepState,
     StepStatus,
     StepTask,
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
         get_run_async,
         get_run_with_states,
         get_run_with_states_async,
+        signal,
+        signal_async,
         start_flow,
         start_flow_and_wait,
         start_flow_and_wait_async,
@@ -56,6 +60,8 @@ __all__ = [
     "Run",
     "RunStatus",
     "RunWithStates",
+    "SignalOutcome",
+    "SignalResult",
     "StepState",
     "StepStatus",
     "StepTask",
@@ -69,6 +75,8 @@ __all__ = [
     "get_run_with_states",
     "get_run_with_states_async",
     "map_step",
+    "signal",
+    "signal_async",
     "start_flow",
     "start_flow_and_wait",
     "start_flow_and_wait_async",
@@ -76,6 +84,7 @@ __all__ = [
     "step",
     "wait_for_run",
     "wait_for_run_async",
+    "wait_step",
 ]
 
 # The entry points not imported above need the database stack: imported on first use.

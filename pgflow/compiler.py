@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from pgflow.definition import FlowDefinition, FlowType, StepDefinition, StepType
+from pgflow.definition import FlowDefinition, FlowType, OnTimeout, StepDefinition, StepType
 
 _OPTION_ORDER = ("max_attempts", "base_delay", "timeout", "start_delay")
 
@@ -26,9 +26,10 @@ def _options_clause(options: Mapping[str, int | None]) -> str:
 def compile_flow(definition: FlowDefinition) -> list[str]:
     """``create_flow`` then one ``add_step`` per step, in declaration order.
 
-    A job gets one more statement (our additive ``flows.flow_type`` column), and so does each
-    step with a condition (our ``step_conditions`` table, extension/0061); TypeScript 0.8.1 has
-    neither, so parity with ``compileFlow`` holds for every flow without conditions.
+    A job gets one more statement (our additive ``flows.flow_type`` column), and so do each
+    step with a condition (our ``step_conditions`` table, extension/0061), each wait step and
+    a ``run_timeout`` (extension/0070-0071); TypeScript 0.8.1 has none of them, so parity
+    with ``compileFlow`` holds for every flow without them.
     """
     statements = [
         f"SELECT pgflow.create_flow('{definition.slug}'{_options_clause(definition.options)});"
@@ -50,6 +51,12 @@ def compile_flow(definition: FlowDefinition) -> list[str]:
     if definition.flow_type is FlowType.JOB:
         statements.append(
             f"UPDATE pgflow.flows SET flow_type = 'job' WHERE flow_slug = '{definition.slug}';"
+        )
+    statements += [_wait_statement(definition.slug, s) for s in definition.steps if s.wait]
+    if definition.run_timeout is not None:
+        statements.append(
+            f"SELECT pgflow_python.set_flow_run_timeout('{definition.slug}', "
+            f"{definition.run_timeout});"
         )
     return statements
 
@@ -102,3 +109,13 @@ def _escape_in_strings(text: str) -> str:
         elif char == '"':
             in_string = not in_string
     return "".join(out)
+
+
+def _wait_statement(flow_slug: str, step: StepDefinition) -> str:
+    """Our ``wait_steps`` row (extension/0070); the values are validated enums and integers."""
+    timeout = "NULL" if step.wait_timeout is None else str(step.wait_timeout)
+    on_timeout = step.on_timeout or OnTimeout.FAIL
+    return (
+        f"SELECT pgflow_python.set_wait_step('{flow_slug}', '{step.slug}', "
+        f"timeout_seconds => {timeout}, on_timeout => '{on_timeout}');"
+    )

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from pgflow.errors import FlowDefinitionError
 
@@ -20,6 +20,7 @@ SLUG_MAX_LENGTH = 128
 RESERVED_SLUGS = frozenset({"run"})
 _SLUG = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _INT4_MAX = 2**31 - 1
+_E = TypeVar("_E", bound=StrEnum)
 
 
 class StepType(StrEnum):
@@ -30,6 +31,22 @@ class StepType(StrEnum):
 class FlowType(StrEnum):
     FLOW = "flow"
     JOB = "job"
+
+
+class WaitKind(StrEnum):
+    """What a step with no handler waits for (docs/waiting.md)."""
+
+    SIGNAL = "signal"
+    """Trusted code sends the step's output with ``pgflow.signal``."""
+
+
+class OnTimeout(StrEnum):
+    """What happens to a wait step whose timeout passes with no signal."""
+
+    FAIL = "fail"
+    """The step and the run fail, with a message saying the wait timed out."""
+    SKIP = "skip"
+    """The step is skipped: its dependents run without its key."""
 
 
 class FlowOptions(TypedDict, total=False):
@@ -146,9 +163,20 @@ class StepDefinition:
     """``WhenUnmet`` value when the condition is not met; omitted: ``"skip"``."""
     retries_exhausted: str | None = None
     """``WhenUnmet`` value when the step runs out of attempts; omitted: ``"fail"``."""
+    wait: WaitKind | None = None
+    """Set for a step with no handler that waits (``@wait_step``)."""
+    wait_timeout: int | None = None
+    """Seconds a wait step waits before ``on_timeout`` applies; None: for ever."""
+    on_timeout: OnTimeout | None = None
+    """What a wait step's timeout does; omitted: ``"fail"``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "step_type", StepType(self.step_type))
+        if self.wait is not None:
+            object.__setattr__(self, "wait", _enum(WaitKind, self.wait, f"step {self.slug!r}"))
+        if self.on_timeout is not None:
+            on_timeout = _enum(OnTimeout, self.on_timeout, f"step {self.slug!r}: on_timeout")
+            object.__setattr__(self, "on_timeout", on_timeout)
         object.__setattr__(self, "depends_on", tuple(self.depends_on))
 
     def __hash__(self) -> int:
@@ -185,7 +213,27 @@ class StepDefinition:
             data["depends_on"] = list(self.depends_on)
         data.update({k: v for k, v in self.options.items() if v is not None})
         data.update({k: v for k, v in self.condition.items() if v is not None})
+        data.update(
+            {
+                k: str(v) if isinstance(v, StrEnum) else v
+                for k, v in self.wait_options.items()
+                if v is not None
+            }
+        )
         return data
+
+    @property
+    def wait_options(self) -> dict[str, Any]:
+        """``wait``, ``wait_timeout`` and ``on_timeout`` (None where not set)."""
+        return {"wait": self.wait, "wait_timeout": self.wait_timeout, "on_timeout": self.on_timeout}
+
+
+def _enum(kind: type[_E], value: object, where: str) -> _E:
+    try:
+        return kind(str(value))
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in kind)
+        raise FlowDefinitionError(f"{where} must be one of {choices}, got {value!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +246,9 @@ class FlowDefinition:
     max_attempts: int | None = None
     base_delay: int | None = None
     timeout: int | None = None
+    run_timeout: int | None = None
+    """Seconds after which a run still going is cancelled (stored by our SQL, not
+    ``create_flow``); None: no deadline."""
     _by_slug: dict[str, StepDefinition] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -233,6 +284,8 @@ class FlowDefinition:
         if self.flow_type is not FlowType.FLOW:
             data["flow_type"] = str(self.flow_type)
         data.update({k: v for k, v in self.options.items() if v is not None})
+        if self.run_timeout is not None:
+            data["run_timeout"] = self.run_timeout
         data["steps"] = [s.to_dict() for s in self.steps]
         return data
 
@@ -259,6 +312,7 @@ def _validate(flow: FlowDefinition) -> None:
     owner = f"flow {flow.slug!r}"
     for name in ("max_attempts", "base_delay", "timeout"):
         _validate_option(owner, name, getattr(flow, name))
+    _validate_seconds(owner, "run_timeout", flow.run_timeout, "seconds a run may take")
     if not flow.steps:
         raise FlowDefinitionError(f"{owner} has no steps; define at least one")
     if flow.flow_type is FlowType.JOB and len(flow.steps) != 1:
@@ -273,6 +327,7 @@ def _validate(flow: FlowDefinition) -> None:
         for name in OPTION_MINIMUMS:
             _validate_option(where, name, getattr(step, name))
         _validate_condition(where, step)
+        _validate_wait(where, step)
     _check_dependencies(flow, seen)
 
 
@@ -311,6 +366,40 @@ def _validate_condition(where: str, step: StepDefinition) -> None:
                 f"{'is' if len(strangers) == 1 else 'are'} not a dependency of this step "
                 f"(dependencies: {', '.join(step.depends_on)}); no input could match it"
             )
+
+
+def _validate_seconds(owner: str, name: str, value: object, meaning: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FlowDefinitionError(
+            f"{owner}: {name} must be whole seconds ({meaning}), got {value!r}"
+        )
+    if not 0 < value <= _INT4_MAX:
+        raise FlowDefinitionError(
+            f"{owner}: {name} must be between 1 and {_INT4_MAX} seconds ({meaning}), got {value}"
+        )
+
+
+def _validate_wait(where: str, step: StepDefinition) -> None:
+    if step.wait is None:
+        if step.wait_timeout is not None or step.on_timeout is not None:
+            raise FlowDefinitionError(
+                f"{where}: wait_timeout and on_timeout are for wait steps (@wait_step) only"
+            )
+        return
+    _validate_seconds(where, "wait_timeout", step.wait_timeout, "how long the step waits")
+    if step.step_type is not StepType.SINGLE:
+        raise FlowDefinitionError(
+            f"{where}: a wait step waits for one signal, so it cannot be a map step; map over "
+            "the signalled output in a step that depends on it"
+        )
+    given = [name for name, value in step.options.items() if value is not None]
+    if given:
+        raise FlowDefinitionError(
+            f"{where}: a wait step runs no handler, so {', '.join(given)} would mean nothing; "
+            "its only options are timeout and on_timeout"
+        )
 
 
 def _check_dependencies(flow: FlowDefinition, position: Mapping[str, int]) -> None:

@@ -14,9 +14,11 @@ Each concrete subclass is validated when the class is created and carries an imm
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, ClassVar, Literal, Unpack, overload
 
 from pgflow.cron import Cron, bind_declared
@@ -26,15 +28,18 @@ from pgflow.definition import (
     FlowDefinition,
     FlowOptions,
     FlowType,
+    OnTimeout,
     StepDefinition,
     StepOptions,
     StepType,
+    WaitKind,
     options_given,
 )
 from pgflow.errors import FlowDefinitionError
 
 HandlerFunction = Callable[..., Any]
 WhenUnmetName = Literal["fail", "skip", "skip-cascade"]
+OnTimeoutName = Literal["fail", "skip"]
 
 JOB_STEP_SLUG = "perform"
 
@@ -89,6 +94,11 @@ class StepMethod:
     def __repr__(self) -> str:
         return f"<{self.step_type} step {self.slug!r}>"
 
+    @property
+    def has_handler(self) -> bool:
+        """False for steps that run no handler (wait steps)."""
+        return True
+
     def definition(self) -> StepDefinition:
         given: dict[str, Any] = {**self.options, **self.condition}
         return StepDefinition(
@@ -96,6 +106,45 @@ class StepMethod:
             step_type=self.step_type,
             depends_on=tuple(d.slug if isinstance(d, StepMethod) else d for d in self.depends_on),
             **given,
+        )
+
+
+class WaitStepMethod(StepMethod):
+    """A step declared with :func:`wait_step`: no handler runs; it waits for a signal."""
+
+    def __init__(
+        self,
+        function: HandlerFunction,
+        *,
+        depends_on: Sequence[StepMethod | str],
+        slug: str | None,
+        timeout: int | None,
+        on_timeout: OnTimeout,
+    ) -> None:
+        super().__init__(
+            function,
+            step_type=StepType.SINGLE,
+            depends_on=depends_on,
+            slug=slug,
+            options={},
+            condition=_condition(None, None, None, None),
+        )
+        self.wait_timeout = timeout
+        self.on_timeout = on_timeout
+
+    def __repr__(self) -> str:
+        return f"<wait step {self.slug!r}>"
+
+    @property
+    def has_handler(self) -> bool:
+        return False
+
+    def definition(self) -> StepDefinition:
+        return replace(
+            super().definition(),
+            wait=WaitKind.SIGNAL,
+            wait_timeout=self.wait_timeout,
+            on_timeout=self.on_timeout,
         )
 
 
@@ -220,6 +269,67 @@ def _condition(
     }
 
 
+@overload
+def wait_step(function: HandlerFunction, /) -> StepMethod: ...
+@overload
+def wait_step(
+    *,
+    depends_on: Sequence[StepMethod | str] = (),
+    slug: str | None = None,
+    timeout: timedelta | float | None = None,
+    on_timeout: OnTimeoutName = "fail",
+) -> Callable[[HandlerFunction], StepMethod]: ...
+def wait_step(
+    function: HandlerFunction | None = None,
+    /,
+    *,
+    depends_on: Sequence[StepMethod | str] = (),
+    slug: str | None = None,
+    timeout: timedelta | float | None = None,
+    on_timeout: OnTimeoutName = "fail",
+) -> StepMethod | Callable[[HandlerFunction], StepMethod]:
+    """Declare a step that runs no handler: when it becomes ready it waits, in the database,
+    until ``pgflow.signal(bind, run_id, slug, output)`` completes it with ``output``
+    (docs/waiting.md). The decorated method is never called; its docstring says what the step
+    waits for::
+
+        @wait_step(depends_on=[draft], timeout=timedelta(days=3), on_timeout="skip")
+        def approval(self) -> None: ...  # a person approves the draft
+
+    ``timeout`` (a ``timedelta`` or seconds, rounded up to whole seconds; default: none): when
+    it passes with no signal, ``on_timeout`` applies: ``"fail"`` fails the step and the run,
+    ``"skip"`` skips the step (its dependents run without its key). Waiting holds no worker.
+    """
+    if isinstance(depends_on, (str, StepMethod)):
+        depends_on = [depends_on]
+    seconds = _whole_seconds(timeout, "wait_step(timeout=...)")
+    try:
+        policy = OnTimeout(on_timeout)
+    except ValueError:
+        raise FlowDefinitionError(
+            f"wait_step(on_timeout=...) must be 'fail' or 'skip', got {on_timeout!r}"
+        ) from None
+
+    def decorate(method: HandlerFunction) -> StepMethod:
+        return WaitStepMethod(
+            method, depends_on=depends_on, slug=slug, timeout=seconds, on_timeout=policy
+        )
+
+    return decorate(function) if function is not None else decorate
+
+
+def _whole_seconds(value: timedelta | float | None, where: str) -> int | None:
+    """A duration as whole seconds (rounded up: a deadline must not come early), > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
+        raise FlowDefinitionError(f"{where} must be a timedelta or seconds, got {value!r}")
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds > 0 or math.isinf(seconds):
+        raise FlowDefinitionError(f"{where} must be a positive duration, got {value!r}")
+    return math.ceil(seconds)
+
+
 def _snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
@@ -247,8 +357,9 @@ class Flow:
 
     Class keywords: ``slug`` (default: the class name in snake_case), ``max_attempts``,
     ``base_delay`` (seconds), ``timeout`` (seconds), ``schedule`` (a ``Cron(...)`` or a list
-    of them; see docs/schedules.md), ``abstract=True`` for a base class whose steps are
-    inherited but which is not itself a flow.
+    of them; see docs/schedules.md), ``run_timeout`` (a ``timedelta`` or seconds: a run still
+    going that long after it started is cancelled; docs/waiting.md), ``abstract=True`` for a
+    base class whose steps are inherited but which is not itself a flow.
     """
 
     __pgflow_definition__: ClassVar[FlowDefinition]
@@ -261,6 +372,7 @@ class Flow:
         slug: str | None = None,
         schedule: Cron | Sequence[Cron] | None = None,
         abstract: bool = False,
+        run_timeout: timedelta | float | None = None,
         **options: Unpack[FlowOptions],
     ) -> None:
         super().__init_subclass__()
@@ -277,9 +389,14 @@ class Flow:
             slug=slug,
             flow_type=FlowType.FLOW,
             steps=[method.definition() for method in steps.values()],
-            handlers={m.slug: _handler_spec(cls, attr, m.function) for attr, m in steps.items()},
+            handlers={
+                m.slug: _handler_spec(cls, attr, m.function)
+                for attr, m in steps.items()
+                if m.has_handler
+            },
             options=options_given(options, FLOW_OPTIONS, f"flow {cls.__qualname__}"),
             schedule=schedule,
+            run_timeout=_whole_seconds(run_timeout, f"flow {cls.__qualname__}: run_timeout"),
         )
 
 
@@ -295,6 +412,7 @@ class Job(Flow, abstract=True):
         slug: str | None = None,
         schedule: Cron | Sequence[Cron] | None = None,
         abstract: bool = False,
+        run_timeout: timedelta | float | None = None,
         **options: Unpack[StepOptions],
     ) -> None:
         super(Flow, cls).__init_subclass__()
@@ -327,6 +445,7 @@ class Job(Flow, abstract=True):
             handlers={JOB_STEP_SLUG: _handler_spec(cls, JOB_STEP_SLUG, perform)},
             options=given,
             schedule=schedule,
+            run_timeout=_whole_seconds(run_timeout, f"job {cls.__qualname__}: run_timeout"),
         )
 
 
@@ -339,12 +458,14 @@ def _attach(
     handlers: dict[str, HandlerSpec],
     options: dict[str, int | None],
     schedule: Cron | Sequence[Cron] | None = None,
+    run_timeout: int | None = None,
 ) -> None:
     try:
         definition = FlowDefinition(
             slug=slug if slug is not None else _snake_case(cls.__name__),
             steps=tuple(steps),
             flow_type=flow_type,
+            run_timeout=run_timeout,
             **options,
         )
     except FlowDefinitionError as exc:

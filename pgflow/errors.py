@@ -231,6 +231,63 @@ class RunTimeoutError(PgflowError, TimeoutError):
         )
 
 
+# Signals (wait steps, docs/waiting.md)
+
+
+class SignalError(PgflowError):
+    """A signal that was not applied; nothing changed in the database."""
+
+
+class SignalOutputNotJSONError(SignalError, TypeError):
+    """The output of a signal is not JSON (raised before the database is touched)."""
+
+    def __init__(self, step_slug: str, problem: str) -> None:
+        self.step_slug = step_slug
+        super().__init__(
+            f"the output signalled to step {step_slug!r} is not JSON ({problem}); use dict, "
+            "list, str, int, float, bool and None only"
+        )
+
+
+class NotAWaitStepError(SignalError, LookupError):
+    """The run's flow has no such step (``known_step`` false), or the step runs a handler:
+    only a ``@wait_step`` takes signals."""
+
+    def __init__(self, run_id: uuid.UUID, flow_slug: str, step_slug: str, *, known_step: bool):
+        self.run_id = run_id
+        self.flow_slug = flow_slug
+        self.step_slug = step_slug
+        self.known_step = known_step
+        what = "is not a wait step (it runs a handler)" if known_step else "does not exist"
+        super().__init__(
+            f"step {step_slug!r} of flow {flow_slug!r} {what}; only steps declared with "
+            f"@wait_step take signals (run {run_id})"
+        )
+
+
+class SignalTooLateError(SignalError):
+    """The run has ended, or the step no longer waits (it timed out, was skipped or failed);
+    ``run_status`` and ``step_status`` say which. A repeated signal is not an error: it is
+    reported as ``already_signalled``."""
+
+    def __init__(
+        self, run_id: uuid.UUID, step_slug: str, run_status: str, step_status: str
+    ) -> None:
+        self.run_id = run_id
+        self.step_slug = step_slug
+        self.run_status = run_status
+        self.step_status = step_status
+        if run_status != "started":
+            why = f"the run is {run_status}" + (
+                " (resume_run it to wait again)" if run_status == "failed" else ""
+            )
+        else:
+            why = f"the step is {step_status} and no longer waits (did its timeout pass?)"
+        super().__init__(
+            f"signal to step {step_slug!r} of run {run_id} came too late: {why}; nothing changed"
+        )
+
+
 # The dashboard
 
 

@@ -52,6 +52,33 @@ class TaskStatus(StrEnum):
     SKIPPED = "skipped"
 
 
+class SignalOutcome(StrEnum):
+    """What :func:`pgflow.signal` did."""
+
+    COMPLETED = "completed"
+    """The step was waiting: it is completed with the signal's output; the run goes on."""
+    KEPT = "kept"
+    """The step does not wait yet (its dependencies are running): the output is kept and
+    completes the step when it starts waiting."""
+    ALREADY_SIGNALLED = "already_signalled"
+    """A signal for this step was received before (``signalled_at``); the first one wins and
+    this one changed nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignalResult:
+    """The result of :func:`pgflow.signal`."""
+
+    run_id: uuid.UUID
+    step_slug: str
+    outcome: SignalOutcome
+    signalled_at: datetime
+    """When the signal that counts (this one, or the first one) was received."""
+    run_status: RunStatus
+    step_status: StepStatus
+    """As they are right after the signal (``completed`` for a step this signal completed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """One row of ``pgflow.runs``. ``output`` is ``{leaf_step: output, ...}`` once completed

@@ -46,9 +46,12 @@ class Event(StrEnum):
     RUN_CANCELLED_IN_FLIGHT = "run.cancelled_in_flight"
     RUN_COMPLETED = "run.completed"
     RUN_FAILED = "run.failed"
+    RUN_SIGNALLED = "run.signalled"
     RUN_STARTED = "run.started"
     RUN_WAIT_RECONNECTING = "run.wait_reconnecting"
     RUNS_CANCEL_CHECK_FAILED = "runs.cancel_check_failed"
+    RUNS_DEADLINES_ENFORCED = "runs.deadlines_enforced"
+    RUNS_DEADLINE_SWEEP_FAILED = "runs.deadline_sweep_failed"
     SCHEDULE_FIRE_FAILED = "schedule.fire_failed"
     SCHEDULE_FIRED = "schedule.fired"
     SCHEDULER_PASS_FAILED = "scheduler.pass_failed"  # noqa: S105 (not a password)

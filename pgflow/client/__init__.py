@@ -18,6 +18,7 @@ from pgflow.client._read import (
     get_task_failures,
     get_task_failures_async,
 )
+from pgflow.client._signal import signal, signal_async
 from pgflow.client._start import enqueue, enqueue_async, start_flow, start_flow_async
 from pgflow.client._wait import (
     start_flow_and_wait,
@@ -38,6 +39,8 @@ __all__ = [
     "get_run_with_states_async",
     "get_task_failures",
     "get_task_failures_async",
+    "signal",
+    "signal_async",
     "start_flow",
     "start_flow_and_wait",
     "start_flow_and_wait_async",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -37,6 +37,7 @@ from pgflow.errors import (
 )
 
 Delay = float | timedelta
+Deadline = timedelta | datetime
 
 _INT4_MAX = 2**31 - 1
 
@@ -48,6 +49,7 @@ def start_flow(
     *,
     run_id: RunId | None = None,
     idempotency_key: str | None = None,
+    deadline: Deadline | None = None,
 ) -> uuid.UUID:
     """Start a run of ``flow`` with ``input``; return its ``run_id``.
 
@@ -61,8 +63,12 @@ def start_flow(
     ``idempotency_key``: the first start with this key for this flow starts a run; later ones
     (also concurrent ones, in other transactions) return that run's id and start nothing. The key
     is remembered until its run is pruned; a retry of the run takes it over.
+
+    ``deadline`` (a ``timedelta`` from now, or an aware ``datetime``): if the run is still going
+    then, it is cancelled as ``cancel_run`` would, with a reason saying the deadline passed
+    (workers enforce it; docs/waiting.md). It replaces the flow's ``run_timeout`` for this run.
     """
-    request = prepare_start(flow, input, run_id, idempotency_key)
+    request = prepare_start(flow, input, run_id, idempotency_key, deadline)
     with connection_for(bind) as connection:
         return start_run(connection, request)
 
@@ -74,9 +80,11 @@ async def start_flow_async(
     *,
     run_id: RunId | None = None,
     idempotency_key: str | None = None,
+    deadline: Deadline | None = None,
 ) -> uuid.UUID:
     """:func:`start_flow` for an ``AsyncSession``, ``AsyncConnection`` or ``AsyncEngine``."""
-    return await run_async(bind, start_run, prepare_start(flow, input, run_id, idempotency_key))
+    request = prepare_start(flow, input, run_id, idempotency_key, deadline)
+    return await run_async(bind, start_run, request)
 
 
 def enqueue(
@@ -127,6 +135,7 @@ class StartRequest:
     require_job: bool = False
     # The class (or definition) the caller named, checked against the stored flow once.
     definition: FlowDefinition | None = None
+    deadline: Deadline | None = None
 
 
 MAX_IDEMPOTENCY_KEY_BYTES = 1000
@@ -134,7 +143,11 @@ MAX_IDEMPOTENCY_KEY_BYTES = 1000
 
 
 def prepare_start(
-    flow: FlowRef, input: Any, run_id: RunId | None, idempotency_key: str | None = None
+    flow: FlowRef,
+    input: Any,
+    run_id: RunId | None,
+    idempotency_key: str | None = None,
+    deadline: Deadline | None = None,
 ) -> StartRequest:
     slug, definition = resolve_flow(flow)
     if idempotency_key is not None:
@@ -154,7 +167,27 @@ def prepare_start(
         None if run_id is None else as_run_id(run_id),
         idempotency_key,
         definition=definition,
+        deadline=_checked_deadline(deadline),
     )
+
+
+def _checked_deadline(deadline: Deadline | None) -> Deadline | None:
+    if deadline is None:
+        return None
+    if isinstance(deadline, timedelta):
+        if not deadline > timedelta(0):
+            raise ValueError(f"deadline must be a positive timedelta, got {deadline!r}")
+        return deadline
+    if isinstance(deadline, datetime):
+        if deadline.tzinfo is None or deadline.utcoffset() is None:
+            raise ValueError(
+                f"deadline must be an aware datetime (with a time zone), got {deadline!r}; "
+                "e.g. datetime.now(UTC) + timedelta(hours=1), or pass a timedelta"
+            )
+        if deadline <= datetime.now(UTC):
+            raise ValueError(f"deadline {deadline.isoformat()} has already passed")
+        return deadline
+    raise TypeError(f"deadline must be a timedelta or a datetime, got {type(deadline).__name__}")
 
 
 def _prepare_job(
@@ -223,6 +256,8 @@ def _start_run(
         raise FlowNotRegisteredError(slug)
     if row["run_id"] is not None:
         started: uuid.UUID = row["run_id"]
+        if request.deadline is not None and row["created"]:
+            _set_deadline(connection, started, request.deadline)
         return started, bool(row["created"])
     if row["run_exists"] and request.run_id is not None:
         raise RunExistsError(request.run_id)
@@ -231,6 +266,16 @@ def _start_run(
     if row["root_map_step"] is not None:
         raise MapInputNotArrayError(slug, row["root_map_step"], json_kind(request.input))
     raise PgflowError(f"pgflow.start_flow returned no run for flow {slug!r}")
+
+
+def _set_deadline(connection: Connection, run_id: uuid.UUID, deadline: Deadline) -> None:
+    at, seconds = (
+        (None, deadline.total_seconds()) if isinstance(deadline, timedelta) else (deadline, None)
+    )
+    connection.execute(
+        query("client_set_run_deadline"),
+        {"run_id": run_id, "deadline_at": at, "deadline_seconds": seconds},
+    )
 
 
 def _enqueue(connection: Connection, request: StartRequest, delay_seconds: int | None) -> uuid.UUID:

@@ -145,3 +145,16 @@ LISTEN pgflow;
 -- name: unlisten_run_events
 -- description: Unsubscribe before the connection goes back to the pool.
 UNLISTEN pgflow;
+
+-- name: client_signal
+-- description: Send the output of a wait step (extension/0070); one row: outcome, flow_slug, run_status, step_status, signalled_at.
+SELECT outcome, flow_slug, run_status, step_status, signalled_at
+FROM pgflow_python.signal(CAST(:run_id AS uuid), :step_slug, CAST(:output AS jsonb))
+
+-- name: client_set_run_deadline
+-- description: Give a run started in this transaction a deadline (extension/0071): in :deadline_seconds from now, or at :deadline_at.
+SELECT pgflow_python.set_run_deadline(
+    CAST(:run_id AS uuid),
+    coalesce(CAST(:deadline_at AS timestamptz),
+             clock_timestamp() + make_interval(secs => CAST(:deadline_seconds AS double precision)))
+)

@@ -122,3 +122,8 @@ FROM pgflow_python.claim_tasks_isolated(:flow_slug, :worker_id, :qty, :vt, :marg
 -- description: Give back this worker's started tasks that it is not running, without spending an attempt (extension/0007).
 SELECT run_id, step_slug, task_index
 FROM pgflow_python.release_unstarted_tasks(:worker_id, :run_ids, :step_slugs, :task_indexes)
+
+-- name: enforce_deadlines
+-- description: Time out waits and cancel runs past their deadline, at most :row_limit of each (extension/0071); one row per action.
+SELECT kind, run_id, step_slug, action
+FROM pgflow_python.enforce_deadlines(:row_limit)

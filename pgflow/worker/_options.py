@@ -39,6 +39,7 @@ _RANGES: Mapping[str, tuple[float, float]] = MappingProxyType(
         "max_requeues": (0, 1_000),
         "statistics_interval": (0.01, DAY),
         "cancel_check_interval": (0.01, DAY),
+        "deadline_check_interval": (0.01, DAY),
         "blocked_loop_warning": (0.01, DAY),
     }
 )
@@ -74,6 +75,9 @@ class WorkerOptions:
     """How often this worker offers to refresh planner statistics where autovacuum is off."""
     cancel_check_interval: float = 0.5
     """While tasks run: how often to ask whether their runs were cancelled (``cancel_run``)."""
+    deadline_check_interval: float = 1.0
+    """How often this worker offers to time out waits and cancel runs past their deadline
+    (one worker does it at a time; docs/waiting.md)."""
     scheduler: bool = True
     """Fire due schedules (docs/schedules.md); every worker may, each tick still fires once."""
     blocked_loop_warning: float = 1.0

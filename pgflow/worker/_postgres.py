@@ -38,6 +38,7 @@ from pgflow.worker._startup import check_flows
 from pgflow.worker._store import (
     ClaimedTask,
     CompletionRecorded,
+    DeadlineAction,
     EndedRun,
     FailureRecorded,
     FiredSchedule,
@@ -351,6 +352,14 @@ class PostgresStore:
                 _sql.query("refresh_statistics"), {"queue_names": queue_names}
             )
             return [str(row.analyzed_table) for row in rows]
+
+    async def enforce_deadlines(self, limit: int) -> list[DeadlineAction]:
+        return await anyio.to_thread.run_sync(self._enforce_deadlines, limit)
+
+    def _enforce_deadlines(self, limit: int) -> list[DeadlineAction]:
+        with self._engine.begin() as connection:
+            rows = connection.execute(_sql.query("enforce_deadlines"), {"row_limit": limit})
+            return [DeadlineAction(r.kind, r.run_id, r.step_slug, r.action) for r in rows]
 
     async def fire_schedules(self, *, fired_by: str, limit: int) -> SchedulerPass:
         return await anyio.to_thread.run_sync(self._fire_schedules, fired_by, limit)

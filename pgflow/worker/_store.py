@@ -88,6 +88,18 @@ class RecoveredTask:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadlineAction:
+    """What the deadline sweep did (extension/0071_deadlines.sql)."""
+
+    kind: str
+    """``wait_timeout`` or ``run_deadline``."""
+    run_id: uuid.UUID
+    step_slug: str | None
+    action: str
+    """``failed``/``skipped``/``abandoned`` (a wait), ``cancelled``/``ended`` (a run)."""
+
+
+@dataclass(frozen=True, slots=True)
 class EndedRun:
     """A run that a report ended (its status changed in the report's transaction)."""
 
@@ -218,6 +230,10 @@ class WorkerStore(Protocol):
     async def refresh_statistics(self, queue_names: Sequence[str]) -> list[str]:
         """Analyze pgflow's tables and these queues where autovacuum does not (one worker at a
         time); the tables analyzed."""
+
+    async def enforce_deadlines(self, limit: int) -> list[DeadlineAction]:
+        """Time out waits and cancel runs whose deadline passed, at most ``limit`` of each (one
+        worker at a time across workers); what was done."""
 
     async def fire_schedules(self, *, fired_by: str, limit: int) -> SchedulerPass:
         """Fire up to ``limit`` due schedules that no other scheduler holds, each tick exactly

@@ -32,6 +32,7 @@ from pgflow import _db, telemetry
 from pgflow.dsl import Flow
 from pgflow.errors import WorkerCrashedError
 from pgflow.worker._claiming import Claimed, poll
+from pgflow.worker._deadlines import DeadlineSweep
 from pgflow.worker._executor import describe
 from pgflow.worker._options import WorkerOptions
 from pgflow.worker._postgres import PostgresStore
@@ -260,6 +261,7 @@ class Worker:
             LoopWatchdog(),
             OverdueHandlers(),
             StatisticsUpkeep(),
+            DeadlineSweep(),
         ]
         if self.options.scheduler:
             services.append(SchedulerService())

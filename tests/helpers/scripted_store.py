@@ -18,6 +18,7 @@ from pgflow.worker._executor import Failed
 from pgflow.worker._store import (
     ClaimedTask,
     CompletionRecorded,
+    DeadlineAction,
     FailureRecorded,
     HeartbeatReply,
     RecoveredTask,
@@ -69,6 +70,9 @@ class ScriptedStore:
         self.calls.append("check_flows")
 
     async def refresh_statistics(self, queue_names: Sequence[str]) -> list[str]:
+        return []
+
+    async def enforce_deadlines(self, limit: int) -> list[DeadlineAction]:
         return []
 
     async def fire_schedules(self, *, fired_by: str, limit: int) -> SchedulerPass:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pgflow.compiler import compile_flow
@@ -15,8 +17,8 @@ def flow(slug: str, *steps: StepDefinition, **options: int) -> FlowDefinition:
     return FlowDefinition(slug, steps, **options)  # type: ignore[arg-type]
 
 
-def st(slug: str, *deps: str, step_type: StepType = S, **options: int) -> StepDefinition:
-    return StepDefinition(slug, step_type, deps, **options)  # type: ignore[arg-type]
+def st(slug: str, *deps: str, step_type: StepType = S, **options: Any) -> StepDefinition:
+    return StepDefinition(slug, step_type, deps, **options)
 
 
 CORPUS = [

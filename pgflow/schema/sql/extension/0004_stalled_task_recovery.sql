@@ -99,6 +99,9 @@ BEGIN
         LEFT JOIN pgflow.workers AS w ON w.worker_id = t.last_worker_id
         WHERE t.status = 'started'
           AND r.status = 'started'
+          -- A task with no message is no worker's: a wait (extension/0070), ended by a
+          -- signal or its timeout, never stalled.
+          AND t.message_id IS NOT NULL
           AND (w.worker_id IS NULL
                OR w.last_heartbeat_at < sweep_at - heartbeat_limit
                OR coalesce(t.started_at, t.queued_at) < sweep_at - heartbeat_limit

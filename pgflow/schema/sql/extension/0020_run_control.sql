@@ -352,6 +352,13 @@ BEGIN
     PERFORM 1 FROM pgflow.step_states AS s WHERE s.run_id = resume_run.run_id FOR UPDATE;
     PERFORM 1 FROM pgflow.step_tasks AS t WHERE t.run_id = resume_run.run_id FOR UPDATE;
 
+    -- An unfinished wait (extension/0070: a task with no message and no handler) is removed:
+    -- its step has no task left, goes back to 'created' below and waits afresh once ready
+    -- (a signal kept for it is applied then).
+    DELETE FROM pgflow.step_tasks AS t
+    WHERE t.run_id = resume_run.run_id AND t.message_id IS NULL
+      AND t.status NOT IN ('completed', 'skipped');
+
     DELETE FROM pgflow_python.run_cancellations AS c
     WHERE c.run_id = resume_run.run_id
     RETURNING * INTO cancellation;
