@@ -202,6 +202,7 @@ _SKIP_REASONS = {
     "condition_unmet": "condition unmet",
     "handler_failed": "attempts exhausted",
     "dependency_skipped": "upstream skipped",
+    "wait_timeout": "no signal in time",
 }
 
 

@@ -189,7 +189,8 @@ class StepSummary:
     failed_at: datetime | None
     skip_reason: str | None = None
     """Why a ``skipped`` step was skipped: ``condition_unmet``, ``handler_failed`` (its last
-    attempt failed, ``retries_exhausted="skip"``) or ``dependency_skipped`` (skip-cascade)."""
+    attempt failed, ``retries_exhausted="skip"``), ``dependency_skipped`` (skip-cascade) or
+    ``wait_timeout`` (a wait step's timeout passed, ``on_timeout="skip"``)."""
 
     @property
     def duration(self) -> timedelta | None:

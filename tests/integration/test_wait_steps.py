@@ -298,3 +298,39 @@ async def test_a_timeout_fails_the_step_and_the_run_and_resume_waits_again(
     assert states(pgflow_engine, run_id)["reply"] == "started"
     result = await anyio.to_thread.run_sync(signal, pgflow_engine, run_id, "reply", "ok")
     assert result.outcome is SignalOutcome.COMPLETED
+
+
+class OptionalReview(Flow, slug="wait_optional"):
+    @step
+    def draft(self, input: Any) -> Any:
+        return input
+
+    @wait_step(depends_on=[draft], timeout=1, on_timeout="skip")
+    def review(self) -> None: ...
+
+    @step(depends_on=[draft, review])
+    def publish(self, deps: dict[str, Any]) -> Any:
+        return sorted(deps)
+
+
+@pytest.mark.anyio
+async def test_a_timeout_with_skip_skips_the_step_and_the_run_goes_on_without_it(
+    pgflow_engine: Engine,
+) -> None:
+    register_flows(pgflow_engine, OptionalReview)
+    async with running_worker(pgflow_engine, OptionalReview, deadline_check_interval=0.1):
+        run_id = start_flow(pgflow_engine, OptionalReview, "text")
+        run = await wait_until_finished(pgflow_engine, run_id)
+    assert run["status"] == "completed"
+    assert run["output"] == {"publish": ["draft"]}  # no "review" key: it was skipped
+    assert states(pgflow_engine, run_id)["review"] == "skipped"
+    with pgflow_engine.begin() as connection:
+        reason = connection.execute(
+            sa.text("SELECT skip_reason FROM pgflow_python.step_skips WHERE run_id = :r"),
+            {"r": run_id},
+        ).scalar()
+    assert reason == "wait_timeout"
+    [review] = [t for t in wait_rows(pgflow_engine, run_id) if t["step_slug"] == "review"]
+    assert (review["status"], review["outcome"]) == ("skipped", "timed_out")
+    with pytest.raises(SignalTooLateError, match="the run is completed"):
+        signal(pgflow_engine, run_id, "review", 1)

@@ -9,7 +9,7 @@ import pytest
 
 from pgflow import Flow, Job, map_step, step, wait_step
 from pgflow.compiler import compile_flow
-from pgflow.definition import FlowDefinition, OnTimeout, StepDefinition, WaitKind
+from pgflow.definition import FlowDefinition, OnTimeout, StepDefinition, StepType, WaitKind
 from pgflow.dsl import definition_of
 from pgflow.errors import FlowDefinitionError
 
@@ -95,12 +95,12 @@ def test_zero_negative_or_odd_run_timeouts_are_refused_at_class_definition(bad: 
 
 def test_an_unknown_on_timeout_is_refused() -> None:
     with pytest.raises(FlowDefinitionError, match="'fail' or 'skip'"):
-        wait_step(on_timeout="retry")  # type: ignore[arg-type]
+        wait_step(on_timeout="retry")  # type: ignore[call-overload]
 
 
 def test_definitions_from_data_are_checked_too() -> None:
     with pytest.raises(FlowDefinitionError, match="map step"):
-        FlowDefinition("f", (StepDefinition("w", "map", wait=WaitKind.SIGNAL),))
+        FlowDefinition("f", (StepDefinition("w", StepType.MAP, wait=WaitKind.SIGNAL),))
     with pytest.raises(FlowDefinitionError, match="max_attempts would mean nothing"):
         FlowDefinition("f", (StepDefinition("w", wait=WaitKind.SIGNAL, max_attempts=3),))
     with pytest.raises(FlowDefinitionError, match="for wait steps"):

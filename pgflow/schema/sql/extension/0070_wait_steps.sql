@@ -17,6 +17,13 @@
 -- it when its timeout passes; cancel_run and a failing run cancel it like any started task;
 -- resume_run removes an unfinished wait's task so the step waits afresh.
 
+-- A wait step skipped on timeout (on_timeout 'skip') records its own reason (extension/0061's
+-- vocabulary is upstream 0.14's; this value is ours).
+ALTER TABLE pgflow_python.step_skips DROP CONSTRAINT IF EXISTS step_skips_skip_reason_check;
+ALTER TABLE pgflow_python.step_skips ADD CONSTRAINT step_skips_skip_reason_check CHECK (
+    skip_reason IN ('condition_unmet', 'handler_failed', 'dependency_skipped', 'wait_timeout')
+);
+
 CREATE TABLE IF NOT EXISTS pgflow_python.wait_steps (
     flow_slug text NOT NULL,
     step_slug text NOT NULL,
