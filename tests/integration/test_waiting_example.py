@@ -8,8 +8,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-
 import waiting
+
 from tests.helpers.docs import block, console
 
 ROOT = Path(__file__).resolve().parents[2]
