@@ -15,6 +15,7 @@ import logging
 import anyio
 
 from pgflow import telemetry
+from pgflow.worker._repeats import RepeatedFailure
 from pgflow.worker._session import ServingSession
 
 ROW_LIMIT = 500
@@ -25,6 +26,7 @@ class DeadlineSweep:
     """Offers every ``deadline_check_interval`` to enforce the deadlines that passed."""
 
     async def run(self, session: ServingSession) -> None:
+        failures = RepeatedFailure("runs.deadline_sweep_failed")
         while True:
             await anyio.sleep(session.options.deadline_check_interval)
             try:
@@ -47,4 +49,6 @@ class DeadlineSweep:
                     if len(actions) < ROW_LIMIT:
                         break
             except Exception as exc:  # the next round tries again; a deadline only comes late
-                telemetry.emit("runs.deadline_sweep_failed", level=logging.WARNING, error=str(exc))
+                failures.failed(error=str(exc))
+            else:
+                failures.succeeded()
