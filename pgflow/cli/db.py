@@ -54,6 +54,13 @@ def db_status(database_url: str | None, check: bool) -> None:
     "--client", "clients", multiple=True, metavar="ROLE", help="Role that starts flows, reads runs."
 )
 @click.option(
+    "--operator",
+    "operators",
+    multiple=True,
+    metavar="ROLE",
+    help="Role that also cancels, resumes, retries and prunes runs (a dashboard with actions).",
+)
+@click.option(
     "--readonly",
     "readers",
     multiple=True,
@@ -65,6 +72,7 @@ def db_grant(
     database_url: str | None,
     workers: tuple[str, ...],
     clients: tuple[str, ...],
+    operators: tuple[str, ...],
     readers: tuple[str, ...],
 ) -> None:
     """Grant roles least-privilege access, including to flows added later. Idempotent.
@@ -75,11 +83,12 @@ def db_grant(
     grants = [
         *((role, "worker") for role in workers),
         *((role, "client") for role in clients),
+        *((role, "operator") for role in operators),
         *((role, "readonly") for role in readers),
     ]
     if not grants:
         raise BadOptionsError(
-            "name at least one role: --worker ROLE, --client ROLE, --readonly ROLE"
+            "name at least one role: --worker ROLE, --client ROLE, --operator ROLE, --readonly ROLE"
         )
     for granted in grant_access(_db.url_from_env(database_url), grants):
         click.echo(granted.render())

@@ -7,6 +7,11 @@ happens in the caller's transaction and takes effect when the caller commits.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import psycopg
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pgflow._binds import (
@@ -19,7 +24,7 @@ from pgflow._binds import (
     run_async,
 )
 from pgflow._sql import query
-from pgflow.errors import UnknownRunError
+from pgflow.errors import InsufficientPrivilegeError, UnknownRunError
 from pgflow.operations._results import (
     CancelOutcome,
     CancelResult,
@@ -89,12 +94,30 @@ def _checked_reason(reason: str | None) -> str | None:
     return checked_text("reason", reason, max_bytes=MAX_REASON_BYTES, empty_ok=True)
 
 
+@contextlib.contextmanager
+def operator_rights(action: str) -> Iterator[None]:
+    """A refused privilege while operating runs says which role kind may (not a raw
+    ``permission denied for table …``)."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if not isinstance(exc.orig, psycopg.errors.InsufficientPrivilege):
+            raise
+        denied = str(exc.orig).strip().splitlines()[0]
+        raise InsufficientPrivilegeError(
+            f"the connected role may not {action} ({denied}). Fix: as the role that owns the "
+            "schema, run `pgflow db grant --operator ROLE` (or SELECT "
+            "pgflow_python.grant_access('ROLE', 'operator')); see docs/deployment.md"
+        ) from exc
+
+
 def _cancel(connection: Connection, run_id: RunId, reason: str | None) -> CancelResult:
-    row = (
-        connection.execute(query("ops_cancel_run"), {"run_id": run_id, "reason": reason})
-        .mappings()
-        .one()
-    )
+    with operator_rights("cancel runs"):
+        row = (
+            connection.execute(query("ops_cancel_run"), {"run_id": run_id, "reason": reason})
+            .mappings()
+            .one()
+        )
     run = as_run_id(run_id)
     if row["outcome"] == _UNKNOWN:
         raise UnknownRunError(run)
@@ -108,7 +131,8 @@ def _cancel(connection: Connection, run_id: RunId, reason: str | None) -> Cancel
 
 
 def _retry(connection: Connection, run_id: RunId) -> RetryResult:
-    row = connection.execute(query("ops_retry_run"), {"run_id": run_id}).mappings().one()
+    with operator_rights("retry runs"):
+        row = connection.execute(query("ops_retry_run"), {"run_id": run_id}).mappings().one()
     run = as_run_id(run_id)
     if row["outcome"] == _UNKNOWN:
         raise UnknownRunError(run)
@@ -121,7 +145,8 @@ def _retry(connection: Connection, run_id: RunId) -> RetryResult:
 
 
 def _resume(connection: Connection, run_id: RunId) -> ResumeResult:
-    row = connection.execute(query("ops_resume_run"), {"run_id": run_id}).mappings().one()
+    with operator_rights("resume runs"):
+        row = connection.execute(query("ops_resume_run"), {"run_id": run_id}).mappings().one()
     run = as_run_id(run_id)
     if row["outcome"] == _UNKNOWN:
         raise UnknownRunError(run)

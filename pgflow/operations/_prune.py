@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from pgflow._binds import AsyncBind, SyncBind, connection_for, run_async
 from pgflow._sql import query
+from pgflow.operations._control import operator_rights
 from pgflow.operations._results import PruneReport
 
 P = ParamSpec("P")
@@ -94,22 +95,23 @@ def prune(
         with connection_for(bind) as connection:
             return step(connection, *args, **kwargs)
 
-    began = time.perf_counter()
-    report = execute(_start, request)
-    if request.dry_run:
-        report = execute(_preview, request, report)
-    else:
-        for status in request.statuses:
-            after: _Cursor = None
+    with operator_rights("prune runs"):
+        began = time.perf_counter()
+        report = execute(_start, request)
+        if request.dry_run:
+            report = execute(_preview, request, report)
+        else:
+            for status in request.statuses:
+                after: _Cursor = None
+                while True:
+                    report, after, more = execute(_prune_batch, request, report, status, after)
+                    if not more:
+                        break
             while True:
-                report, after, more = execute(_prune_batch, request, report, status, after)
+                report, more = execute(_prune_workers, request, report)
                 if not more:
                     break
-        while True:
-            report, more = execute(_prune_workers, request, report)
-            if not more:
-                break
-    return replace(report, seconds=time.perf_counter() - began)
+        return replace(report, seconds=time.perf_counter() - began)
 
 
 async def prune_async(
@@ -123,24 +125,25 @@ async def prune_async(
 ) -> PruneReport:
     """:func:`prune` for an async bind (an AsyncEngine gives each batch its own transaction)."""
     request = _PruneRequest.make(older_than, statuses, flows, dry_run, batch_size)
-    began = time.perf_counter()
-    report = await run_async(bind, _start, request)
-    if request.dry_run:
-        report = await run_async(bind, _preview, request, report)
-    else:
-        for status in request.statuses:
-            after: _Cursor = None
+    with operator_rights("prune runs"):
+        began = time.perf_counter()
+        report = await run_async(bind, _start, request)
+        if request.dry_run:
+            report = await run_async(bind, _preview, request, report)
+        else:
+            for status in request.statuses:
+                after: _Cursor = None
+                while True:
+                    report, after, more = await run_async(
+                        bind, _prune_batch, request, report, status, after
+                    )
+                    if not more:
+                        break
             while True:
-                report, after, more = await run_async(
-                    bind, _prune_batch, request, report, status, after
-                )
+                report, more = await run_async(bind, _prune_workers, request, report)
                 if not more:
                     break
-        while True:
-            report, more = await run_async(bind, _prune_workers, request, report)
-            if not more:
-                break
-    return replace(report, seconds=time.perf_counter() - began)
+        return replace(report, seconds=time.perf_counter() - began)
 
 
 def _start(connection: Connection, request: _PruneRequest) -> PruneReport:

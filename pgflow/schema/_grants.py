@@ -13,7 +13,7 @@ from pgflow._sql import query
 from pgflow.errors import SchemaError
 from pgflow.schema._status import status
 
-ACCESS_KINDS = ("worker", "client", "readonly")
+ACCESS_KINDS = ("worker", "client", "operator", "readonly")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Granted:
 
 
 def grant_access(bind: Bind, grants: list[tuple[str, str]]) -> list[Granted]:
-    """Grant each ``(role, access)`` (access: worker, client or readonly) in one transaction.
+    """Grant each ``(role, access)`` (access: one of :data:`ACCESS_KINDS`) in one transaction.
 
     Run it as the role that applies migrations: default privileges cover what *that* role
     creates later, such as the queue tables of flows added after the grant.

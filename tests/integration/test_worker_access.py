@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from sqlalchemy.engine import URL, Engine
 
 from pgflow import Flow, get_run, start_flow, step, wait_for_run
 from pgflow._db import create_engine
-from pgflow.errors import WorkerAccessError
+from pgflow.errors import InsufficientPrivilegeError, WorkerAccessError
+from pgflow.operations import cancel_run, prune, resume_run, retry_run
 from pgflow.worker import Worker, WorkerOptions
 from pgflow.worker._privileges import WORKER_CONNECTIONS
 from tests.helpers.database import libpq_url, register_flows, run_sql
@@ -327,3 +329,53 @@ async def test_a_grant_revoked_while_recording_is_reported_and_does_not_fail_the
         None,
     )
     assert not events.named("task.failed")
+
+
+async def test_a_worker_role_with_no_grants_at_all_is_told_the_fix(roles: Roles) -> None:
+    worker_engine = roles.engine(roles.worker_login)  # its group role was granted nothing
+    events = EventLog()
+    try:
+        worker = Worker([Early], worker_engine, options=WorkerOptions(poll_interval=0.2))
+        with pytest.raises(WorkerAccessError) as refused, anyio.fail_after(STARTUP_DEADLINE):
+            await worker.serve()
+    finally:
+        events.close()
+        worker_engine.dispose()
+    message = str(refused.value)
+    assert f'cannot work as role "{roles.worker_login}"' in message
+    assert "permission denied for schema" in message
+    assert f"pgflow db grant --worker {roles.worker_login}" in message
+    assert not events.named("worker.started")
+
+
+def test_an_operator_role_operates_runs_and_a_client_is_told_which_role_may(
+    roles: Roles, pgflow_engine: Engine
+) -> None:
+    register_flows(pgflow_engine, Early)
+    operator = f"{roles.client}_op"
+    run_sql(roles.database, f'CREATE ROLE "{operator}" LOGIN')
+    try:
+        done = pgflow_grant(roles.database, "--client", roles.client, "--operator", operator)
+        assert done.returncode == 0, done.stderr
+        assert f"operator {operator}: " in done.stdout
+        run_sql(roles.database, f'ALTER ROLE "{roles.client}" LOGIN')
+        client, ops = roles.engine(roles.client), roles.engine(operator)
+        try:
+            run_id = start_flow(client, Early, 1)
+            with pytest.raises(InsufficientPrivilegeError) as refused:
+                cancel_run(client, run_id)
+            assert "may not cancel runs" in str(refused.value)
+            assert "pgflow db grant --operator ROLE" in str(refused.value)
+            assert cancel_run(ops, run_id, reason="operator").cancelled
+            assert resume_run(ops, run_id).tasks_requeued == 1
+            assert cancel_run(ops, run_id).cancelled
+            retried = retry_run(ops, run_id).new_run_id
+            assert retried is not None
+            assert prune(ops, older_than=timedelta(0)).runs == 1
+            with pytest.raises(InsufficientPrivilegeError, match="may not prune runs"):
+                prune(client, older_than=timedelta(0))
+        finally:
+            client.dispose()
+            ops.dispose()
+    finally:
+        run_sql(roles.database, f'DROP OWNED BY "{operator}"; DROP ROLE "{operator}"')

@@ -6,6 +6,10 @@
 -- client   starts flows and jobs and reads runs: writes runs, step states, tasks, idempotency
 --          keys, trace contexts and queue messages; may not delete anything, register workers, define flows or
 --          record task outcomes (that needs DELETE on queues and INSERT on their archives).
+-- operator operates runs: what a client may do, plus cancel, resume and retry runs, manage
+--          schedules and prune (operators, and dashboards that are not --read-only). Cancelling
+--          archives a run's messages and pruning deletes runs with everything about them, so it
+--          writes every table as a worker does; it claims and records nothing only by choice.
 -- readonly reads everything (dashboards with --read-only, reporting); changes nothing.
 --
 -- No role here may create, alter or drop objects: migrations run as the owner.
@@ -26,8 +30,8 @@ DECLARE
     schemas text[] := ARRAY['pgflow', 'pgmq', 'pgflow_python', 'realtime'];
     queue_tables text[];
 BEGIN
-    IF access NOT IN ('worker', 'client', 'readonly') THEN
-        RAISE EXCEPTION 'unknown access %: use worker, client or readonly', access
+    IF access NOT IN ('worker', 'client', 'operator', 'readonly') THEN
+        RAISE EXCEPTION 'unknown access %: use worker, client, operator or readonly', access
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF queues IS NOT NULL THEN
@@ -56,7 +60,7 @@ BEGIN
         FROM tables AS t
         CROSS JOIN LATERAL unnest(
             CASE
-                WHEN access = 'worker' THEN dml
+                WHEN access IN ('worker', 'operator') THEN dml
                 WHEN access = 'readonly' THEN ARRAY['SELECT']
                 -- client
                 WHEN t.nsp = 'pgmq' AND t.rel ~ '^q_' THEN ARRAY['SELECT', 'INSERT', 'UPDATE']
@@ -92,7 +96,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgflow_python.access_needed(text, text[]) IS
-    'pgflow-python: the privileges a worker, client or readonly role needs on existing objects.';
+    'pgflow-python: the privileges a worker, client, operator or readonly role needs on existing objects.';
 
 -- Grants `access` to `grantee` on every object access_needed lists, and default privileges so
 -- that objects the calling role creates later (a flow added later gets new pgmq queue tables;
@@ -109,6 +113,7 @@ DECLARE
     target text;
     table_privileges text := CASE access
         WHEN 'worker' THEN 'SELECT, INSERT, UPDATE, DELETE'
+        WHEN 'operator' THEN 'SELECT, INSERT, UPDATE, DELETE'
         WHEN 'client' THEN 'SELECT'
         ELSE 'SELECT'
     END;
@@ -145,4 +150,4 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgflow_python.grant_access(text, text) IS
-    'pgflow-python: grant a worker, client or readonly role what it needs, now and for later flows.';
+    'pgflow-python: grant a worker, client, operator or readonly role what it needs, now and for later flows.';
