@@ -62,7 +62,7 @@ class PgflowAdapter(Adapter):
     name = "pgflow-python"
     settings = (
         f"one worker process, concurrency {CONCURRENCY}, batch {BATCH_SIZE} (defaults: 10, 10), "
-        "async handlers, NOTIFY wake-ups, log level warning"
+        "async handlers, NOTIFY wake-ups, scheduler on (as users run it), log level warning"
     )
 
     def install(self, url: str) -> None:
@@ -213,8 +213,12 @@ def serve(argv: list[str]) -> None:
             print("ready", flush=True)
 
     telemetry.subscribe(announce)
+    # As users run it: the scheduler (like every other service) on, whatever the defaults become.
     options = WorkerOptions(
-        concurrency=args.concurrency, batch_size=args.batch_size, listen_url=args.listen_url
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        listen_url=args.listen_url,
+        scheduler=True,
     )
     Worker(flows.ALL, engine_for(args.url), options=options).run()
 
