@@ -27,6 +27,19 @@ def register_flows(engine: Engine, *flows: type[Flow]) -> None:
                 connection.execute(sa.text(statement))
 
 
+def queued_messages(engine: Engine, flow_slug: str, run_id: uuid.UUID) -> int:
+    """How many of the run's messages are still in the flow's queue (archived ones excluded)."""
+    with engine.begin() as connection:
+        return int(
+            connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pgmq.q_" + flow_slug + " WHERE message->>'run_id' = :id"
+                ),
+                {"id": str(run_id)},
+            ).scalar_one()
+        )
+
+
 def libpq_url(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 

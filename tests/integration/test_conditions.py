@@ -359,3 +359,38 @@ async def test_a_skip_on_exhaustion_is_announced_and_completes_the_run(
     assert completed["run_id"] == str(run_id)
     assert completed["duration_ms"] is not None
     assert not events.named("run.failed")
+
+
+class Guarded(Flow, slug="cond_guarded", max_attempts=1):
+    @step
+    def classify(self, input: dict[str, bool]) -> dict[str, bool]:
+        return input
+
+    @step(depends_on=[classify], if_={"classify": {"ok": True}}, when_unmet="fail")
+    def guard(self, deps: dict[str, Any]) -> str:
+        return "passed"
+
+    @step(depends_on=[classify])
+    def sibling(self, deps: dict[str, Any]) -> str:
+        return "sibling"
+
+
+async def test_a_condition_failing_the_run_mid_batch_starts_nothing_more(
+    pgflow_engine: Engine,
+) -> None:
+    register_flows(pgflow_engine, Guarded)
+    async with running_worker(pgflow_engine, Guarded):
+        run_id = start(pgflow_engine, Guarded, {"ok": False})
+        run = await wait_until_finished(pgflow_engine, run_id)
+    assert run["status"] == "failed"
+    assert steps_of(pgflow_engine, run_id) == {
+        "classify": "completed",
+        "guard": "failed",
+        "sibling": "created",
+    }
+    assert {t["step_slug"]: t["status"] for t in tasks_of(pgflow_engine, run_id)} == {
+        "classify": "completed"
+    }
+    with pgflow_engine.begin() as connection:
+        queued = connection.execute(sa.text("SELECT count(*) FROM pgmq.q_cond_guarded")).scalar()
+    assert queued == 0

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 import sql_only_flow
 from pgflow import Flow, get_run_with_states, map_step, start_flow, step
 from pgflow.operations import cancel_run, list_workers, resume_run
+from tests.helpers.database import queued_messages
 from tests.helpers.database import register_flows as register
 
 
@@ -75,18 +76,6 @@ def task_statuses(engine: Engine, run_id: uuid.UUID) -> dict[tuple[str, int], st
         run = get_run_with_states(connection, run_id)
     assert run is not None
     return {(t.step_slug, t.task_index): str(t.status) for t in run.tasks}
-
-
-def queued_messages(engine: Engine, flow_slug: str, run_id: uuid.UUID) -> int:
-    with engine.begin() as connection:
-        return int(
-            connection.execute(
-                sa.text(
-                    "SELECT count(*) FROM pgmq.q_" + flow_slug + " WHERE message->>'run_id' = :id"
-                ),
-                {"id": str(run_id)},
-            ).scalar_one()
-        )
 
 
 def start(engine: Engine, flow: type[Flow], flow_input: Any) -> uuid.UUID:

@@ -38,6 +38,7 @@ from pgflow.operations import (
     retry_run,
     retry_run_async,
 )
+from tests.helpers.database import queued_messages
 from tests.helpers.database import register_flows as register
 
 
@@ -166,18 +167,6 @@ def snapshot(engine: Engine, run_id: uuid.UUID) -> dict[str, Any]:
             for t in run.tasks
         ],
     }
-
-
-def queued_messages(engine: Engine, flow_slug: str, run_id: uuid.UUID) -> int:
-    with engine.begin() as connection:
-        return int(
-            connection.execute(
-                sa.text(
-                    "SELECT count(*) FROM pgmq.q_" + flow_slug + " WHERE message->>'run_id' = :id"
-                ),
-                {"id": str(run_id)},
-            ).scalar_one()
-        )
 
 
 def start(engine: Engine, flow: type[Flow], flow_input: Any) -> uuid.UUID:

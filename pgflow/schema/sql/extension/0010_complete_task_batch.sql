@@ -259,11 +259,16 @@ BEGIN
 
         -- Upstream's start_ready_steps for all the batch's runs at once: one send_batch per
         -- queue and start delay, tasks recorded with the message ids in the order sent.
+        -- Not in a run that failed meanwhile (a step's condition can fail it, extension/0061),
+        -- as start_ready_steps' own guard.
         WITH ready AS (
             SELECT ss.run_id, ss.step_slug, ss.initial_tasks
             FROM pgflow.step_states ss
             WHERE ss.run_id = ANY(done_runs) AND ss.status = 'created'
               AND ss.remaining_deps = 0 AND ss.initial_tasks > 0
+              AND NOT EXISTS (
+                  SELECT 1 FROM pgflow.runs fr WHERE fr.run_id = ss.run_id AND fr.status = 'failed'
+              )
             ORDER BY ss.run_id, ss.step_slug
             FOR UPDATE
         ),
