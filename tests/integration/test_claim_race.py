@@ -28,6 +28,16 @@ class Racy(Flow, slug="racy"):
         return input
 
 
+def registered_worker(engine: Engine) -> uuid.UUID:
+    worker_id = uuid.uuid4()
+    with engine.begin() as connection:
+        connection.execute(
+            _sql.query("register_worker"),
+            {"worker_id": worker_id, "queue_name": "racy", "function_name": "test"},
+        )
+    return worker_id
+
+
 def wait_until_blocked_on_a_lock(engine: Engine, application_name: str) -> None:
     deadline = time.monotonic() + 10
     with engine.connect() as connection:
@@ -50,12 +60,7 @@ def test_tasks_committed_while_a_claim_runs_are_returned_by_that_claim(
     pgflow_engine: Engine,
 ) -> None:
     register_flows(pgflow_engine, Racy)
-    worker_id = uuid.uuid4()
-    with pgflow_engine.begin() as connection:
-        connection.execute(
-            _sql.query("register_worker"),
-            {"worker_id": worker_id, "queue_name": "racy", "function_name": "test"},
-        )
+    worker_id = registered_worker(pgflow_engine)
     claimer = sa.create_engine(
         pgflow_engine.url,
         poolclass=sa.pool.NullPool,
@@ -101,12 +106,7 @@ def test_a_task_queued_after_the_claims_transaction_began_is_started_not_refused
     the claim, must not get a started_at before its queued_at (the table's check refused the
     whole claim)."""
     register_flows(pgflow_engine, Racy)
-    worker_id = uuid.uuid4()
-    with pgflow_engine.begin() as connection:
-        connection.execute(
-            _sql.query("register_worker"),
-            {"worker_id": worker_id, "queue_name": "racy", "function_name": "test"},
-        )
+    worker_id = registered_worker(pgflow_engine)
     with pgflow_engine.connect() as claimer:
         began = claimer.execute(sa.text("SELECT now()")).scalar_one()  # fixes now()
         with pgflow_engine.begin() as starter:
@@ -134,17 +134,13 @@ def test_messages_of_no_task_are_archived_not_read_again_forever(
     pgflow_engine: Engine, claim: str
 ) -> None:
     register_flows(pgflow_engine, Racy)
-    worker_id = uuid.uuid4()
+    worker_id = registered_worker(pgflow_engine)
     garbage = [
         {"hello": "world"},
         "not even an object",
         {"flow_slug": "racy", "run_id": str(uuid.uuid4()), "step_slug": "only", "task_index": 0},
     ]
     with pgflow_engine.begin() as connection:
-        connection.execute(
-            _sql.query("register_worker"),
-            {"worker_id": worker_id, "queue_name": "racy", "function_name": "test"},
-        )
         sent = [
             connection.execute(
                 sa.text("SELECT pgmq.send('racy', CAST(:body AS jsonb))"),

@@ -182,6 +182,20 @@ class Early(Flow, slug="access_early"):
 """
 
 
+async def refused_start(roles: Roles) -> tuple[str, EventLog]:
+    """The WorkerAccessError's message of a worker started as the login role, and its events."""
+    worker_engine = roles.engine(roles.worker_login)
+    events = EventLog()
+    try:
+        worker = Worker([Early], worker_engine, options=WorkerOptions(poll_interval=0.2))
+        with pytest.raises(WorkerAccessError) as refused, anyio.fail_after(STARTUP_DEADLINE):
+            await worker.serve()
+    finally:
+        events.close()
+        worker_engine.dispose()
+    return str(refused.value), events
+
+
 async def test_a_worker_missing_privileges_refuses_to_start_and_lists_them(
     roles: Roles, pgflow_engine: Engine, tmp_path: Path
 ) -> None:
@@ -195,16 +209,7 @@ async def test_a_worker_missing_privileges_refuses_to_start_and_lists_them(
         f'REVOKE UPDATE ON pgflow.step_states FROM "{roles.worker}";',
     )
     run_id = start_flow(pgflow_engine, Early, 1)
-    worker_engine = roles.engine(roles.worker_login)
-    events = EventLog()
-    try:
-        worker = Worker([Early], worker_engine, options=WorkerOptions(poll_interval=0.2))
-        with pytest.raises(WorkerAccessError) as refused, anyio.fail_after(STARTUP_DEADLINE):
-            await worker.serve()
-    finally:
-        events.close()
-        worker_engine.dispose()
-    message = str(refused.value)
+    message, events = await refused_start(roles)
     assert f'cannot work as role "{roles.worker_login}"' in message
     assert "missing privileges on 3 objects" in message
     assert "table pgflow.step_states (UPDATE)" in message
@@ -332,16 +337,7 @@ async def test_a_grant_revoked_while_recording_is_reported_and_does_not_fail_the
 
 
 async def test_a_worker_role_with_no_grants_at_all_is_told_the_fix(roles: Roles) -> None:
-    worker_engine = roles.engine(roles.worker_login)  # its group role was granted nothing
-    events = EventLog()
-    try:
-        worker = Worker([Early], worker_engine, options=WorkerOptions(poll_interval=0.2))
-        with pytest.raises(WorkerAccessError) as refused, anyio.fail_after(STARTUP_DEADLINE):
-            await worker.serve()
-    finally:
-        events.close()
-        worker_engine.dispose()
-    message = str(refused.value)
+    message, events = await refused_start(roles)  # its group role was granted nothing
     assert f'cannot work as role "{roles.worker_login}"' in message
     assert "permission denied for schema" in message
     assert f"pgflow db grant --worker {roles.worker_login}" in message
