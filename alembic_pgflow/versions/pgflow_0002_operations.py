@@ -1,4 +1,5 @@
-"""pgflow schema: run control, schedules, failure records, dashboard indexes, faster completion.
+"""pgflow schema: run control, schedules, failure records, dashboard indexes, faster completion,
+ended-run records, step conditions, wait steps and run deadlines.
 
 Revision ID: pgflow_0002
 Revises: pgflow_0001
@@ -25,6 +26,11 @@ revision: str = "pgflow_0002"
 down_revision: str | None = "pgflow_0001"
 branch_labels: Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+EXTENSION_THROUGH = "0071_deadlines.sql"
+"""The newest extension file this revision ships (tests/unit/test_extension_sql.py checks that no
+file is newer: while this revision is unreleased a new file moves this forward; after the
+release it needs a new revision, see pgflow/schema/sql/extension/README.md)."""
 
 
 def upgrade() -> None:

@@ -195,7 +195,7 @@ def _prune_batch(
     started_at, run_id = after or (None, None)
     row = (
         connection.execute(
-            query("ops_prune_runs"),
+            query("prune_runs_batch"),
             {
                 "cutoff": report.cutoff,
                 "status": status,

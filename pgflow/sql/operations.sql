@@ -24,7 +24,7 @@ SELECT now() - CAST(:older_than AS interval) AS cutoff,
        now() - greatest(CAST(:older_than AS interval), CAST(:worker_floor AS interval))
            AS workers_cutoff;
 
--- name: ops_prune_runs
+-- name: prune_runs_batch
 -- description: Delete one batch of :status runs finished before :cutoff, oldest first after the cursor (:after_started_at, :after_run_id), with their rows and messages; the next cursor and counts.
 SELECT p.last_started_at, p.last_run_id, p.matched, p.runs, p.step_states, p.step_tasks,
        p.messages, p.extension_rows

@@ -129,14 +129,6 @@ SELECT CASE WHEN count(*) > 0 THEN greatest(
 FROM pgflow_python.schedules AS s
 WHERE s.paused_at IS NULL;
 
--- name: schedules_fires
--- description: The most recent fires of a schedule (or of all schedules when :name is NULL), newest first.
-SELECT f.schedule_name, f.fire_time, f.run_id, f.manual, f.fired_at, f.fired_by
-FROM pgflow_python.schedule_fires AS f
-WHERE CAST(:name AS text) IS NULL OR f.schedule_name = CAST(:name AS text)
-ORDER BY f.fire_time DESC
-LIMIT :limit;
-
 -- name: schedules_prune_fires
 -- description: Forget fire records older than :keep_seconds, keeping each schedule's latest; returns how many were deleted.
 WITH pruned AS (

@@ -19,7 +19,7 @@ UPDATE pgflow.workers
 SET deprecated_at = coalesce(deprecated_at, now()), last_heartbeat_at = now()
 WHERE worker_id = ANY(:worker_ids)
 
--- name: claim_tasks
+-- name: claim_task_batch
 -- description: Claim up to :qty tasks of a flow for this worker; one row per started task.
 -- pgflow_python.claim_task_batch (extension/0012_claim_task_batch.sql) reads up to :qty messages
 -- with a short reservation :vt, starts their tasks (upstream's start_tasks with a cached plan),
@@ -27,7 +27,7 @@ WHERE worker_id = ANY(:worker_ids)
 SELECT task, task_timeout AS timeout, attempt
 FROM pgflow_python.claim_task_batch(:flow_slug, :worker_id, :qty, :vt, :margin)
 
--- name: complete_tasks
+-- name: complete_task_batch
 -- description: Record a batch of task outputs set-based; rows: positions recorded, runs ended.
 -- A batch of completions in one transaction, each statement once per batch, with upstream's
 -- semantics (extension/0010_complete_task_batch.sql). Rows with `recorded` set give the 1-based
@@ -114,7 +114,7 @@ SELECT analyzed_table, changed_rows
 FROM pgflow_python.refresh_statistics(CAST(:queue_names AS text[]))
 
 -- name: claim_tasks_isolated
--- description: Claim like claim_tasks, one message at a time, failing the tasks that cannot be started (extension/0007).
+-- description: Claim like claim_task_batch, one message at a time, failing the tasks that cannot be started (extension/0007).
 SELECT task, task_timeout AS timeout, attempt, rejection
 FROM pgflow_python.claim_tasks_isolated(:flow_slug, :worker_id, :qty, :vt, :margin)
 

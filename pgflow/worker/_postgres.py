@@ -212,7 +212,7 @@ class PostgresStore:
         self, flow_slug: str, worker_id: uuid.UUID, *, quantity: int, reservation: int, margin: int
     ) -> list[ClaimedTask]:
         rows = await self._claims.fetch(
-            "claim_tasks",
+            "claim_task_batch",
             flow_slug=flow_slug,
             vt=reservation,
             qty=quantity,
@@ -275,7 +275,7 @@ class PostgresStore:
         self, worker_id: uuid.UUID, tasks: Sequence[ClaimedTask], outputs: Sequence[str]
     ) -> CompletionRecorded:
         rows = await self._reports.fetch(
-            "complete_tasks",
+            "complete_task_batch",
             worker_id=worker_id,
             run_ids=[t.run_id for t in tasks],
             step_slugs=[t.step_slug for t in tasks],

@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL
 
 from alembic_pgflow.errors import FlowHasRunsError, SchemaDowngradeRefusedError
 from pgflow.schema import install
+from pgflow.schema._sources import extension_migrations
 from pgflow.testing import temporary_database
 from tests.helpers import database
 from tests.helpers.alembic_project import (
@@ -257,3 +258,13 @@ def test_flows_registered_as_definitions_and_classes(project: AlembicProject) ->
     finally:
         engine.dispose()
     assert timeout == 5
+
+
+def test_the_newest_schema_revision_applies_every_extension_file(project: AlembicProject) -> None:
+    project.upgrade("pgflow@head")
+    installed = database.scalar(
+        project.url,
+        "SELECT array_agg(name ORDER BY name) FROM pgflow_python.installed"
+        " WHERE component = 'extension'",
+    )
+    assert installed == [sql.name for sql in extension_migrations()]

@@ -1,4 +1,4 @@
-"""Completions recorded in batches (pgflow_python.complete_tasks) match the single-task path."""
+"""Completions recorded in batches (pgflow_python.complete_task_batch) match the one-by-one path."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Squares(Flow, slug="squares", max_attempts=1):
 
 def claim_all(connection: Connection, worker_id: uuid.UUID) -> list[dict[str, Any]]:
     rows = connection.execute(
-        _sql.query("claim_tasks"),
+        _sql.query("claim_task_batch"),
         {"flow_slug": "squares", "worker_id": worker_id, "qty": 100, "vt": 30, "margin": 5},
     ).mappings()
     return [row["task"] for row in rows]
@@ -41,7 +41,7 @@ def complete_batch(
     connection: Connection, worker_id: uuid.UUID, tasks: list[dict[str, Any]], outputs: list[Any]
 ) -> list[int]:
     rows = connection.execute(
-        _sql.query("complete_tasks"),
+        _sql.query("complete_task_batch"),
         {
             "worker_id": worker_id,
             "run_ids": [uuid.UUID(t["run_id"]) for t in tasks],
@@ -157,8 +157,8 @@ def test_arrays_of_different_lengths_are_refused(pgflow_engine: Engine) -> None:
     with pgflow_engine.begin() as connection, pytest.raises(sa.exc.DBAPIError, match="same length"):
         connection.execute(
             sa.text(
-                "SELECT pgflow_python.complete_tasks(gen_random_uuid(), ARRAY[gen_random_uuid()],"
-                " ARRAY['a', 'b'], ARRAY[0], ARRAY['1'::jsonb])"
+                "SELECT pgflow_python.complete_task_batch(gen_random_uuid(),"
+                " ARRAY[gen_random_uuid()], ARRAY['a', 'b'], ARRAY[0], ARRAY['1'::jsonb])"
             )
         )
 

@@ -72,7 +72,7 @@ def test_tasks_committed_while_a_claim_runs_are_returned_by_that_claim(
         with claimer.begin() as connection:
             claimed.extend(
                 connection.execute(
-                    _sql.query("claim_tasks"),
+                    _sql.query("claim_task_batch"),
                     {"flow_slug": "racy", "worker_id": worker_id, "qty": 10, "vt": 5, "margin": 5},
                 ).mappings()
             )
@@ -98,7 +98,7 @@ def test_tasks_committed_while_a_claim_runs_are_returned_by_that_claim(
     assert (status, worker) == ("started", worker_id)
 
 
-@pytest.mark.parametrize("claim", ["claim_tasks", "claim_tasks_isolated"])
+@pytest.mark.parametrize("claim", ["claim_task_batch", "claim_tasks_isolated"])
 def test_a_task_queued_after_the_claims_transaction_began_is_started_not_refused(
     pgflow_engine: Engine, claim: str
 ) -> None:

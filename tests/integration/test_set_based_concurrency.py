@@ -43,11 +43,11 @@ def _work(conninfo: str, worker_id: uuid.UUID, set_based: bool, deadline: float)
         while time.monotonic() < deadline:
             with connection.transaction():
                 # Ours claim through start_claimed_tasks, the other through upstream's start_tasks.
-                claim = "claim_task_batch" if set_based else "claim_tasks"
+                claim = ("pgflow_python", "claim_task_batch")
+                if not set_based:
+                    claim = ("pgflow_oracles", "claim_tasks")
                 claimed = connection.execute(
-                    sql.SQL("SELECT task FROM pgflow_python.{}(%s, %s, 7, 30, 5)").format(
-                        sql.Identifier(claim)
-                    ),
+                    sql.SQL("SELECT task FROM {}(%s, %s, 7, 30, 5)").format(sql.Identifier(*claim)),
                     (FLOW.slug, worker_id),
                 ).fetchall()
             if not claimed:

@@ -397,18 +397,19 @@ def test_a_report_from_a_worker_that_lost_the_task_is_ignored(pgflow_engine: Eng
                 {"worker_id": worker_id, "queue_name": "graceful", "function_name": "test"},
             )
         claimed = connection.execute(
-            _sql.query("claim_tasks"),
+            _sql.query("claim_task_batch"),
             {"flow_slug": "graceful", "vt": 5, "qty": 1, "worker_id": holder, "margin": 5},
         ).all()
     assert len(claimed) == 1
     report = {"run_ids": [run_id], "step_slugs": ["takes_a_second"], "task_indexes": [0]}
     with pgflow_engine.begin() as connection:
         ignored = connection.execute(
-            _sql.query("complete_tasks"),
+            _sql.query("complete_task_batch"),
             {**report, "worker_id": stranger, "outputs": ['"from the stranger"']},
         ).all()
         accepted = connection.execute(
-            _sql.query("complete_tasks"), {**report, "worker_id": holder, "outputs": ['"mine"']}
+            _sql.query("complete_task_batch"),
+            {**report, "worker_id": holder, "outputs": ['"mine"']},
         ).all()
     assert ignored == []
     assert [row.recorded for row in accepted if row.recorded is not None] == [1]

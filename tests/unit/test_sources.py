@@ -100,8 +100,8 @@ def test_a_named_query_without_a_description_or_a_statement_is_refused() -> None
 def test_every_shipped_query_file_parses_with_names_unique_across_files() -> None:
     names = query_names()
     # One from each file: the client's, the worker's, the installer's, the Alembic plugin's.
-    assert {"client_start_flow", "claim_tasks", "server_facts", "stored_flows"} <= names
-    assert psycopg_text("claim_tasks").count("%(qty)s") >= 1
+    assert {"client_start_flow", "claim_task_batch", "server_facts", "stored_flows"} <= names
+    assert psycopg_text("claim_task_batch").count("%(qty)s") >= 1
 
 
 def _listened_channel(query_name: str) -> str:

@@ -1,15 +1,15 @@
 -- Two claim-side repairs for the worker. Additive: TypeScript workers never call these, and each
 -- leaves step_tasks and the queue in states upstream's own functions produce and accept.
 
--- Claiming one message at a time, for when claim_tasks failed for a reason other than a lost
--- connection. claim_tasks starts a whole batch in one statement, so a single message whose task
+-- Claiming one message at a time, for when claim_task_batch failed for a reason other than a
+-- lost connection. claim_task_batch starts a whole batch in one statement, so a single message whose task
 -- cannot be started (its input exceeds jsonb's 256 MB limit, say) rolls back the batch, and as
 -- the oldest visible message it comes first in every later read: the flow's queue is blocked and
 -- the bad run never ends. Here each message is started in a subtransaction of its own; one that
 -- fails is started without its input and failed through upstream's fail_task with the database's
 -- message, so upstream retries it with back-off and, attempts used up, fails its run.
 --
--- Returns what claim_tasks returns, plus rejection: NULL for a claimed task; for a rejected one
+-- Returns what claim_task_batch returns, plus rejection: NULL for a claimed task; for a rejected one
 -- the error recorded (task then carries only the task's keys and msg_id).
 CREATE OR REPLACE FUNCTION pgflow_python.claim_tasks_isolated(
     queue text, claiming_worker uuid, batch integer, reservation integer, margin integer
@@ -28,7 +28,7 @@ BEGIN
     LOOP
         got := false;
         BEGIN
-            -- Same statements as claim_tasks, for one message; a new snapshot per statement.
+            -- Same statements as claim_task_batch, for one message; a new snapshot per statement.
             SELECT c.task, c.task_timeout, c.attempt INTO claimed
             FROM pgflow_python.claim_read_messages(queue, claiming_worker, ARRAY[read_id], margin)
                 AS c;
@@ -81,7 +81,7 @@ BEGIN
 END
 $$;
 
--- The second half of claim_tasks (extension/0005_claim_tasks.sql) for messages already read:
+-- The second half of a claim (see claim_task_batch, 0012) for messages already read:
 -- start their tasks and keep each message invisible for its step's timeout plus margin.
 CREATE OR REPLACE FUNCTION pgflow_python.claim_read_messages(
     queue text, claiming_worker uuid, read_ids bigint[], margin integer
@@ -177,7 +177,7 @@ END
 $$;
 
 COMMENT ON FUNCTION pgflow_python.claim_tasks_isolated(text, uuid, integer, integer, integer) IS
-    'pgflow-python: claim_tasks one message at a time; fail the tasks that cannot be started.';
+    'pgflow-python: claim_task_batch one message at a time; fail the tasks that cannot be started.';
 COMMENT ON FUNCTION pgflow_python.claim_read_messages(text, uuid, bigint[], integer) IS
     'pgflow-python: start the tasks of messages already read and reserve them for their timeout.';
 COMMENT ON FUNCTION pgflow_python.release_unstarted_tasks(uuid, uuid[], text[], integer[]) IS

@@ -4,7 +4,7 @@
 -- checks and index upkeep per statement, not planning.
 --
 -- Same outcome as calling upstream 0.8.1's complete_task for each task in (run_id, step_slug,
--- task_index) order, as pgflow_python.complete_tasks (0006) does; a differential test suite
+-- task_index) order (the tests' oracle, tests/sql/oracles.sql, does exactly that); a differential suite
 -- runs generated scenarios both ways and compares every table row by row. Per run:
 --   * tasks: 'completed', completed_at, output; their messages archived;
 --   * step states: remaining_tasks decremented by the batch's tasks of that step, 'completed'

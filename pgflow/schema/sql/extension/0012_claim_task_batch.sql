@@ -78,8 +78,12 @@ $$;
 COMMENT ON FUNCTION pgflow_python.start_claimed_tasks(text, bigint[], uuid) IS
     'pgflow-python: pgflow.start_tasks with a cached plan (same records, same changes).';
 
--- extension/0005's claim_tasks, starting the tasks through start_claimed_tasks. Two statements
--- for the reason given there (the second one's snapshot must be taken after the read).
+-- Read a batch of messages, start their tasks through start_claimed_tasks, keep each claimed
+-- message invisible for its step's timeout plus a margin. Two statements on purpose: a volatile
+-- function sees rows committed after the calling statement began, the statement itself does not,
+-- so one statement that read messages and then joined step_tasks lost tasks whose run advanced
+-- meanwhile; the second statement's snapshot, taken after the read, sees the task of every
+-- message read (a task and its message commit together).
 --
 -- A message that belongs to no task of the flow (a body that is not a task, a run that does not
 -- exist: written by hand or by another program) would be read again after every reservation,

@@ -4,7 +4,7 @@
 -- run_cancellations: upstream's complete_task/fail_task/start_tasks make no change on a failed
 -- run, so TypeScript workers on the same database leave it alone without knowing about us.
 -- Lineage, resumes and idempotency keys are facts in our tables, keyed by run id, and pruned with
--- their runs (prune_runs deletes from every pgflow_python table that has a run_id column).
+-- their runs (delete_runs deletes from every pgflow_python table that has a run_id column).
 --
 -- Timestamps written here use clock_timestamp(), not now(): a caller may run these functions in
 -- a long transaction of its own, and upstream's check constraints (failed_at >= started_at, ...)
@@ -45,7 +45,7 @@ COMMENT ON TABLE pgflow_python.run_resumes IS
     'pgflow-python: each resume_run of a failed or cancelled run, with the failure it undid.';
 
 -- What each requeued task looked like before resume_run reset it, including the message it had
--- (kept in the pgmq archive, so prune_runs can find and delete it with the run).
+-- (kept in the pgmq archive, so delete_runs can find and delete it with the run).
 CREATE TABLE IF NOT EXISTS pgflow_python.resumed_tasks (
     run_id uuid NOT NULL,
     step_slug text NOT NULL,
@@ -498,23 +498,23 @@ COMMENT ON FUNCTION pgflow_python.resume_run(uuid) IS
     'pgflow-python: continue a failed or cancelled run in place, re-running only unfinished tasks.';
 
 -- ---------------------------------------------------------------------------------------------
--- Pruning, one short transaction per call. The caller walks pgflow.runs in run_id order from
--- after_run_id, scan_limit runs per call, until scanned < scan_limit. Of the runs scanned, those
--- with a status in statuses (never 'started'), finished before cutoff and of one of flows (NULL:
--- all) are deleted with everything that refers to them, in foreign-key order (upstream's keys
--- have no cascades): step_tasks, step_states, runs; their pgmq messages in the archive (and in
--- the queue, where a message of a failed run may remain); every pgflow_python table's rows with
--- their run_id. Runs locked by someone else are skipped (SKIP LOCKED), never waited for.
-CREATE OR REPLACE FUNCTION pgflow_python.prune_runs(
-    cutoff timestamptz,
-    statuses text[],
-    flows text[],
-    after_run_id uuid,
-    scan_limit integer
-)
+-- Pruning, batches found through the runs' age. A run that finished before the cutoff also
+-- started before it, so a batch reads, per status, only runs that started before the cutoff, in
+-- (started_at, run_id) order from a cursor: the index on (status, started_at, run_id) (0050)
+-- serves it as a range scan, and started or recent runs are never examined.
+--
+-- One call = one short transaction: up to batch_size runs of `status` that started before
+-- cutoff, after the cursor (after_started_at, after_run_id), are examined; those that also
+-- finished before cutoff and belong to one of flows (NULL: all) are locked (SKIP LOCKED: a run
+-- someone holds is left for the next prune) and deleted with everything that refers to them,
+-- through delete_runs. The caller moves on to the next status when matched < batch_size.
+-- Deletes the given runs with everything that refers to them, in foreign-key order (upstream's
+-- keys have no cascades): their pgmq messages (archived, or still queued for a failed run;
+-- also the messages resume_run replaced), step_tasks, step_states, runs, and their rows in every
+-- pgflow_python table with a run_id column (tables later extension files add included). The
+-- caller must hold the runs' row locks and have checked they are finished (prune_runs_batch).
+CREATE OR REPLACE FUNCTION pgflow_python.delete_runs(run_ids uuid[])
 RETURNS TABLE (
-    last_run_id uuid,
-    scanned integer,
     runs bigint,
     step_states bigint,
     step_tasks bigint,
@@ -525,45 +525,12 @@ LANGUAGE plpgsql
 SET search_path = ''
 AS $$
 DECLARE
-    scanned_ids uuid[];
-    doomed uuid[];
+    doomed uuid[] := delete_runs.run_ids;
     queue record;
     deleted bigint;
     own_table record;
 BEGIN
-    IF 'started' = ANY(prune_runs.statuses) THEN
-        RAISE EXCEPTION 'prune_runs never deletes started runs'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT coalesce(array_agg(scan.run_id ORDER BY scan.run_id), '{}') INTO scanned_ids
-    FROM (
-        SELECT r.run_id FROM pgflow.runs AS r
-        WHERE prune_runs.after_run_id IS NULL OR r.run_id > prune_runs.after_run_id
-        ORDER BY r.run_id
-        LIMIT prune_runs.scan_limit
-    ) AS scan;
-    scanned := cardinality(scanned_ids);
-    last_run_id := scanned_ids[scanned];
     runs := 0; step_states := 0; step_tasks := 0; messages := 0; extension_rows := 0;
-
-    -- FOR UPDATE re-checks the conditions on the latest row version once locked (a run being
-    -- resumed right now is skipped, or seen started).
-    SELECT coalesce(array_agg(locked.run_id), '{}') INTO doomed
-    FROM (
-        SELECT r.run_id
-        FROM pgflow.runs AS r
-        WHERE r.run_id = ANY(scanned_ids)
-          AND r.status = ANY(prune_runs.statuses)
-          AND r.status <> 'started'
-          AND coalesce(r.completed_at, r.failed_at) < prune_runs.cutoff
-          AND (prune_runs.flows IS NULL OR r.flow_slug = ANY(prune_runs.flows))
-        FOR UPDATE SKIP LOCKED
-    ) AS locked;
-    IF cardinality(doomed) = 0 THEN
-        RETURN NEXT;
-        RETURN;
-    END IF;
-
     -- Messages first (they are found through the tasks): each task's current one, and those
     -- resume_run replaced. Archived ones mostly; a failed run's message may still be queued.
     FOR queue IN
@@ -625,10 +592,86 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION pgflow_python.prune_runs(timestamptz, text[], text[], uuid, integer) IS
-    'pgflow-python: delete one batch of finished runs and every row and message they own.';
+COMMENT ON FUNCTION pgflow_python.delete_runs(uuid[]) IS
+    'pgflow-python: delete locked, finished runs with their rows, messages and records.';
 
--- What prune_runs would delete for the same arguments, counted in one statement per table (a dry
+CREATE OR REPLACE FUNCTION pgflow_python.prune_runs_batch(
+    cutoff timestamptz,
+    status text,
+    flows text[],
+    after_started_at timestamptz,
+    after_run_id uuid,
+    batch_size integer
+)
+RETURNS TABLE (
+    last_started_at timestamptz,
+    last_run_id uuid,
+    matched integer,
+    runs bigint,
+    step_states bigint,
+    step_tasks bigint,
+    messages bigint,
+    extension_rows bigint
+)
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    candidates uuid[];
+    doomed uuid[];
+BEGIN
+    IF prune_runs_batch.status NOT IN ('completed', 'failed') THEN
+        RAISE EXCEPTION 'prune_runs_batch deletes completed or failed runs, not %',
+            prune_runs_batch.status USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT coalesce(array_agg(page.run_id ORDER BY page.started_at, page.run_id), '{}'),
+           max(page.started_at), count(*)
+    INTO candidates, last_started_at, matched
+    FROM (
+        SELECT r.run_id, r.started_at
+        FROM pgflow.runs AS r
+        WHERE r.status = prune_runs_batch.status
+          AND r.started_at < prune_runs_batch.cutoff
+          AND (prune_runs_batch.after_started_at IS NULL
+               OR (r.started_at, r.run_id)
+                  > (prune_runs_batch.after_started_at, prune_runs_batch.after_run_id))
+        ORDER BY r.started_at, r.run_id
+        LIMIT prune_runs_batch.batch_size
+    ) AS page;
+    last_run_id := candidates[matched];
+    runs := 0; step_states := 0; step_tasks := 0; messages := 0; extension_rows := 0;
+    IF matched = 0 THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    -- FOR UPDATE re-checks the conditions on the latest row version once locked.
+    SELECT coalesce(array_agg(locked.run_id), '{}') INTO doomed
+    FROM (
+        SELECT r.run_id
+        FROM pgflow.runs AS r
+        WHERE r.run_id = ANY(candidates)
+          AND r.status = prune_runs_batch.status
+          AND coalesce(r.completed_at, r.failed_at) < prune_runs_batch.cutoff
+          AND (prune_runs_batch.flows IS NULL OR r.flow_slug = ANY(prune_runs_batch.flows))
+        FOR UPDATE SKIP LOCKED
+    ) AS locked;
+    IF cardinality(doomed) = 0 THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    SELECT d.runs, d.step_states, d.step_tasks, d.messages, d.extension_rows
+    INTO runs, step_states, step_tasks, messages, extension_rows
+    FROM pgflow_python.delete_runs(doomed) AS d;
+    RETURN NEXT;
+END;
+$$;
+
+COMMENT ON FUNCTION pgflow_python.prune_runs_batch(timestamptz, text, text[], timestamptz, uuid, integer) IS
+    'pgflow-python: delete one batch of finished runs of one status, oldest first, with all they own.';
+
+-- What prune_runs_batch would delete for the same arguments, counted in one statement per table (a dry
 -- run); workers as prune_workers would select them.
 CREATE OR REPLACE FUNCTION pgflow_python.prune_preview(
     cutoff timestamptz,
@@ -712,7 +755,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION pgflow_python.prune_preview(timestamptz, text[], text[], timestamptz) IS
-    'pgflow-python: count what prune_runs and prune_workers would delete (a dry run).';
+    'pgflow-python: count what prune_runs_batch and prune_workers would delete (a dry run).';
 
 -- Worker rows silent since before cutoff (one row per flow per worker start; a live worker
 -- heartbeats every few seconds), of the given queues (NULL: all), at most row_limit per call. Deleting a row makes upstream's

@@ -32,7 +32,7 @@ COMMENT ON TABLE pgflow_python.task_failures IS
 
 -- Record a failed attempt of a task this worker still holds, through upstream's fail_task.
 --
--- Fenced like complete_tasks: only while the task is 'started' and last claimed by
+-- Fenced like complete_task_batch: only while the task is 'started' and last claimed by
 -- reporting_worker (after a stalled-task recovery handed it to another worker, a late report
 -- must not count); the row lock keeps the sweep, which skips locked rows, away until commit.
 -- Returns no row when the task was not this worker's any more.
