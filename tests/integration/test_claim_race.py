@@ -129,7 +129,7 @@ def test_a_task_queued_after_the_claims_transaction_began_is_started_not_refused
     assert began < queued_at <= started_at
 
 
-@pytest.mark.parametrize("claim", ["claim_tasks", "claim_tasks_isolated"])
+@pytest.mark.parametrize("claim", ["claim_task_batch", "claim_tasks_isolated"])
 def test_messages_of_no_task_are_archived_not_read_again_forever(
     pgflow_engine: Engine, claim: str
 ) -> None:
