@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pgflow._durations import short_duration
+
 NOTHING = "\u2013"  # an en dash: no value
 
 
@@ -38,15 +40,7 @@ def text_preview(preview: str | None, total_chars: int | None) -> Preview | None
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return NOTHING
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    return NOTHING if seconds is None else short_duration(seconds)
 
 
 def between(start: datetime | None, end: datetime | None) -> str:

@@ -1,6 +1,6 @@
 """pgmq: which of the three install modes applies here, and registering the bundled SQL.
 
-DESIGN.md §3.1: prefer the server's own pgmq extension; else register the bundled SQL as an
+Prefer the server's own pgmq extension (docs/installation.md); else register the bundled SQL as an
 extension where the server's extension directory is writable from here (a local or embedded
 server); else install it as plain SQL.
 """

@@ -14,7 +14,7 @@ from pgflow.errors import SchemaFilesError
 
 _FETCH_HINT = "run `make setup` (or `python scripts/fetch_upstream.py` in a source checkout)"
 
-# The single transformation ever made to upstream SQL (DESIGN.md §3.1): when pgmq is installed
+# The single transformation ever made to upstream SQL (docs/installation.md): when pgmq is installed
 # as plain SQL there is no pgmq extension to create, so this one statement is skipped.
 PLAIN_PGMQ_SKIPPED_MIGRATION = "20250429164909_pgflow_initial.sql"
 PLAIN_PGMQ_SKIPPED_STATEMENT = 'CREATE EXTENSION IF NOT EXISTS "pgmq" WITH SCHEMA "pgmq";'

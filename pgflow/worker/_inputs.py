@@ -1,4 +1,5 @@
-"""Turn upstream's task input into what a handler receives (DESIGN.md §4).
+"""Turn upstream's task input into what a handler receives (the flow input for a root step,
+``{dep_slug: output}`` for a dependent one, one element for a map task).
 
 @pgflow/core 0.8.1 gives a root step ``{"run": flow_input}`` and a dependent step
 ``{"run": flow_input, dep: output, ...}``; 0.14 gives a root step ``{}`` plus a ``flow_input``
