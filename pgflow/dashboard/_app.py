@@ -262,21 +262,34 @@ class Dashboard:
     def step_tasks(self, request: Request) -> Response:
         run_id = self._run_id(request)
         step_slug = request.path_params["step_slug"]
+        params = request.query_params
         try:
-            after_index = int(request.query_params.get("after", "-1"))
+            # "from" jumps to a task index; "after" is the keyset of the next page.
+            if params.get("from"):
+                after_index = int(params["from"]) - 1
+            else:
+                after_index = int(params.get("after", "-1"))
         except ValueError:
-            raise HTTPException(400, "after must be a task index") from None
+            raise HTTPException(400, "a task index is a whole number") from None
+        status = params.get("status") or None
+        if status is not None and status not in _data.TASK_STATUSES:
+            raise HTTPException(400, f"status must be one of {', '.join(_data.TASK_STATUSES)}")
         limit = self.settings.page_size
         rows = _data.step_tasks_page(
             self.engine,
             run_id,
             step_slug,
-            after_index=after_index,
+            after_index=max(after_index, -1),
             limit=limit + 1,
             preview_chars=self.settings.preview_chars,
+            status=status,
         )
         tasks = [task_view(task) for task in rows[:limit]]
-        next_after = tasks[-1]["task_index"] if len(rows) > limit else None
+        next_query = None
+        if len(rows) > limit:
+            next_query = urlencode(
+                {"after": tasks[-1]["task_index"], **({"status": status} if status else {})}
+            )
         return self.render(
             request,
             "step_tasks.html",
@@ -284,7 +297,9 @@ class Dashboard:
             run_id=run_id,
             step_slug=step_slug,
             tasks=tasks,
-            next_after=next_after,
+            next_query=next_query,
+            status=status,
+            jumped_to=params.get("from"),
         )
 
     def workers(self, request: Request) -> Response:
@@ -364,6 +379,14 @@ class Dashboard:
 
     # --- live ---------------------------------------------------------------------------------
 
+    async def all_events(self, request: Request) -> Response:
+        """Every run and step event, for the list pages."""
+        return StreamingResponse(
+            self._event_stream(None),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+
     async def events(self, request: Request) -> Response:
         run_id = str(self._run_id(request))
         return StreamingResponse(
@@ -372,7 +395,7 @@ class Dashboard:
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
 
-    async def _event_stream(self, run_id: str) -> AsyncIterator[str]:
+    async def _event_stream(self, run_id: str | None) -> AsyncIterator[str]:
         async with self.broadcaster.subscribe(run_id) as subscription:
             # Sent once subscribed: the page refreshes then, so nothing that happened between
             # rendering it and subscribing is missed.
@@ -450,6 +473,7 @@ def build_app(dashboard: Dashboard) -> Starlette:
             name="task_value",
         ),
         Route("/workers", d.workers, name="workers"),
+        Route("/events", d.all_events, name="events"),
         *_control.routes(d),
         Route("/favicon.ico", _favicon),
         Mount("/static", StaticFiles(packages=[("pgflow.dashboard", "static")]), name="static"),

@@ -24,6 +24,7 @@ Row = dict[str, Any]
 
 # "cancelled": failed runs with a cancellation record; "failed" excludes them.
 RUN_STATUSES = ("started", "completed", "failed", "cancelled")
+TASK_STATUSES = ("queued", "started", "completed", "failed", "cancelled", "skipped")
 
 _runs = sa.table(
     "runs",
@@ -347,6 +348,7 @@ def step_tasks_page(
     after_index: int,
     limit: int,
     preview_chars: int,
+    status: str | None = None,
 ) -> list[Row]:
     return _rows(
         engine,
@@ -354,6 +356,7 @@ def step_tasks_page(
         run_id=run_id,
         step_slug=step_slug,
         after_index=after_index,
+        status=status,
         limit=limit,
         preview_chars=preview_chars,
     )

@@ -240,7 +240,7 @@ WHERE s.flow_slug = :flow_slug
 ORDER BY s.step_index, t.task_index;
 
 -- name: dashboard_step_tasks_page
--- description: One step's tasks after task index :after_index (keyset), values cut at :preview_chars.
+-- description: One step's tasks after task index :after_index (keyset), only those in :status when given, values cut at :preview_chars.
 SELECT
     t.step_slug,
     t.task_index,
@@ -257,6 +257,7 @@ SELECT
     length(t.error_message) AS error_chars
 FROM pgflow.step_tasks AS t
 WHERE t.run_id = :run_id AND t.step_slug = :step_slug AND t.task_index > :after_index
+  AND (CAST(:status AS text) IS NULL OR t.status = CAST(:status AS text))
 ORDER BY t.task_index
 LIMIT :limit;
 

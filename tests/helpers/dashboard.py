@@ -274,3 +274,19 @@ def http_client(app: ASGIApp) -> Iterator[httpx.Client]:
     """An HTTP client on ``app`` served by uvicorn (the real server, streaming included)."""
     with serving(app) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
         yield client
+
+
+class FanoutOnce(Flow, slug="fanout_once", max_attempts=1):
+    """A map whose element 17 fails its only attempt: the run fails, the rest are cancelled."""
+
+    @map_step
+    def square(self, item: int, ctx: Context) -> Any: ...
+
+
+def _square_unless_17(task: Any) -> Any:
+    if task == 17:
+        raise ValueError("17 is not allowed")
+    return task * task
+
+
+FANOUT_ONCE_HANDLERS = {"square": _square_unless_17}

@@ -3,7 +3,9 @@ the schedules page and its actions; and the small things (notes, labels, favicon
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -11,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+import sql_only_flow
 from pgflow.cron import Cron
 from pgflow.dashboard import create_app
 from pgflow.operations import cancel_run, retry_run
@@ -24,6 +27,7 @@ from tests.helpers.dashboard import (
     http_client,
     register,
     row_cells,
+    serving,
     start,
 )
 
@@ -189,3 +193,60 @@ def test_favicon_is_served(client: httpx.Client) -> None:
     icon = client.get("/favicon.ico", follow_redirects=True)
     assert icon.status_code == 200
     assert icon.headers["content-type"].startswith("image/svg+xml")
+
+
+def test_map_progress_is_an_event_before_the_step_ends(engine: Engine) -> None:
+    """extension/0055: a running map step crossing a 2 % bucket of its tasks sends an event."""
+    run_id = start(engine, "fanout", list(range(100)))
+    worker_id = sql_only_flow.register_worker(engine, "fanout", "progress_events")
+    with (
+        serving(create_app(engine)) as base_url,
+        httpx.Client(base_url=base_url, timeout=60) as http,
+        http.stream("GET", f"/runs/{run_id}/events") as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(lines) == "event: ready"
+        assert sql_only_flow.work_once(engine, "fanout", FANOUT_HANDLERS, worker_id) == 10
+        deadline = time.monotonic() + 60  # heartbeats every 15 s keep the loop turning
+        progress = None
+        for line in lines:
+            if time.monotonic() > deadline:
+                break
+            if line.startswith("data: ") and line != "data: {}":
+                event = json.loads(line.removeprefix("data: "))
+                if event.get("event") == "step:square:progress":
+                    progress = event
+                    break
+        assert progress is not None, "no progress event within 60 s"
+        assert 90 <= progress["remaining_tasks"] < 100
+        assert progress["initial_tasks"] == 100
+
+
+def test_map_progress_sends_at_most_one_event_per_two_percent(engine: Engine) -> None:
+    run_id = start(engine, "fanout", list(range(1000)))
+    worker_id = sql_only_flow.register_worker(engine, "fanout", "progress_count")
+    with engine.connect() as listener:
+        listener.execute(sa.text("LISTEN pgflow"))
+        listener.commit()
+        while sql_only_flow.work_once(engine, "fanout", FANOUT_HANDLERS, worker_id):
+            pass
+        listener.execute(sa.text("SELECT 1"))
+        raw = listener.connection.dbapi_connection
+        assert raw is not None
+        notifies = [json.loads(n.payload) for n in raw.notifies(timeout=1, stop_after=10_000)]
+    progress = [n for n in notifies if n.get("event") == "step:square:progress"]
+    assert 40 <= len(progress) <= 50, len(progress)
+    assert all(n["run_id"] == str(run_id) for n in progress)
+
+
+def test_step_tasks_filter_by_status_and_jump_to_an_index(
+    engine: Engine, client: httpx.Client
+) -> None:
+    run_id = start(engine, "fanout", list(range(30)))
+    drive(engine, "fanout", FANOUT_HANDLERS, run_id)
+    url = f"/runs/{run_id}/steps/square/tasks"
+    jumped = client.get(url, params={"from": 25}).text
+    assert re.findall(r'data-task="square/(\d+)"', jumped) == ["25", "26", "27", "28", "29"]
+    assert "No failed tasks" in client.get(url, params={"status": "failed"}).text
+    assert client.get(url, params={"status": "nope"}).status_code == 400
+    assert client.get(url, params={"from": "x"}).status_code == 400

@@ -1,6 +1,7 @@
 // pgflow dashboard: live updates without a framework. The run page subscribes to server-sent
 // events for its run and, on each change, fetches the server-rendered fragment and swaps it
-// in (the server escapes everything; this script never builds HTML from data).
+// in; list pages subscribe to every event and swap in their list from a fresh copy of the page
+// (the server escapes everything; this script never builds HTML from data).
 "use strict";
 
 (function () {
@@ -55,7 +56,43 @@
     stream.addEventListener("change", soon);
   }
 
+  // A list page (overview, runs, workers, schedules): on any event, fetch this same URL again
+  // and swap in the region with the same id from the fresh page. At most one refresh a second,
+  // however busy the database is.
+  function livePage(region) {
+    let inFlight = false;
+    let again = false;
+
+    async function refresh() {
+      if (inFlight) { again = true; return; }
+      inFlight = true;
+      try {
+        const response = await fetch(window.location.href, { headers: { "accept": "text/html" }, credentials: "same-origin" });
+        if (response.ok) {
+          const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById(region.id);
+          if (fresh !== null) {
+            region.innerHTML = fresh.innerHTML;
+            region.dataset.refreshed = String(Number(region.dataset.refreshed || "0") + 1);
+          }
+        }
+      } finally {
+        inFlight = false;
+        if (again) { again = false; soon(); }
+      }
+    }
+
+    const soon = debounce(refresh, 1000);
+    // Some changes send no event (worker heartbeats; Supabase's realtime instead of the shim):
+    // those pages also poll.
+    const every = Number(region.dataset.poll || "0");
+    if (every > 0) setInterval(soon, every);
+    if (!window.EventSource || !region.dataset.events) return;
+    const stream = new EventSource(region.dataset.events);
+    stream.addEventListener("change", soon);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-live-src]").forEach(liveRegion);
+    document.querySelectorAll("[data-live-page]").forEach(livePage);
   });
 })();
