@@ -38,7 +38,7 @@ FROM pgflow_python.complete_task_batch(
     :worker_id, :run_ids, :step_slugs, :task_indexes, CAST(:outputs AS jsonb[])
 )
 
--- name: fail_task
+-- name: fail_task_outcome
 -- description: Record a failed attempt with its traceback, if this worker still holds the task (extension/0040_task_failures.sql); upstream's fail_task retries it or fails the step and the run (or skips the step: retries_exhausted, extension/0062_failure_outcomes.sql). Returns the attempt, the retry time, whether this report failed the run, the run's start and failure times, whether it skipped the step and when it completed the run; no row when the task was not this worker's any more.
 -- Fenced: after a stalled-task recovery gave the task to another worker, a late report must
 -- not count (upstream does not check who reports). retryable = false fails the step now.

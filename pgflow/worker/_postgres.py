@@ -302,7 +302,7 @@ class PostgresStore:
         self, worker_id: uuid.UUID, task: ClaimedTask, failure: Failed
     ) -> FailureRecorded | None:
         rows = await self._reports.fetch(
-            "fail_task",
+            "fail_task_outcome",
             run_id=task.run_id,
             step_slug=task.step_slug,
             task_index=task.task_index,
