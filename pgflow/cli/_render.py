@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pgflow._durations import short_duration
-from pgflow.operations import RunDetails, RunSummary, WorkerInfo
+from pgflow.operations import RunDetails, RunSummary, StepSummary, WorkerInfo
 from pgflow.results import TaskFailure
 
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
@@ -152,6 +152,9 @@ def run_details(details: RunDetails) -> str:
         f"ended     {moment(ended)}" + (" UTC" if ended else ""),
         f"duration  {duration(None if ended is None else ended - run.started_at)}",
     ]
+    if details.deadline_at:
+        source = "start_flow" if details.deadline_source == "start_flow" else "run_timeout"
+        lines.append(f"deadline  {moment(details.deadline_at)} UTC ({source})")
     if run.restart_of_run_id:
         lines.append(f"retry of  {run.restart_of_run_id}")
     if run.retried_as_run_id:
@@ -171,9 +174,7 @@ def run_details(details: RunDetails) -> str:
             [
                 f"{branch} {step.step_slug}" + (" [map]" if step.step_type == "map" else ""),
                 ", ".join(step.depends_on) or "-",
-                f"{step.status} ({_SKIP_REASONS.get(step.skip_reason, step.skip_reason)})"
-                if step.skip_reason and step.status == "skipped"
-                else step.status,
+                _step_status(step),
                 f"{step.completed_tasks}/{step.tasks}" if step.tasks else "-",
                 str(step.attempts),
                 duration(step.duration),
@@ -186,6 +187,15 @@ def run_details(details: RunDetails) -> str:
     )
     lines += _last_failures(details)
     return "\n".join(lines)
+
+
+def _step_status(step: StepSummary) -> str:
+    if step.skip_reason and step.status == "skipped":
+        return f"{step.status} ({_SKIP_REASONS.get(step.skip_reason, step.skip_reason)})"
+    if step.waiting:
+        until = f" until {moment(step.waiting_until)}" if step.waiting_until else ""
+        return f"waiting for a {step.waits_for} since {moment(step.waiting_since)}{until}"
+    return str(step.status)
 
 
 _SKIP_REASONS = {

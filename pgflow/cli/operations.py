@@ -7,6 +7,7 @@ state, unknown, or a database error), 2 usage, 3 no database.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,7 @@ from pgflow.cli._render import (
     runs_table,
     workers_table,
 )
+from pgflow.client import signal
 from pgflow.errors import PgflowError
 from pgflow.operations import (
     DEFAULT_BATCH_SIZE,
@@ -45,6 +47,7 @@ from pgflow.operations import (
     resume_run,
     retry_run,
 )
+from pgflow.results import SignalOutcome
 
 
 def _since(_context: click.Context, _parameter: click.Parameter, value: str | None) -> Any:
@@ -65,7 +68,7 @@ def _duration(_context: click.Context, _parameter: click.Parameter, value: str) 
 
 @click.group()
 def runs() -> None:
-    """List and inspect runs; cancel, retry or resume one."""
+    """List and inspect runs; cancel, retry or resume one; signal a waiting step."""
 
 
 @runs.command("list")
@@ -75,6 +78,7 @@ def runs() -> None:
 @click.option("--status", type=click.Choice(LISTABLE_STATUSES))
 @click.option("--since", callback=_since, help="Started since: 2h, 7d, 2026-11-29T08:00.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--waiting", is_flag=True, help="Only runs with a step waiting for a signal.")
 @json_option
 @reports_errors
 def runs_list(
@@ -85,11 +89,14 @@ def runs_list(
     status: str | None,
     since: datetime | None,
     limit: int,
+    waiting: bool,
     as_json: bool,
 ) -> None:
     """Runs, newest first."""
     with engine_for(read_url or database_url) as engine:
-        found = list_runs(engine, flow=flow, status=status, since=since, limit=limit)
+        found = list_runs(
+            engine, flow=flow, status=status, since=since, limit=limit, waiting=waiting
+        )
     finish(as_json, found, runs_table(found))
 
 
@@ -166,6 +173,45 @@ def runs_resume(*, run_id: uuid.UUID, database_url: str | None, as_json: bool) -
         "cancelled runs can be resumed",
     }[result.outcome]
     finish(as_json, result, text, refused=not result.resumed)
+
+
+def _json_value(_context: click.Context, _parameter: click.Parameter, value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from None
+
+
+@runs.command("signal")
+@click.argument("run_id", type=click.UUID)
+@click.argument("step_slug")
+@click.option(
+    "--output",
+    "output",
+    callback=_json_value,
+    default="null",
+    show_default=True,
+    help="The step's output, as JSON: --output '{\"approved\": true}'.",
+)
+@database_url_option
+@json_option
+@reports_errors
+def runs_signal(
+    *, run_id: uuid.UUID, step_slug: str, output: Any, database_url: str | None, as_json: bool
+) -> None:
+    """Complete wait step STEP_SLUG of a run with --output (docs/waiting.md); a repeated
+    signal changes nothing and says so."""
+    with engine_for(database_url) as engine:
+        result = signal(engine, run_id, step_slug, output)
+    text = {
+        SignalOutcome.COMPLETED: f"step {step_slug} of run {run_id} completed; run "
+        f"{result.run_status}",
+        SignalOutcome.KEPT: f"step {step_slug} of run {run_id} does not wait yet; the signal "
+        "is kept and completes it when it does",
+        SignalOutcome.ALREADY_SIGNALLED: f"step {step_slug} of run {run_id} was already "
+        f"signalled at {moment(result.signalled_at)} UTC; nothing changed",
+    }[result.outcome]
+    finish(as_json, result, text)
 
 
 @click.group()

@@ -27,13 +27,14 @@ def list_runs(
     status: str | None = None,
     since: datetime | None = None,
     limit: int = 50,
+    waiting: bool = False,
 ) -> list[RunSummary]:
     """Runs, newest first. ``status`` is one of upstream's (``started``, ``completed``,
     ``failed``) or ``cancelled`` (failed runs that were cancelled); ``since`` bounds the start
-    time."""
+    time; ``waiting=True`` keeps the runs with a step waiting for a signal (docs/waiting.md)."""
     _check_listing(status, limit)
     with connection_for(bind) as connection:
-        return _list_runs(connection, flow, status, since, limit)
+        return _list_runs(connection, flow, status, since, limit, waiting=waiting)
 
 
 async def list_runs_async(
@@ -43,10 +44,11 @@ async def list_runs_async(
     status: str | None = None,
     since: datetime | None = None,
     limit: int = 50,
+    waiting: bool = False,
 ) -> list[RunSummary]:
     """:func:`list_runs` for an async bind."""
     _check_listing(status, limit)
-    return await run_async(bind, _list_runs, flow, status, since, limit)
+    return await run_async(bind, _list_runs, flow, status, since, limit, waiting=waiting)
 
 
 def describe_run(bind: SyncBind, run_id: RunId) -> RunDetails | None:
@@ -90,10 +92,18 @@ def _list_runs(
     status: str | None,
     since: datetime | None,
     limit: int,
+    *,
+    waiting: bool = False,
 ) -> list[RunSummary]:
     rows = connection.execute(
         query("ops_list_runs"),
-        {"flow_slug": flow, "status": status, "since": since, "row_limit": limit},
+        {
+            "flow_slug": flow,
+            "status": status,
+            "since": since,
+            "row_limit": limit,
+            "waiting": waiting,
+        },
     ).mappings()
     return [RunSummary.from_row(row) for row in rows]
 
@@ -104,11 +114,14 @@ def _describe(connection: Connection, run_id: RunId) -> RunDetails | None:
         return None
     steps = connection.execute(query("ops_run_steps"), {"run_id": run_id}).mappings()
     resumes = connection.execute(query("ops_run_resumes"), {"run_id": run_id}).mappings()
+    deadline = connection.execute(query("ops_run_deadline"), {"run_id": run_id}).mappings().first()
     return RunDetails(
         run=run,
         steps=tuple(StepSummary.from_row(row) for row in steps),
         resumes=tuple(ResumeRecord(**row) for row in resumes),
         failures=get_task_failures(connection, run_id),
+        deadline_at=None if deadline is None else deadline["deadline_at"],
+        deadline_source=None if deadline is None else deadline["source"],
     )
 
 

@@ -191,6 +191,18 @@ class StepSummary:
     """Why a ``skipped`` step was skipped: ``condition_unmet``, ``handler_failed`` (its last
     attempt failed, ``retries_exhausted="skip"``), ``dependency_skipped`` (skip-cascade) or
     ``wait_timeout`` (a wait step's timeout passed, ``on_timeout="skip"``)."""
+    waits_for: str | None = None
+    """``"signal"`` for a wait step (docs/waiting.md); None for a step that runs a handler."""
+    waiting_since: datetime | None = None
+    """Set while the step waits: when it started waiting."""
+    waiting_until: datetime | None = None
+    """While it waits: when its timeout passes (None: it waits for ever)."""
+    signalled_at: datetime | None = None
+    """When its signal was received (also a signal kept before the step waited)."""
+
+    @property
+    def waiting(self) -> bool:
+        return self.waiting_since is not None
 
     @property
     def duration(self) -> timedelta | None:
@@ -219,6 +231,10 @@ class StepSummary:
             completed_at=row["completed_at"],
             failed_at=row["failed_at"],
             skip_reason=row.get("skip_reason"),
+            waits_for=row.get("waits_for"),
+            waiting_since=row.get("waiting_since"),
+            waiting_until=row.get("waiting_until"),
+            signalled_at=row.get("signalled_at"),
         )
 
 
@@ -269,3 +285,8 @@ class RunDetails:
     steps: tuple[StepSummary, ...]
     resumes: tuple[ResumeRecord, ...]
     failures: tuple[TaskFailure, ...] = ()
+    deadline_at: datetime | None = None
+    """When the run is cancelled if still going (``start_flow(deadline=...)`` or the flow's
+    ``run_timeout``); None: no deadline."""
+    deadline_source: str | None = None
+    """``start_flow`` or ``run_timeout``."""

@@ -49,7 +49,7 @@ FROM pgflow_python.prune_preview(
 ) AS p;
 
 -- name: ops_list_runs
--- description: Runs, newest first, filtered by flow, status ('cancelled' = failed with our marker) and start time.
+-- description: Runs, newest first, filtered by flow, status ('cancelled' = failed with our marker), start time and (:waiting) a step waiting for a signal.
 SELECT
     r.run_id, r.flow_slug, r.status, r.remaining_steps, r.started_at, r.completed_at,
     r.failed_at, c.cancelled_at, c.reason AS cancel_reason, l.restart_of_run_id,
@@ -63,6 +63,11 @@ WHERE (CAST(:flow_slug AS text) IS NULL OR r.flow_slug = CAST(:flow_slug AS text
        OR (CAST(:status AS text) = 'cancelled' AND r.status = 'failed' AND c.run_id IS NOT NULL)
        OR r.status = CAST(:status AS text))
   AND (CAST(:since AS timestamptz) IS NULL OR r.started_at >= CAST(:since AS timestamptz))
+  AND (NOT CAST(:waiting AS boolean) OR (r.status = 'started' AND EXISTS (
+      SELECT 1 FROM pgflow_python.waits AS w
+      JOIN pgflow.step_tasks AS t
+        ON t.run_id = w.run_id AND t.step_slug = w.step_slug AND t.task_index = w.task_index
+      WHERE w.run_id = r.run_id AND w.ended_at IS NULL AND t.status = 'started')))
 ORDER BY r.started_at DESC, r.run_id
 LIMIT CAST(:row_limit AS integer);
 
@@ -87,7 +92,12 @@ SELECT
               WHERE d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug),
              '{}') AS depends_on,
     (SELECT k.skip_reason FROM pgflow_python.step_skips AS k
-     WHERE k.run_id = ss.run_id AND k.step_slug = ss.step_slug) AS skip_reason
+     WHERE k.run_id = ss.run_id AND k.step_slug = ss.step_slug) AS skip_reason,
+    ws.wait_kind AS waits_for,
+    CASE WHEN ss.status = 'started' THEN w.waiting_since END AS waiting_since,
+    CASE WHEN ss.status = 'started' THEN w.timeout_at END AS waiting_until,
+    (SELECT g.received_at FROM pgflow_python.signals AS g
+     WHERE g.run_id = ss.run_id AND g.step_slug = ss.step_slug) AS signalled_at
 FROM pgflow.step_states AS ss
 JOIN pgflow.steps AS st ON st.flow_slug = ss.flow_slug AND st.step_slug = ss.step_slug
 LEFT JOIN LATERAL (
@@ -99,8 +109,19 @@ LEFT JOIN LATERAL (
     FROM pgflow.step_tasks AS t
     WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug
 ) AS tasks ON true
+LEFT JOIN pgflow_python.wait_steps AS ws
+  ON ws.flow_slug = ss.flow_slug AND ws.step_slug = ss.step_slug
+LEFT JOIN pgflow_python.waits AS w
+  ON w.run_id = ss.run_id AND w.step_slug = ss.step_slug AND w.task_index = 0
+  AND w.ended_at IS NULL
 WHERE ss.run_id = :run_id
 ORDER BY st.step_index, ss.step_slug;
+
+-- name: ops_run_deadline
+-- description: When a run is cancelled if still going (extension/0071), and where that comes from; no row without a deadline.
+SELECT d.deadline_at, d.source
+FROM pgflow_python.run_deadlines AS d
+WHERE d.run_id = :run_id;
 
 -- name: ops_run_resumes
 -- description: A run's resumes, oldest first: when, which failure they undid, how many tasks went back.

@@ -334,3 +334,28 @@ async def test_a_timeout_with_skip_skips_the_step_and_the_run_goes_on_without_it
     assert (review["status"], review["outcome"]) == ("skipped", "timed_out")
     with pytest.raises(SignalTooLateError, match="the run is completed"):
         signal(pgflow_engine, run_id, "review", 1)
+
+
+class Plain(Flow, slug="wait_plain"):
+    @step
+    def only(self, input: int) -> int:
+        return input * 2
+
+
+@pytest.mark.anyio
+async def test_twenty_waiting_runs_hold_no_slot_of_a_worker_with_concurrency_one(
+    pgflow_engine: Engine,
+) -> None:
+    register_flows(pgflow_engine, RootWait, Plain)
+    async with running_worker(pgflow_engine, RootWait, Plain, concurrency=1, poll_interval=0.1):
+        waiting = [start_flow(pgflow_engine, RootWait, i) for i in range(20)]
+        # Other runs go through the one slot while all twenty wait.
+        for i in range(5):
+            run = await wait_until_finished(pgflow_engine, start_flow(pgflow_engine, Plain, i))
+            assert run["output"] == {"only": i * 2}
+        assert all(states(pgflow_engine, r)["webhook"] == "started" for r in waiting)
+        for i, run_id in enumerate(waiting):
+            signal(pgflow_engine, run_id, "webhook", i)
+        for i, run_id in enumerate(waiting):
+            run = await wait_until_finished(pgflow_engine, run_id)
+            assert run["output"] == {"record": i}
