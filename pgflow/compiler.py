@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 
 from pgflow.definition import FlowDefinition, FlowType, OnTimeout, StepDefinition, StepType
+from pgflow.flow_control import Concurrency
 
 _OPTION_ORDER = ("max_attempts", "base_delay", "timeout", "start_delay")
 
@@ -58,7 +59,22 @@ def compile_flow(definition: FlowDefinition) -> list[str]:
             f"SELECT pgflow_python.set_flow_run_timeout('{definition.slug}', "
             f"{definition.run_timeout});"
         )
+    if definition.concurrency is not None:
+        statements.append(_concurrency_statement(definition.slug, definition.concurrency))
     return statements
+
+
+def _concurrency_statement(flow_slug: str, concurrency: Concurrency) -> str:
+    """Our ``concurrency_limits`` row (extension/0080); key parts are validated names."""
+    key = (
+        "ARRAY[" + ", ".join(f"'{part}'" for part in concurrency.key_path) + "]"
+        if concurrency.key_path
+        else "NULL"
+    )
+    return (
+        f"SELECT pgflow_python.set_concurrency_limit('{flow_slug}', NULL, "
+        f"{concurrency.limit}, {key});"
+    )
 
 
 # pgflow_python.set_step_condition's argument for each condition option (upstream 0.14's names).

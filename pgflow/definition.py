@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any, TypedDict, TypeVar
 
 from pgflow.errors import FlowDefinitionError
+from pgflow.flow_control import Concurrency
 
 SLUG_MAX_LENGTH = 128
 RESERVED_SLUGS = frozenset({"run"})
@@ -249,11 +250,15 @@ class FlowDefinition:
     run_timeout: int | None = None
     """Seconds after which a run still going is cancelled (stored by our SQL, not
     ``create_flow``); None: no deadline."""
+    concurrency: Concurrency | None = None
+    """Per-key limit on the flow's tasks in flight, all steps together (docs/flow-control.md)."""
     _by_slug: dict[str, StepDefinition] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
         object.__setattr__(self, "flow_type", FlowType(self.flow_type))
+        if self.concurrency is not None:
+            object.__setattr__(self, "concurrency", Concurrency.from_dict(self.concurrency))
         _validate(self)
         object.__setattr__(self, "_by_slug", {s.slug: s for s in self.steps})
 
@@ -286,6 +291,8 @@ class FlowDefinition:
         data.update({k: v for k, v in self.options.items() if v is not None})
         if self.run_timeout is not None:
             data["run_timeout"] = self.run_timeout
+        if self.concurrency is not None:
+            data["concurrency"] = self.concurrency.to_dict()
         data["steps"] = [s.to_dict() for s in self.steps]
         return data
 

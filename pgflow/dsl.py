@@ -36,6 +36,7 @@ from pgflow.definition import (
     options_given,
 )
 from pgflow.errors import FlowDefinitionError
+from pgflow.flow_control import Concurrency
 
 HandlerFunction = Callable[..., Any]
 WhenUnmetName = Literal["fail", "skip", "skip-cascade"]
@@ -358,7 +359,9 @@ class Flow:
     Class keywords: ``slug`` (default: the class name in snake_case), ``max_attempts``,
     ``base_delay`` (seconds), ``timeout`` (seconds), ``schedule`` (a ``Cron(...)`` or a list
     of them; see docs/schedules.md), ``run_timeout`` (a ``timedelta`` or seconds: a run still
-    going that long after it started is cancelled; docs/waiting.md), ``abstract=True`` for a
+    going that long after it started is cancelled; docs/waiting.md), ``concurrency`` (a
+    ``Concurrency(limit, key=...)``: at most ``limit`` of the flow's tasks with the same key
+    value in flight at once, across all workers; docs/flow-control.md), ``abstract=True`` for a
     base class whose steps are inherited but which is not itself a flow.
     """
 
@@ -373,6 +376,7 @@ class Flow:
         schedule: Cron | Sequence[Cron] | None = None,
         abstract: bool = False,
         run_timeout: timedelta | float | None = None,
+        concurrency: Concurrency | None = None,
         **options: Unpack[FlowOptions],
     ) -> None:
         super().__init_subclass__()
@@ -397,6 +401,7 @@ class Flow:
             options=options_given(options, FLOW_OPTIONS, f"flow {cls.__qualname__}"),
             schedule=schedule,
             run_timeout=_whole_seconds(run_timeout, f"flow {cls.__qualname__}: run_timeout"),
+            concurrency=concurrency,
         )
 
 
@@ -413,6 +418,7 @@ class Job(Flow, abstract=True):
         schedule: Cron | Sequence[Cron] | None = None,
         abstract: bool = False,
         run_timeout: timedelta | float | None = None,
+        concurrency: Concurrency | None = None,
         **options: Unpack[StepOptions],
     ) -> None:
         super(Flow, cls).__init_subclass__()
@@ -446,6 +452,7 @@ class Job(Flow, abstract=True):
             options=given,
             schedule=schedule,
             run_timeout=_whole_seconds(run_timeout, f"job {cls.__qualname__}: run_timeout"),
+            concurrency=concurrency,
         )
 
 
@@ -459,6 +466,7 @@ def _attach(
     options: dict[str, int | None],
     schedule: Cron | Sequence[Cron] | None = None,
     run_timeout: int | None = None,
+    concurrency: Concurrency | None = None,
 ) -> None:
     try:
         definition = FlowDefinition(
@@ -466,6 +474,7 @@ def _attach(
             steps=tuple(steps),
             flow_type=flow_type,
             run_timeout=run_timeout,
+            concurrency=concurrency,
             **options,
         )
     except FlowDefinitionError as exc:
