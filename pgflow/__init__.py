@@ -18,6 +18,7 @@ from pgflow._deprecated import moved_attribute
 from pgflow.context import Context
 from pgflow.dsl import Flow, Job, map_step, step, wait_step
 from pgflow.errors import NonRetryableError, PgflowError
+from pgflow.flow_control import Concurrency
 from pgflow.results import (
     Run,
     RunStatus,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Concurrency",
     "Context",
     "Flow",
     "Job",

@@ -102,6 +102,19 @@ class FlowInputError(PgflowError, ValueError):
     """The flow input cannot be used for this flow."""
 
 
+class ConcurrencyKeyError(FlowInputError):
+    """The flow has a concurrency limit keyed on a part of the input that is missing or not a
+    string, number or boolean (docs/flow-control.md). Nothing was started."""
+
+    def __init__(self, flow_slug: str, key: str, problem: str) -> None:
+        self.flow_slug = flow_slug
+        self.key = key
+        super().__init__(
+            f"flow {flow_slug!r} has a concurrency limit keyed on {key!r}, but the input "
+            f"{problem}; the key's value must be a string, number or boolean"
+        )
+
+
 class InputNotJSONError(FlowInputError, TypeError):
     """The input is not JSON (raised before the database is touched)."""
 

@@ -19,6 +19,8 @@ from sqlalchemy.engine import Engine
 
 import sql_only_flow
 from pgflow import Job
+from pgflow.client import enqueue, start_flow
+from pgflow.errors import ConcurrencyKeyError
 from pgflow.flow_control import Concurrency
 from pgflow.operations import cancel_run
 from tests.helpers.database import register_flows
@@ -138,7 +140,7 @@ def test_a_key_runs_at_most_its_limit_and_freed_slots_pass_on(pgflow_engine: Eng
         cancel_run(connection, runs[4])  # a held task of a cancelled run is no longer held
     assert held(pgflow_engine, "limit_sync") == 0
     with pgflow_engine.begin() as connection:
-        slots = dict(
+        slots: dict[str, int] = dict(
             connection.execute(
                 sa.text(
                     "SELECT key_value #>> '{}', in_flight FROM pgflow_python.concurrency_slots"
@@ -191,9 +193,9 @@ def test_a_json_path_key(pgflow_engine: Engine) -> None:
     ("flow_input", "problem"),
     [
         ({"other": 1}, "has no such key"),
-        ({"tenant": {"id": 1}}, "has a object there"),
-        ({"tenant": [1]}, "has a array there"),
-        ({"tenant": None}, "has a null there"),
+        ({"tenant": {"id": 1}}, "has an object there"),
+        ({"tenant": [1]}, "has an array there"),
+        ({"tenant": None}, "has null there"),
         ([1, 2], "has no such key"),
     ],
 )
@@ -204,6 +206,36 @@ def test_a_bad_key_fails_start_flow_naming_it(
     with pytest.raises(sa.exc.DBAPIError) as caught:
         start(pgflow_engine, "limit_sync", flow_input)
     message = str(caught.value)
-    assert 'keyed on "tenant"' in message and problem in message
+    assert 'keyed on "tenant"' in message
+    assert problem in message
     with pgflow_engine.begin() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM pgflow.runs")).scalar_one() == 0
+
+
+def test_the_client_refuses_a_bad_key_before_the_database(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, Sync, Nested)
+    with pgflow_engine.begin() as connection:
+        with pytest.raises(ConcurrencyKeyError, match=r"keyed on 'tenant'.*has no such key"):
+            start_flow(connection, Sync, {"tenant_id": "a"})
+        with pytest.raises(ConcurrencyKeyError, match=r"'account.id'.*an object"):
+            enqueue(connection, Nested, {"account": {"id": {"x": 1}}})
+        # the caller's transaction is still usable: nothing reached the database
+        start_flow(connection, Nested, {"account": {"id": 7}})
+        assert connection.execute(sa.text("SELECT count(*) FROM pgflow.runs")).scalar_one() == 1
+
+
+def test_a_held_delayed_job_keeps_its_delay_when_released(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, Nested)
+    worker = sql_only_flow.register_worker(pgflow_engine, "limit_nested")
+    first = enqueue(pgflow_engine, Nested, {"account": {"id": 1}})
+    enqueue(pgflow_engine, Nested, {"account": {"id": 1}}, delay=3600)
+    (task,) = claim(pgflow_engine, "limit_nested", worker)
+    assert task["run_id"] == first
+    complete(pgflow_engine, task)
+    assert held(pgflow_engine, "limit_nested") == 0  # released, and holding the slot ...
+    assert claim(pgflow_engine, "limit_nested", worker) == []  # ... but not before its delay
+    with pgflow_engine.begin() as connection:
+        hours = connection.execute(
+            sa.text("SELECT extract(epoch FROM vt - now()) / 3600 FROM pgmq.q_limit_nested")
+        ).scalar_one()
+    assert 0.9 < hours <= 1

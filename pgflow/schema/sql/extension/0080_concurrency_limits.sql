@@ -54,8 +54,8 @@ CREATE TABLE IF NOT EXISTS pgflow_python.concurrency_holders (
     PRIMARY KEY (flow_slug, msg_id)
 );
 
--- Tasks whose message is held invisible (vt 'infinity'), and why. held_until is for reasons
--- that end at a time (not used by concurrency).
+-- Tasks whose message is held invisible (vt 'infinity'), and why. held_until: the message
+-- must stay invisible until then even once released (a delayed enqueue).
 CREATE TABLE IF NOT EXISTS pgflow_python.held_tasks (
     flow_slug text NOT NULL,
     msg_id bigint NOT NULL,
@@ -118,9 +118,9 @@ BEGIN
         END IF;
         INSERT INTO pgflow_python.concurrency_holders (flow_slug, msg_id, step_slug, key_value)
         VALUES (next.flow_slug, next.msg_id, next.limit_step_slug, next.key_value);
-        EXECUTE pg_catalog.format('UPDATE pgmq.%I SET vt = pg_catalog.now() WHERE msg_id = $1',
+        EXECUTE pg_catalog.format('UPDATE pgmq.%I SET vt = $2 WHERE msg_id = $1',
                                   pgmq.format_table_name(next.flow_slug, 'q'))
-        USING next.msg_id;
+        USING next.msg_id, greatest(pg_catalog.now(), next.held_until);
         IF FOUND THEN
             RETURN true;
         END IF;
@@ -176,7 +176,9 @@ END;
 $$;
 
 -- BEFORE UPDATE OF vt on pgmq.q_<flow>, only for held messages (WHEN OLD.vt = 'infinity'):
--- a held message stays invisible unless its held_tasks row was removed (a release).
+-- a held message stays invisible unless its held_tasks row was removed (a release). A later
+-- time set on a held message (enqueue's delay: pgmq.set_vt right after the send) is kept as
+-- held_until: the release makes it visible no earlier.
 CREATE OR REPLACE FUNCTION pgflow_python.keep_held()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -184,8 +186,10 @@ SECURITY DEFINER
 SET search_path = ''
 AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pgflow_python.held_tasks AS h
-               WHERE h.flow_slug = TG_ARGV[0] AND h.msg_id = NEW.msg_id) THEN
+    UPDATE pgflow_python.held_tasks AS h
+    SET held_until = CASE WHEN NEW.vt > pg_catalog.now() THEN NEW.vt ELSE h.held_until END
+    WHERE h.flow_slug = TG_ARGV[0] AND h.msg_id = NEW.msg_id;
+    IF FOUND THEN
         NEW.vt := OLD.vt;
     END IF;
     RETURN NEW;
@@ -255,9 +259,12 @@ BEGIN
             RAISE EXCEPTION 'flow "%" has a concurrency limit keyed on "%", but the input %',
                 NEW.flow_slug, pg_catalog.array_to_string(rule.key_path, '.'),
                 CASE WHEN value IS NULL THEN 'has no such key'
-                     ELSE pg_catalog.format('has a %s there (a key value must be a string, '
+                     ELSE pg_catalog.format('has %s there (a key value must be a string, '
                                             'number or boolean)',
-                                            pg_catalog.jsonb_typeof(value)) END
+                                            CASE pg_catalog.jsonb_typeof(value)
+                                                WHEN 'null' THEN 'null'
+                                                ELSE 'an ' || pg_catalog.jsonb_typeof(value)
+                                            END) END
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'pgflow-python: concurrency key missing or not a scalar';
         END IF;
