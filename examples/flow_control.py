@@ -1,0 +1,67 @@
+"""Flow control, as docs/flow-control.md shows: at most two syncs per tenant at once, across
+every worker, while one worker could run ten.
+
+    python examples/flow_control.py    # DATABASE_URL, else a local or embedded PostgreSQL
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import sqlalchemy as sa
+
+from pgflow import Concurrency, Job, enqueue, wait_for_run
+from pgflow.compiler import compile_flow
+from pgflow.dsl import definition_of
+from pgflow.errors import ConcurrencyKeyError
+from pgflow.schema import install
+from pgflow.testing import temporary_database
+from pgflow.worker import Worker, WorkerOptions
+
+RUNNING: Counter[str] = Counter()
+PEAK: Counter[str] = Counter()
+
+
+class TenantSync(Job, slug="tenant_sync", concurrency=Concurrency(2, key="tenant")):
+    async def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        tenant = input["tenant"]
+        RUNNING[tenant] += 1
+        PEAK[tenant] = max(PEAK[tenant], RUNNING[tenant])
+        await anyio.sleep(0.3)  # the tenant's rate-limited API
+        RUNNING[tenant] -= 1
+
+
+def sync(engine: sa.Engine) -> None:
+    runs = [enqueue(engine, TenantSync, {"tenant": "acme", "page": n}) for n in range(6)]
+    runs += [enqueue(engine, TenantSync, {"tenant": "globex", "page": n}) for n in range(2)]
+    for run_id in runs:
+        wait_for_run(engine, run_id, timeout=60)
+    print(f"acme: 6 syncs, at most {PEAK['acme']} at once")
+    print(f"globex: 2 syncs, at most {PEAK['globex']} at once")
+    try:
+        enqueue(engine, TenantSync, {"page": 1})
+    except ConcurrencyKeyError as error:
+        print(f"{type(error).__name__}: {error}")
+
+
+async def main() -> None:
+    with temporary_database() as url:
+        install(url)
+        engine = sa.create_engine(url)
+        with engine.begin() as connection:  # what a migration would apply
+            for statement in compile_flow(definition_of(TenantSync)):
+                connection.execute(sa.text(statement))
+        options = WorkerOptions(concurrency=10, poll_interval=0.2, shutdown_timeout=2)
+        worker = Worker([TenantSync], engine, options=options)
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker.serve)
+            await anyio.to_thread.run_sync(sync, engine)
+            worker.stop()
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    anyio.run(main)
