@@ -1,5 +1,5 @@
 """pgflow schema: run control, schedules, failure records, dashboard indexes, faster completion,
-ended-run records, step conditions, wait steps and run deadlines.
+ended-run records, step conditions, wait steps, run deadlines and concurrency limits.
 
 Revision ID: pgflow_0002
 Revises: pgflow_0001
@@ -27,7 +27,7 @@ down_revision: str | None = "pgflow_0001"
 branch_labels: Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-EXTENSION_THROUGH = "0071_deadlines.sql"
+EXTENSION_THROUGH = "0080_concurrency_limits.sql"
 """The newest extension file this revision ships (tests/unit/test_extension_sql.py checks that no
 file is newer: while this revision is unreleased a new file moves this forward; after the
 release it needs a new revision, see pgflow/schema/sql/extension/README.md)."""

@@ -78,11 +78,11 @@ def test_two_per_tenant_across_processes_with_a_worker_killed(
             enqueue(connection, TenantSync, {"tenant": "b", "n": n, **common})
 
     # Kill the worker running one of a's calls once a few have finished.
-    def running_call() -> dict[str, Any] | None:
+    def running_call() -> dict[str, Any]:
         seen = events(log)
         ended = {(e["n"], e["pid"]) for e in seen if e["event"] == "end" and e["tenant"] == "a"}
         if len(ended) < 3:
-            return None
+            return {}
         pids = {w.pid for w in workers}
         return next(
             (
@@ -93,11 +93,11 @@ def test_two_per_tenant_across_processes_with_a_worker_killed(
                 and (e["n"], e["pid"]) not in ended
                 and e["pid"] in pids
             ),
-            None,
+            {},
         )
 
-    victim_call = wait_until(running_call, timeout=120, what="a call of tenant a in flight")
-    victim = next(w for w in workers if w.pid == victim_call["pid"])
+    victim_pid = wait_until(running_call, timeout=120, what="a call of tenant a in flight")["pid"]
+    victim = next(w for w in workers if w.pid == victim_pid)
     victim.send_signal(signal.SIGKILL)
     killed_at = time.time()
     victim.wait(timeout=10)
@@ -107,7 +107,7 @@ def test_two_per_tenant_across_processes_with_a_worker_killed(
             left = connection.execute(
                 sa.text("SELECT count(*) FROM pgflow.runs WHERE status <> 'completed'")
             ).scalar_one()
-        return left == 0
+        return bool(left == 0)
 
     wait_until(all_completed, timeout=180, what="every run to complete after the kill")
     calls = intervals(log, victim.pid, killed_at)
