@@ -28,6 +28,10 @@ const handlers = {
     optional: () => 'never reached: the test makes it fail',
     report: (input) => input,
   },
+  // Concurrency limits (pgflow-python's extension/0080): a job limited to 2 per tenant.
+  tenant_sync: {
+    perform: (input) => ({ by: 'node', tenant: input.run.tenant }),
+  },
   gate: {
     enrich: (input) => ({ by: 'node', id: input.run.id }),
     check: () => ({ by: 'node' }),
@@ -47,13 +51,15 @@ await sql`INSERT INTO pgflow.workers (worker_id, queue_name, function_name)
 const deadline = Date.now() + maxSeconds * 1000;
 const attempts = [];
 let completed = 0;
+let batch = 0;
 while (Date.now() < deadline && attempts.length < maxTasks) {
   const messages = await client.readMessages(flowSlug, visibility, Math.min(10, maxTasks - attempts.length), 1, 50);
   const tasks = messages.length
     ? await client.startTasks(flowSlug, messages.map((m) => m.msg_id), workerId)
     : [];
+  batch += 1;
   for (const task of tasks) {
-    attempts.push({ step: task.step_slug, at: Date.now() / 1000 });
+    attempts.push({ step: task.step_slug, at: Date.now() / 1000, batch, input: task.input });
     try {
       if (slow[task.step_slug]) await new Promise((done) => setTimeout(done, slow[task.step_slug]));
       if (fail.includes(task.step_slug)) throw new Error(`node failed ${task.step_slug}`);
