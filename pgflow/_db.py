@@ -22,7 +22,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pgflow.errors import DatabaseUnavailableError, InvalidDatabaseURLError
+from pgflow.errors import (
+    DatabaseNotConfiguredError,
+    DatabaseUnavailableError,
+    InvalidDatabaseURLError,
+)
 
 Bind = Engine | Connection | str | URL
 
@@ -97,7 +101,7 @@ def url_from_env(explicit: str | URL | None = None) -> URL:
     """The URL given explicitly, else ``DATABASE_URL``; a clear error when neither is set."""
     value = explicit if explicit is not None else os.environ.get("DATABASE_URL")
     if not value:
-        raise DatabaseUnavailableError(
+        raise DatabaseNotConfiguredError(
             "no database configured: set DATABASE_URL (or pass --database-url), "
             "e.g. postgresql://postgres@127.0.0.1:5432/postgres"
         )

@@ -37,6 +37,15 @@ class DatabaseUnavailableError(PgflowError):
     """The PostgreSQL server could not be reached (or no server was configured)."""
 
 
+class PortInUseError(PgflowError, OSError):
+    """A server (``pgflow dashboard``, the worker's metrics endpoint) cannot bind its port."""
+
+
+class DatabaseNotConfiguredError(DatabaseUnavailableError):
+    """No database URL given (no ``DATABASE_URL``, no ``--database-url``): a configuration
+    mistake, not an outage (the CLI exits 2, not 3)."""
+
+
 class InvalidDatabaseURLError(PgflowError, ValueError):
     """A database URL that cannot be parsed or does not name PostgreSQL."""
 

@@ -19,14 +19,19 @@ from pgflow._logging import LOG_FORMATS, LOG_LEVELS
 from pgflow.cli._render import to_json
 from pgflow.errors import (
     BadOptionsError,
+    DatabaseNotConfiguredError,
     DatabaseUnavailableError,
+    FlowImportError,
     InvalidDatabaseURLError,
     PgflowError,
+    PortInUseError,
 )
 
 # Documented in docs/installation.md and docs/deployment.md (what a supervisor does with each).
 EXIT_PROBLEM = 1  # refused, or a problem (schema, flows, a database error)
-EXIT_USAGE = 2  # bad options, an unparsable database URL: do not restart
+# A configuration mistake that a restart cannot fix: bad options, an unparsable database URL,
+# no database configured, a flow module that cannot be imported, a port already in use.
+EXIT_USAGE = 2
 EXIT_NO_DATABASE = 3  # the database does not answer: restart later
 
 P = ParamSpec("P")
@@ -40,8 +45,20 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except (InvalidDatabaseURLError, BadOptionsError) as exc:
+        except (
+            InvalidDatabaseURLError,
+            BadOptionsError,
+            DatabaseNotConfiguredError,
+            PortInUseError,
+        ) as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except FlowImportError as exc:
+            click.echo(
+                f"error: {exc}; flows are named module:Class or module, importable from the "
+                "current directory (or PYTHONPATH)",
+                err=True,
+            )
             sys.exit(EXIT_USAGE)
         except DatabaseUnavailableError as exc:
             click.echo(f"error: {exc}", err=True)

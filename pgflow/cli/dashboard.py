@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 
 import click
 
 from pgflow import _db
 from pgflow.cli._common import EXIT_USAGE, database_url_option, read_url_option, reports_errors
-from pgflow.errors import UnsafeBindError
+from pgflow.errors import PortInUseError, UnsafeBindError
 
 
 @click.command("dashboard")
@@ -72,9 +73,27 @@ def dashboard_command(
     app = dashboard.create_app(
         engine, read_only=read_only, auth=auth, read_engine=reads, listen_url=listen_url
     )
+    listening = _bind(host, port)
     click.echo(f"pgflow dashboard on http://{_host(host)}:{port}/ ({_db.display_url(url)})")
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.Server(config).run(sockets=[listening])
 
 
 def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before saying where the dashboard is: a busy port is a
+    configuration mistake (exit 2 naming --port), not something a restart fixes."""
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise PortInUseError(
+            f"cannot serve the dashboard on {_host(host)}:{port}: {exc.strerror or exc}; "
+            "pass another --port (or stop what uses this one)"
+        ) from None
+    return listening

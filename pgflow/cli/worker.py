@@ -35,7 +35,7 @@ from pgflow.cli._common import (
     reports_errors,
 )
 from pgflow.dsl import Flow
-from pgflow.errors import BadOptionsError
+from pgflow.errors import BadOptionsError, PortInUseError
 from pgflow.worker import Worker, WorkerOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -140,9 +140,10 @@ def _as_flag(names: set[str]) -> Callable[[re.Match[str]], str]:
 )
 @click.option(
     "--metrics-host",
-    default="0.0.0.0",  # noqa: S104 - scraped from outside the container
+    default="127.0.0.1",
     show_default=True,
-    help="Address the metrics endpoint binds.",
+    help="Address the metrics endpoint binds (it has no authentication, like the dashboard "
+    "it stays on loopback unless asked; 0.0.0.0 in a container scraped from outside).",
 )
 @click.option("--compile-missing", is_flag=True, help="Development: register missing flows.")
 @reports_errors
@@ -187,8 +188,9 @@ def _instrument(url: sa.URL, metrics_port: int | None, metrics_host: str) -> Non
         try:
             meter_provider = otel.serve_prometheus(metrics_port, addr=metrics_host)
         except OSError as exc:
-            raise click.UsageError(
-                f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}"
+            raise PortInUseError(
+                f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}; "
+                "pass another --metrics-port (or stop what uses this one)"
             ) from None
         telemetry.emit("metrics.serving", url=f"http://{metrics_host}:{metrics_port}/metrics")
     otel.instrument(meter_provider=meter_provider, database=url)

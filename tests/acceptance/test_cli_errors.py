@@ -1,9 +1,10 @@
 """The command line's errors: one line on stderr, no traceback, a documented exit code
-(0 ok, 1 refused or a problem, 2 usage, 3 no database)."""
+(0 ok, 1 refused or a problem, 2 a configuration mistake a restart cannot fix, 3 no database)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,7 @@ def test_a_flow_module_that_raises_is_named_with_the_error_and_its_place(
     project: Path, command: str
 ) -> None:
     code, stderr = pgflow_cli(project, command, "raising_flows", database_url="postgresql://x@h/d")
-    assert code == 1
+    assert code == 2
     line = one_line(stderr)
     assert "cannot import 'raising_flows'" in line
     assert "RuntimeError: settings missing: API_KEY" in line
@@ -72,7 +73,7 @@ def test_a_flow_module_with_a_syntax_error_is_named_with_its_line(
     project: Path, command: str
 ) -> None:
     code, stderr = pgflow_cli(project, command, "broken_flows", database_url="postgresql://x@h/d")
-    assert code == 1
+    assert code == 2
     line = one_line(stderr)
     assert "cannot import 'broken_flows'" in line
     assert f"SyntaxError: invalid syntax ({project / 'broken_flows.py'}, line 1)" in line
@@ -115,6 +116,63 @@ def test_an_invalid_heartbeat_interval_is_a_usage_error(project: Path) -> None:
     assert code == 2
     assert "Invalid value for '--heartbeat-interval'" in stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("command", ["compile", "run-worker"])
+def test_a_misspelt_flow_module_exits_2_naming_the_fix(project: Path, command: str) -> None:
+    code, stderr = pgflow_cli(project, command, "god_flows", database_url="postgresql://x@h/d")
+    assert code == 2
+    line = one_line(stderr)
+    assert "cannot import 'god_flows'" in line
+    assert "importable from the current directory" in line
+
+
+@pytest.mark.parametrize(
+    "args", [("run-worker", "good_flows"), ("db", "status"), ("dashboard",), ("runs", "list")]
+)
+def test_no_database_configured_exits_2_naming_database_url(
+    project: Path, args: tuple[str, ...]
+) -> None:
+    code, stderr = pgflow_cli(project, *args)
+    assert code == 2, stderr
+    assert "no database configured: set DATABASE_URL (or pass --database-url)" in one_line(stderr)
+
+
+def test_a_dashboard_on_a_busy_port_exits_2_naming_port(
+    project: Path, pgflow_empty_database: URL
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stderr = pgflow_cli(
+            project,
+            "dashboard",
+            "--port",
+            str(port),
+            database_url=pgflow_empty_database.render_as_string(hide_password=False),
+        )
+    assert code == 2, stderr
+    line = one_line(stderr)
+    assert f"cannot serve the dashboard on 127.0.0.1:{port}" in line
+    assert "pass another --port" in line
+
+
+def test_a_busy_metrics_port_exits_2_naming_metrics_port(project: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stderr = pgflow_cli(
+            project,
+            "run-worker",
+            "good_flows",
+            "--metrics-port",
+            str(port),
+            database_url="postgresql://nobody@127.0.0.1:1/none",
+        )
+    assert code == 2, stderr
+    assert "pass another --metrics-port" in one_line(stderr)
 
 
 def test_no_database_is_exit_code_3(project: Path) -> None:
