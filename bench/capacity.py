@@ -21,6 +21,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from bench import flows
@@ -31,6 +32,8 @@ from pgflow.dsl import definition_of
 from tests.helpers.pgbouncer import pgbouncer
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+HOLD = "UPDATE {} SET vt = now() + interval '1 day'"
+RELEASE = "UPDATE {} SET vt = now()"
 SAMPLE_EVERY = 0.2
 
 
@@ -108,6 +111,11 @@ def measure(server: str, workers: int, jobs: int, *, through_pgbouncer: bool) ->
         PgflowAdapter().install(url)
         start_runs(url, slug, jobs)
         analyze_filled_tables(url)
+        # The backlog is held invisible until every worker is ready, then released at once:
+        # otherwise the first worker drains part of it while the others start.
+        queue = sql.Identifier("pgmq", f"q_{slug}")
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(sql.SQL(HOLD).format(queue))
         cpu = BackendCpu.empty()
         with (
             worker_url(url, through_pgbouncer) as (served, extra),
@@ -118,18 +126,19 @@ def measure(server: str, workers: int, jobs: int, *, through_pgbouncer: bool) ->
                 stack.enter_context(WorkerProcess(MODULE, "worker", served, *extra))
                 for _ in range(workers)
             ]
-            # Timed from the moment the last worker is ready; what the first ones completed
-            # while the others started is not counted.
-            started = time.perf_counter()
             worker_cpu = sum(p.cpu_seconds() for p in processes)
-            done_at_start = _completed(watcher, slug)
+            cpu.sample(watcher, database)
+            with watcher.transaction():
+                watcher.execute(sql.SQL(RELEASE).format(queue))
+                watcher.execute("SELECT pg_notify('pgflow_wakeup', %s)", (slug,))
+            started = time.perf_counter()
             while (done := _completed(watcher, slug)) < jobs:
                 cpu.sample(watcher, database)
                 time.sleep(SAMPLE_EVERY)
             seconds = time.perf_counter() - started
             cpu.sample(watcher, database)
             worker_cpu = sum(p.cpu_seconds() for p in processes) - worker_cpu
-        return Point(workers, done - done_at_start, seconds, cpu.seconds, worker_cpu)
+        return Point(workers, done, seconds, cpu.seconds, worker_cpu)
     finally:
         drop_database(server, database)
 
