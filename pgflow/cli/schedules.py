@@ -41,7 +41,7 @@ def render(schedules: list[Schedule]) -> str:
                 schedule.cron.expression,
                 schedule.cron.timezone,
                 "paused" if schedule.paused else "active",
-                _when(schedule.next_fire_at),
+                "-" if schedule.paused else _when(schedule.next_fire_at),  # none while paused
                 _when(schedule.last_fire_at),
                 (schedule.last_error or "-").splitlines()[0][:60],
             )
@@ -108,7 +108,14 @@ def _one_schedule_command(
     def command(schedule_name: str, database_url: str | None) -> None:
         with engine_for(database_url) as engine:
             result = action(engine, schedule_name)
-        click.echo(render([result]) if isinstance(result, Schedule) else result)
+        click.echo(_said(name, result) if isinstance(result, Schedule) else result)
+
+
+def _said(done: str, schedule: Schedule) -> str:
+    """One line for what pause or resume did (``list`` shows the table)."""
+    if schedule.paused:
+        return f"paused schedule {schedule.name}: no runs until `pgflow schedules resume`"
+    return f"resumed schedule {schedule.name}: next fire {_when(schedule.next_fire_at)}"
 
 
 def _delete(engine: Engine, name: str) -> str:

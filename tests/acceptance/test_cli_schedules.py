@@ -37,8 +37,12 @@ def test_operating_a_schedule_from_the_command_line(
 
     paused = pgflow_cli("schedules", "pause", "nightly", url=pgflow_database)
     assert paused.returncode == 0, paused.stderr
-    assert "paused" in paused.stdout
+    # One line, not the whole table.
+    assert paused.stdout == ("paused schedule nightly: no runs until `pgflow schedules resume`\n")
     assert get_schedule(pgflow_engine, "nightly").paused
+    # A paused schedule has no next fire.
+    paused_row = pgflow_cli("schedules", "list", url=pgflow_database).stdout.splitlines()[1]
+    assert paused_row.split()[8:10] == ["paused", "-"]
 
     triggered = pgflow_cli("schedules", "trigger", "nightly", url=pgflow_database)
     assert triggered.returncode == 0, triggered.stderr
@@ -49,7 +53,8 @@ def test_operating_a_schedule_from_the_command_line(
     assert get_schedule(pgflow_engine, "nightly").paused  # a trigger does not resume
 
     resumed = pgflow_cli("schedules", "resume", "nightly", url=pgflow_database)
-    assert "active" in resumed.stdout
+    assert resumed.stdout.startswith("resumed schedule nightly: next fire 20")
+    assert len(resumed.stdout.splitlines()) == 1
     assert not get_schedule(pgflow_engine, "nightly").paused
 
     deleted = pgflow_cli("schedules", "delete", "nightly", url=pgflow_database)
