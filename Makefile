@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pgflow-setup
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup test demo lint docs bench clean dashboard-screenshots
+.PHONY: setup test demo lint docs bench mutate clean dashboard-screenshots
 
 NODE_DEPS := tests/node/node_modules/@pgflow/dsl/package.json
 
@@ -34,6 +34,10 @@ test: setup
 # `make demo DEMO_ARGS=--dashboard` keeps the worker running and serves the web dashboard.
 demo: setup
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)
+
+# Mutants of the set-based completion and claim SQL against the differential suites (tests/mutation.py).
+mutate: setup
+	$(BIN)/python -m tests.mutation
 
 # mypy checks the bench adapters against the peers' real packages, so lint installs the bench extra.
 lint: setup

@@ -20,6 +20,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from bench._api import Adapter, NotSupported
+from bench._machine import Probe
 from bench._report import Results, render
 
 SYSTEMS = {
@@ -159,7 +160,10 @@ def main(argv: list[str]) -> int:
                 started = time.perf_counter()
                 try:
                     adapter.install(url)
+                    probe = Probe.before()
                     figures = measure(adapter, workload, url, sizes)
+                    if probe is not None:
+                        results.record_conditions(name, workload, probe.after())
                 except NotSupported as exc:
                     results.unsupported(name, workload, str(exc))
                     continue
@@ -169,7 +173,8 @@ def main(argv: list[str]) -> int:
                     results.add(name, metric, value)
                 save()
                 took = time.perf_counter() - started
-                print(f"    {figures} ({took:.0f} s)", file=sys.stderr)
+                where = results.conditions[-1] if probe is not None else {}
+                print(f"    {figures} ({took:.0f} s; machine {where})", file=sys.stderr)
     print(render(results))
     save()
     print(f"\nresults written to bench/results/{path.name}")

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import Phase, settings
 
 from pgflow._db import create_engine
 from pgflow._devserver import DevServer
 from pgflow.testing import temporary_database
+
+# tests/mutation.py: a mutant is caught at the first failing example; shrinking it tells nothing.
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""Chaos: 200 runs of a DAG with a map step, three worker processes, kill -9 and a PostgreSQL
-restart at random points. Every run completes, every task is completed exactly once, and no
-worker process is left alive without serving.
+"""Chaos: 200 runs of a DAG with a map step, three worker processes, two kill -9s of a process
+holding started tasks and two PostgreSQL restarts while tasks run, at random points. Every run
+completes, every task is completed exactly once, and no worker process is left alive without
+serving.
 
 The server is a cluster this test starts on a port of its own (tests/helpers/own_cluster.py);
 the shared server is never stopped. Set PGFLOW_CHAOS_SEED to replay a failing schedule.
@@ -82,12 +83,24 @@ class Workers:
     def alive(self) -> list[tuple[subprocess.Popen[bytes], Path]]:
         return [(p, log) for p, log in self.processes if p.poll() is None]
 
-    def kill_one(self, rng: random.Random) -> None:
-        process, _ = rng.choice(self.alive())
+    def kill_one_holding_work(self, rng: random.Random, deadline: float) -> int:
+        """kill -9 a serving process while it holds started tasks; returns how many it held."""
+        while True:
+            holding = [
+                (process, held)
+                for process, log in self.alive()
+                if (held := started_tasks(self._url, worker_ids(log))) > 0
+            ]
+            if holding:
+                break
+            assert time.monotonic() < deadline, "no worker process held a started task to kill"
+            time.sleep(0.05)
+        process, held = rng.choice(holding)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         self.killed += 1
         self.spawn()
+        return held
 
     def stop_all(self) -> None:
         for process, _ in self.processes:
@@ -116,17 +129,33 @@ def events(log: Path, name: str) -> list[dict[str, Any]]:
     return found
 
 
-def scalar_rows(url: URL, statement: str) -> list[tuple[Any, ...]]:
+def scalar_rows(url: URL, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
     """A query on a fresh connection, retried while the server restarts."""
     deadline = time.monotonic() + 30
     while True:
         try:
             with psycopg.connect(libpq_url(url), connect_timeout=3) as connection:
-                return connection.execute(statement).fetchall()
+                return connection.execute(statement, params).fetchall()
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def worker_ids(log: Path) -> list[str]:
+    started = events(log, "worker.started")
+    return list(started[0]["worker_ids"]) if started else []
+
+
+def started_tasks(url: URL, workers: list[str] | None = None) -> int:
+    """Tasks started and not yet reported (by these workers, when given)."""
+    [(count,)] = scalar_rows(
+        url,
+        "SELECT count(*) FROM pgflow.step_tasks WHERE status = 'started'"
+        + ("" if workers is None else " AND last_worker_id::text = ANY(%s)"),
+        None if workers is None else (workers,),
+    )
+    return int(count)
 
 
 def completed_tasks(url: URL) -> int:
@@ -152,10 +181,16 @@ def serving(url: URL, log: Path) -> bool:
     return set(started[0]["worker_ids"]) <= fresh
 
 
-def restart(cluster: OwnCluster, rng: random.Random) -> None:
+def restart_with_work_running(cluster: OwnCluster, rng: random.Random, deadline: float) -> int:
+    """Stop PostgreSQL (fast or immediate) while tasks are started, start it again; returns
+    how many tasks were started at the stop."""
+    while (running := started_tasks(cluster.url)) == 0:
+        assert time.monotonic() < deadline, "no task was running to restart the server under"
+        time.sleep(0.05)
     cluster.stop(rng.choice(["fast", "immediate"]))
     time.sleep(rng.uniform(0.5, 2.0))
     cluster.start()
+    return running
 
 
 @pytest.fixture
@@ -177,11 +212,12 @@ def test_runs_complete_exactly_once_through_kill_9_and_a_server_restart(
         run_ids = [start_flow(connection, Chaos, {"n": n}) for n in range(RUNS)]
     engine.dispose()
 
-    # The chaos: two kill -9s and one restart (fast or immediate), each when a random share of
-    # the work is done, so each lands while tasks run.
+    # The chaos: two kill -9s and two restarts (fast or immediate), each when a random share of
+    # the work is done and while tasks run (each records how many it caught started).
     chaos: list[tuple[float, str]] = sorted(
-        (rng.uniform(0.05, 0.8), what) for what in ("kill", "kill", "restart")
+        (rng.uniform(0.05, 0.8), what) for what in ("kill", "kill", "restart", "restart")
     )
+    caught: dict[str, list[int]] = {"kill": [], "restart": []}
     workers = Workers(url, tmp_path)
     done_log: list[str] = []
     try:
@@ -193,10 +229,10 @@ def test_runs_complete_exactly_once_through_kill_9_and_a_server_restart(
             if completed_tasks(url) >= share * TASKS:
                 chaos.pop(0)
                 if what == "kill":
-                    workers.kill_one(rng)
+                    caught[what].append(workers.kill_one_holding_work(rng, deadline))
                 else:
-                    restart(cluster, rng)
-                done_log.append(f"{what} at {share:.0%}")
+                    caught[what].append(restart_with_work_running(cluster, rng, deadline))
+                done_log.append(f"{what} at {share:.0%} with {caught[what][-1]} tasks started")
             assert time.monotonic() < deadline, f"stuck before {what} at {share:.0%}"
             workers.restart_refused()
             time.sleep(0.1)
@@ -205,13 +241,13 @@ def test_runs_complete_exactly_once_through_kill_9_and_a_server_restart(
             workers.restart_refused()
             time.sleep(0.2)
 
+        assert [len(caught["kill"]), len(caught["restart"])] == [2, 2], done_log
+        assert all(count > 0 for counts in caught.values() for count in counts), done_log
         runs = dict(
-            scalar_rows(
-                url, "SELECT (input->>'n')::int, output FROM pgflow.runs WHERE status = 'completed'"
-            )
+            scalar_rows(url, "SELECT run_id, output FROM pgflow.runs WHERE status = 'completed'")
         )
-        assert sorted(runs) == list(range(RUNS))
-        assert all(runs[n] == expected_output(n) for n in range(RUNS))
+        assert sorted(runs) == sorted(run_ids)
+        assert all(runs[run_id] == expected_output(n) for n, run_id in enumerate(run_ids))
         # Each task completed exactly once: one row per task, every one completed, and every
         # step's counters at zero (a second completion of a task would drive them below).
         tasks = scalar_rows(url, "SELECT status, count(*) FROM pgflow.step_tasks GROUP BY status")
@@ -243,4 +279,3 @@ def test_runs_complete_exactly_once_through_kill_9_and_a_server_restart(
         ) from failure
     finally:
         workers.stop_all()
-    assert run_ids

@@ -6,19 +6,25 @@ are compared by meaning (which task a message belongs to, whether a timestamp is
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-# Events upstream sends through realtime.send, kept in order instead of notified.
+# Events upstream sends through realtime.send, kept in order (and by transaction) instead of
+# notified.
 CAPTURE_EVENTS = """
 CREATE TABLE public.captured_events (
-    seq bigserial PRIMARY KEY, topic text NOT NULL, event text NOT NULL, payload jsonb NOT NULL
+    seq bigserial PRIMARY KEY, topic text NOT NULL, event text NOT NULL, payload jsonb NOT NULL,
+    xid bigint NOT NULL DEFAULT txid_current()
 );
 CREATE OR REPLACE FUNCTION realtime.send(
     payload jsonb, event text, topic text, private boolean DEFAULT true
@@ -26,6 +32,11 @@ CREATE OR REPLACE FUNCTION realtime.send(
     INSERT INTO public.captured_events (topic, event, payload) VALUES (topic, event, payload)
 $$;
 """
+
+# tests/mutation.py names a file of mutated SQL here; set-based arms run on the mutant.
+MUTANT_VARIABLE = "PGFLOW_TEST_MUTANT_SQL"
+
+Event = tuple[str, str, str]  # topic, event name, payload without timestamps (JSON text)
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class StepShape:
     is_map: bool
     max_attempts: int | None = None
     start_delay: int | None = None
+    timeout: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,20 +77,34 @@ class Report:
 class CallResult:
     recorded: set[int] = field(default_factory=set)
     ended: set[tuple[uuid.UUID, str]] = field(default_factory=set)
+    events: list[Event] = field(default_factory=list)  # in the order the call sent them
 
 
 class Arm:
     """One database and how it records reports."""
 
     def __init__(self, conninfo: str, *, set_based: bool) -> None:
+        self.conninfo = conninfo
         self.connection = psycopg.connect(conninfo, autocommit=True)
         self.set_based = set_based
+        self._second: psycopg.Connection[Any] | None = None
+        mutant = os.environ.get(MUTANT_VARIABLE)
+        if set_based and mutant:
+            self.execute(Path(mutant).read_text())
 
     def close(self) -> None:
         self.connection.close()
+        if self._second is not None:
+            self._second.close()
 
-    def execute(self, statement: str | sql.Composed, params: Any = None) -> list[tuple[Any, ...]]:
-        cursor = self.connection.execute(statement, params)
+    def execute(
+        self,
+        statement: str | sql.Composed,
+        params: Any = None,
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        cursor = (connection or self.connection).execute(statement, params)
         return cursor.fetchall() if cursor.description else []
 
     def create_flow(self, flow: FlowShape) -> None:
@@ -86,12 +112,13 @@ class Arm:
             self.execute("SELECT pgflow.create_flow(%s, %s, 1, 60)", (flow.slug, flow.max_attempts))
             for s in flow.steps:
                 self.execute(
-                    "SELECT pgflow.add_step(%s, %s, %s::text[], %s, NULL, NULL, %s, %s)",
+                    "SELECT pgflow.add_step(%s, %s, %s::text[], %s, NULL, %s, %s, %s)",
                     (
                         flow.slug,
                         s.slug,
                         list(s.deps),
                         s.max_attempts,
+                        s.timeout,
                         s.start_delay,
                         "map" if s.is_map else "single",
                     ),
@@ -138,16 +165,78 @@ class Arm:
 
     def report(self, worker_id: uuid.UUID, reports: list[Report]) -> CallResult:
         """One report call in its own transaction: all completions or all failures."""
+        with self.connection.transaction():
+            return self._report(self.connection, worker_id, reports)
+
+    def report_concurrently(
+        self, first: tuple[uuid.UUID, list[Report]], second: tuple[uuid.UUID, list[Report]]
+    ) -> tuple[CallResult, CallResult]:
+        """Two report calls from two connections at once: the first runs in a transaction left
+        open while the second starts on another connection and runs until it finishes or waits
+        for a lock; then the first commits. The same interleaving in both arms, whatever the
+        calls do (a call never waits for the second, so this cannot deadlock)."""
+        if self._second is None:
+            self._second = psycopg.connect(self.conninfo, autocommit=True)
+        other = self._second
+        [(other_pid,)] = self.execute("SELECT pg_backend_pid()", connection=other)
+        outcome: list[CallResult | BaseException] = []
+
+        def run_second() -> None:
+            try:
+                with other.transaction():
+                    outcome.append(self._report(other, *second))
+            except BaseException as exc:  # handed to the main thread below
+                outcome.append(exc)
+
+        with self.connection.transaction():
+            first_result = self._report(self.connection, *first)
+            thread = threading.Thread(target=run_second)
+            thread.start()
+            deadline = time.monotonic() + 30
+            while thread.is_alive() and not self.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                (other_pid,),
+            ):
+                assert time.monotonic() < deadline, "the second call neither ended nor waited"
+                time.sleep(0.005)
+        thread.join(30)
+        assert not thread.is_alive(), "the second call did not end after the first committed"
+        [second_result] = outcome
+        if isinstance(second_result, BaseException):
+            raise second_result
+        return first_result, second_result
+
+    def _report(
+        self, connection: psycopg.Connection[Any], worker_id: uuid.UUID, reports: list[Report]
+    ) -> CallResult:
         failing = reports[0].error is not None
         assert all((r.error is not None) == failing for r in reports)
-        with self.connection.transaction():
-            # Failures go through upstream's fail_task in both arms (failures are rare: no
-            # set-based path of ours), so scenarios check that the two compose.
-            if self.set_based and not failing:
-                return self._complete_set_based(worker_id, reports)
-            return self._report_one_by_one(worker_id, reports, failing=failing)
+        [(xid,)] = self.execute("SELECT txid_current()", connection=connection)
+        # Failures go through upstream's fail_task in both arms (failures are rare: no
+        # set-based path of ours), so scenarios check that the two compose.
+        if self.set_based and not failing:
+            result = self._complete_set_based(connection, worker_id, reports)
+        else:
+            result = self._report_one_by_one(connection, worker_id, reports, failing=failing)
+        events = self.execute(
+            "SELECT topic, event, payload FROM public.captured_events WHERE xid = %s ORDER BY seq",
+            (xid,),
+            connection=connection,
+        )
+        if not self.set_based or failing:
+            # Upstream announces the runs a call ended (and nothing else tells under
+            # concurrency: a run another call ended meanwhile also changed status).
+            result.ended = {
+                (uuid.UUID(payload["run_id"]), payload["status"])
+                for _, event, payload in events
+                if event in ("run:completed", "run:failed")
+            }
+        result.events = [(topic, event, _payload_text(payload)) for topic, event, payload in events]
+        return result
 
-    def _complete_set_based(self, worker_id: uuid.UUID, reports: list[Report]) -> CallResult:
+    def _complete_set_based(
+        self, connection: psycopg.Connection[Any], worker_id: uuid.UUID, reports: list[Report]
+    ) -> CallResult:
         rows = self.execute(
             "SELECT recorded, ended_run_id, ended_status, run_ended_at IS NOT NULL"
             " FROM pgflow_python.complete_task_batch("
@@ -159,6 +248,7 @@ class Arm:
                 [r.task_index for r in reports],
                 [None if r.output is _SQL_NULL else Jsonb(r.output) for r in reports],
             ),
+            connection=connection,
         )
         result = CallResult()
         for recorded, run_id, status, has_end in rows:
@@ -172,14 +262,13 @@ class Arm:
         return result
 
     def _report_one_by_one(
-        self, worker_id: uuid.UUID, reports: list[Report], *, failing: bool
+        self,
+        connection: psycopg.Connection[Any],
+        worker_id: uuid.UUID,
+        reports: list[Report],
+        *,
+        failing: bool,
     ) -> CallResult:
-        run_ids = list({r.run_id for r in reports})
-        before = dict(
-            self.execute(
-                "SELECT run_id, status FROM pgflow.runs WHERE run_id = ANY(%s)", (run_ids,)
-            )
-        )
         result = CallResult()
         order = sorted(
             range(len(reports)),
@@ -191,6 +280,7 @@ class Arm:
                 "SELECT 1 FROM pgflow.step_tasks WHERE run_id = %s AND step_slug = %s"
                 " AND task_index = %s AND status = 'started' AND last_worker_id = %s FOR UPDATE",
                 (r.run_id, r.step_slug, r.task_index, worker_id),
+                connection=connection,
             )
             if not held:
                 continue
@@ -198,22 +288,16 @@ class Arm:
                 self.execute(
                     "SELECT pgflow.fail_task(%s, %s, %s, %s)",
                     (r.run_id, r.step_slug, r.task_index, r.error),
+                    connection=connection,
                 )
             else:
                 output = None if r.output is _SQL_NULL else Jsonb(r.output)
                 self.execute(
                     "SELECT pgflow.complete_task(%s, %s, %s, %s)",
                     (r.run_id, r.step_slug, r.task_index, output),
+                    connection=connection,
                 )
             result.recorded.add(i + 1)
-        after = self.execute(
-            "SELECT run_id, status FROM pgflow.runs WHERE run_id = ANY(%s)", (run_ids,)
-        )
-        result.ended = {
-            (run_id, status)
-            for run_id, status in after
-            if status != before[run_id] and status in ("completed", "failed")
-        }
         return result
 
     def snapshot(self, flow_slugs: list[str], run_ids: list[uuid.UUID]) -> dict[str, Any]:
@@ -245,7 +329,7 @@ class Arm:
             "SELECT topic, event, payload FROM public.captured_events ORDER BY seq"
         )
         snap["events"] = Counter(
-            (topic, event, json.dumps(_without_timestamps(payload), sort_keys=True))
+            (topic, event, _payload_text(payload))
             for topic, event, payload in events
             if any(topic == f"pgflow:run:{run_id}" for run_id in run_ids)
         )
@@ -328,8 +412,9 @@ _SQL_NULL: Any = _SqlNull()
 SQL_NULL: Any = _SQL_NULL
 
 
-def _without_timestamps(payload: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in payload.items() if not k.endswith("_at")}
+def _payload_text(payload: dict[str, Any]) -> str:
+    """A payload without its timestamps, comparable across databases."""
+    return json.dumps({k: v for k, v in payload.items() if not k.endswith("_at")}, sort_keys=True)
 
 
 def assert_causal_order(events: list[tuple[str, dict[str, Any]]], flow: FlowShape) -> None:

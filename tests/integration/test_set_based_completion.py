@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from tests.helpers.differential import (
     CAPTURE_EVENTS,
     SQL_NULL,
     Arm,
+    CallResult,
     FlowShape,
     Report,
     StepShape,
@@ -93,20 +95,24 @@ def flow_shapes(draw: st.DrawFn) -> FlowShape:
     )
 
 
-def _output(data: st.DataObject, flow: FlowShape, step_slug: str, task_index: int) -> Any:
+def _output(
+    data: st.DataObject, flow: FlowShape, step_slug: str, task_index: int, *, arrays_only: bool
+) -> Any:
+    label = f"{step_slug}[{task_index}] output"
     if flow.feeds_map(step_slug):
-        return data.draw(
-            st.one_of(
-                st.lists(st.integers(0, 9), max_size=3),
-                st.lists(st.integers(0, 9), min_size=2, max_size=3),
-                st.lists(st.integers(0, 9), min_size=2, max_size=3),
-                st.sampled_from(["not an array", None, SQL_NULL, {"a": 1}]),
-            ),
-            label=f"{step_slug}[{task_index}] output",
+        arrays = st.lists(st.integers(0, 9), max_size=3)
+        if arrays_only:
+            return data.draw(arrays, label=label)
+        output = data.draw(
+            st.one_of(arrays, st.sampled_from(["not an array", None, SQL_NULL, {"a": 1}])),
+            label=label,
         )
+        if not isinstance(output, list):
+            event("non-array output for a map's parent")
+        return output
     return data.draw(
         st.sampled_from([0, False, "", None, {"k": task_index}, [task_index, "x"], "text"]),
-        label=f"{step_slug}[{task_index}] output",
+        label=label,
     )
 
 
@@ -152,7 +158,7 @@ def test_set_based_completion_matches_upstream(arms: tuple[Arm, Arm], data: st.D
         if not queued and not started:
             break
         _claim_round(data, arms, flow, queued, nothing_started=not started)
-        _report_round(data, arms, flow, oracle.tasks_with_status(run_ids, "started"))
+        _report_round(data, arms, flow, run_ids)
         _assert_same(oracle, ours, flow, run_ids)
 
     for run_id in run_ids:
@@ -183,27 +189,66 @@ def _claim_round(
 
 
 def _report_round(
-    data: st.DataObject, arms: tuple[Arm, Arm], flow: FlowShape, started: list[Any]
+    data: st.DataObject, arms: tuple[Arm, Arm], flow: FlowShape, run_ids: list[uuid.UUID]
 ) -> None:
-    calls: list[tuple[int, list[Report]]] = []
+    """Report what the workers hold, in batches of drawn sizes sent in a drawn order; some
+    reports come twice (in one batch or two), some late (for tasks already completed, or failed
+    and queued for retry), some from a worker that lost the task. A concurrent round sends its
+    calls two at a time from two connections (outputs then never fail a run: under concurrency
+    upstream itself would race there, checking the run's status before taking its lock)."""
+    oracle = arms[0]
+    concurrent = data.draw(st.booleans(), label="concurrent round")
     pending: dict[tuple[int, bool], list[Report]] = {}
-    for run_id, step_slug, task_index, holder in started:
-        action = data.draw(
-            st.sampled_from(["complete"] * 6 + ["fail", "keep", "stale"]),
-            label=f"{step_slug}[{task_index}] action",
-        )
+
+    def add(reporter: int, report: Report) -> None:
+        reports = pending.setdefault((reporter, report.error is not None), [])
+        reports.insert(data.draw(st.integers(0, len(reports)), label="position"), report)
+
+    def completion(run_id: Any, step_slug: str, task_index: int) -> Report:
+        output = _output(data, flow, step_slug, task_index, arrays_only=concurrent)
+        return Report(run_id, step_slug, task_index, output)
+
+    for run_id, step_slug, task_index, holder in oracle.tasks_with_status(run_ids, "started"):
+        actions = ["complete"] * 5 + ["twice", "keep", "stale"]
+        if not concurrent:
+            actions += ["fail", "fail, then complete"]
+        action = data.draw(st.sampled_from(actions), label=f"{step_slug}[{task_index}] action")
+        reporter = WORKERS.index(holder)
         if action == "keep":
             continue
-        reporter = WORKERS.index(holder)
         if action == "stale":
             reporter = 1 - reporter
-        if action == "fail":
-            report = Report(run_id, step_slug, task_index, error=f"boom {step_slug}")
-        else:
-            report = Report(
-                run_id, step_slug, task_index, _output(data, flow, step_slug, task_index)
-            )
-        pending.setdefault((reporter, action == "fail"), []).append(report)
+        if action.startswith("fail"):
+            add(reporter, Report(run_id, step_slug, task_index, error=f"boom {step_slug}"))
+        if action != "fail":
+            add(reporter, completion(run_id, step_slug, task_index))
+        if action == "twice":
+            add(reporter, completion(run_id, step_slug, task_index))
+    # Late reports: a worker reporting again a task it completed, or one that failed since and
+    # waits for its retry (both still carry the worker's id).
+    for run_id, step_slug, task_index, status, holder in oracle.execute(
+        "SELECT run_id, step_slug, task_index, status, last_worker_id FROM pgflow.step_tasks"
+        " WHERE run_id = ANY(%s) AND last_worker_id IS NOT NULL"
+        " AND (status = 'completed' OR (status = 'queued' AND attempts_count > 0))"
+        " ORDER BY run_id, step_slug, task_index",
+        (run_ids,),
+    ):
+        odds = 1 if status == "queued" else 3  # retries are rarer than completions
+        if data.draw(st.integers(0, odds), label=f"late report of {step_slug}[{task_index}]") == 0:
+            event(f"late report for a {status} task")
+            add(WORKERS.index(holder), completion(run_id, step_slug, task_index))
+
+    _send(data, arms, pending, concurrent=concurrent)
+
+
+def _send(
+    data: st.DataObject,
+    arms: tuple[Arm, Arm],
+    pending: dict[tuple[int, bool], list[Report]],
+    *,
+    concurrent: bool,
+) -> None:
+    calls: list[tuple[int, list[Report]]] = []
     for (reporter, _), reports in pending.items():
         # Split into batches of drawn sizes, keeping the worker's order.
         rest = reports
@@ -212,11 +257,47 @@ def _report_round(
             calls.append((reporter, rest[:size]))
             rest = rest[size:]
     order = data.draw(st.permutations(range(len(calls))), label="call order")
-    for i in order:
-        reporter, reports = calls[i]
-        expected, actual = (arm.report(WORKERS[reporter], reports) for arm in arms)
-        assert actual.recorded == expected.recorded, f"recorded positions differ for {reports}"
-        assert actual.ended == expected.ended, f"ended runs differ for {reports}"
+    while order:
+        if concurrent and len(order) >= 2:
+            first, second = calls[order[0]], calls[order[1]]
+            order = order[2:]
+            event("concurrent batches")
+            expected = arms[0].report_concurrently(_call(first), _call(second))
+            actual = arms[1].report_concurrently(_call(first), _call(second))
+            for call, want, got in zip((first, second), expected, actual, strict=True):
+                _assert_same_call(call[1], want, got)
+        else:
+            call = calls[order[0]]
+            order = order[1:]
+            want, got = (arm.report(*_call(call)) for arm in arms)
+            _assert_same_call(call[1], want, got)
+
+
+def _call(call: tuple[int, list[Report]]) -> tuple[uuid.UUID, list[Report]]:
+    return WORKERS[call[0]], call[1]
+
+
+def _assert_same_call(reports: list[Report], expected: CallResult, actual: CallResult) -> None:
+    """The same positions recorded, the same runs ended, the same events: in upstream's order
+    on each run's topic where the call reported one step of that run (upstream sends a step's
+    completion, then what it started, then the run's end); as a multiset where it reported
+    several (upstream interleaves them task by task, we send all completions first)."""
+    assert actual.recorded == expected.recorded, f"recorded positions differ for {reports}"
+    assert actual.ended == expected.ended, f"ended runs differ for {reports}"
+    keys = [(r.run_id, r.step_slug, r.task_index) for r in reports]
+    if len(set(keys)) < len(keys):
+        event("the same position twice in a batch")
+    steps_of: dict[str, set[str]] = {}
+    for r in reports:
+        steps_of.setdefault(f"pgflow:run:{r.run_id}", set()).add(r.step_slug)
+    for topic, steps in steps_of.items():
+        want = [e for e in expected.events if e[0] == topic]
+        got = [e for e in actual.events if e[0] == topic]
+        if len(steps) == 1:
+            assert got == want, f"events on {topic} differ (or their order) for {reports}"
+        else:
+            assert Counter(got) == Counter(want), f"events on {topic} differ for {reports}"
+    assert {e[0] for e in actual.events} <= set(steps_of), "events on a run not reported"
 
 
 def _single(slug: str, *deps: str) -> StepShape:
@@ -285,3 +366,30 @@ def test_whole_waves_in_one_batch_match_upstream(arms: tuple[Arm, Arm], name: st
     assert statuses == {"completed"}
     for run_id in run_ids:
         assert_causal_order(ours.events_in_order(run_id), flow)
+
+
+@pytest.mark.parametrize("value", ["not an array", None, SQL_NULL, {"a": 1}, 7], ids=repr)
+def test_non_array_feeding_a_map_matches_upstream(arms: tuple[Arm, Arm], value: Any) -> None:
+    """Each kind of non-array output of a map's parent, reported in one batch with the run's
+    other tasks before and after it (upstream fails the run at that task, so which of the others
+    still complete depends on their order), next to a run that gets an array."""
+    oracle, ours = arms
+    steps = (_single("a"), _single("b"), _map("m", "b"), _single("z"), _single("y", "m", "z"))
+    flow = FlowShape(slug=f"non_array_{next(_flow_numbers)}", steps=steps)
+    run_ids = [uuid.UUID(int=(0xBAD << 64) | next(_run_numbers)) for _ in range(2)]
+    for arm in arms:
+        arm.create_flow(flow)
+        for run_id in run_ids:
+            arm.start_run(flow.slug, run_id, {"x": 1})
+    queued = [tuple(t[:3]) for t in oracle.tasks_with_status(run_ids, "queued")]
+    records = [arm.claim(flow.slug, WORKERS[0], queued) for arm in arms]
+    assert records[0] == records[1]
+    reports = [
+        Report(run_id, slug, index, value if (run_id, slug) == (run_ids[0], "b") else [1, 2])
+        for run_id, slug, index, _, _ in records[0]
+    ]
+    expected, actual = (arm.report(WORKERS[0], reports) for arm in arms)
+    _assert_same_call(reports, expected, actual)
+    _assert_same(oracle, ours, flow, run_ids)
+    statuses = [row[2] for row in ours.snapshot([flow.slug], run_ids)["runs"]]
+    assert statuses == ["failed", "started"]

@@ -87,14 +87,29 @@ def error_of(engine: Engine, run_id: uuid.UUID) -> str:
 async def test_poisoned_outcomes_fail_only_their_own_task(pgflow_engine: Engine) -> None:
     register_flows(pgflow_engine, Poison, Cancelling)
     kinds = ["surrogate output", "surrogate error", "nul error", "deep output", "huge error"]
-    async with running_worker(pgflow_engine, Poison, Cancelling):
-        runs = {kind: start(pgflow_engine, Poison, kind) for kind in kinds}
-        cancelled = start(pgflow_engine, Cancelling, {})
+    # Queued before the worker starts, so one claim takes the poisoned and the healthy tasks
+    # together and their outcomes are reported side by side.
+    runs = {kind: start(pgflow_engine, Poison, kind) for kind in kinds}
+    neighbours = [start(pgflow_engine, Poison, "healthy") for _ in range(3)]
+    cancelled = start(pgflow_engine, Cancelling, {})
+    async with running_worker(pgflow_engine, Poison, Cancelling, concurrency=10, batch_size=10):
         for run_id in [*runs.values(), cancelled]:
             assert (await wait_until_finished(pgflow_engine, run_id))["status"] == "failed"
+        for run_id in neighbours:
+            assert (await wait_until_finished(pgflow_engine, run_id))["status"] == "completed"
         # ...and the worker still serves.
         healthy = start(pgflow_engine, Poison, "healthy")
         assert (await wait_until_finished(pgflow_engine, healthy))["status"] == "completed"
+    with pgflow_engine.begin() as connection:
+        # A claim starts its tasks at its transaction's now(): one claim, one started_at.
+        claims = connection.execute(
+            sa.text(
+                "SELECT count(DISTINCT started_at), count(*) FROM pgflow.step_tasks"
+                " WHERE run_id = ANY(:ids)"
+            ),
+            {"ids": [*runs.values(), *neighbours]},
+        ).one()
+    assert tuple(claims) == (1, 8), "the poisoned and healthy tasks were not claimed together"
     assert "returned a value that is not JSON" in error_of(pgflow_engine, runs["surrogate output"])
     assert error_of(pgflow_engine, runs["surrogate error"]) == "ValueError: bad \\ud800"
     assert error_of(pgflow_engine, runs["nul error"]) == "ValueError: ab"

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import anyio
 import psycopg
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pgflow import Context, Job
+from pgflow.worker._postgres import PostgresStore
+from pgflow.worker._store import RecoveredTask
 from tests.helpers.database import libpq_url, register_flows
 from tests.helpers.outages import database_outage
 from tests.helpers.workers import EventLog, running_worker, start, tasks_of, wait_until_finished
@@ -79,6 +84,35 @@ async def test_a_report_is_kept_through_a_long_outage_and_recorded_once(
     assert not events.named("tasks.recovered")
 
 
+class CountedSweeps(PostgresStore):
+    """Notes when each of its sweeps for stalled tasks came back from the database."""
+
+    def __init__(self, conninfo: str) -> None:
+        super().__init__(conninfo)
+        self.sweeps: list[float] = []
+
+    async def recover(
+        self, *, heartbeat_timeout: int, max_requeues: int, sweeper_ids: Sequence[uuid.UUID]
+    ) -> list[RecoveredTask]:
+        found = await super().recover(
+            heartbeat_timeout=heartbeat_timeout, max_requeues=max_requeues, sweeper_ids=sweeper_ids
+        )
+        self.sweeps.append(time.monotonic())
+        return found
+
+
+def heard_since(engine: Engine, moment: datetime) -> bool:
+    """Every serving worker heartbeated after ``moment`` (the database's clock)."""
+    with engine.begin() as connection:
+        return not connection.execute(
+            sa.text(
+                "SELECT 1 FROM pgflow.workers WHERE deprecated_at IS NULL"
+                " AND last_heartbeat_at <= :moment"
+            ),
+            {"moment": moment},
+        ).first()
+
+
 async def test_after_an_outage_no_sweep_takes_tasks_from_the_living(
     pgflow_engine: Engine, pgflow_database: Any, events: EventLog
 ) -> None:
@@ -94,17 +128,27 @@ async def test_after_an_outage_no_sweep_takes_tasks_from_the_living(
         "heartbeat_timeout": 3,
         "recovery_interval": 0.2,
     }
+    store = CountedSweeps(libpq_url(pgflow_engine.url))
     async with running_worker(pgflow_engine, Held, **holder):
         run_id = start(pgflow_engine, Held, {})
         await wait_for(lambda: Held.entered, "the handler to start")
-        async with running_worker(pgflow_engine, Held, **sweeper):
+        async with running_worker(pgflow_engine, Held, store=store, **sweeper):
             # Nobody can heartbeat for longer than heartbeat_timeout...
             with database_outage(pgflow_database):
                 await anyio.sleep(4.5)
-            # ...and afterwards, the living must be given time to be heard again.
-            await anyio.sleep(5)
+            with pgflow_engine.begin() as connection:
+                outage_ended = connection.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+            back = time.monotonic()
+            # ...and afterwards, the other worker sweeps while the living are heard again.
+            await wait_for(lambda: heard_since(pgflow_engine, outage_ended), "the workers heard")
+            heard = time.monotonic()
+            await wait_for(
+                lambda: sum(moment > heard for moment in store.sweeps) >= 3,
+                "three sweeps after every worker was heard again",
+            )
             Held.release.set()
             run = await wait_until_finished(pgflow_engine, run_id)
+    assert sum(moment > back for moment in store.sweeps) >= 3, "the sweep did not run"
     assert run["status"] == "completed"
     assert Held.entered == [1], "the task was taken from its living worker and run again"
     assert not events.named("tasks.recovered")

@@ -65,6 +65,7 @@ DECLARE
     slow_runs uuid[];
     done_runs uuid[];
     done_steps text[];
+    done_types text[];
     archived_count bigint;
     cascade_run uuid;
     item integer;
@@ -102,12 +103,20 @@ BEGIN
                      AND child.step_type = 'map' AND child_state.initial_tasks IS NULL
                ) AS violates
         FROM batch b
-        JOIN pgflow.step_tasks t
-          ON t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
         JOIN pgflow.runs r ON r.run_id = b.run_id
+        -- Each task by its whole key. As a plain join, the planner could look a task up by
+        -- run_id alone (statistics of many one-task runs make that look as cheap) and read
+        -- every task of a large map once per position: quadratic in the map's size.
+        CROSS JOIN LATERAL (
+            SELECT t.flow_slug, t.step_slug
+            FROM pgflow.step_tasks t
+            WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug
+              AND t.task_index = b.task_index
+              AND t.status = 'started' AND t.last_worker_id = reporting_worker
+            FOR UPDATE
+        ) t
         JOIN pgflow.steps s ON s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug
-        WHERE b.nth = 1 AND t.status = 'started' AND t.last_worker_id = reporting_worker
-        FOR UPDATE OF t
+        WHERE b.nth = 1
     ),
     classified AS (
         SELECT o.item, o.run_id, o.run_status,
@@ -209,41 +218,43 @@ BEGIN
         )
         SELECT (SELECT count(*) FROM archived),
                array_agg(c.run_id ORDER BY c.run_id, c.step_slug),
-               array_agg(c.step_slug ORDER BY c.run_id, c.step_slug)
-        INTO archived_count, done_runs, done_steps
+               array_agg(c.step_slug ORDER BY c.run_id, c.step_slug),
+               array_agg(c.step_type ORDER BY c.run_id, c.step_slug)
+        INTO archived_count, done_runs, done_steps, done_types
         FROM completed_steps c;
     END IF;
 
     IF done_runs IS NOT NULL THEN
+        -- The steps completed in this transaction, so completed_at is now(); no join (a join on
+        -- step_states planned with stale statistics scanned every step of the flow per step).
         PERFORM realtime.send(
             jsonb_build_object(
                 'event_type', 'step:completed',
-                'run_id', ss.run_id,
-                'step_slug', ss.step_slug,
+                'run_id', d.run_id,
+                'step_slug', d.step_slug,
                 'status', 'completed',
                 'output', CASE
-                    WHEN s.step_type = 'map' THEN (
+                    WHEN d.step_type = 'map' THEN (
                         SELECT coalesce(jsonb_agg(st.output ORDER BY st.task_index), '[]'::jsonb)
                         FROM pgflow.step_tasks st
-                        WHERE st.run_id = ss.run_id AND st.step_slug = ss.step_slug
+                        WHERE st.run_id = d.run_id AND st.step_slug = d.step_slug
                           AND st.status = 'completed'
                     )
                     ELSE (
                         SELECT st.output FROM pgflow.step_tasks st
-                        WHERE st.run_id = ss.run_id AND st.step_slug = ss.step_slug
+                        WHERE st.run_id = d.run_id AND st.step_slug = d.step_slug
                           AND st.status = 'completed'
                         LIMIT 1
                     )
                 END,
-                'completed_at', ss.completed_at
+                'completed_at', now()
             ),
-            concat('step:', ss.step_slug, ':completed'),
-            concat('pgflow:run:', ss.run_id),
+            concat('step:', d.step_slug, ':completed'),
+            concat('pgflow:run:', d.run_id),
             false
         )
-        FROM unnest(done_runs, done_steps) WITH ORDINALITY AS d(run_id, step_slug, n)
-        JOIN pgflow.step_states ss ON ss.run_id = d.run_id AND ss.step_slug = d.step_slug
-        JOIN pgflow.steps s ON s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
+        FROM unnest(done_runs, done_steps, done_types) WITH ORDINALITY
+             AS d(run_id, step_slug, step_type, n)
         ORDER BY d.n;
 
         -- Upstream cascades after every completion; it only acts where a map child learnt it

@@ -60,10 +60,22 @@ BEGIN
         JOIN pgflow.step_states dss
           ON dss.run_id = p.run_id AND dss.step_slug = d.dep_slug AND dss.status <> 'skipped'
         GROUP BY p.run_id, p.step_slug
+    ),
+    -- A root map's tasks each read one element of the run's input. Read from the table, the
+    -- whole (toasted) array is fetched and decompressed again for every task: quadratic in the
+    -- map's size. Copied once per run and claim instead (|| with an empty array makes the
+    -- copy; it changes no array).
+    map_inputs AS MATERIALIZED (
+        SELECT r.run_id, r.input || '[]'::jsonb AS elements
+        FROM pgflow.runs r
+        WHERE r.run_id IN (SELECT pk.run_id FROM picked pk) AND jsonb_typeof(r.input) = 'array'
     )
     SELECT p.flow_slug, p.run_id, p.step_slug,
            CASE
-               WHEN s.step_type = 'map' AND s.deps_count = 0 THEN jsonb_array_element(r.input, p.task_index)
+               WHEN s.step_type = 'map' AND s.deps_count = 0 THEN (
+                   SELECT jsonb_array_element(mi.elements, p.task_index)
+                   FROM map_inputs mi WHERE mi.run_id = p.run_id
+               )
                WHEN s.step_type = 'map' THEN (SELECT jsonb_array_element(e.value, p.task_index) FROM jsonb_each(o.outputs) e LIMIT 1)
                ELSE jsonb_build_object('run', r.input) || coalesce(o.outputs, '{}'::jsonb)
            END,

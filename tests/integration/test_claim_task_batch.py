@@ -1,0 +1,129 @@
+"""pgflow_python.claim_task_batch (start_claimed_tasks, a cached plan) against claim_tasks, which
+starts the same messages through upstream's own start_tasks: the same records, timeouts and
+attempt numbers handed out, the same reservations on the queue, the same rows afterwards. The
+scenario covers root and dependent maps, fan-in of a map and a single step, step and flow
+timeouts, a retried task and a failed run whose tasks must not be handed out."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from pgflow.testing import temporary_database
+from tests.helpers.database import libpq_url
+from tests.helpers.differential import CAPTURE_EVENTS, Arm, FlowShape, Report, StepShape
+
+WORKER = uuid.UUID("00000000-0000-4000-8000-0000000000c1")
+FLOW = FlowShape(
+    slug="claims",
+    steps=(
+        StepShape("items", (), is_map=True, timeout=7),
+        StepShape("words", (), is_map=False, max_attempts=1),
+        StepShape("double", ("items",), is_map=True),
+        StepShape("total", ("double", "words"), is_map=False, timeout=11),
+    ),
+    max_attempts=2,
+)
+RESERVATION, MARGIN = 30, 5
+
+
+@pytest.fixture
+def arms(pgflow_server: Any, pgflow_template_database: str) -> Iterator[tuple[Arm, Arm]]:
+    with (
+        temporary_database(pgflow_server.url, template=pgflow_template_database) as oracle_url,
+        temporary_database(pgflow_server.url, template=pgflow_template_database) as ours_url,
+    ):
+        pair = (_arm(oracle_url, set_based=False), _arm(ours_url, set_based=True))
+        try:
+            yield pair
+        finally:
+            for arm in pair:
+                arm.close()
+
+
+def _arm(url: URL, *, set_based: bool) -> Arm:
+    arm = Arm(libpq_url(url), set_based=set_based)
+    arm.execute(CAPTURE_EVENTS)
+    arm.register_workers([WORKER])
+    arm.create_flow(FLOW)
+    return arm
+
+
+def _claim(arm: Arm, batch: int) -> list[Any]:
+    claim = "claim_task_batch" if arm.set_based else "claim_tasks"
+    rows = arm.execute(
+        sql.SQL(
+            "SELECT task, task_timeout, attempt FROM pgflow_python.{}(%s, %s, %s, %s, %s)"
+        ).format(sql.Identifier(claim)),
+        (FLOW.slug, WORKER, batch, RESERVATION, MARGIN),
+    )
+    # Message ids depend on the order of inserts; which task a record is for does not.
+    return sorted(
+        (
+            ({k: v for k, v in task.items() if k != "msg_id"}, timeout, attempt)
+            for task, timeout, attempt in rows
+        ),
+        key=lambda record: (record[0]["run_id"], record[0]["step_slug"], record[0]["task_index"]),
+    )
+
+
+def _reservations(arm: Arm) -> list[Any]:
+    """Each queued message: its task, read count and how long it stays invisible (to the
+    second: the two databases read at slightly different times)."""
+    return arm.execute(
+        "SELECT t.run_id, t.step_slug, t.task_index, m.read_ct,"
+        " round(extract(epoch FROM m.vt - clock_timestamp()))"
+        " FROM pgmq.q_claims m JOIN pgflow.step_tasks t"
+        "   ON t.flow_slug = 'claims' AND t.message_id = m.msg_id"
+        " ORDER BY t.run_id, t.step_slug, t.task_index"
+    )
+
+
+def test_claim_task_batch_matches_upstream_start_tasks(arms: tuple[Arm, Arm]) -> None:
+    oracle, ours = arms
+    run_ids = [uuid.UUID(int=(0xC1A1 << 64) | n) for n in range(3)]
+    for arm in arms:
+        for n, run_id in enumerate(run_ids):
+            arm.start_run(FLOW.slug, run_id, [n, n + 1, n + 2][: n + 1])
+
+    handed_out = 0
+    for round_number in range(12):
+        records = [_claim(arm, batch=4) for arm in arms]
+        assert records[0] == records[1], f"round {round_number}: different records"
+        assert _reservations(oracle) == _reservations(ours)
+        if not records[0]:
+            break
+        handed_out += len(records[0])
+        reports = []
+        for task, _, attempt in records[0]:
+            run_id, slug = uuid.UUID(task["run_id"]), task["step_slug"]
+            if slug == "words" and run_id == run_ids[2]:
+                # max_attempts 1: the run fails, its other queued tasks are never handed out.
+                reports.append(Report(run_id, slug, task["task_index"], error="no words"))
+            elif slug == "items" and task["task_index"] == 0 and attempt == 1:
+                reports.append(Report(run_id, slug, 0, error="retry me"))
+            else:
+                output = task["input"] * 2 if slug in ("items", "double") else {"n": 1}
+                reports.append(Report(run_id, slug, task["task_index"], output))
+        for failing in (True, False):
+            batch = [r for r in reports if (r.error is not None) == failing]
+            if batch:
+                for arm in arms:
+                    # A retry becomes visible after its backoff: skip the wait.
+                    arm.report(WORKER, batch)
+                    arm.execute("UPDATE pgmq.q_claims SET vt = clock_timestamp()")
+        expected = oracle.snapshot([FLOW.slug], run_ids)
+        actual = ours.snapshot([FLOW.slug], run_ids)
+        for table in expected:
+            assert actual[table] == expected[table], f"round {round_number}: {table} differs"
+
+    statuses = [row[2] for row in ours.snapshot([FLOW.slug], run_ids)["runs"]]
+    assert statuses == ["completed", "completed", "failed"]
+    [(attempts,)] = ours.execute("SELECT max(attempts_count) FROM pgflow.step_tasks")
+    assert attempts == 2, "no task was retried"
+    assert handed_out >= 10
