@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers.differential import MUTANT_VARIABLE
-
+# Read by tests/helpers/differential.py: the file of mutated SQL its set-based arms run on.
+MUTANT_VARIABLE = "PGFLOW_TEST_MUTANT_SQL"
 ROOT = Path(__file__).resolve().parent.parent
 EXTENSION = ROOT / "pgflow" / "schema" / "sql" / "extension"
 COMPLETION = "0010_complete_task_batch.sql"

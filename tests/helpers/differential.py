@@ -11,6 +11,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
+from sqlalchemy.engine import URL
+
+from pgflow.testing import temporary_database
+from tests.helpers.database import libpq_url
+from tests.mutation import MUTANT_VARIABLE
 
 # Events upstream sends through realtime.send, kept in order (and by transaction) instead of
 # notified.
@@ -33,8 +40,6 @@ CREATE OR REPLACE FUNCTION realtime.send(
 $$;
 """
 
-# tests/mutation.py names a file of mutated SQL here; set-based arms run on the mutant.
-MUTANT_VARIABLE = "PGFLOW_TEST_MUTANT_SQL"
 
 Event = tuple[str, str, str]  # topic, event name, payload without timestamps (JSON text)
 
@@ -399,6 +404,28 @@ class Arm:
                 (f"pgflow:run:{run_id}",),
             )
         ]
+
+
+@contextmanager
+def arm_pair(server: URL, template: str, workers: list[uuid.UUID]) -> Iterator[tuple[Arm, Arm]]:
+    """The oracle and our arm, each in a database of its own cloned from ``template``, capturing
+    events, with ``workers`` registered."""
+    with (
+        temporary_database(server, template=template) as oracle_url,
+        temporary_database(server, template=template) as ours_url,
+    ):
+        pair = (
+            Arm(libpq_url(oracle_url), set_based=False),
+            Arm(libpq_url(ours_url), set_based=True),
+        )
+        try:
+            for arm in pair:
+                arm.execute(CAPTURE_EVENTS)
+                arm.register_workers(workers)
+            yield pair
+        finally:
+            for arm in pair:
+                arm.close()
 
 
 class _SqlNull:

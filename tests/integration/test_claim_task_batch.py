@@ -12,11 +12,8 @@ from typing import Any
 
 import pytest
 from psycopg import sql
-from sqlalchemy.engine import URL
 
-from pgflow.testing import temporary_database
-from tests.helpers.database import libpq_url
-from tests.helpers.differential import CAPTURE_EVENTS, Arm, FlowShape, Report, StepShape
+from tests.helpers.differential import Arm, FlowShape, Report, StepShape, arm_pair
 
 WORKER = uuid.UUID("00000000-0000-4000-8000-0000000000c1")
 FLOW = FlowShape(
@@ -34,24 +31,10 @@ RESERVATION, MARGIN = 30, 5
 
 @pytest.fixture
 def arms(pgflow_server: Any, pgflow_template_database: str) -> Iterator[tuple[Arm, Arm]]:
-    with (
-        temporary_database(pgflow_server.url, template=pgflow_template_database) as oracle_url,
-        temporary_database(pgflow_server.url, template=pgflow_template_database) as ours_url,
-    ):
-        pair = (_arm(oracle_url, set_based=False), _arm(ours_url, set_based=True))
-        try:
-            yield pair
-        finally:
-            for arm in pair:
-                arm.close()
-
-
-def _arm(url: URL, *, set_based: bool) -> Arm:
-    arm = Arm(libpq_url(url), set_based=set_based)
-    arm.execute(CAPTURE_EVENTS)
-    arm.register_workers([WORKER])
-    arm.create_flow(FLOW)
-    return arm
+    with arm_pair(pgflow_server.url, pgflow_template_database, [WORKER]) as pair:
+        for arm in pair:
+            arm.create_flow(FLOW)
+        yield pair
 
 
 def _claim(arm: Arm, batch: int) -> list[Any]:

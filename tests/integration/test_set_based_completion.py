@@ -20,18 +20,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.engine import URL
 
-from pgflow.testing import temporary_database
-from tests.helpers.database import libpq_url
 from tests.helpers.differential import (
-    CAPTURE_EVENTS,
     SQL_NULL,
     Arm,
     CallResult,
     FlowShape,
     Report,
     StepShape,
+    arm_pair,
     assert_causal_order,
 )
 
@@ -45,23 +42,8 @@ _run_numbers = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def arms(pgflow_server: Any, pgflow_template_database: str) -> Iterator[tuple[Arm, Arm]]:
-    with (
-        temporary_database(pgflow_server.url, template=pgflow_template_database) as oracle_url,
-        temporary_database(pgflow_server.url, template=pgflow_template_database) as ours_url,
-    ):
-        pair = (_arm(oracle_url, set_based=False), _arm(ours_url, set_based=True))
-        try:
-            yield pair
-        finally:
-            for arm in pair:
-                arm.close()
-
-
-def _arm(url: URL, *, set_based: bool) -> Arm:
-    arm = Arm(libpq_url(url), set_based=set_based)
-    arm.execute(CAPTURE_EVENTS)
-    arm.register_workers(WORKERS)
-    return arm
+    with arm_pair(pgflow_server.url, pgflow_template_database, WORKERS) as pair:
+        yield pair
 
 
 @st.composite
@@ -256,6 +238,10 @@ def _send(
             size = data.draw(st.integers(1, len(rest)), label="batch size")
             calls.append((reporter, rest[:size]))
             rest = rest[size:]
+    for _, reports in calls:
+        keys = [(r.run_id, r.step_slug, r.task_index) for r in reports]
+        if len(set(keys)) < len(keys):
+            event("the same position twice in a batch")
     order = data.draw(st.permutations(range(len(calls))), label="call order")
     while order:
         if concurrent and len(order) >= 2:
@@ -284,9 +270,6 @@ def _assert_same_call(reports: list[Report], expected: CallResult, actual: CallR
     several (upstream interleaves them task by task, we send all completions first)."""
     assert actual.recorded == expected.recorded, f"recorded positions differ for {reports}"
     assert actual.ended == expected.ended, f"ended runs differ for {reports}"
-    keys = [(r.run_id, r.step_slug, r.task_index) for r in reports]
-    if len(set(keys)) < len(keys):
-        event("the same position twice in a batch")
     steps_of: dict[str, set[str]] = {}
     for r in reports:
         steps_of.setdefault(f"pgflow:run:{r.run_id}", set()).add(r.step_slug)
