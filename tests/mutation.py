@@ -244,14 +244,26 @@ MUTANTS = [
     Mutant(
         "a root map element off by one",
         CLAIM,
-        "SELECT jsonb_array_element(mi.elements, p.task_index)",
-        "SELECT jsonb_array_element(mi.elements, greatest(p.task_index - 1, 0))",
+        "ELSE jsonb_array_element(m.elements, p.task_index)",
+        "ELSE jsonb_array_element(m.elements, greatest(p.task_index - 1, 0))",
     ),
     Mutant(
-        "a root map's element read from another run's input",
+        "a map task's element read from another run's array",
         CLAIM,
-        "FROM map_inputs mi WHERE mi.run_id = p.run_id",
-        "FROM map_inputs mi ORDER BY mi.run_id LIMIT 1",
+        "WHERE m.run_id = p.run_id AND m.step_slug = p.step_slug",
+        "WHERE m.step_slug = p.step_slug ORDER BY m.run_id LIMIT 1",
+    ),
+    Mutant(
+        "a map of a map reads the previous element",
+        CLAIM,
+        "AND o.task_index = p.task_index AND o.status = 'completed'",
+        "AND o.task_index = greatest(p.task_index - 1, 0) AND o.status = 'completed'",
+    ),
+    Mutant(
+        "a map of a map passes SQL NULL where upstream passes JSON null",
+        CLAIM,
+        "SELECT coalesce(o.output, 'null'::jsonb)",
+        "SELECT o.output",
     ),
     Mutant(
         "a map dependency's outputs in reverse order",

@@ -38,6 +38,7 @@ BEGIN
         FROM picked p
         WHERE t.message_id = p.message_id AND t.flow_slug = p.flow_slug AND t.status = 'queued'
     ),
+    -- Inputs of single steps: the run's input and each dependency's output.
     dep_outputs AS (
         SELECT p.run_id, p.step_slug,
                jsonb_object_agg(
@@ -53,6 +54,8 @@ BEGIN
                    END
                ) AS outputs
         FROM (SELECT DISTINCT pk.run_id, pk.step_slug, pk.flow_slug FROM picked pk) p
+        JOIN pgflow.steps ps
+          ON ps.flow_slug = p.flow_slug AND ps.step_slug = p.step_slug AND ps.step_type = 'single'
         JOIN pgflow.deps d ON d.flow_slug = p.flow_slug AND d.step_slug = p.step_slug
         JOIN pgflow.steps ds ON ds.flow_slug = d.flow_slug AND ds.step_slug = d.dep_slug
         -- A skipped dependency's key is absent (extension/0061); upstream's start_tasks gives
@@ -61,22 +64,50 @@ BEGIN
           ON dss.run_id = p.run_id AND dss.step_slug = d.dep_slug AND dss.status <> 'skipped'
         GROUP BY p.run_id, p.step_slug
     ),
-    -- A root map's tasks each read one element of the run's input. Read from the table, the
-    -- whole (toasted) array is fetched and decompressed again for every task: quadratic in the
-    -- map's size. Copied once per run and claim instead (|| with an empty array makes the
-    -- copy; it changes no array).
-    map_inputs AS MATERIALIZED (
-        SELECT r.run_id, r.input || '[]'::jsonb AS elements
-        FROM pgflow.runs r
-        WHERE r.run_id IN (SELECT pk.run_id FROM picked pk) AND jsonb_typeof(r.input) = 'array'
+    -- Inputs of map tasks: element task_index of the run's input (a root map) or of its one
+    -- dependency's output; of a map over a map, that element is the output of the dependency's
+    -- task at the same index. Read per task, the whole (toasted) array would be fetched and
+    -- decompressed again for every task, or a map's outputs aggregated again: quadratic in the
+    -- map's size. Each array is copied once per (run, step) and claim instead (|| with an
+    -- empty array makes the copy and changes no array).
+    map_sources AS MATERIALIZED (
+        SELECT src.run_id, src.step_slug, src.dep_slug, src.dep_type,
+               CASE WHEN jsonb_typeof(src.source) = 'array' THEN src.source || '[]'::jsonb END
+                   AS elements
+        FROM (
+            SELECT p.run_id, p.step_slug, d.dep_slug, ds.step_type AS dep_type,
+                   CASE
+                       WHEN d.dep_slug IS NULL THEN r.input
+                       WHEN ds.step_type = 'single' THEN (
+                           SELECT o.output FROM pgflow.step_tasks o
+                           WHERE o.run_id = p.run_id AND o.step_slug = d.dep_slug
+                             AND o.status = 'completed'
+                           LIMIT 1)
+                   END AS source
+            FROM (SELECT DISTINCT pk.run_id, pk.step_slug, pk.flow_slug FROM picked pk) p
+            JOIN pgflow.steps ms
+              ON ms.flow_slug = p.flow_slug AND ms.step_slug = p.step_slug AND ms.step_type = 'map'
+            JOIN pgflow.runs r ON r.run_id = p.run_id
+            LEFT JOIN pgflow.deps d ON d.flow_slug = p.flow_slug AND d.step_slug = p.step_slug
+            LEFT JOIN pgflow.steps ds ON ds.flow_slug = d.flow_slug AND ds.step_slug = d.dep_slug
+        ) src
     )
     SELECT p.flow_slug, p.run_id, p.step_slug,
            CASE
-               WHEN s.step_type = 'map' AND s.deps_count = 0 THEN (
-                   SELECT jsonb_array_element(mi.elements, p.task_index)
-                   FROM map_inputs mi WHERE mi.run_id = p.run_id
+               WHEN s.step_type = 'map' THEN (
+                   SELECT CASE
+                              WHEN m.dep_type = 'map' THEN (
+                                  -- jsonb_agg would turn an SQL NULL output into JSON null
+                                  SELECT coalesce(o.output, 'null'::jsonb)
+                                  FROM pgflow.step_tasks o
+                                  WHERE o.run_id = p.run_id AND o.step_slug = m.dep_slug
+                                    AND o.task_index = p.task_index AND o.status = 'completed'
+                              )
+                              ELSE jsonb_array_element(m.elements, p.task_index)
+                          END
+                   FROM map_sources m
+                   WHERE m.run_id = p.run_id AND m.step_slug = p.step_slug
                )
-               WHEN s.step_type = 'map' THEN (SELECT jsonb_array_element(e.value, p.task_index) FROM jsonb_each(o.outputs) e LIMIT 1)
                ELSE jsonb_build_object('run', r.input) || coalesce(o.outputs, '{}'::jsonb)
            END,
            p.message_id, p.task_index
