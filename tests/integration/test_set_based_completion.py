@@ -2,11 +2,14 @@
 
 Generated scenarios (DAGs of single and map steps with fan-ins, empty and non-array map inputs,
 several runs, two workers, batches of any composition in any order, failures with retries,
-reports by a worker that no longer holds the task) run once through upstream 0.8.1's
-complete_task, one task at a time in the worker's order (the oracle), and once through ours;
-failures go through upstream's fail_task in both. After every round the two databases must hold
-the same rows, and every report call must record the same tasks and end the same runs.
-Derandomized with a bounded number of examples, so CI runs the same corpus every time.
+reports by a worker that no longer holds the task, the same task reported twice in one batch or
+two, late reports of tasks already completed or queued for a retry, and rounds whose batches run
+two at a time from two connections) run once through upstream 0.8.1's complete_task, one task at
+a time in the worker's order (the oracle), and once through ours; failures go through upstream's
+fail_task in both. After every round the two databases must hold the same rows, and every report
+call must record the same tasks, end the same runs and send the same events (in upstream's order
+on a run's topic where upstream defines it). Derandomized with a bounded number of examples, so
+CI runs the same corpus every time; tests/mutation.py checks that the corpus catches mistakes.
 """
 
 from __future__ import annotations
