@@ -178,8 +178,8 @@ class Arm:
     ) -> tuple[CallResult, CallResult]:
         """Two report calls from two connections at once: the first runs in a transaction left
         open while the second starts on another connection and runs until it finishes or waits
-        for a lock; then the first commits. The same interleaving in both arms, whatever the
-        calls do (a call never waits for the second, so this cannot deadlock)."""
+        for a lock the first holds; then the first commits. The same interleaving in both arms,
+        whatever the calls do (the first never waits for the second: no deadlock)."""
         if self._second is None:
             self._second = psycopg.connect(self.conninfo, autocommit=True)
         other = self._second
@@ -199,8 +199,7 @@ class Arm:
             thread.start()
             deadline = time.monotonic() + 30
             while thread.is_alive() and not self.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
-                (other_pid,),
+                "SELECT 1 WHERE pg_backend_pid() = ANY(pg_blocking_pids(%s))", (other_pid,)
             ):
                 assert time.monotonic() < deadline, "the second call neither ended nor waited"
                 time.sleep(0.005)
