@@ -32,10 +32,15 @@ OWNED_FILTER = (
     "AND t.status = 'started' AND t.last_worker_id = reporting_worker\n"
     "            FOR UPDATE\n        ) t"
 )
+# Scripted cases first: with -x, most mutants are caught in seconds instead of after the
+# generated corpus.
+COMPLETION_SUITE = "tests/integration/test_set_based_completion.py"
 SUITES = [
-    "tests/integration/test_set_based_completion.py",
-    "tests/integration/test_set_based_concurrency.py",
+    f"{COMPLETION_SUITE}::test_whole_waves_in_one_batch_match_upstream",
+    f"{COMPLETION_SUITE}::test_non_array_feeding_a_map_matches_upstream",
     "tests/integration/test_claim_task_batch.py",
+    f"{COMPLETION_SUITE}::test_set_based_completion_matches_upstream",
+    "tests/integration/test_set_based_concurrency.py",
 ]
 
 
