@@ -38,6 +38,7 @@ COMPLETION_SUITE = "tests/integration/test_set_based_completion.py"
 SUITES = [
     f"{COMPLETION_SUITE}::test_whole_waves_in_one_batch_match_upstream",
     f"{COMPLETION_SUITE}::test_non_array_feeding_a_map_matches_upstream",
+    f"{COMPLETION_SUITE}::test_late_and_repeated_reports_match_upstream",
     "tests/integration/test_claim_task_batch.py",
     f"{COMPLETION_SUITE}::test_set_based_completion_matches_upstream",
     "tests/integration/test_set_based_concurrency.py",

@@ -379,3 +379,44 @@ def test_non_array_feeding_a_map_matches_upstream(arms: tuple[Arm, Arm], value: 
     _assert_same(oracle, ours, flow, run_ids)
     statuses = [row[2] for row in ours.snapshot([flow.slug], run_ids)["runs"]]
     assert statuses == ["failed", "started"]
+
+
+def test_late_and_repeated_reports_match_upstream(arms: tuple[Arm, Arm]) -> None:
+    """Reports a worker may send again: for a task it already completed (in a later batch and
+    twice in one batch) and for a task that failed since and waits for its retry. None counts;
+    the first report of a position given twice in one batch does."""
+    oracle, ours = arms
+    flow = FlowShape(
+        slug=f"late_{next(_flow_numbers)}", steps=(_map("items"), _single("sum", "items"))
+    )
+    run_id = uuid.UUID(int=(0x1A7E << 64) | next(_run_numbers))
+    for arm in arms:
+        arm.create_flow(flow)
+        arm.start_run(flow.slug, run_id, [1, 2, 3])
+    queued = [tuple(t[:3]) for t in oracle.tasks_with_status([run_id], "queued")]
+    records = [arm.claim(flow.slug, WORKERS[0], queued) for arm in arms]
+    assert records[0] == records[1]
+
+    def send(reports: list[Report], expected_positions: set[int]) -> None:
+        expected, actual = (arm.report(WORKERS[0], reports) for arm in arms)
+        _assert_same_call(reports, expected, actual)
+        assert actual.recorded == expected_positions
+        _assert_same(oracle, ours, flow, [run_id])
+
+    send([Report(run_id, "items", 0, "first"), Report(run_id, "items", 0, "second")], {1})
+    send([Report(run_id, "items", 1, error="retry me")], {1})  # queued for its retry
+    send(
+        [
+            Report(run_id, "items", 0, "again"),
+            Report(run_id, "items", 1, "too late"),
+            Report(run_id, "items", 2, 30),
+            Report(run_id, "items", 2, 31),
+        ],
+        {3},
+    )
+    [(status, remaining)] = ours.execute(
+        "SELECT status, remaining_tasks FROM pgflow.step_states"
+        " WHERE run_id = %s AND step_slug = 'items'",
+        (run_id,),
+    )
+    assert (status, remaining) == ("started", 1)  # only element 1, queued for its retry
