@@ -154,12 +154,14 @@ class Arm:
         start = "pgflow_python.start_claimed_tasks" if self.set_based else "pgflow.start_tasks"
         records = self.execute(
             sql.SQL(
-                "SELECT s.run_id, s.step_slug, s.task_index, s.input, s.flow_slug"
+                "SELECT s.run_id, s.step_slug, s.task_index, s.input, s.flow_slug, s.input IS NULL"
                 " FROM {}(%s, %s::bigint[], %s) AS s"
             ).format(sql.SQL(start)),
             (flow_slug, [r[0] for r in rows], worker_id),
         )
-        return sorted(records, key=lambda r: (str(r[0]), r[1], r[2]))
+        # SQL NULL and JSON null both arrive as None: tell them apart.
+        told = [(*r[:3], _SQL_NULL if r[5] else r[3], r[4]) for r in records]
+        return sorted(told, key=lambda r: (str(r[0]), r[1], r[2]))
 
     def tasks_with_status(self, run_ids: list[uuid.UUID], status: str) -> list[Any]:
         return self.execute(

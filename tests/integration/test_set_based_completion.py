@@ -420,3 +420,59 @@ def test_late_and_repeated_reports_match_upstream(arms: tuple[Arm, Arm]) -> None
         (run_id,),
     )
     assert (status, remaining) == ("started", 1)  # only element 1, queued for its retry
+
+
+def test_two_batches_finishing_a_map_together_match_upstream(arms: tuple[Arm, Arm]) -> None:
+    """Two workers complete the elements of one map at the same time, the second batch waiting
+    for the first: the one that finishes the map must count the other's elements when it sizes
+    the dependent map (it sees them only if it waited for the run before reading)."""
+    oracle, ours = arms
+    flow = FlowShape(
+        slug=f"together_{next(_flow_numbers)}",
+        steps=(_map("items"), _map("again", "items"), _single("sum", "again")),
+    )
+    run_id = uuid.UUID(int=(0x2063 << 64) | next(_run_numbers))
+    for arm in arms:
+        arm.create_flow(flow)
+        arm.start_run(flow.slug, run_id, [1, 2, 3, 4])
+    for who, indexes in ((0, (0, 1)), (1, (2, 3))):
+        tasks = [(run_id, "items", index) for index in indexes]
+        records = [arm.claim(flow.slug, WORKERS[who], tasks) for arm in arms]
+        assert records[0] == records[1]
+    first = (WORKERS[0], [Report(run_id, "items", index, index * 10) for index in (0, 1)])
+    second = (WORKERS[1], [Report(run_id, "items", index, index * 10) for index in (2, 3)])
+    expected = oracle.report_concurrently(first, second)
+    actual = ours.report_concurrently(first, second)
+    for (_, reports), want, got in zip((first, second), expected, actual, strict=True):
+        _assert_same_call(reports, want, got)
+    _assert_same(oracle, ours, flow, [run_id])
+    [(size,)] = ours.execute(
+        "SELECT initial_tasks FROM pgflow.step_states WHERE run_id = %s AND step_slug = 'again'",
+        (run_id,),
+    )
+    assert size == 4
+
+
+def test_a_map_of_a_map_gets_null_elements_as_upstream(arms: tuple[Arm, Arm]) -> None:
+    """A map over a map whose elements returned JSON null and SQL NULL: upstream aggregates the
+    outputs, so both become JSON null elements of the dependent map's input."""
+    oracle, ours = arms
+    flow = FlowShape(
+        slug=f"nulls_{next(_flow_numbers)}", steps=(_map("items"), _map("again", "items"))
+    )
+    run_id = uuid.UUID(int=(0x7011 << 64) | next(_run_numbers))
+    for arm in arms:
+        arm.create_flow(flow)
+        arm.start_run(flow.slug, run_id, [1, 2, 3])
+    outputs = [SQL_NULL, None, 5]
+    queued = [tuple(t[:3]) for t in oracle.tasks_with_status([run_id], "queued")]
+    first = [arm.claim(flow.slug, WORKERS[0], queued) for arm in arms]
+    assert first[0] == first[1]
+    reports = [Report(run_id, "items", index, output) for index, output in enumerate(outputs)]
+    expected, actual = (arm.report(WORKERS[0], reports) for arm in arms)
+    _assert_same_call(reports, expected, actual)
+    queued = [tuple(t[:3]) for t in oracle.tasks_with_status([run_id], "queued")]
+    records = [arm.claim(flow.slug, WORKERS[0], queued) for arm in arms]
+    assert records[0] == records[1]
+    assert [record[3] for record in records[0]] == [None, None, 5]
+    _assert_same(oracle, ours, flow, [run_id])
