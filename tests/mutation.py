@@ -211,8 +211,8 @@ MUTANTS = [
     Mutant(
         "sibling steps start in reverse order",
         COMPLETION,
-        "AND ss.initial_tasks > 0\n            ORDER BY ss.run_id, ss.step_slug\n",
-        "AND ss.initial_tasks > 0\n            ORDER BY ss.run_id, ss.step_slug DESC\n",
+        "ORDER BY ss.run_id, ss.step_slug\n            FOR UPDATE",
+        "ORDER BY ss.run_id, ss.step_slug DESC\n            FOR UPDATE",
     ),
     Mutant(
         "no step:started events",

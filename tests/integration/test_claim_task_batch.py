@@ -1,8 +1,9 @@
-"""pgflow_python.claim_task_batch (start_claimed_tasks, a cached plan) against claim_tasks, which
-starts the same messages through upstream's own start_tasks: the same records, timeouts and
-attempt numbers handed out, the same reservations on the queue, the same rows afterwards. The
-scenario covers root and dependent maps, fan-in of a map and a single step, step and flow
-timeouts, a retried task and a failed run whose tasks must not be handed out."""
+"""pgflow_python.claim_task_batch (start_claimed_tasks, a cached plan) against the tests' oracle
+pgflow_oracles.claim_tasks, which starts the same messages through upstream's own start_tasks:
+the same records, timeouts and attempt numbers handed out, the same reservations on the queue,
+the same rows afterwards. The scenario covers root and dependent maps, fan-in of a map and a
+single step, step and flow timeouts, a retried task and a failed run whose tasks must not be
+handed out."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ FLOW = FlowShape(
     max_attempts=2,
 )
 RESERVATION, MARGIN = 30, 5
+# The tests' per-task claim through upstream's start_tasks (tests/sql/oracles.sql).
+ORACLE = ("pgflow_oracles", "claim_tasks")
 
 
 @pytest.fixture
@@ -38,11 +41,11 @@ def arms(pgflow_server: Any, pgflow_template_database: str) -> Iterator[tuple[Ar
 
 
 def _claim(arm: Arm, batch: int) -> list[Any]:
-    claim = "claim_task_batch" if arm.set_based else "claim_tasks"
+    claim = ("pgflow_python", "claim_task_batch") if arm.set_based else ORACLE
     rows = arm.execute(
-        sql.SQL(
-            "SELECT task, task_timeout, attempt FROM pgflow_python.{}(%s, %s, %s, %s, %s)"
-        ).format(sql.Identifier(claim)),
+        sql.SQL("SELECT task, task_timeout, attempt FROM {}(%s, %s, %s, %s, %s)").format(
+            sql.Identifier(*claim)
+        ),
         (FLOW.slug, WORKER, batch, RESERVATION, MARGIN),
     )
     # Message ids depend on the order of inserts; which task a record is for does not.
@@ -56,14 +59,22 @@ def _claim(arm: Arm, batch: int) -> list[Any]:
 
 
 def _reservations(arm: Arm) -> list[Any]:
-    """Each queued message: its task, read count and how long it stays invisible (to the
-    second: the two databases read at slightly different times)."""
+    """Each queued message: its task, read count and how long it stays invisible: the task's
+    timeout plus the margin after a claim (within 3 s: the two databases are read at slightly
+    different times on a loaded machine), visible now, or something else (the raw seconds)."""
     return arm.execute(
         "SELECT t.run_id, t.step_slug, t.task_index, m.read_ct,"
-        " round(extract(epoch FROM m.vt - clock_timestamp()))"
+        " CASE WHEN m.vt <= clock_timestamp() THEN 'visible'"
+        "  WHEN m.vt - clock_timestamp() BETWEEN make_interval(secs => r.seconds - 3)"
+        "   AND make_interval(secs => r.seconds) THEN 'reserved for timeout + margin'"
+        "  ELSE extract(epoch FROM m.vt - clock_timestamp())::text END"
         " FROM pgmq.q_claims m JOIN pgflow.step_tasks t"
         "   ON t.flow_slug = 'claims' AND t.message_id = m.msg_id"
-        " ORDER BY t.run_id, t.step_slug, t.task_index"
+        " JOIN pgflow.steps s ON s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug"
+        " JOIN pgflow.flows f ON f.flow_slug = t.flow_slug"
+        " CROSS JOIN LATERAL (SELECT coalesce(s.opt_timeout, f.opt_timeout) + %s AS seconds) r"
+        " ORDER BY t.run_id, t.step_slug, t.task_index",
+        (MARGIN,),
     )
 
 
