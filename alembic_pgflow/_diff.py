@@ -51,6 +51,10 @@ def diff_flow(
             flow[name] = (stored.options[name], wanted)
     if stored.flow_type != definition.flow_type:
         flow["flow_type"] = (str(stored.flow_type), str(definition.flow_type))
+    # A concurrency limit is an option too (docs/flow-control.md): it takes effect at once.
+    wanted_limit = None if definition.concurrency is None else definition.concurrency.to_dict()
+    if stored.concurrency != wanted_limit:
+        flow["concurrency"] = (stored.concurrency, wanted_limit)
     steps: dict[str, dict[str, Change]] = {}
     for stored_step in stored.steps:
         options = definition.step(stored_step.slug).options

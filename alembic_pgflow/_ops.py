@@ -28,10 +28,11 @@ from pgflow.definition import (
     FlowDefinition,
     FlowType,
 )
+from pgflow.flow_control import Concurrency
 
 FlowData = Mapping[str, Any]
 StepOptions = Mapping[str, Mapping[str, Any]]
-_FLOW_KEYS = (*FLOW_OPTIONS, "flow_type")
+_FLOW_KEYS = (*FLOW_OPTIONS, "flow_type", "concurrency")
 
 
 def _plain(definition: FlowData | FlowDefinition) -> dict[str, Any]:
@@ -219,8 +220,11 @@ def _update_flow_options(operations: Operations, operation: UpdateFlowOptionsOp)
     connection = _connection(operations)
     if connection is not None and slug not in read_flows(connection):
         raise FlowConflictError(f"cannot update flow {slug!r}: the database has no such flow")
-    if operation.flow:
-        flow_type = operation.flow.get("flow_type")
+    flow_options = dict(operation.flow)
+    if "concurrency" in flow_options:
+        _set_concurrency(operations, slug, flow_options.pop("concurrency"))
+    if flow_options:
+        flow_type = flow_options.get("flow_type")
         if flow_type is not None:
             FlowType(flow_type)  # a clear ValueError before SQL's check constraint
         operations.execute(
@@ -243,3 +247,16 @@ def _update_flow_options(operations: Operations, operation: UpdateFlowOptionsOp)
                     flow_slug=slug, step_slug=step, options=json.dumps(condition, sort_keys=True)
                 )
             )
+
+
+def _set_concurrency(operations: Operations, slug: str, wanted: Any) -> None:
+    """``op.update_flow_options(slug, flow={"concurrency": {...} or None})``: validated as the
+    DSL validates it, then set (or removed) at once (extension/0080)."""
+    limit = None if wanted is None else Concurrency.from_dict(wanted)
+    operations.execute(
+        query("set_concurrency_limit").bindparams(
+            flow_slug=slug,
+            max_running=None if limit is None else limit.limit,
+            key_path=None if limit is None or not limit.key_path else list(limit.key_path),
+        )
+    )

@@ -35,6 +35,8 @@ class StoredFlow:
     steps: tuple[StoredStep, ...]
     runs: int = 0
     started_runs: int = 0
+    concurrency: Mapping[str, Any] | None = None
+    """The flow's concurrency limit as ``Concurrency.to_dict`` (extension/0080); None: none."""
 
     def to_dict(self) -> dict[str, Any]:
         """The same plain data as ``FlowDefinition.to_dict`` (options at their stored values)."""
@@ -42,6 +44,8 @@ class StoredFlow:
         if self.flow_type is not FlowType.FLOW:
             data["flow_type"] = str(self.flow_type)
         data.update(self.options)
+        if self.concurrency is not None:
+            data["concurrency"] = dict(self.concurrency)
         steps = []
         for step in self.steps:
             item: dict[str, Any] = {"slug": step.slug}
@@ -85,6 +89,10 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
                 condition=conditions.get((row["flow_slug"], row["step_slug"]), {}),
             )
         )
+    limits: dict[str, dict[str, Any]] = {}
+    if connection.execute(query("concurrency_limits_present")).scalar_one():
+        for row in connection.execute(query("stored_concurrency")).mappings():
+            limits[row["flow_slug"]] = row["concurrency"]
     runs = {row["flow_slug"]: row for row in connection.execute(query("run_counts")).mappings()}
     flows = {}
     for row in connection.execute(query("stored_flows")).mappings():
@@ -97,5 +105,6 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
             steps=tuple(steps.get(slug, ())),
             runs=counts["runs"] if counts else 0,
             started_runs=counts["started"] if counts else 0,
+            concurrency=limits.get(slug),
         )
     return flows

@@ -46,6 +46,23 @@ FROM pgflow_python.step_conditions AS c
 -- description: Change a stored step's condition options (extension/0061_step_conditions.sql).
 SELECT pgflow_python.set_step_condition_options(:flow_slug, :step_slug, CAST(:options AS jsonb))
 
+-- name: concurrency_limits_present
+-- description: Whether this database has our concurrency_limits table (extension/0080_concurrency_limits.sql).
+SELECT to_regclass('pgflow_python.concurrency_limits') IS NOT NULL
+
+-- name: stored_concurrency
+-- description: Every flow's concurrency limit (extension/0080_concurrency_limits.sql), as Concurrency.to_dict.
+SELECT l.flow_slug,
+       CASE WHEN l.key_path IS NULL THEN jsonb_build_object('limit', l.max_running)
+            ELSE jsonb_build_object('limit', l.max_running, 'key', to_jsonb(l.key_path)) END
+           AS concurrency
+FROM pgflow_python.concurrency_limits AS l
+WHERE l.step_slug = ''
+
+-- name: set_concurrency_limit
+-- description: Set or remove (limit NULL) a flow's concurrency limit (extension/0080_concurrency_limits.sql).
+SELECT pgflow_python.set_concurrency_limit(:flow_slug, NULL, :max_running, CAST(:key_path AS text[]))
+
 -- name: stored_deps
 -- description: Dependencies in the order their steps were declared (the deps table keeps no order).
 SELECT d.flow_slug, d.step_slug, d.dep_slug

@@ -35,10 +35,12 @@ CREATE TABLE IF NOT EXISTS pgflow_python.concurrency_limits (
 COMMENT ON TABLE pgflow_python.concurrency_limits IS
     'pgflow-python: concurrency limits per key of flows and steps (step_slug '''': whole flow).';
 
+-- The rows below go with their flow (a flow deleted and defined again, as in development,
+-- starts with no slot taken: its new queue's message ids start again at 1).
 -- In-flight count per (limit, key value). key_value is the JSON scalar read from the input
 -- ('null' when the limit has no key).
 CREATE TABLE IF NOT EXISTS pgflow_python.concurrency_slots (
-    flow_slug text NOT NULL,
+    flow_slug text NOT NULL REFERENCES pgflow.flows (flow_slug) ON DELETE CASCADE,
     step_slug text NOT NULL,
     key_value jsonb NOT NULL,
     in_flight integer NOT NULL CHECK (in_flight >= 0),
@@ -47,7 +49,7 @@ CREATE TABLE IF NOT EXISTS pgflow_python.concurrency_slots (
 
 -- The messages holding a slot (so freeing one never depends on today's rules).
 CREATE TABLE IF NOT EXISTS pgflow_python.concurrency_holders (
-    flow_slug text NOT NULL,
+    flow_slug text NOT NULL REFERENCES pgflow.flows (flow_slug) ON DELETE CASCADE,
     msg_id bigint NOT NULL,
     step_slug text NOT NULL,
     key_value jsonb NOT NULL,
@@ -57,7 +59,7 @@ CREATE TABLE IF NOT EXISTS pgflow_python.concurrency_holders (
 -- Tasks whose message is held invisible (vt 'infinity'), and why. held_until: the message
 -- must stay invisible until then even once released (a delayed enqueue).
 CREATE TABLE IF NOT EXISTS pgflow_python.held_tasks (
-    flow_slug text NOT NULL,
+    flow_slug text NOT NULL REFERENCES pgflow.flows (flow_slug) ON DELETE CASCADE,
     msg_id bigint NOT NULL,
     run_id uuid NOT NULL,
     step_slug text NOT NULL,
