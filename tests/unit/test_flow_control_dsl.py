@@ -1,0 +1,78 @@
+"""Concurrency(...) on flows and jobs: validation at class definition, what compiles, and the
+definition round trip that Alembic revisions rely on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pgflow import Concurrency, Flow, Job, step
+from pgflow.compiler import compile_flow
+from pgflow.definition import FlowDefinition
+from pgflow.dsl import definition_of
+from pgflow.errors import FlowDefinitionError
+
+
+class Sync(Job, slug="sync", concurrency=Concurrency(2, key="customer.id")):
+    def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        return None
+
+
+class Pipeline(Flow, slug="pipeline", concurrency=Concurrency(3)):
+    @step
+    def fetch(self, input: dict[str, Any]) -> int:
+        return 1
+
+
+def test_the_limit_compiles_after_the_flow() -> None:
+    assert compile_flow(definition_of(Sync))[-1] == (
+        "SELECT pgflow_python.set_concurrency_limit('sync', NULL, 2, ARRAY['customer', 'id']);"
+    )
+    assert compile_flow(definition_of(Pipeline))[-1] == (
+        "SELECT pgflow_python.set_concurrency_limit('pipeline', NULL, 3, NULL);"
+    )
+
+
+def test_a_flow_without_a_limit_compiles_as_before() -> None:
+    class Plain(Flow, slug="plain"):
+        @step
+        def only(self, input: Any) -> None:
+            return None
+
+    assert not any("concurrency" in s for s in compile_flow(definition_of(Plain)))
+
+
+def test_the_definition_round_trips() -> None:
+    for flow in (Sync, Pipeline):
+        definition = definition_of(flow)
+        assert FlowDefinition.from_dict(definition.to_dict()) == definition
+    assert definition_of(Sync).to_dict()["concurrency"] == {"limit": 2, "key": ["customer", "id"]}
+
+
+@pytest.mark.parametrize(
+    ("limit", "key", "message"),
+    [
+        (0, "tenant", "at least 1"),
+        (-2, None, "at least 1"),
+        (2**31, None, "at most"),
+        (1.5, None, "whole number"),
+        (True, None, "whole number"),
+        (2, "", "key name"),
+        (2, "a..b", "key name"),
+        (2, "tenant's", "key name"),
+        (2, ("a", 3), "key name"),
+        (2, (), "key name"),
+    ],
+)
+def test_bad_limits_fail_at_definition(limit: Any, key: Any, message: str) -> None:
+    with pytest.raises(FlowDefinitionError, match=message):
+        Concurrency(limit, key=key)
+
+
+def test_a_wrong_value_for_concurrency_is_refused() -> None:
+    with pytest.raises(FlowDefinitionError, match=r"Concurrency\(limit"):
+
+        class Wrong(Job, slug="wrong", concurrency=2):  # type: ignore[arg-type]
+            def perform(self, input: Any, ctx: Any) -> None:
+                return None
