@@ -232,10 +232,12 @@ def test_dashboard_pages_through_pgbouncer(pooled_engine: Engine, pooled_url: UR
             for page in pages:
                 response = client.get(page)
                 assert response.status_code == 200, (page, response.text[-2000:])
-        # An action through the pooler: the page's CSRF token, then the POST.
-        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get(pages[4]).text)
+        # An action through the pooler: the confirmation page's CSRF token, then the POST.
+        action = f"/runs/{run_id}/actions/cancel"
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get(action).text)
         assert token is not None
-        cancelled = client.post(f"/runs/{run_id}/actions/cancel", data={"csrf_token": token[1]})
+        origin = {"origin": str(client.base_url).rstrip("/")}
+        cancelled = client.post(action, data={"csrf_token": token[1]}, headers=origin)
         assert cancelled.status_code == 303, cancelled.text[-2000:]
     assert describe_run(pooled_engine, run_id).run.status.value == "failed"  # type: ignore[union-attr]
 

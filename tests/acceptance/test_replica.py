@@ -103,13 +103,11 @@ def test_dashboard_reads_from_a_streaming_replica_and_acts_on_the_primary(
                 listed = client.get("/runs").text
                 assert str(unseen) not in listed
                 assert row_cells(listed, "data-run-id", str(running))
-                token = re.search(
-                    r'name="csrf_token" value="([^"]+)"', client.get(f"/runs/{running}").text
-                )
+                action = f"/runs/{running}/actions/cancel"
+                token = re.search(r'name="csrf_token" value="([^"]+)"', client.get(action).text)
                 assert token is not None
-                acted = client.post(
-                    f"/runs/{running}/actions/cancel", data={"csrf_token": token[1]}
-                )
+                origin = {"origin": str(client.base_url).rstrip("/")}
+                acted = client.post(action, data={"csrf_token": token[1]}, headers=origin)
                 assert acted.status_code == 303, acted.text[-2000:]
                 assert cancelled_on(primary, running)
                 assert not cancelled_on(replica, running)
