@@ -32,6 +32,12 @@ const handlers = {
   tenant_sync: {
     perform: (input) => ({ by: 'node', tenant: input.run.tenant }),
   },
+  // Wait steps (pgflow-python's extension/0070): approve has no message, so it never comes
+  // here; a signal completes it and publish gets its output.
+  ts_approval: {
+    draft: (input) => ({ by: 'node', amount: input.run.amount }),
+    publish: (input) => ({ amount: input.draft.amount, approved_by: input.approve.by }),
+  },
   gate: {
     enrich: (input) => ({ by: 'node', id: input.run.id }),
     check: () => ({ by: 'node' }),
