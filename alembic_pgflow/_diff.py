@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from alembic_pgflow._stored import StoredFlow
+from alembic_pgflow._stored import StoredFlow, StoredStep
 from pgflow._shape import StepShape, shape_changes, shape_of
 from pgflow.definition import (
     CONDITION_DEFAULTS,
@@ -55,6 +55,8 @@ def diff_flow(
     wanted_limit = None if definition.concurrency is None else definition.concurrency.to_dict()
     if stored.concurrency != wanted_limit:
         flow["concurrency"] = (stored.concurrency, wanted_limit)
+    if stored.run_timeout != definition.run_timeout:
+        flow["run_timeout"] = (stored.run_timeout, definition.run_timeout)
     steps: dict[str, dict[str, Change]] = {}
     for stored_step in stored.steps:
         options = definition.step(stored_step.slug).options
@@ -72,9 +74,37 @@ def diff_flow(
             default = CONDITION_DEFAULTS.get(name)
             if (default if old is None else old) != (default if new is None else new):
                 steps.setdefault(stored_step.slug, {})[name] = (old, new)
+        waits = _wait_changes(definition, stored_step)
+        if waits:
+            steps.setdefault(stored_step.slug, {}).update(waits)
     return FlowDiff(flow=flow, steps=steps)
+
+
+def _wait_changes(definition: FlowDefinition, stored_step: StoredStep) -> dict[str, Change]:
+    """A wait step's timeout and on_timeout are options (they apply to waits that start
+    afterwards); whether a step waits at all is shape (``_shape_changes``)."""
+    target = definition.step(stored_step.slug)
+    if not (stored_step.wait and target.wait):
+        return {}
+    wanted = {"wait_timeout": target.wait_timeout, "on_timeout": str(target.on_timeout or "fail")}
+    return {
+        name: (stored_step.wait.get(name), new)
+        for name, new in wanted.items()
+        if stored_step.wait.get(name) != new
+    }
 
 
 def _shape_changes(definition: FlowDefinition, stored: StoredFlow) -> list[str]:
     database = tuple(StepShape.of(s.slug, s.step_type, s.depends_on) for s in stored.steps)
-    return shape_changes(database, shape_of(definition))
+    changes = shape_changes(database, shape_of(definition))
+    if changes:
+        return changes
+    for step in stored.steps:
+        waits, will_wait = bool(step.wait), definition.step(step.slug).wait is not None
+        if waits != will_wait:
+            # Runs in flight have tasks (or waits) of the other kind.
+            changes.append(
+                f"step {step.slug!r} "
+                + ("no longer waits for a signal" if waits else "becomes a wait step")
+            )
+    return changes

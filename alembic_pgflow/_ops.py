@@ -32,7 +32,8 @@ from pgflow.flow_control import Concurrency
 
 FlowData = Mapping[str, Any]
 StepOptions = Mapping[str, Mapping[str, Any]]
-_FLOW_KEYS = (*FLOW_OPTIONS, "flow_type", "concurrency")
+_FLOW_KEYS = (*FLOW_OPTIONS, "flow_type", "concurrency", "run_timeout")
+_WAIT = ("wait_timeout", "on_timeout")  # a wait step's options (extension/0070)
 
 
 def _plain(definition: FlowData | FlowDefinition) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def _check_keys(flow: FlowData, steps: StepOptions) -> None:
     if unknown:
         raise ValueError(f"unknown flow options {unknown}; known: {list(_FLOW_KEYS)}")
     for step, options in steps.items():
-        known = (*STEP_OPTIONS, *CONDITION_OPTIONS)
+        known = (*STEP_OPTIONS, *CONDITION_OPTIONS, *_WAIT)
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise ValueError(f"step {step!r}: unknown options {unknown}; known: {known}")
@@ -223,18 +224,31 @@ def _update_flow_options(operations: Operations, operation: UpdateFlowOptionsOp)
     flow_options = dict(operation.flow)
     if "concurrency" in flow_options:
         _set_concurrency(operations, slug, flow_options.pop("concurrency"))
+    if "run_timeout" in flow_options:
+        operations.execute(
+            query("set_flow_run_timeout").bindparams(
+                flow_slug=slug, run_timeout=flow_options.pop("run_timeout")
+            )
+        )
     if flow_options:
         flow_type = flow_options.get("flow_type")
         if flow_type is not None:
             FlowType(flow_type)  # a clear ValueError before SQL's check constraint
         operations.execute(
             query("set_flow_options").bindparams(
-                flow_slug=slug, options=json.dumps(operation.flow, sort_keys=True)
+                flow_slug=slug, options=json.dumps(flow_options, sort_keys=True)
             )
         )
     for step, options in operation.steps.items():
-        plain = {k: v for k, v in options.items() if k not in CONDITION_OPTIONS}
+        plain = {k: v for k, v in options.items() if k not in CONDITION_OPTIONS and k not in _WAIT}
         condition = {k: v for k, v in options.items() if k in CONDITION_OPTIONS}
+        wait = {k: v for k, v in options.items() if k in _WAIT}
+        if wait:
+            operations.execute(
+                query("set_wait_step_options").bindparams(
+                    flow_slug=slug, step_slug=step, options=json.dumps(wait, sort_keys=True)
+                )
+            )
         if plain:
             operations.execute(
                 query("set_step_options").bindparams(

@@ -25,6 +25,8 @@ class StoredStep:
     options: Mapping[str, int | None]
     condition: Mapping[str, Any] = field(default_factory=dict)
     """Condition options as stored (``CONDITION_OPTIONS``); empty for a step without any."""
+    wait: Mapping[str, Any] = field(default_factory=dict)
+    """``wait``, ``wait_timeout``, ``on_timeout`` of a wait step; empty for other steps."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class StoredFlow:
     started_runs: int = 0
     concurrency: Mapping[str, Any] | None = None
     """The flow's concurrency limit as ``Concurrency.to_dict`` (extension/0080); None: none."""
+    run_timeout: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The same plain data as ``FlowDefinition.to_dict`` (options at their stored values)."""
@@ -46,6 +49,8 @@ class StoredFlow:
         data.update(self.options)
         if self.concurrency is not None:
             data["concurrency"] = dict(self.concurrency)
+        if self.run_timeout is not None:
+            data["run_timeout"] = self.run_timeout
         steps = []
         for step in self.steps:
             item: dict[str, Any] = {"slug": step.slug}
@@ -55,6 +60,7 @@ class StoredFlow:
                 item["depends_on"] = list(step.depends_on)
             item.update({k: v for k, v in step.options.items() if v is not None})
             item.update({k: v for k, v in step.condition.items() if v is not None})
+            item.update({k: v for k, v in step.wait.items() if v is not None})
             steps.append(item)
         data["steps"] = steps
         return data
@@ -78,6 +84,15 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
             conditions[(row["flow_slug"], row["step_slug"])] = {
                 name: row[name] for name in CONDITION_OPTIONS
             }
+    waits: dict[tuple[str, str], dict[str, Any]] = {}
+    run_timeouts: dict[str, int] = {}
+    if connection.execute(query("waits_present")).scalar_one():
+        for row in connection.execute(query("stored_wait_steps")).mappings():
+            waits[(row["flow_slug"], row["step_slug"])] = {
+                name: row[name] for name in ("wait", "wait_timeout", "on_timeout")
+            }
+        for row in connection.execute(query("stored_run_timeouts")).mappings():
+            run_timeouts[row["flow_slug"]] = row["run_timeout"]
     steps: dict[str, list[StoredStep]] = {}
     for row in connection.execute(query("stored_steps")).mappings():
         steps.setdefault(row["flow_slug"], []).append(
@@ -87,6 +102,7 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
                 depends_on=tuple(deps.get((row["flow_slug"], row["step_slug"]), ())),
                 options={name: row[name] for name in STEP_OPTIONS},
                 condition=conditions.get((row["flow_slug"], row["step_slug"]), {}),
+                wait=waits.get((row["flow_slug"], row["step_slug"]), {}),
             )
         )
     limits: dict[str, dict[str, Any]] = {}
@@ -106,5 +122,6 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
             runs=counts["runs"] if counts else 0,
             started_runs=counts["started"] if counts else 0,
             concurrency=limits.get(slug),
+            run_timeout=run_timeouts.get(slug),
         )
     return flows

@@ -32,6 +32,30 @@ ORDER BY s.flow_slug, s.step_index
 -- description: Whether this database has our step_conditions table (extension/0061_step_conditions.sql).
 SELECT to_regclass('pgflow_python.step_conditions') IS NOT NULL
 
+-- name: waits_present
+-- description: Whether this database has our wait_steps and flow_run_timeouts tables (extension/0070, 0071).
+SELECT to_regclass('pgflow_python.wait_steps') IS NOT NULL
+   AND to_regclass('pgflow_python.flow_run_timeouts') IS NOT NULL
+
+-- name: stored_wait_steps
+-- description: Every wait step, under the DSL's names (extension/0070_wait_steps.sql).
+SELECT w.flow_slug, w.step_slug, w.wait_kind AS wait, w.timeout_seconds AS wait_timeout,
+       w.on_timeout
+FROM pgflow_python.wait_steps AS w
+
+-- name: stored_run_timeouts
+-- description: Every flow's run_timeout in seconds (extension/0071_deadlines.sql).
+SELECT t.flow_slug, t.run_timeout_seconds AS run_timeout
+FROM pgflow_python.flow_run_timeouts AS t
+
+-- name: set_wait_step_options
+-- description: Change a wait step's timeout and on_timeout (extension/0070_wait_steps.sql); keys not given are kept.
+SELECT 1 FROM pgflow_python.set_wait_step_options(:flow_slug, :step_slug, CAST(:options AS jsonb))
+
+-- name: set_flow_run_timeout
+-- description: Set (NULL: remove) a flow's run_timeout (extension/0071_deadlines.sql).
+SELECT 1 FROM pgflow_python.set_flow_run_timeout(:flow_slug, CAST(:run_timeout AS integer))
+
 -- name: stored_conditions
 -- description: Every step's condition options, under the DSL's names (extension/0061_step_conditions.sql).
 SELECT c.flow_slug,

@@ -44,7 +44,7 @@ def test_a_typescript_worker_never_receives_a_wait_step(pgflow_engine: Engine) -
     assert Counter(a["step"] for a in second["attempts"]) == {"publish": 2}
 
     with pgflow_engine.begin() as connection:
-        outputs = dict(
+        outputs: dict[Any, Any] = dict(
             connection.execute(
                 sa.text("SELECT run_id, output FROM pgflow.runs WHERE status = 'completed'")
             ).all()
