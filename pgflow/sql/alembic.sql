@@ -49,7 +49,7 @@ SELECT t.flow_slug, t.run_timeout_seconds AS run_timeout
 FROM pgflow_python.flow_run_timeouts AS t
 
 -- name: set_wait_step_options
--- description: Change a wait step's timeout and on_timeout (extension/0070_wait_steps.sql); keys not given are kept.
+-- description: Change a wait step's timeout and on_timeout (extension/0072_wait_step_options.sql); keys not given are kept.
 SELECT 1 FROM pgflow_python.set_wait_step_options(:flow_slug, :step_slug, CAST(:options AS jsonb))
 
 -- name: set_flow_run_timeout

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from pgflow import Flow, get_run, start_flow, step, wait_for_run
+from pgflow import Flow, get_run, signal, start_flow, step, wait_for_run, wait_step
 from pgflow._db import create_engine
 from pgflow.errors import InsufficientPrivilegeError, WorkerAccessError
 from pgflow.operations import cancel_run, prune, resume_run, retry_run
@@ -112,7 +112,7 @@ def grant_worker(roles: Roles) -> None:
 async def test_granted_roles_run_flows_added_before_and_after_the_grant(
     roles: Roles, pgflow_engine: Engine
 ) -> None:
-    register_flows(pgflow_engine, Early, Branch)
+    register_flows(pgflow_engine, Early, Branch, Approval)
     done = pgflow_grant(
         roles.database,
         "--worker",
@@ -141,6 +141,10 @@ async def test_granted_roles_run_flows_added_before_and_after_the_grant(
             # A root condition unmet at the start: skipped by the client's own start_flow.
             branch = start_flow(client, Branch, {"go": False})
             assert get_run(client, branch).status == "completed"  # type: ignore[union-attr]
+            # A root wait step (docs/waiting.md) with a deadline, signalled by the client.
+            approval = start_flow(client, Approval, 1, deadline=timedelta(hours=1))
+            assert str(signal(client, approval, "approve", "ok").outcome) == "completed"
+            assert get_run(client, approval).status == "completed"  # type: ignore[union-attr]
             for run_id, output in ((early, {"double": 10}), (late, {"triple": 15})):
                 run = await anyio.to_thread.run_sync(
                     functools.partial(wait_for_run, client, run_id, timeout=30)
@@ -163,6 +167,11 @@ async def test_granted_roles_run_flows_added_before_and_after_the_grant(
     finally:
         for engine in (worker_engine, client, reader):
             engine.dispose()
+
+
+class Approval(Flow, slug="access_approval", run_timeout=3600):
+    @wait_step
+    def approve(self) -> None: ...
 
 
 class Branch(Flow, slug="access_branch"):

@@ -107,49 +107,6 @@ $$;
 COMMENT ON FUNCTION pgflow_python.set_wait_step(text, text, integer, text) IS
     'pgflow-python: make a step a wait step, or change its timeout and on_timeout.';
 
--- Migrations change a wait step's options like other step options: the keys named in `options`
--- (wait_timeout, on_timeout; the DSL's names) are set, null resets one to its default, keys not
--- named are kept. Applies to waits that start afterwards.
-CREATE OR REPLACE FUNCTION pgflow_python.set_wait_step_options(
-    flow_slug text,
-    step_slug text,
-    options jsonb
-)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = ''
-AS $$
-DECLARE
-    unknown text[];
-    current pgflow_python.wait_steps%ROWTYPE;
-BEGIN
-    SELECT array_agg(key ORDER BY key) INTO unknown
-    FROM jsonb_object_keys(options) AS key
-    WHERE key NOT IN ('wait_timeout', 'on_timeout');
-    IF unknown IS NOT NULL THEN
-        RAISE EXCEPTION 'unknown wait step options: %', array_to_string(unknown, ', ')
-            USING HINT = 'wait step options are wait_timeout and on_timeout';
-    END IF;
-    SELECT * INTO current FROM pgflow_python.wait_steps AS w
-    WHERE w.flow_slug = set_wait_step_options.flow_slug
-      AND w.step_slug = set_wait_step_options.step_slug;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'step "%" of flow "%" is not a wait step', step_slug, flow_slug
-            USING ERRCODE = 'no_data_found';
-    END IF;
-    PERFORM pgflow_python.set_wait_step(
-        flow_slug,
-        step_slug,
-        CASE WHEN options ? 'wait_timeout' THEN (options ->> 'wait_timeout')::integer
-             ELSE current.timeout_seconds END,
-        CASE WHEN options ? 'on_timeout' THEN options ->> 'on_timeout' ELSE current.on_timeout END
-    );
-END;
-$$;
-
-COMMENT ON FUNCTION pgflow_python.set_wait_step_options(text, text, jsonb) IS
-    'pgflow-python: update some of a wait step''s options; used by migrations.';
-
 -- The gate: a step state just became ready. A wait step is started here, with its one task
 -- started and no message, so start_ready_steps (which the caller runs next) leaves it alone.
 CREATE OR REPLACE FUNCTION pgflow_python.begin_wait()
