@@ -165,6 +165,10 @@ class NotAJobError(PgflowError, TypeError):
         super().__init__(message)
 
 
+class RunNotFoundError(PgflowError, LookupError):
+    """No run has this id, or a prefix given for one matches no run or several."""
+
+
 class RunExistsError(PgflowError):
     """A run with the requested ``run_id`` already exists."""
 

@@ -8,6 +8,7 @@ state, unknown, or a database error), 2 usage, 3 no database.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,7 @@ from pgflow.operations import (
     list_runs,
     list_workers,
     prune,
+    resolve_run_id,
     resume_run,
     retry_run,
 )
@@ -57,6 +59,13 @@ def _since(_context: click.Context, _parameter: click.Parameter, value: str | No
         return parse_since(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _run_id_or_prefix(_context: click.Context, _parameter: click.Parameter, value: str) -> str:
+    """A whole run id or a prefix of one (4+ hex digits); resolved against the database later."""
+    if not re.fullmatch(r"[0-9a-fA-F-]*", value) or len(value.replace("-", "")) < 4:
+        raise click.BadParameter(f"{value!r} is neither a run id nor a prefix of one")
+    return value
 
 
 def _duration(_context: click.Context, _parameter: click.Parameter, value: str) -> Any:
@@ -101,17 +110,18 @@ def runs_list(
 
 
 @runs.command("show")
-@click.argument("run_id", type=click.UUID)
+@click.argument("run_id", callback=_run_id_or_prefix)
 @database_url_option
 @read_url_option
 @json_option
 @reports_errors
 def runs_show(
-    *, run_id: uuid.UUID, database_url: str | None, read_url: str | None, as_json: bool
+    *, run_id: uuid.UUID | str, database_url: str | None, read_url: str | None, as_json: bool
 ) -> None:
     """A run and its steps: status, tasks, attempts, durations, errors, output sizes, and the
     traceback of each failed step's last attempt."""
     with engine_for(read_url or database_url) as engine:
+        run_id = resolve_run_id(engine, run_id)
         details = describe_run(engine, run_id)
     if details is None:
         raise PgflowError(f"run {run_id} does not exist in this database")
@@ -119,16 +129,17 @@ def runs_show(
 
 
 @runs.command("cancel")
-@click.argument("run_id", type=click.UUID)
+@click.argument("run_id", callback=_run_id_or_prefix)
 @click.option("--reason", help="Recorded with the cancellation and shown with the run.")
 @database_url_option
 @json_option
 @reports_errors
 def runs_cancel(
-    *, run_id: uuid.UUID, reason: str | None, database_url: str | None, as_json: bool
+    *, run_id: uuid.UUID | str, reason: str | None, database_url: str | None, as_json: bool
 ) -> None:
     """Cancel a started run; its queued tasks never run, running handlers are told."""
     with engine_for(database_url) as engine:
+        run_id = resolve_run_id(engine, run_id)
         result = cancel_run(engine, run_id, reason)
     text = {
         CancelOutcome.CANCELLED: f"cancelled run {run_id} ({result.tasks_cancelled} "
@@ -140,13 +151,14 @@ def runs_cancel(
 
 
 @runs.command("retry")
-@click.argument("run_id", type=click.UUID)
+@click.argument("run_id", callback=_run_id_or_prefix)
 @database_url_option
 @json_option
 @reports_errors
-def runs_retry(*, run_id: uuid.UUID, database_url: str | None, as_json: bool) -> None:
+def runs_retry(*, run_id: uuid.UUID | str, database_url: str | None, as_json: bool) -> None:
     """Start a failed or cancelled run again as a new run (same flow, same input)."""
     with engine_for(database_url) as engine:
+        run_id = resolve_run_id(engine, run_id)
         result = retry_run(engine, run_id)
     text = {
         RetryOutcome.RETRIED: f"retried run {run_id} as {result.new_run_id}",
@@ -158,13 +170,14 @@ def runs_retry(*, run_id: uuid.UUID, database_url: str | None, as_json: bool) ->
 
 
 @runs.command("resume")
-@click.argument("run_id", type=click.UUID)
+@click.argument("run_id", callback=_run_id_or_prefix)
 @database_url_option
 @json_option
 @reports_errors
-def runs_resume(*, run_id: uuid.UUID, database_url: str | None, as_json: bool) -> None:
+def runs_resume(*, run_id: uuid.UUID | str, database_url: str | None, as_json: bool) -> None:
     """Continue a failed or cancelled run in place: only unfinished work runs again."""
     with engine_for(database_url) as engine:
+        run_id = resolve_run_id(engine, run_id)
         result = resume_run(engine, run_id)
     text = {
         ResumeOutcome.RESUMED: f"resumed run {run_id}: {result.tasks_requeued} task(s) "
@@ -183,7 +196,7 @@ def _json_value(_context: click.Context, _parameter: click.Parameter, value: str
 
 
 @runs.command("signal")
-@click.argument("run_id", type=click.UUID)
+@click.argument("run_id", callback=_run_id_or_prefix)
 @click.argument("step_slug")
 @click.option(
     "--output",
@@ -197,11 +210,12 @@ def _json_value(_context: click.Context, _parameter: click.Parameter, value: str
 @json_option
 @reports_errors
 def runs_signal(
-    *, run_id: uuid.UUID, step_slug: str, output: Any, database_url: str | None, as_json: bool
+    *, run_id: uuid.UUID | str, step_slug: str, output: Any, database_url: str | None, as_json: bool
 ) -> None:
     """Complete wait step STEP_SLUG of a run with --output (docs/waiting.md); a repeated
     signal changes nothing and says so."""
     with engine_for(database_url) as engine:
+        run_id = resolve_run_id(engine, run_id)
         result = signal(engine, run_id, step_slug, output)
     text = {
         SignalOutcome.COMPLETED: f"step {step_slug} of run {run_id} completed; run "

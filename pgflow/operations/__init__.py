@@ -22,6 +22,7 @@ from pgflow.operations._inspect import (
     list_runs_async,
     list_workers,
     list_workers_async,
+    resolve_run_id,
 )
 from pgflow.operations._prune import DEFAULT_BATCH_SIZE, PRUNABLE_STATUSES, prune, prune_async
 from pgflow.operations._results import (
@@ -65,6 +66,7 @@ __all__ = [
     "list_workers_async",
     "prune",
     "prune_async",
+    "resolve_run_id",
     "resume_run",
     "resume_run_async",
     "retry_run",

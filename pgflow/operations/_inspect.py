@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import uuid
 from datetime import datetime
 
 from sqlalchemy.engine import Connection
@@ -9,6 +12,7 @@ from sqlalchemy.engine import Connection
 from pgflow._binds import AsyncBind, RunId, SyncBind, as_run_id, connection_for, run_async
 from pgflow._sql import query
 from pgflow.client import get_run, get_task_failures
+from pgflow.errors import RunNotFoundError
 from pgflow.operations._results import (
     ResumeRecord,
     RunDetails,
@@ -49,6 +53,37 @@ async def list_runs_async(
     """:func:`list_runs` for an async bind."""
     _check_listing(status, limit)
     return await run_async(bind, _list_runs, flow, status, since, limit, waiting=waiting)
+
+
+def resolve_run_id(bind: SyncBind, run_id_or_prefix: str | uuid.UUID) -> uuid.UUID:
+    """A whole run id, or the one run whose id starts with this prefix (hex digits and dashes,
+    at least 4 digits, as the dashboard's search accepts); ``RunNotFoundError`` names what
+    matched otherwise."""
+    if isinstance(run_id_or_prefix, uuid.UUID):
+        return run_id_or_prefix
+    text = run_id_or_prefix.strip().lower()
+    with contextlib.suppress(ValueError):
+        return uuid.UUID(text)
+    digits = text.replace("-", "")
+    if not re.fullmatch(r"[0-9a-f]{4,31}", digits):
+        raise RunNotFoundError(
+            f"{run_id_or_prefix!r} is neither a run id nor a prefix of one (4 or more hex digits)"
+        )
+    low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+    with connection_for(bind) as connection:
+        found = list(
+            connection.execute(
+                query("ops_run_ids_with_prefix"), {"low": low, "high": high, "row_limit": 2}
+            ).scalars()
+        )
+    if not found:
+        raise RunNotFoundError(f"no run id starts with {text!r}")
+    if len(found) > 1:
+        raise RunNotFoundError(
+            f"several runs start with {text!r} ({found[0]}, {found[1]}, …): give more digits"
+        )
+    run_id: uuid.UUID = found[0]
+    return run_id
 
 
 def describe_run(bind: SyncBind, run_id: RunId) -> RunDetails | None:

@@ -147,3 +147,11 @@ FROM pgflow.workers AS w
 WHERE (CAST(:flow_slug AS text) IS NULL OR w.queue_name = CAST(:flow_slug AS text))
 ORDER BY w.last_heartbeat_at DESC, w.worker_id
 LIMIT CAST(:row_limit AS integer);
+
+-- name: ops_run_ids_with_prefix
+-- description: Run ids between :low and :high (a hex prefix padded with 0s and fs): a primary-key range, at most :row_limit.
+SELECT r.run_id
+FROM pgflow.runs AS r
+WHERE r.run_id BETWEEN CAST(:low AS uuid) AND CAST(:high AS uuid)
+ORDER BY r.run_id
+LIMIT CAST(:row_limit AS integer);

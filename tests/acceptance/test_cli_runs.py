@@ -213,3 +213,35 @@ def test_runs_show_says_which_steps_were_skipped_and_why(
         "receipt": "dependency_skipped",
         "audit": None,
     }
+
+
+def test_a_unique_run_id_prefix_names_the_run(
+    pgflow_database: URL, runs: dict[str, uuid.UUID]
+) -> None:
+    started = str(runs["started"])
+    # The shortest prefix that only this run has (the dashboard's search accepts prefixes too).
+    others = [str(r) for k, r in runs.items() if k != "started"]
+    length = next(n for n in range(8, 37) if not any(o.startswith(started[:n]) for o in others))
+    cancelled = pgflow_cli(pgflow_database, "runs", "cancel", started[:length])
+    assert cancelled.returncode == EXIT_OK, cancelled.stderr
+    assert f"cancelled run {started}" in cancelled.stdout
+
+    nothing = pgflow_cli(pgflow_database, "runs", "show", "ffffffff-ff")
+    assert nothing.returncode == EXIT_REFUSED
+    assert nothing.stderr == "error: no run id starts with 'ffffffff-ff'\n"
+    bad = pgflow_cli(pgflow_database, "runs", "retry", "xyz")
+    assert bad.returncode == EXIT_USAGE
+    assert "neither a run id nor a prefix of one" in bad.stderr
+
+
+def test_an_ambiguous_prefix_is_refused_naming_two_matches(
+    pgflow_engine: Engine, pgflow_database: URL, runs: dict[str, uuid.UUID]
+) -> None:
+    first = str(runs["started"])
+    # Another run whose id shares the first 8 digits.
+    twin = uuid.UUID(first[:8] + "-0000-4000-8000-000000000000")
+    start_flow(pgflow_engine, "greeting", {"name": "dee"}, run_id=twin)
+    refused = pgflow_cli(pgflow_database, "runs", "cancel", first[:8])
+    assert refused.returncode == EXIT_REFUSED
+    assert "several runs start with" in refused.stderr
+    assert "give more digits" in refused.stderr
