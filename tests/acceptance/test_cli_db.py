@@ -74,9 +74,10 @@ def test_unreachable_server_exits_3_with_what_to_check() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_no_database_configured_exits_3_naming_the_setting() -> None:
+def test_no_database_configured_exits_2_naming_the_setting() -> None:
+    # A configuration mistake that a restart cannot fix: 2, "do not restart" (docs/deployment.md).
     result = pgflow_cli("db", "status")
-    assert result.returncode == 3
+    assert result.returncode == 2
     assert "set DATABASE_URL" in result.stderr
 
 
