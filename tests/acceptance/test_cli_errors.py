@@ -223,7 +223,7 @@ def test_an_unknown_run_is_one_line_without_advice_about_waiting(
     ("args", "shown"),
     [
         (("runs", "list", "--status", "bogus"), "Invalid value for '--status'"),
-        (("runs", "show", "nope"), "'nope' is not a valid UUID"),
+        (("runs", "show", "nope"), "'nope' is neither a run id nor a prefix of one"),
         (("prune", "--dry-run"), "Missing option '--older-than'"),
         (("--log-format", "xml", "db", "status"), "Invalid value for '--log-format'"),
         (("runs", "frobnicate"), "No such command 'frobnicate'"),

@@ -123,5 +123,6 @@ def test_two_per_tenant_across_processes_with_a_worker_killed(
     # Fairness: b, enqueued after a's 16, finished while most of a's backlog still waited.
     b_done = max(end for _, end in calls["b"])
     a_started_before = sum(1 for start, _ in calls["a"] if start < b_done)
-    assert a_started_before <= 10, f"{a_started_before} of a's calls started before b finished"
+    # (a's calls cut short by the kill start again, so they may count twice)
+    assert a_started_before <= 10 + killed_mid_call, f"{a_started_before} of a's calls started before b finished"
     assert all(w.poll() is None for w in workers if w is not victim)
