@@ -49,5 +49,5 @@ def test_bad_references_fail_with_one_line() -> None:
     assert missing.stderr.count("\n") == 1
     assert missing.stderr.startswith("error: 'myapp.flows' has no attribute 'Nope'")
     not_a_flow = compile_cli("myapp.flows:Context")
-    assert not_a_flow.returncode == 1
+    assert not_a_flow.returncode == 2
     assert "is not a concrete pgflow Flow or Job class" in not_a_flow.stderr
