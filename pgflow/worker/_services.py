@@ -199,9 +199,10 @@ class LoopWatchdog:
         def watch(stop: threading.Event) -> None:
             blocked_since: float | None = None  # the last tick before the block we warned of
             running: list[str] = []
-            while not stop.wait(threshold / 4):
+
+            def report_unblocked() -> None:
+                nonlocal blocked_since
                 tick = last_tick[0]
-                blocked_for = time.monotonic() - tick
                 if blocked_since is not None and tick != blocked_since:
                     # The loop runs again: say how long it really was blocked, and by what.
                     telemetry.emit(
@@ -211,6 +212,11 @@ class LoopWatchdog:
                         running=running,
                     )
                     blocked_since = None
+
+            while not stop.wait(threshold / 4):
+                report_unblocked()
+                tick = last_tick[0]
+                blocked_for = time.monotonic() - tick
                 if blocked_for > threshold and blocked_since is None:
                     blocked_since = tick
                     running = _running_steps(session)
@@ -221,6 +227,7 @@ class LoopWatchdog:
                         threshold=threshold,
                         running=running,
                     )
+            report_unblocked()  # a worker stopping right after a block still says how long
 
         async with anyio.create_task_group() as group:
             group.start_soon(run_in_thread, watch)
