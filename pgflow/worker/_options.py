@@ -75,7 +75,7 @@ class WorkerOptions:
     """How often this worker offers to refresh planner statistics where autovacuum is off."""
     cancel_check_interval: float = 0.5
     """While tasks run: how often to ask whether their runs were cancelled (``cancel_run``)."""
-    deadline_check_interval: float = 1.0
+    deadline_check_interval: float = 5.0
     """How often this worker offers to time out waits and cancel runs past their deadline
     (one worker does it at a time; docs/waiting.md)."""
     scheduler: bool = True
