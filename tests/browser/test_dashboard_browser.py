@@ -258,7 +258,7 @@ def test_a_skipped_step_is_drawn_apart_from_waiting_and_running_ones(
     expect(page.locator('table.steps tr[data-step="maybe"]')).to_contain_text("skipped")
     fills = {slug: _box_fill(page, slug) for slug in ("maybe", "always", "later")}
     assert len(set(fills.values())) == 3, fills  # skipped, started and created all differ
-    dashes = skipped.locator("rect.box").evaluate("box => getComputedStyle(box).strokeDasharray")
-    assert dashes not in ("", "none"), dashes
+    # Retried and re-resolved: a live swap of the DAG can detach the box between find and read.
+    expect(skipped.locator("rect.box")).to_have_css("stroke-dasharray", re.compile(r"\d"))
     expect(page.locator("#step-maybe + p")).to_have_text("skipped: it never ran")
     screenshot(page, "run-skipped-step")
