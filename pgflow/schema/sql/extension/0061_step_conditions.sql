@@ -258,11 +258,12 @@ $$;
 COMMENT ON FUNCTION pgflow_python.skip_step(uuid, text, text, boolean, text) IS
     'pgflow-python: skip a step of a run (and with cascade its downstream steps).';
 
--- A step whose condition fails the run (when_unmet 'fail'): the step failed with a message that
--- names it and the pattern, the run failed (0060 then cancels its other tasks), events sent as
--- upstream's fail_task sends them. The step has no tasks: resume_run puts it back to 'created',
--- where its condition is evaluated again.
-CREATE OR REPLACE FUNCTION pgflow_python.fail_step_on_condition(
+-- Fail a step and its run with a message, as upstream's fail_task does on a last attempt: the
+-- step failed, the run failed (0060 then cancels its other tasks), events sent as fail_task sends
+-- them. Callers: a step whose condition fails the run (when_unmet 'fail'; the step has no tasks,
+-- so resume_run puts it back to 'created', where its condition is evaluated again) and a wait
+-- that timed out (0070's time_out_wait, which fails the waiting task first).
+CREATE OR REPLACE FUNCTION pgflow_python.fail_step_and_run(
     run_id uuid,
     step_slug text,
     message text
@@ -276,43 +277,43 @@ DECLARE
     run_flow text;
 BEGIN
     UPDATE pgflow.step_states AS s
-    SET status = 'failed', failed_at = at, error_message = fail_step_on_condition.message
-    WHERE s.run_id = fail_step_on_condition.run_id AND s.step_slug = fail_step_on_condition.step_slug;
+    SET status = 'failed', failed_at = at, error_message = fail_step_and_run.message
+    WHERE s.run_id = fail_step_and_run.run_id AND s.step_slug = fail_step_and_run.step_slug;
     PERFORM realtime.send(
         pg_catalog.jsonb_build_object(
             'event_type', 'step:failed',
-            'run_id', fail_step_on_condition.run_id,
-            'step_slug', fail_step_on_condition.step_slug,
+            'run_id', fail_step_and_run.run_id,
+            'step_slug', fail_step_and_run.step_slug,
             'status', 'failed',
-            'error_message', fail_step_on_condition.message,
+            'error_message', fail_step_and_run.message,
             'failed_at', at
         ),
-        pg_catalog.concat('step:', fail_step_on_condition.step_slug, ':failed'),
-        pg_catalog.concat('pgflow:run:', fail_step_on_condition.run_id),
+        pg_catalog.concat('step:', fail_step_and_run.step_slug, ':failed'),
+        pg_catalog.concat('pgflow:run:', fail_step_and_run.run_id),
         false
     );
     UPDATE pgflow.runs AS r
     SET status = 'failed', failed_at = GREATEST(at, r.started_at)
-    WHERE r.run_id = fail_step_on_condition.run_id
+    WHERE r.run_id = fail_step_and_run.run_id
     RETURNING r.flow_slug INTO run_flow;
     PERFORM realtime.send(
         pg_catalog.jsonb_build_object(
             'event_type', 'run:failed',
-            'run_id', fail_step_on_condition.run_id,
+            'run_id', fail_step_and_run.run_id,
             'flow_slug', run_flow,
             'status', 'failed',
-            'error_message', fail_step_on_condition.message,
+            'error_message', fail_step_and_run.message,
             'failed_at', at
         ),
         'run:failed',
-        pg_catalog.concat('pgflow:run:', fail_step_on_condition.run_id),
+        pg_catalog.concat('pgflow:run:', fail_step_and_run.run_id),
         false
     );
 END;
 $$;
 
-COMMENT ON FUNCTION pgflow_python.fail_step_on_condition(uuid, text, text) IS
-    'pgflow-python: fail a step whose condition is unmet (when_unmet fail), and its run.';
+COMMENT ON FUNCTION pgflow_python.fail_step_and_run(uuid, text, text) IS
+    'pgflow-python: fail a step and its run with a message (an unmet condition, a wait timeout).';
 
 -- The trigger function: a step state just became ready. Re-read under the caller's locks (an
 -- earlier trigger of the same statement may have skipped it or failed the run).
@@ -347,7 +348,7 @@ BEGIN
     END IF;
 
     IF rule.when_unmet = 'fail' THEN
-        PERFORM pgflow_python.fail_step_on_condition(
+        PERFORM pgflow_python.fail_step_and_run(
             NEW.run_id, NEW.step_slug,
             pg_catalog.format(
                 'condition not met: step %L runs only when its input %s',

@@ -356,8 +356,8 @@ COMMENT ON FUNCTION pgflow_python.signal(uuid, text, jsonb) IS
     'pgflow-python: send the output of a wait step of a run (the first signal wins).';
 
 -- Ends one wait whose timeout passed (the caller, the deadline sweep, holds the run's lock):
--- 'fail' fails the task, the step and the run with a message saying so, as fail_task does on a
--- last attempt (extension/0060 then cancels the run's other tasks); 'skip' skips the step
+-- 'fail' fails the task, then the step and the run (0061's fail_step_and_run), as fail_task does
+-- on a last attempt (extension/0060 then cancels the run's other tasks); 'skip' skips the step
 -- (extension/0061's skip_step, reason 'wait_timeout'), and the run goes on without its output.
 CREATE OR REPLACE FUNCTION pgflow_python.time_out_wait(
     run_id uuid,
@@ -372,7 +372,6 @@ SET search_path = ''
 AS $$
 DECLARE
     at timestamptz := pg_catalog.clock_timestamp();
-    run_flow text;
 BEGIN
     UPDATE pgflow_python.waits AS w SET ended_at = at, outcome = 'timed_out'
     WHERE w.run_id = time_out_wait.run_id AND w.step_slug = time_out_wait.step_slug
@@ -389,39 +388,8 @@ BEGIN
     SET status = 'failed', failed_at = at, error_message = time_out_wait.message
     WHERE t.run_id = time_out_wait.run_id AND t.step_slug = time_out_wait.step_slug
       AND t.task_index = time_out_wait.task_index;
-    UPDATE pgflow.step_states AS s
-    SET status = 'failed', failed_at = at, error_message = time_out_wait.message
-    WHERE s.run_id = time_out_wait.run_id AND s.step_slug = time_out_wait.step_slug;
-    PERFORM realtime.send(
-        pg_catalog.jsonb_build_object(
-            'event_type', 'step:failed',
-            'run_id', time_out_wait.run_id,
-            'step_slug', time_out_wait.step_slug,
-            'status', 'failed',
-            'error_message', time_out_wait.message,
-            'failed_at', at
-        ),
-        pg_catalog.concat('step:', time_out_wait.step_slug, ':failed'),
-        pg_catalog.concat('pgflow:run:', time_out_wait.run_id),
-        false
-    );
-    UPDATE pgflow.runs AS r
-    SET status = 'failed', failed_at = GREATEST(at, r.started_at)
-    WHERE r.run_id = time_out_wait.run_id
-    RETURNING r.flow_slug INTO run_flow;
-    PERFORM realtime.send(
-        pg_catalog.jsonb_build_object(
-            'event_type', 'run:failed',
-            'run_id', time_out_wait.run_id,
-            'flow_slug', run_flow,
-            'status', 'failed',
-            'error_message', time_out_wait.message,
-            'failed_at', at
-        ),
-        'run:failed',
-        pg_catalog.concat('pgflow:run:', time_out_wait.run_id),
-        false
-    );
+    PERFORM pgflow_python.fail_step_and_run(time_out_wait.run_id, time_out_wait.step_slug,
+                                            time_out_wait.message);
 END;
 $$;
 
