@@ -33,7 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pgflow import _db
-from pgflow.dashboard import _charts, _control, _dag, _data, _format
+from pgflow.dashboard import _charts, _control, _dag, _data, _format, _waits
 from pgflow.dashboard._actions import RunAction, perform, run_control_actions
 from pgflow.dashboard._live import Broadcaster
 from pgflow.dashboard._run_view import run_view, task_view
@@ -257,6 +257,8 @@ class Dashboard:
             **run_view(detail, now=_data.database_now(self.engine)),
             "tasks_per_step": self.settings.tasks_per_step,
             "run_actions": [a for a in self.actions.values() if a.applies(detail.run)],
+            "waits": _waits.run_waits(self.engine, run_id),
+            "signallable": _waits.SIGNALLABLE,
         }
 
     def step_tasks(self, request: Request) -> Response:
@@ -475,6 +477,7 @@ def build_app(dashboard: Dashboard) -> Starlette:
         Route("/workers", d.workers, name="workers"),
         Route("/events", d.all_events, name="events"),
         *_control.routes(d),
+        *_waits.routes(d, d.settings.page_size),
         Route("/favicon.ico", _favicon),
         Mount("/static", StaticFiles(packages=[("pgflow.dashboard", "static")]), name="static"),
     ]

@@ -77,6 +77,11 @@ def _rows(engine: Engine, name: str, **params: Any) -> list[Row]:
         return _fetch(connection, name, **params)
 
 
+def rows(engine: Engine, name: str, **params: Any) -> list[Row]:
+    """The rows of named query ``name``, read with the dashboard's settings."""
+    return _rows(engine, name, **params)
+
+
 def _row(engine: Engine, name: str, **params: Any) -> Row | None:
     rows = _rows(engine, name, **params)
     return rows[0] if rows else None
