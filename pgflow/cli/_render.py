@@ -150,7 +150,8 @@ def run_details(details: RunDetails) -> str:
         + (f" ({run.cancel_reason})" if run.cancel_reason else ""),
         f"started   {moment(run.started_at)} UTC",
         f"ended     {moment(ended)}" + (" UTC" if ended else ""),
-        f"duration  {duration(None if ended is None else ended - run.started_at)}",
+        f"duration  {duration(details.active_duration(run.started_at, ended))}"
+        + _time_failed(details, run.started_at, ended),
     ]
     if details.deadline_at:
         source = "start_flow" if details.deadline_source == "start_flow" else "run_timeout"
@@ -177,7 +178,7 @@ def run_details(details: RunDetails) -> str:
                 _step_status(step),
                 f"{step.completed_tasks}/{step.tasks}" if step.tasks else "-",
                 str(step.attempts),
-                duration(step.duration),
+                duration(details.active_duration(step.started_at, _step_end(step))),
                 size(step.output_bytes) if step.completed_tasks else "-",
                 _short(step.error_message),
             ]
@@ -187,6 +188,15 @@ def run_details(details: RunDetails) -> str:
     )
     lines += _last_failures(details)
     return "\n".join(lines)
+
+
+def _time_failed(details: RunDetails, start: datetime, end: datetime | None) -> str:
+    failed = details.time_failed(start, end)
+    return f" (not counting {duration(failed)} failed before a resume)" if failed else ""
+
+
+def _step_end(step: StepSummary) -> datetime | None:
+    return step.completed_at or step.failed_at
 
 
 def _step_status(step: StepSummary) -> str:

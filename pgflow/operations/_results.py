@@ -290,3 +290,21 @@ class RunDetails:
     ``run_timeout``); None: no deadline."""
     deadline_source: str | None = None
     """``start_flow`` or ``run_timeout``."""
+
+    def time_failed(self, start: datetime | None, end: datetime | None) -> timedelta:
+        """How much of ``start`` to ``end`` the run sat failed or cancelled before a resume."""
+        if start is None or end is None:
+            return timedelta()
+        total = timedelta()
+        for resume in self.resumes:
+            if resume.failed_at is not None:
+                overlap = min(end, resume.resumed_at) - max(start, resume.failed_at)
+                total += max(overlap, timedelta())
+        return total
+
+    def active_duration(self, start: datetime | None, end: datetime | None) -> timedelta | None:
+        """``end - start`` without the time the run sat failed or cancelled before a resume
+        (a step or run of a resumed run); None while ``end`` is unknown."""
+        if start is None or end is None:
+            return None
+        return end - start - self.time_failed(start, end)

@@ -72,17 +72,19 @@ ORDER BY r.started_at DESC, r.run_id
 LIMIT CAST(:row_limit AS integer);
 
 -- name: ops_run_steps
--- description: A run's steps in declaration order with task counts, attempts, durations, the last error and the size of the outputs.
+-- description: A run's steps in declaration order with task counts, attempts, durations, the last error of an unfinished task and the size of the outputs.
+-- A completed step has no error: a task that failed an attempt (before a retry or a resume) and
+-- then completed keeps upstream's error_message, which is history, not the step's state.
 SELECT
     ss.step_slug, st.step_type, ss.status, ss.remaining_deps, ss.initial_tasks,
     ss.remaining_tasks, ss.started_at, ss.completed_at, ss.failed_at,
-    coalesce(ss.error_message, (
+    CASE WHEN ss.status <> 'completed' THEN coalesce(ss.error_message, (
         SELECT t.error_message FROM pgflow.step_tasks AS t
         WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug
-          AND t.error_message IS NOT NULL
+          AND t.error_message IS NOT NULL AND t.status <> 'completed'
         ORDER BY t.failed_at DESC NULLS LAST, t.task_index
         LIMIT 1
-    )) AS error_message,
+    )) END AS error_message,
     coalesce(tasks.total, 0) AS tasks,
     coalesce(tasks.completed, 0) AS completed_tasks,
     coalesce(tasks.failed, 0) AS failed_tasks,

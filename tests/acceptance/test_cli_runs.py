@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import URL, Engine
 
 import sql_only_flow
@@ -245,3 +247,47 @@ def test_an_ambiguous_prefix_is_refused_naming_two_matches(
     assert refused.returncode == EXIT_REFUSED
     assert "several runs start with" in refused.stderr
     assert "give more digits" in refused.stderr
+
+
+def test_runs_show_of_a_resumed_run_shows_no_old_error_and_not_the_time_it_sat_failed(
+    pgflow_database: URL, pgflow_engine: Engine
+) -> None:
+    with pgflow_engine.begin() as connection:
+        sql_only_flow.define_flow(
+            connection, "greeting", sql_only_flow.GREETING_FLOW, max_attempts=2, base_delay=0
+        )
+    run_id = start_flow(pgflow_engine, "greeting", {"name": "bob"})
+    sql_only_flow.drive(pgflow_engine, "greeting", failing_greeting(), run_id)
+    # The run sat failed for an hour before an operator resumed it.
+    with pgflow_engine.begin() as connection:
+        for table, columns in {
+            "runs": ("started_at", "failed_at"),
+            "step_states": ("created_at", "started_at", "completed_at", "failed_at"),
+            "step_tasks": ("queued_at", "started_at", "completed_at", "failed_at"),
+        }.items():
+            moved = ", ".join(f"{c} = {c} - interval '1 hour'" for c in columns)
+            update = text(f"UPDATE pgflow.{table} SET {moved} WHERE run_id = :id")
+            connection.execute(update, {"id": run_id})
+    assert json_of(pgflow_database, "runs", "resume", str(run_id))["outcome"] == "resumed"
+    calls = []
+
+    def fails_once(task: Any) -> Any:  # the resumed task fails its first attempt, then works
+        calls.append(task)
+        if len(calls) == 1:
+            raise ValueError("flaky greeting")
+        return f"Hello, {task['name']}!"
+
+    steps = {**sql_only_flow.GREETING_FLOW, "greeting": (["name"], fails_once)}
+    assert sql_only_flow.drive(pgflow_engine, "greeting", steps, run_id)["status"] == "completed"
+
+    shown = pgflow_cli(pgflow_database, "runs", "show", str(run_id))
+    assert shown.returncode == EXIT_OK, shown.stderr
+    lines = {line.split()[1]: line for line in shown.stdout.splitlines() if "─ " in line}
+    assert "completed" in lines["greeting"]
+    assert "Error" not in lines["greeting"]  # neither the old failure nor the retried attempt
+    # Durations: the hour it sat failed is not counted (it is said, on the run's line).
+    step_duration = lines["greeting"].split()[6]
+    assert step_duration.endswith(("ms", "s")) and not step_duration.endswith(("m", "h")), lines
+    run_line = next(line for line in shown.stdout.splitlines() if line.startswith("duration"))
+    assert re.search(r"\(not counting 6\d\.\dm failed before a resume\)$", run_line), run_line
+    assert run_line.split()[1].endswith("s"), run_line
