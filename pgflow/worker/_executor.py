@@ -8,6 +8,7 @@ import math
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -68,13 +69,17 @@ def sanitize(text: str) -> str:
     return text
 
 
+_THIS_FILE = (lambda: None).__code__.co_filename  # as frames name it (not always __file__)
+
 MAX_TRACEBACK_LENGTH = 16_000
 """Characters of a traceback kept: its start and its end (where the error was raised)."""
 
 
 def format_traceback(exc: BaseException) -> str | None:
+    """The exception's traceback from the handler's frame on (the frames of the worker, its
+    threads and anyio above it say nothing about the failure); chained exceptions in full."""
     try:
-        text = "".join(traceback.format_exception(exc))
+        text = "".join(traceback.format_exception(type(exc), exc, _from_the_handler(exc)))
     except BaseException:  # a broken __str__ or __repr__ deep inside the chain
         return None
     text = text.replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")
@@ -83,6 +88,18 @@ def format_traceback(exc: BaseException) -> str | None:
     head = MAX_TRACEBACK_LENGTH // 8
     cut = len(text) - MAX_TRACEBACK_LENGTH
     return f"{text[:head]}\n... ({cut} characters cut) ...\n{text[cut + head :]}"
+
+
+def _from_the_handler(exc: BaseException) -> TracebackType | None:
+    """The traceback entries after the last frame of this module (``run_handler`` calls the
+    handler, directly or through a lambda run in a handler thread): the handler's frame first.
+    The whole traceback when the error did not come from the handler."""
+    entry, start = exc.__traceback__, exc.__traceback__
+    while entry is not None:
+        if entry.tb_frame.f_code.co_filename == _THIS_FILE and entry.tb_next is not None:
+            start = entry.tb_next
+        entry = entry.tb_next
+    return start
 
 
 def describe(exc: BaseException) -> str:

@@ -3,6 +3,7 @@ and the events that say whether a retry follows and that the run failed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -24,6 +25,15 @@ pytestmark = pytest.mark.anyio
 def check_order(order: dict[str, int]) -> None:
     if order["total"] < 0:
         raise ValueError(f"negative total {order['total']}")
+
+
+def first_frame(traceback: str) -> tuple[str, str]:
+    """The file and function of the first frame of a formatted traceback."""
+    lines = traceback.splitlines()
+    assert lines[0] == "Traceback (most recent call last):", traceback
+    found = re.fullmatch(r'  File "(.+)", line \d+, in (\w+)', lines[1])
+    assert found, traceback
+    return found[1], found[2]
 
 
 class Flaky(Flow, slug="flaky_orders", max_attempts=2, base_delay=1):
@@ -70,6 +80,8 @@ async def test_each_failed_attempt_keeps_its_traceback_and_the_error_shows_it(
     assert error.traceback is not None
     assert 'in check_order\n    raise ValueError(f"negative total' in error.traceback
     assert error.traceback.endswith("ValueError: negative total -3\n")
+    # It starts at the handler's frame (a sync handler: no worker, thread or anyio frames).
+    assert first_frame(error.traceback) == (__file__, "validate")
     assert "The handler's traceback:\nTraceback (most recent call last):" in str(error)
     snapshot = get_run_with_states(pgflow_engine, error.run_id)
     assert snapshot is not None
@@ -111,6 +123,8 @@ async def test_a_non_retryable_error_ends_the_run_after_one_attempt(
     assert "  pgflow.errors.NonRetryableError: order 7 cannot be shipped" in shown
     assert error.failure is not None
     assert (error.failure.retryable, error.failure.retry_at) == (False, None)
+    assert error.traceback is not None
+    assert first_frame(error.traceback) == (__file__, "validate")  # an async handler
     assert "failed after 1 attempt: NonRetryableError: order 7 cannot be shipped" in str(error)
     assert "(not retryable)" in str(error)
     snapshot = get_run_with_states(pgflow_engine, error.run_id)
