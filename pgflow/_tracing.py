@@ -3,15 +3,25 @@
 The client and the worker call :func:`current`; it is ``None`` until an implementation is
 installed (``pgflow.otel.instrument()`` installs OpenTelemetry's), so uninstrumented code pays one
 global read per run start and per task.
+
+Waits (wait steps, and any other step that waits in the database) begin inside SQL, where no
+pgflow process takes part; they are traced when they end, by whoever ends them (the signal's
+caller, the worker's deadline sweep): :func:`record_ended_waits` reads the ended waits and the
+tracer draws each as a span from its begin to its end, in its run's trace.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
+
+from sqlalchemy.engine import Connection
+
+from pgflow._sql import query
 
 Carrier = Mapping[str, str]
 """W3C trace context headers: ``traceparent`` and optionally ``tracestate``."""
@@ -24,6 +34,24 @@ class TaskAttempt:
     run_id: uuid.UUID
     task_index: int
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndedWait:
+    """A wait that ended: a row of the ``otel_ended_waits`` query.
+
+    ``waits_for`` is what it waited for (``signal``; other kinds of wait add theirs) and
+    ``outcome`` how it ended (``signalled``, ``timed_out``, ``abandoned``: its run ended)."""
+
+    flow_slug: str
+    step_slug: str
+    run_id: uuid.UUID
+    task_index: int
+    waits_for: str
+    began_at: datetime
+    ended_at: datetime
+    outcome: str
+    run_context: Carrier | None
 
 
 class StartSpan(Protocol):
@@ -39,6 +67,14 @@ class TaskSpan(Protocol):
         """The handler's outcome (``completed``, ``failed``, ``timed_out``...)."""
 
 
+class SignalSpan(Protocol):
+    def carrier(self) -> Carrier:
+        """The span's context, linked from the span of the wait it ends."""
+
+    def finished(self, outcome: str, flow_slug: str) -> None:
+        """What the signal did (``completed``, ``kept``, ``already_signalled``)."""
+
+
 class Tracer(Protocol):
     def start_flow(self, flow_slug: str) -> AbstractContextManager[StartSpan]:
         """A span around starting one run; an exception leaving it marks the span failed."""
@@ -48,6 +84,14 @@ class Tracer(Protocol):
     ) -> AbstractContextManager[TaskSpan]:
         """A span around one handler execution, linked to the run's stored context. The span
         is current while the handler runs, so the handler's own spans are its children."""
+
+    def signal(self, run_id: uuid.UUID, step_slug: str) -> AbstractContextManager[SignalSpan]:
+        """A span around one signal, in the caller's context; an exception leaving it (the
+        signal was refused) marks it failed."""
+
+    def wait_ended(self, wait: EndedWait, cause: Carrier | None = None) -> None:
+        """Record ``wait`` as a span from its begin to its end, in its run's trace, linked to
+        ``cause`` (the span that ended it, when one did)."""
 
 
 def carriers_by_run(rows: Iterable[Mapping[str, Any]]) -> dict[uuid.UUID, Carrier]:
@@ -59,6 +103,43 @@ def carriers_by_run(rows: Iterable[Mapping[str, Any]]) -> dict[uuid.UUID, Carrie
             carrier["tracestate"] = row["tracestate"]
         contexts[row["run_id"]] = carrier
     return contexts
+
+
+def record_ended_waits(
+    connection: Connection,
+    ended: Sequence[tuple[uuid.UUID, str]],
+    cause: Carrier | None = None,
+) -> None:
+    """Trace the waits of ``ended`` ((run_id, step_slug) pairs) that have ended, on
+    ``connection`` (in the transaction that ended them, or after it). Nothing is read when no
+    tracer is installed or nothing ended."""
+    tracer = current()
+    if tracer is None or not ended:
+        return
+    rows = connection.execute(
+        query("otel_ended_waits"),
+        {"run_ids": [run_id for run_id, _ in ended], "step_slugs": [step for _, step in ended]},
+    ).mappings()
+    for row in rows:
+        carrier = None
+        if row["traceparent"]:
+            carrier = {"traceparent": row["traceparent"]}
+            if row["tracestate"]:
+                carrier["tracestate"] = row["tracestate"]
+        tracer.wait_ended(
+            EndedWait(
+                flow_slug=row["flow_slug"],
+                step_slug=row["step_slug"],
+                run_id=row["run_id"],
+                task_index=row["task_index"],
+                waits_for=row["waits_for"],
+                began_at=row["waiting_since"],
+                ended_at=row["ended_at"],
+                outcome=row["outcome"],
+                run_context=carrier,
+            ),
+            cause,
+        )
 
 
 _tracer: Tracer | None = None

@@ -12,6 +12,11 @@ module unless asked to. ::
 - ``pgflow.task <flow>.<step>`` (consumer) around each handler execution, in whichever worker
   process runs it: linked to the run's start span and, by default, its child, so a run's tasks
   form one trace. Handler code's own spans are children of the task span.
+- ``pgflow.signal <step>`` (producer) around each ``signal()`` call, in the caller's context.
+- ``pgflow.wait <flow>.<step>`` (internal) for each wait step's wait, from its begin to its end,
+  in the run's trace, with the events ``pgflow.wait.begin`` and ``pgflow.wait.<outcome>``
+  (``signalled``, ``timed_out``, ``abandoned``); recorded by whoever ends it (the signal's
+  caller, linked to its signal span; the worker's deadline sweep).
 - Metrics: ``pgflow.task.duration`` (s) and ``pgflow.task.outcomes`` by flow, step and outcome;
   ``pgflow.run.duration`` (s) and ``pgflow.run.outcomes`` by flow and outcome (from the worker
   whose report ended the run); with ``database=``, the gauges ``pgflow.queue.depth``,
@@ -30,6 +35,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 try:
@@ -62,7 +68,16 @@ ATTR_RUN = "pgflow.run_id"
 ATTR_TASK_INDEX = "pgflow.task_index"
 ATTR_ATTEMPT = "pgflow.attempt"
 ATTR_OUTCOME = "pgflow.outcome"
-ATTRIBUTES = (ATTR_FLOW, ATTR_STEP, ATTR_RUN, ATTR_TASK_INDEX, ATTR_ATTEMPT, ATTR_OUTCOME)
+ATTR_WAITS_FOR = "pgflow.waits_for"
+ATTRIBUTES = (
+    ATTR_FLOW,
+    ATTR_STEP,
+    ATTR_RUN,
+    ATTR_TASK_INDEX,
+    ATTR_ATTEMPT,
+    ATTR_OUTCOME,
+    ATTR_WAITS_FOR,
+)
 """The attribute names on pgflow's spans (metrics use flow, step and outcome only)."""
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -91,6 +106,24 @@ class _TaskSpan:
             self._span.set_status(trace.Status(trace.StatusCode.ERROR, error))
 
 
+class _SignalSpan:
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def carrier(self) -> _tracing.Carrier:
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(self._span))
+        return carrier
+
+    def finished(self, outcome: str, flow_slug: str) -> None:
+        self._span.set_attribute(ATTR_OUTCOME, outcome)
+        self._span.set_attribute(ATTR_FLOW, flow_slug)
+
+
+def _nanoseconds(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000_000)
+
+
 class _Tracer:
     """pgflow's tracing seam (:mod:`pgflow._tracing`) implemented with OpenTelemetry."""
 
@@ -111,17 +144,7 @@ class _Tracer:
     def task(
         self, task: _tracing.TaskAttempt, run_context: _tracing.Carrier | None
     ) -> Iterator[_TaskSpan]:
-        # Never the worker loop's own context: a task belongs to its run, not to whatever
-        # span the process that serves it happens to be in.
-        parent = otel_context.Context()
-        links: list[trace.Link] = []
-        if run_context:
-            extracted = _PROPAGATOR.extract(run_context)
-            started_in = trace.get_current_span(extracted).get_span_context()
-            if started_in.is_valid:
-                links.append(trace.Link(started_in))
-                if self._one_trace_per_run:
-                    parent = extracted
+        parent, links = self._in_run(run_context)
         with self._tracer.start_as_current_span(
             f"pgflow.task {task.flow_slug}.{task.step_slug}",
             context=parent,
@@ -136,6 +159,58 @@ class _Tracer:
             },
         ) as span:
             yield _TaskSpan(span)
+
+    def _in_run(
+        self, run_context: _tracing.Carrier | None
+    ) -> tuple[otel_context.Context, list[trace.Link]]:
+        """The parent and links of a span of a run's work: never the current context (a task
+        or a wait belongs to its run, not to whatever span the process happens to be in)."""
+        parent = otel_context.Context()
+        links: list[trace.Link] = []
+        if run_context:
+            extracted = _PROPAGATOR.extract(run_context)
+            started_in = trace.get_current_span(extracted).get_span_context()
+            if started_in.is_valid:
+                links.append(trace.Link(started_in))
+                if self._one_trace_per_run:
+                    parent = extracted
+        return parent, links
+
+    @contextmanager
+    def signal(self, run_id: uuid.UUID, step_slug: str) -> Iterator[_SignalSpan]:
+        with self._tracer.start_as_current_span(
+            f"pgflow.signal {step_slug}",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={ATTR_RUN: str(run_id), ATTR_STEP: step_slug},
+        ) as span:
+            yield _SignalSpan(span)
+
+    def wait_ended(self, wait: _tracing.EndedWait, cause: _tracing.Carrier | None = None) -> None:
+        parent, links = self._in_run(wait.run_context)
+        if cause:
+            ended_by = trace.get_current_span(_PROPAGATOR.extract(cause)).get_span_context()
+            if ended_by.is_valid:
+                links.append(trace.Link(ended_by, {"pgflow.link": "ended_by"}))
+        began = _nanoseconds(wait.began_at)
+        ended = max(_nanoseconds(wait.ended_at), began)
+        span = self._tracer.start_span(
+            f"pgflow.wait {wait.flow_slug}.{wait.step_slug}",
+            context=parent,
+            kind=trace.SpanKind.INTERNAL,
+            links=links,
+            start_time=began,
+            attributes={
+                ATTR_FLOW: wait.flow_slug,
+                ATTR_STEP: wait.step_slug,
+                ATTR_RUN: str(wait.run_id),
+                ATTR_TASK_INDEX: wait.task_index,
+                ATTR_WAITS_FOR: wait.waits_for,
+                ATTR_OUTCOME: wait.outcome,
+            },
+        )
+        span.add_event("pgflow.wait.begin", timestamp=began)
+        span.add_event(f"pgflow.wait.{wait.outcome}", timestamp=ended)
+        span.end(end_time=ended)
 
 
 class _Metrics:

@@ -72,6 +72,7 @@ class Event(StrEnum):
     TASKS_RECOVERY_FAILED = "tasks.recovery_failed"
     TASKS_RELEASED = "tasks.released"
     TELEMETRY_HOOK_FAILED = "telemetry.hook_failed"
+    WAIT_ENDED = "wait.ended"
     WORKER_CRASHED = "worker.crashed"
     WORKER_DEPRECATED = "worker.deprecated"
     WORKER_EXIT_FORCED = "worker.exit_forced"

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from pgflow import telemetry
+from pgflow import _tracing, telemetry
 from pgflow._binds import AsyncBind, RunId, SyncBind, as_run_id, connection_for, run_async
 from pgflow._sql import query
 from pgflow.errors import (
@@ -63,6 +63,21 @@ def _prepare(run_id: RunId, step_slug: str, output: Any) -> tuple[Any, str]:
 
 
 def _signal(connection: Connection, run_id: Any, step_slug: str, encoded: str) -> SignalResult:
+    tracer = _tracing.current()
+    if tracer is None:
+        return _apply(connection, run_id, step_slug, encoded)[0]
+    with tracer.signal(run_id, step_slug) as span:
+        result, flow_slug = _apply(connection, run_id, step_slug, encoded)
+        span.finished(str(result.outcome), flow_slug)
+        if result.outcome is SignalOutcome.COMPLETED:
+            # In the caller's transaction: the wait it ended, drawn in the run's trace.
+            _tracing.record_ended_waits(connection, [(run_id, step_slug)], span.carrier())
+        return result
+
+
+def _apply(
+    connection: Connection, run_id: Any, step_slug: str, encoded: str
+) -> tuple[SignalResult, str]:
     row = (
         connection.execute(
             query("client_signal"), {"run_id": run_id, "step_slug": step_slug, "output": encoded}
@@ -94,4 +109,12 @@ def _signal(connection: Connection, run_id: Any, step_slug: str, encoded: str) -
         step=step_slug,
         outcome=str(result.outcome),
     )
-    return result
+    if result.outcome is SignalOutcome.COMPLETED:
+        telemetry.emit(
+            "wait.ended",
+            flow=row["flow_slug"],
+            run_id=str(run_id),
+            step=step_slug,
+            outcome="signalled",
+        )
+    return result, str(row["flow_slug"])

@@ -10,3 +10,24 @@ WHERE run_id = ANY(:run_ids);
 -- description: Per flow queue: messages, ready messages, oldest ready and oldest message age in seconds.
 SELECT flow_slug, messages, ready_messages, oldest_ready_seconds, oldest_message_seconds
 FROM pgflow_python.queue_metrics();
+
+-- name: otel_ended_waits
+-- description: The ended waits of (:run_ids[i], :step_slugs[i]) pairs: flow, task, what they waited for, when they began and ended, how, and their run's stored trace context.
+SELECT
+    w.run_id,
+    w.step_slug,
+    w.task_index,
+    w.flow_slug,
+    coalesce(ws.wait_kind, 'signal') AS waits_for,
+    w.waiting_since,
+    w.ended_at,
+    w.outcome,
+    tc.traceparent,
+    tc.tracestate
+FROM unnest(CAST(:run_ids AS uuid[]), CAST(:step_slugs AS text[])) AS k (run_id, step_slug)
+JOIN pgflow_python.waits AS w ON w.run_id = k.run_id AND w.step_slug = k.step_slug
+LEFT JOIN pgflow_python.wait_steps AS ws
+    ON ws.flow_slug = w.flow_slug AND ws.step_slug = w.step_slug
+LEFT JOIN pgflow_python.run_trace_contexts AS tc ON tc.run_id = w.run_id
+WHERE w.ended_at IS NOT NULL
+ORDER BY w.run_id, w.step_slug, w.task_index;

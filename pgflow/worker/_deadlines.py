@@ -46,6 +46,15 @@ class DeadlineSweep:
                                 for a in actions
                             ],
                         )
+                    for a in actions:
+                        if a.kind == "wait_timeout" and a.step_slug is not None:
+                            telemetry.emit(
+                                "wait.ended",
+                                run_id=str(a.run_id),
+                                step=a.step_slug,
+                                outcome="abandoned" if a.action == "abandoned" else "timed_out",
+                                action=a.action,
+                            )
                     if len(actions) < ROW_LIMIT:
                         break
             except Exception as exc:  # the next round tries again; a deadline only comes late

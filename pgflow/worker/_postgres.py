@@ -359,7 +359,13 @@ class PostgresStore:
     def _enforce_deadlines(self, limit: int) -> list[DeadlineAction]:
         with self._engine.begin() as connection:
             rows = connection.execute(_sql.query("enforce_deadlines"), {"row_limit": limit})
-            return [DeadlineAction(r.kind, r.run_id, r.step_slug, r.action) for r in rows]
+            actions = [DeadlineAction(r.kind, r.run_id, r.step_slug, r.action) for r in rows]
+            # The waits this sweep ended, drawn in their runs' traces (when tracing is on).
+            _tracing.record_ended_waits(
+                connection,
+                [(a.run_id, a.step_slug) for a in actions if a.step_slug is not None],
+            )
+            return actions
 
     async def fire_schedules(self, *, fired_by: str, limit: int) -> SchedulerPass:
         return await anyio.to_thread.run_sync(self._fire_schedules, fired_by, limit)

@@ -1,0 +1,184 @@
+"""Waits in traces and events (pgflow.otel, pgflow._tracing.record_ended_waits): a signal is a
+span in the caller's context, a wait is a span from its begin to its end in its run's trace,
+recorded by whoever ends it (the signal, or the worker's deadline sweep), and ``wait.ended``
+says how each ended. In-memory OpenTelemetry exporter, real database and worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+import pgflow.otel
+from pgflow import Flow, signal, start_flow, step, telemetry, wait_step
+from pgflow.errors import NotAWaitStepError
+from tests.helpers.database import register_flows
+from tests.helpers.workers import running_worker, wait_until_finished
+
+
+class Approve(Flow, slug="otel_approve"):
+    @wait_step
+    def approval(self) -> None: ...
+
+    @step(depends_on=[approval])
+    def record(self, deps: dict[str, Any]) -> Any:
+        return deps["approval"]
+
+
+class Deadline(Flow, slug="otel_deadline"):
+    @wait_step(timeout=1)
+    def reply(self) -> None: ...
+
+
+class Optional(Flow, slug="otel_optional"):
+    @wait_step(timeout=1, on_timeout="skip")
+    def maybe(self) -> None: ...
+
+    @step(depends_on=[maybe])
+    def after(self, deps: dict[str, Any]) -> Any:
+        return sorted(deps)
+
+
+@pytest.fixture
+def spans(pgflow_engine: Engine) -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with pgflow.otel.instrument(tracer_provider=provider):
+        yield exporter
+
+
+@pytest.fixture
+def events() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    seen: list[tuple[str, dict[str, Any]]] = []
+    unsubscribe = telemetry.subscribe(lambda event, fields: seen.append((event, dict(fields))))
+    yield seen
+    unsubscribe()
+
+
+def _named(exporter: InMemorySpanExporter, prefix: str) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.name.startswith(prefix)]
+
+
+def _waiting_since_ns(engine: Engine, run_id: object, step_slug: str) -> int:
+    with engine.connect() as connection:
+        moment = connection.execute(
+            sa.text(
+                "SELECT waiting_since FROM pgflow_python.waits"
+                " WHERE run_id = :run AND step_slug = :step"
+            ),
+            {"run": run_id, "step": step_slug},
+        ).scalar_one()
+    return int(moment.timestamp() * 1_000_000_000)
+
+
+def test_a_signal_is_a_span_and_the_wait_it_ends_is_a_span_in_the_runs_trace(
+    pgflow_engine: Engine,
+    spans: InMemorySpanExporter,
+    events: list[tuple[str, dict[str, Any]]],
+) -> None:
+    register_flows(pgflow_engine, Approve)
+    run_id = start_flow(pgflow_engine, Approve, {"order": 1})
+    began = _waiting_since_ns(pgflow_engine, run_id, "approval")
+    signal(pgflow_engine, run_id, "approval", {"ok": True})
+
+    [start] = _named(spans, "pgflow.start_flow")
+    [sent] = _named(spans, "pgflow.signal")
+    [wait] = _named(spans, "pgflow.wait")
+    assert sent.name == "pgflow.signal approval"
+    assert sent.kind is SpanKind.PRODUCER
+    assert dict(sent.attributes or {}) == {
+        "pgflow.run_id": str(run_id),
+        "pgflow.step_slug": "approval",
+        "pgflow.flow_slug": "otel_approve",
+        "pgflow.outcome": "completed",
+    }
+    assert wait.name == "pgflow.wait otel_approve.approval"
+    assert wait.kind is SpanKind.INTERNAL
+    assert dict(wait.attributes or {}) == {
+        "pgflow.flow_slug": "otel_approve",
+        "pgflow.step_slug": "approval",
+        "pgflow.run_id": str(run_id),
+        "pgflow.task_index": 0,
+        "pgflow.waits_for": "signal",
+        "pgflow.outcome": "signalled",
+    }
+    # From the moment it began waiting (the database's time) to the signal.
+    assert wait.start_time == began
+    assert wait.end_time is not None
+    assert began <= wait.end_time <= (sent.end_time or 0)
+    assert [(e.name, e.timestamp) for e in wait.events] == [
+        ("pgflow.wait.begin", began),
+        ("pgflow.wait.signalled", wait.end_time),
+    ]
+    # In the run's trace, the child of its start; linked to the signal that ended it.
+    assert wait.context is not None
+    assert start.context is not None
+    assert wait.context.trace_id == start.context.trace_id
+    assert wait.parent is not None
+    assert wait.parent.span_id == start.context.span_id
+    ended_by = [link for link in wait.links if link.context.span_id == sent.context.span_id]
+    assert [dict(link.attributes or {}) for link in ended_by] == [{"pgflow.link": "ended_by"}]
+
+    ended = [fields for event, fields in events if event == "wait.ended"]
+    assert ended == [
+        {"flow": "otel_approve", "run_id": str(run_id), "step": "approval", "outcome": "signalled"}
+    ]
+
+
+def test_a_repeated_a_refused_and_a_rolled_back_signal(
+    pgflow_engine: Engine,
+    spans: InMemorySpanExporter,
+    events: list[tuple[str, dict[str, Any]]],
+) -> None:
+    register_flows(pgflow_engine, Approve)
+    run_id = start_flow(pgflow_engine, Approve, None)
+    with Session(pgflow_engine) as session:
+        signal(session, run_id, "approval", "rolled back")
+        session.rollback()
+    signal(pgflow_engine, run_id, "approval", "first")
+    signal(pgflow_engine, run_id, "approval", "again")
+    with pytest.raises(NotAWaitStepError):
+        signal(pgflow_engine, run_id, "record", 1)
+
+    outcomes = [(s.attributes or {}).get("pgflow.outcome") for s in _named(spans, "pgflow.signal")]
+    assert outcomes == ["completed", "completed", "already_signalled", None]
+    [refused] = [s for s in _named(spans, "pgflow.signal") if s.name == "pgflow.signal record"]
+    assert refused.status.status_code is StatusCode.ERROR
+    # A wait span per signal that ended the wait (the rolled-back one is documented to stay).
+    assert len(_named(spans, "pgflow.wait")) == 2
+    assert [f["outcome"] for e, f in events if e == "wait.ended"] == ["signalled", "signalled"]
+
+
+@pytest.mark.anyio
+async def test_the_deadline_sweep_records_each_timed_out_wait(
+    pgflow_engine: Engine,
+    spans: InMemorySpanExporter,
+    events: list[tuple[str, dict[str, Any]]],
+) -> None:
+    register_flows(pgflow_engine, Deadline, Optional)
+    failing = start_flow(pgflow_engine, Deadline, None)
+    skipping = start_flow(pgflow_engine, Optional, None)
+    async with running_worker(pgflow_engine, Deadline, Optional, deadline_check_interval=0.1):
+        assert (await wait_until_finished(pgflow_engine, failing))["status"] == "failed"
+        assert (await wait_until_finished(pgflow_engine, skipping))["status"] == "completed"
+    waits = {s.name: s for s in _named(spans, "pgflow.wait")}
+    assert set(waits) == {"pgflow.wait otel_deadline.reply", "pgflow.wait otel_optional.maybe"}
+    for span in waits.values():
+        assert (span.attributes or {})["pgflow.outcome"] == "timed_out"
+        assert [e.name for e in span.events] == ["pgflow.wait.begin", "pgflow.wait.timed_out"]
+        assert span.end_time is not None
+        assert span.start_time is not None
+        # Its timeout is one second: it waited at least that long.
+        assert span.end_time - span.start_time >= 1_000_000_000
+        assert not span.links[1:]  # linked to the run's start only: no signal ended it
+    ended = sorted((f["step"], f["outcome"], f["action"]) for e, f in events if e == "wait.ended")
+    assert ended == [("maybe", "timed_out", "skipped"), ("reply", "timed_out", "failed")]
