@@ -51,10 +51,7 @@ def diff_flow(
             flow[name] = (stored.options[name], wanted)
     if stored.flow_type != definition.flow_type:
         flow["flow_type"] = (str(stored.flow_type), str(definition.flow_type))
-    # A concurrency limit is an option too (docs/flow-control.md): it takes effect at once.
-    wanted_limit = None if definition.concurrency is None else definition.concurrency.to_dict()
-    if stored.concurrency != wanted_limit:
-        flow["concurrency"] = (stored.concurrency, wanted_limit)
+    flow.update(_flow_control_changes(definition, stored))
     if stored.run_timeout != definition.run_timeout:
         flow["run_timeout"] = (stored.run_timeout, definition.run_timeout)
     steps: dict[str, dict[str, Change]] = {}
@@ -78,6 +75,17 @@ def diff_flow(
         if waits:
             steps.setdefault(stored_step.slug, {}).update(waits)
     return FlowDiff(flow=flow, steps=steps)
+
+
+def _flow_control_changes(definition: FlowDefinition, stored: StoredFlow) -> dict[str, Change]:
+    """Limits and priorities are options too (docs/flow-control.md): they take effect at once."""
+    changes: dict[str, Change] = {}
+    wanted_limit = None if definition.concurrency is None else definition.concurrency.to_dict()
+    if stored.concurrency != wanted_limit:
+        changes["concurrency"] = (stored.concurrency, wanted_limit)
+    if stored.priority != definition.priority:
+        changes["priority"] = (stored.priority, definition.priority)
+    return changes
 
 
 def _wait_changes(definition: FlowDefinition, stored_step: StoredStep) -> dict[str, Change]:

@@ -28,11 +28,11 @@ from pgflow.definition import (
     FlowDefinition,
     FlowType,
 )
-from pgflow.flow_control import Concurrency
+from pgflow.flow_control import Concurrency, checked_priority
 
 FlowData = Mapping[str, Any]
 StepOptions = Mapping[str, Mapping[str, Any]]
-_FLOW_KEYS = (*FLOW_OPTIONS, "flow_type", "concurrency", "run_timeout")
+_FLOW_KEYS = (*FLOW_OPTIONS, "flow_type", "concurrency", "run_timeout", "priority")
 _WAIT = ("wait_timeout", "on_timeout")  # a wait step's options (extension/0070)
 
 
@@ -224,6 +224,11 @@ def _update_flow_options(operations: Operations, operation: UpdateFlowOptionsOp)
     flow_options = dict(operation.flow)
     if "concurrency" in flow_options:
         _set_concurrency(operations, slug, flow_options.pop("concurrency"))
+    if "priority" in flow_options:
+        priority = flow_options.pop("priority")
+        if priority is not None:
+            checked_priority(priority, f"flow {slug!r}")
+        operations.execute(query("set_flow_priority").bindparams(flow_slug=slug, priority=priority))
     if "run_timeout" in flow_options:
         operations.execute(
             query("set_flow_run_timeout").bindparams(

@@ -40,6 +40,8 @@ class StoredFlow:
     concurrency: Mapping[str, Any] | None = None
     """The flow's concurrency limit as ``Concurrency.to_dict`` (extension/0080); None: none."""
     run_timeout: int | None = None
+    priority: int | None = None
+    """The flow's default priority (extension/0081); None: none."""
 
     def to_dict(self) -> dict[str, Any]:
         """The same plain data as ``FlowDefinition.to_dict`` (options at their stored values)."""
@@ -51,6 +53,8 @@ class StoredFlow:
             data["concurrency"] = dict(self.concurrency)
         if self.run_timeout is not None:
             data["run_timeout"] = self.run_timeout
+        if self.priority is not None:
+            data["priority"] = self.priority
         steps = []
         for step in self.steps:
             item: dict[str, Any] = {"slug": step.slug}
@@ -105,10 +109,8 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
                 wait=waits.get((row["flow_slug"], row["step_slug"]), {}),
             )
         )
-    limits: dict[str, dict[str, Any]] = {}
-    if connection.execute(query("concurrency_limits_present")).scalar_one():
-        for row in connection.execute(query("stored_concurrency")).mappings():
-            limits[row["flow_slug"]] = row["concurrency"]
+    limits = _per_flow(connection, "concurrency_limits_present", "stored_concurrency")
+    priorities = _per_flow(connection, "flow_priorities_present", "stored_priorities")
     runs = {row["flow_slug"]: row for row in connection.execute(query("run_counts")).mappings()}
     flows = {}
     for row in connection.execute(query("stored_flows")).mappings():
@@ -123,5 +125,14 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
             started_runs=counts["started"] if counts else 0,
             concurrency=limits.get(slug),
             run_timeout=run_timeouts.get(slug),
+            priority=priorities.get(slug),
         )
     return flows
+
+
+def _per_flow(connection: Connection, present: str, stored: str) -> dict[str, Any]:
+    """A flow option kept in a table of ours (flow control), by flow; none when the table is
+    not there (an older schema): the query's second column."""
+    if not connection.execute(query(present)).scalar_one():
+        return {}
+    return {row[0]: row[1] for row in connection.execute(query(stored))}

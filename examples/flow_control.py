@@ -1,5 +1,5 @@
 """Flow control, as docs/flow-control.md shows: at most two syncs per tenant at once, across
-every worker, while one worker could run ten.
+every worker, while one worker could run ten; an urgent digest overtaking a backlog.
 
     python examples/flow_control.py    # DATABASE_URL, else a local or embedded PostgreSQL
 """
@@ -34,7 +34,21 @@ class TenantSync(Job, slug="tenant_sync", concurrency=Concurrency(2, key="tenant
         RUNNING[tenant] -= 1
 
 
-def sync(engine: sa.Engine) -> None:
+class Digest(Job, slug="digest", concurrency=Concurrency(1)):
+    async def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        ORDER.append(input["name"])
+
+
+ORDER: list[str] = []
+
+
+def backlog(engine: sa.Engine) -> list[Any]:
+    runs = [enqueue(engine, Digest, {"name": f"weekly-{n}"}) for n in range(3)]
+    runs.append(enqueue(engine, Digest, {"name": "incident"}, priority=10))
+    return runs
+
+
+def sync(engine: sa.Engine, digests: list[Any]) -> None:
     runs = [enqueue(engine, TenantSync, {"tenant": "acme", "page": n}) for n in range(6)]
     runs += [enqueue(engine, TenantSync, {"tenant": "globex", "page": n}) for n in range(2)]
     for run_id in runs:
@@ -45,6 +59,9 @@ def sync(engine: sa.Engine) -> None:
         enqueue(engine, TenantSync, {"page": 1})
     except ConcurrencyKeyError as error:
         print(f"{type(error).__name__}: {error}")
+    for run_id in digests:
+        wait_for_run(engine, run_id, timeout=60)
+    print("digests ran in this order:", ", ".join(ORDER))
 
 
 async def main() -> None:
@@ -52,13 +69,15 @@ async def main() -> None:
         install(url)
         engine = sa.create_engine(url)
         with engine.begin() as connection:  # what a migration would apply
-            for statement in compile_flow(definition_of(TenantSync)):
-                connection.execute(sa.text(statement))
+            for flow in (TenantSync, Digest):
+                for statement in compile_flow(definition_of(flow)):
+                    connection.execute(sa.text(statement))
+        digests = backlog(engine)  # queued before any worker runs
         options = WorkerOptions(concurrency=10, poll_interval=0.2, shutdown_timeout=2)
-        worker = Worker([TenantSync], engine, options=options)
+        worker = Worker([TenantSync, Digest], engine, options=options)
         async with anyio.create_task_group() as group:
             group.start_soon(worker.serve)
-            await anyio.to_thread.run_sync(sync, engine)
+            await anyio.to_thread.run_sync(sync, engine, digests)
             worker.stop()
         engine.dispose()
 

@@ -61,6 +61,10 @@ def compile_flow(definition: FlowDefinition) -> list[str]:
         )
     if definition.concurrency is not None:
         statements.append(_concurrency_statement(definition.slug, definition.concurrency))
+    if definition.priority is not None:
+        statements.append(
+            f"SELECT pgflow_python.set_flow_priority('{definition.slug}', {definition.priority});"
+        )
     return statements
 
 

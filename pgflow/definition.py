@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, TypedDict, TypeVar
 
 from pgflow.errors import FlowDefinitionError
-from pgflow.flow_control import Concurrency
+from pgflow.flow_control import Concurrency, checked_priority
 
 SLUG_MAX_LENGTH = 128
 RESERVED_SLUGS = frozenset({"run"})
@@ -252,6 +252,8 @@ class FlowDefinition:
     ``create_flow``); None: no deadline."""
     concurrency: Concurrency | None = None
     """Per-key limit on the flow's tasks in flight, all steps together (docs/flow-control.md)."""
+    priority: int | None = None
+    """Default priority of the flow's runs (higher starts first); None: 0, with no trigger."""
     _by_slug: dict[str, StepDefinition] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -293,6 +295,8 @@ class FlowDefinition:
             data["run_timeout"] = self.run_timeout
         if self.concurrency is not None:
             data["concurrency"] = self.concurrency.to_dict()
+        if self.priority is not None:
+            data["priority"] = self.priority
         data["steps"] = [s.to_dict() for s in self.steps]
         return data
 
@@ -320,6 +324,8 @@ def _validate(flow: FlowDefinition) -> None:
     for name in ("max_attempts", "base_delay", "timeout"):
         _validate_option(owner, name, getattr(flow, name))
     _validate_seconds(owner, "run_timeout", flow.run_timeout, "seconds a run may take")
+    if flow.priority is not None:
+        checked_priority(flow.priority, owner)
     if not flow.steps:
         raise FlowDefinitionError(f"{owner} has no steps; define at least one")
     if flow.flow_type is FlowType.JOB and len(flow.steps) != 1:

@@ -361,7 +361,8 @@ class Flow:
     of them; see docs/schedules.md), ``run_timeout`` (a ``timedelta`` or seconds: a run still
     going that long after it started is cancelled; docs/waiting.md), ``concurrency`` (a
     ``Concurrency(limit, key=...)``: at most ``limit`` of the flow's tasks with the same key
-    value in flight at once, across all workers; docs/flow-control.md), ``abstract=True`` for a
+    value in flight at once, across all workers; docs/flow-control.md), ``priority`` (the
+    default priority of its runs, -32767..32767: higher starts first), ``abstract=True`` for a
     base class whose steps are inherited but which is not itself a flow.
     """
 
@@ -377,6 +378,7 @@ class Flow:
         abstract: bool = False,
         run_timeout: timedelta | float | None = None,
         concurrency: Concurrency | None = None,
+        priority: int | None = None,
         **options: Unpack[FlowOptions],
     ) -> None:
         super().__init_subclass__()
@@ -402,6 +404,7 @@ class Flow:
             schedule=schedule,
             run_timeout=_whole_seconds(run_timeout, f"flow {cls.__qualname__}: run_timeout"),
             concurrency=concurrency,
+            priority=priority,
         )
 
 
@@ -419,6 +422,7 @@ class Job(Flow, abstract=True):
         abstract: bool = False,
         run_timeout: timedelta | float | None = None,
         concurrency: Concurrency | None = None,
+        priority: int | None = None,
         **options: Unpack[StepOptions],
     ) -> None:
         super(Flow, cls).__init_subclass__()
@@ -453,6 +457,7 @@ class Job(Flow, abstract=True):
             schedule=schedule,
             run_timeout=_whole_seconds(run_timeout, f"job {cls.__qualname__}: run_timeout"),
             concurrency=concurrency,
+            priority=priority,
         )
 
 
@@ -467,6 +472,7 @@ def _attach(
     schedule: Cron | Sequence[Cron] | None = None,
     run_timeout: int | None = None,
     concurrency: Concurrency | None = None,
+    priority: int | None = None,
 ) -> None:
     try:
         definition = FlowDefinition(
@@ -475,6 +481,7 @@ def _attach(
             flow_type=flow_type,
             run_timeout=run_timeout,
             concurrency=concurrency,
+            priority=priority,
             **options,
         )
     except FlowDefinitionError as exc:

@@ -124,6 +124,11 @@ class ConcurrencyKeyError(FlowInputError):
         )
 
 
+class InvalidPriorityError(FlowDefinitionError):
+    """A priority that is not a whole number from -32767 to 32767 (docs/flow-control.md),
+    given to a flow, a job, ``start_flow`` or ``enqueue``. Nothing was started."""
+
+
 class InputNotJSONError(FlowInputError, TypeError):
     """The input is not JSON (raised before the database is touched)."""
 

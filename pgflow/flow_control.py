@@ -1,4 +1,4 @@
-"""Flow control options (docs/flow-control.md): per-key concurrency limits.
+"""Flow control options (docs/flow-control.md): per-key concurrency limits, priorities.
 
 Plain, validated data; enforced by our SQL (extension/0080) on the flow's queue, so a limit
 holds for every worker, Python or TypeScript, and for runs started from SQL.
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pgflow.errors import FlowDefinitionError
+from pgflow.errors import FlowDefinitionError, InvalidPriorityError
 
 _INT4_MAX = 2**31 - 1
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -72,3 +72,18 @@ class Concurrency:
             )
         key = data.get("key")
         return cls(data["limit"], tuple(key) if isinstance(key, list) else key)
+
+
+PRIORITY_RANGE = (-32767, 32767)
+"""Priorities are whole numbers in this range; higher starts first, 0 is the default."""
+
+
+def checked_priority(value: object, where: str) -> int:
+    """``value`` as a priority, or ``InvalidPriorityError`` naming ``where``."""
+    low, high = PRIORITY_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidPriorityError(
+            f"{where}: a priority must be a whole number from {low} to {high} (higher starts "
+            f"first; 0 is the default), got {value!r}"
+        )
+    return value

@@ -35,6 +35,7 @@ from pgflow.errors import (
     PgflowError,
     RunExistsError,
 )
+from pgflow.flow_control import checked_priority
 
 Delay = float | timedelta
 Deadline = timedelta | datetime
@@ -50,6 +51,7 @@ def start_flow(
     run_id: RunId | None = None,
     idempotency_key: str | None = None,
     deadline: Deadline | None = None,
+    priority: int | None = None,
 ) -> uuid.UUID:
     """Start a run of ``flow`` with ``input``; return its ``run_id``.
 
@@ -67,8 +69,12 @@ def start_flow(
     ``deadline`` (a ``timedelta`` from now, or an aware ``datetime``): if the run is still going
     then, it is cancelled as ``cancel_run`` would, with a reason saying the deadline passed
     (workers enforce it; docs/waiting.md). It replaces the flow's ``run_timeout`` for this run.
+
+    ``priority`` (-32767..32767; default: the flow's ``priority``, else 0): among the ready
+    tasks of the flow's queue, those of runs with a higher priority start first
+    (docs/flow-control.md).
     """
-    request = prepare_start(flow, input, run_id, idempotency_key, deadline)
+    request = prepare_start(flow, input, run_id, idempotency_key, deadline, priority=priority)
     with connection_for(bind) as connection:
         return start_run(connection, request)
 
@@ -81,9 +87,10 @@ async def start_flow_async(
     run_id: RunId | None = None,
     idempotency_key: str | None = None,
     deadline: Deadline | None = None,
+    priority: int | None = None,
 ) -> uuid.UUID:
     """:func:`start_flow` for an ``AsyncSession``, ``AsyncConnection`` or ``AsyncEngine``."""
-    request = prepare_start(flow, input, run_id, idempotency_key, deadline)
+    request = prepare_start(flow, input, run_id, idempotency_key, deadline, priority=priority)
     return await run_async(bind, start_run, request)
 
 
@@ -95,16 +102,18 @@ def enqueue(
     delay: Delay | None = None,
     run_id: RunId | None = None,
     idempotency_key: str | None = None,
+    priority: int | None = None,
 ) -> uuid.UUID:
-    """Start a run of a Job; return its ``run_id``. Transactions and ``idempotency_key`` as
-    for :func:`start_flow` (a job already enqueued with the key is returned, its delay kept).
+    """Start a run of a Job; return its ``run_id``. Transactions, ``idempotency_key`` and
+    ``priority`` as for :func:`start_flow` (a job already enqueued with the key is returned,
+    its delay kept).
 
     ``delay`` (seconds or a ``timedelta``, rounded up to whole seconds) keeps the job from
     starting until that long after this call: the job's task message is made invisible with
     ``pgmq.set_vt`` in the same transaction that creates it, so no worker can read it earlier.
     It replaces the job's ``start_delay`` for this run.
     """
-    prepared = _prepare_job(job, input, delay, run_id, idempotency_key)
+    prepared = _prepare_job(job, input, delay, run_id, idempotency_key, priority=priority)
     with connection_for(bind) as connection:
         return _enqueue(connection, *prepared)
 
@@ -117,9 +126,10 @@ async def enqueue_async(
     delay: Delay | None = None,
     run_id: RunId | None = None,
     idempotency_key: str | None = None,
+    priority: int | None = None,
 ) -> uuid.UUID:
     """:func:`enqueue` for an ``AsyncSession``, ``AsyncConnection`` or ``AsyncEngine``."""
-    prepared = _prepare_job(job, input, delay, run_id, idempotency_key)
+    prepared = _prepare_job(job, input, delay, run_id, idempotency_key, priority=priority)
     return await run_async(bind, _enqueue, *prepared)
 
 
@@ -136,6 +146,7 @@ class StartRequest:
     # The class (or definition) the caller named, checked against the stored flow once.
     definition: FlowDefinition | None = None
     deadline: Deadline | None = None
+    priority: int | None = None
 
 
 MAX_IDEMPOTENCY_KEY_BYTES = 1000
@@ -148,8 +159,12 @@ def prepare_start(
     run_id: RunId | None,
     idempotency_key: str | None = None,
     deadline: Deadline | None = None,
+    *,
+    priority: int | None = None,
 ) -> StartRequest:
     slug, definition = resolve_flow(flow)
+    if priority is not None:
+        checked_priority(priority, f"start of flow {slug!r}")
     if idempotency_key is not None:
         if run_id is not None:
             raise ValueError(
@@ -168,6 +183,7 @@ def prepare_start(
         idempotency_key,
         definition=definition,
         deadline=_checked_deadline(deadline),
+        priority=priority,
     )
 
 
@@ -196,11 +212,13 @@ def _prepare_job(
     delay: Delay | None,
     run_id: RunId | None,
     idempotency_key: str | None,
+    *,
+    priority: int | None = None,
 ) -> tuple[StartRequest, int | None]:
     slug, definition = resolve_flow(job)
     if definition is not None and definition.flow_type is not FlowType.JOB:
         raise NotAJobError(slug, str(definition.flow_type), registered=False)
-    request = prepare_start(job, input, run_id, idempotency_key)
+    request = prepare_start(job, input, run_id, idempotency_key, priority=priority)
     # A bare slug: the database checks that it names a job.
     return replace(request, require_job=definition is None), _delay_seconds(delay)
 
@@ -244,6 +262,7 @@ def _start_run(
                 "input": request.encoded_input,
                 "run_id": request.run_id,
                 "idempotency_key": request.idempotency_key,
+                "priority": request.priority,
                 "require_job": request.require_job,
                 "traceparent": trace_context.get("traceparent"),
                 "tracestate": trace_context.get("tracestate"),

@@ -87,6 +87,19 @@ WHERE l.step_slug = ''
 -- description: Set or remove (limit NULL) a flow's concurrency limit (extension/0080_concurrency_limits.sql).
 SELECT pgflow_python.set_concurrency_limit(:flow_slug, NULL, :max_running, CAST(:key_path AS text[]))
 
+-- name: flow_priorities_present
+-- description: Whether this database has our flow_priorities table (extension/0081_priorities.sql).
+SELECT to_regclass('pgflow_python.flow_priorities') IS NOT NULL
+
+-- name: stored_priorities
+-- description: Every flow's default priority (extension/0081_priorities.sql).
+SELECT f.flow_slug, f.priority::integer AS priority
+FROM pgflow_python.flow_priorities AS f
+
+-- name: set_flow_priority
+-- description: Set or remove (priority NULL) a flow's default priority (extension/0081_priorities.sql).
+SELECT pgflow_python.set_flow_priority(:flow_slug, CAST(:priority AS integer))
+
 -- name: stored_deps
 -- description: Dependencies in the order their steps were declared (the deps table keeps no order).
 SELECT d.flow_slug, d.step_slug, d.dep_slug

@@ -25,7 +25,7 @@ WITH attempt AS (
                     AND (NOT CAST(:require_job AS boolean) OR facts.flow_type = 'job')
                 THEN pgflow_python.start_run(
                     facts.flow_slug, CAST(:input AS jsonb), CAST(:run_id AS uuid),
-                    CAST(:idempotency_key AS text)
+                    CAST(:idempotency_key AS text), CAST(:priority AS integer)
                 )
             END AS started
         FROM (

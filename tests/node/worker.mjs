@@ -4,7 +4,7 @@
 //   node worker.mjs <database-url> <flow-slug> [options-json]
 // options: maxSeconds (60), maxTasks (no limit), fail (step slugs whose handler throws),
 // slow ({step slug: milliseconds} a handler takes), visibility (seconds a read message is
-// reserved, 5).
+// reserved, 5), readSize (messages read at once, 10).
 import postgres from 'postgres';
 import { PgflowSqlClient } from '@pgflow/core';
 import { randomUUID } from 'node:crypto';
@@ -32,6 +32,10 @@ const handlers = {
   tenant_sync: {
     perform: (input) => ({ by: 'node', tenant: input.run.tenant }),
   },
+  // Priorities (pgflow-python's extension/0081): read in priority order like any message.
+  ranked_node: {
+    perform: (input) => ({ by: 'node', n: input.run.n }),
+  },
   // Wait steps (pgflow-python's extension/0070): approve has no message, so it never comes
   // here; a signal completes it and publish gets its output.
   ts_approval: {
@@ -46,8 +50,9 @@ const handlers = {
 };
 
 const [url, flowSlug, optionsJson = '{}'] = process.argv.slice(2);
-const { maxSeconds = 60, maxTasks = Infinity, fail = [], slow = {}, visibility = 5 } =
-  JSON.parse(optionsJson);
+const {
+  maxSeconds = 60, maxTasks = Infinity, fail = [], slow = {}, visibility = 5, readSize = 10,
+} = JSON.parse(optionsJson);
 const sql = postgres(url, { max: 2, onnotice: () => {} });
 const client = new PgflowSqlClient(sql);
 const workerId = randomUUID();
@@ -59,7 +64,7 @@ const attempts = [];
 let completed = 0;
 let batch = 0;
 while (Date.now() < deadline && attempts.length < maxTasks) {
-  const messages = await client.readMessages(flowSlug, visibility, Math.min(10, maxTasks - attempts.length), 1, 50);
+  const messages = await client.readMessages(flowSlug, visibility, Math.min(readSize, maxTasks - attempts.length), 1, 50);
   const tasks = messages.length
     ? await client.startTasks(flowSlug, messages.map((m) => m.msg_id), workerId)
     : [];

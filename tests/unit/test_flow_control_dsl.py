@@ -76,3 +76,16 @@ def test_a_wrong_value_for_concurrency_is_refused() -> None:
         class Wrong(Job, slug="wrong", concurrency=2):  # type: ignore[arg-type]
             def perform(self, input: Any, ctx: Any) -> None:
                 return None
+
+
+class Ranked(Job, slug="ranked", priority=-4):
+    def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        return None
+
+
+def test_a_default_priority_compiles_and_round_trips() -> None:
+    assert compile_flow(definition_of(Ranked))[-1] == (
+        "SELECT pgflow_python.set_flow_priority('ranked', -4);"
+    )
+    assert FlowDefinition.from_dict(definition_of(Ranked).to_dict()) == definition_of(Ranked)
+    assert not any("priority" in s for s in compile_flow(definition_of(Pipeline)))

@@ -1,0 +1,69 @@
+"""Priorities (and rate limits) through Alembic: autogenerate writes adding, changing and
+removing them as options updates, upgrade and downgrade apply them at once, and ``alembic
+check`` finds nothing once applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from pgflow._db import create_engine
+from tests.helpers.alembic_project import FLOWS, AlembicProject, acme_project, flow_calls
+from tests.integration.test_alembic_concurrency import revision_id
+
+JOB = 'class SendMail(Job, slug="send_mail", max_attempts=5'
+PRIORITIZED = FLOWS.replace(JOB, JOB + ", priority=3")
+CHANGED = PRIORITIZED.replace("priority=3", "priority=-2")
+
+
+def stored(url: URL, statement: str) -> dict[str, Any]:
+    engine = create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            return {r[0]: r[1] for r in connection.execute(sa.text(statement))}
+    finally:
+        engine.dispose()
+
+
+def priorities(url: URL) -> dict[str, Any]:
+    return stored(url, "SELECT flow_slug, priority FROM pgflow_python.flow_priorities")
+
+
+@pytest.fixture
+def applied(tmp_path: Path, pgflow_empty_database: URL) -> AlembicProject:
+    app = acme_project(tmp_path, pgflow_empty_database)
+    app.upgrade("heads")
+    app.revision("add flows")
+    app.upgrade("heads")
+    return app
+
+
+def test_adding_changing_and_removing_a_priority(applied: AlembicProject) -> None:
+    first = applied.revision_files()[0].name.split("_")[0]
+    applied.write("acme/flows.py", PRIORITIZED)
+    text = applied.revision("prioritize send_mail")
+    assert flow_calls(text, "upgrade") == [
+        (["update_flow_options", "send_mail"], {"flow": {"priority": 3}})
+    ]
+    assert flow_calls(text, "downgrade") == [
+        (["update_flow_options", "send_mail"], {"flow": {"priority": None}})
+    ]
+    applied.upgrade("heads")
+    assert priorities(applied.url) == {"send_mail": 3}
+    applied.run("check")
+    second = revision_id(text)
+
+    applied.write("acme/flows.py", CHANGED)
+    applied.revision("lower it")
+    applied.upgrade("heads")
+    assert priorities(applied.url) == {"send_mail": -2}
+    applied.run("check")
+
+    applied.downgrade(second)
+    assert priorities(applied.url) == {"send_mail": 3}
+    applied.downgrade(first)
+    assert priorities(applied.url) == {}
