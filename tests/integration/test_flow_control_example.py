@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_example_prints_what_the_page_shows(capsys: pytest.CaptureFixture[str]) -> None:
     anyio.run(flow_control.main)
-    shown = console(block("flow-control.md", "Flow control: concurrency limits and priorities", "console"))
+    title = "Flow control: concurrency limits and priorities"
+    shown = console(block("flow-control.md", title, "console"))
     assert shown.commands == ["python examples/flow_control.py"]
     assert capsys.readouterr().out.splitlines() == shown.output
 
