@@ -50,6 +50,11 @@ class InvalidDatabaseURLError(PgflowError, ValueError):
     """A database URL that cannot be parsed or does not name PostgreSQL."""
 
 
+class InvalidDatabasePrefixError(PgflowError, ValueError):
+    """A prefix for throwaway test databases (``PGFLOW_TEST_DATABASE_PREFIX``,
+    ``--pgflow-db-prefix``) that would not make a plain PostgreSQL database name."""
+
+
 class SchemaError(PgflowError):
     """The database schema is missing, incompatible, or cannot be installed."""
 

@@ -5,6 +5,8 @@ helpers are in :mod:`pgflow.pytest_plugin`, which pytest loads automatically.
 
 from __future__ import annotations
 
+import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,17 +20,41 @@ from pgflow._db import create_engine
 from pgflow._devserver import dev_server
 from pgflow.context import Context
 from pgflow.dsl import Flow, definition_of
+from pgflow.errors import InvalidDatabasePrefixError
 from pgflow.schema import install
 
 __all__ = [
     "call_step",
     "create_database",
+    "database_name_prefix",
     "drop_database",
     "run_flow_inline",
     "temporary_database",
 ]
 
 TEST_DATABASE_PREFIX = "pgflow_test_"
+"""The default start of a throwaway database's name; ``PGFLOW_TEST_DATABASE_PREFIX`` (or the
+pytest option ``--pgflow-db-prefix``) sets another."""
+
+PREFIX_VARIABLE = "PGFLOW_TEST_DATABASE_PREFIX"
+
+_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,50}")  # + 12 hex digits: within PostgreSQL's 63 bytes
+
+
+def database_name_prefix(prefix: str | None = None) -> str:
+    """``prefix`` if given, else ``$PGFLOW_TEST_DATABASE_PREFIX``, else ``pgflow_test_``;
+    :class:`~pgflow.errors.InvalidDatabasePrefixError` if it would not make a plain database name
+    (lower-case letters, digits and ``_``, not starting with a digit, at most 51 characters)."""
+    chosen = prefix if prefix is not None else os.environ.get(PREFIX_VARIABLE) or None
+    if chosen is None:
+        return TEST_DATABASE_PREFIX
+    if not _PREFIX.fullmatch(chosen):
+        source = "the prefix" if prefix is not None else PREFIX_VARIABLE
+        raise InvalidDatabasePrefixError(
+            f"{source} {chosen!r} is not a test database prefix: use lower-case letters, digits "
+            "and _ (not starting with a digit), at most 51 characters, e.g. myapp_test_"
+        )
+    return chosen
 
 
 def _admin_connection(server: URL) -> psycopg.Connection[tuple[object, ...]]:
@@ -55,11 +81,16 @@ def drop_database(server: URL, name: str) -> None:
 
 @contextmanager
 def temporary_database(
-    server: URL | None = None, *, template: str | None = None, install_schema: bool = False
+    server: URL | None = None,
+    *,
+    template: str | None = None,
+    install_schema: bool = False,
+    prefix: str | None = None,
 ) -> Iterator[URL]:
-    """A uniquely named database that is dropped afterwards."""
+    """A uniquely named database that is dropped afterwards: ``prefix`` (by default
+    ``$PGFLOW_TEST_DATABASE_PREFIX``, else ``pgflow_test_``) and 12 hex digits."""
+    name = f"{database_name_prefix(prefix)}{uuid.uuid4().hex[:12]}"
     server_url = server if server is not None else dev_server().url
-    name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex[:12]}"
     url = create_database(server_url, name, template=template)
     try:
         if install_schema:

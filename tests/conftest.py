@@ -29,10 +29,14 @@ ORACLES = Path(__file__).parent / "sql" / "oracles.sql"
 
 
 @pytest.fixture(scope="session")
-def pgflow_template_database(pgflow_server: DevServer) -> Iterator[str]:
+def pgflow_template_database(
+    pgflow_server: DevServer, pgflow_database_prefix: str
+) -> Iterator[str]:
     """The plugin's template, plus the test-only oracles (``tests/sql/oracles.sql``, schema
     ``pgflow_oracles``) that the differential tests compare the product's SQL against."""
-    with temporary_database(pgflow_server.url, install_schema=True) as url:
+    with temporary_database(
+        pgflow_server.url, install_schema=True, prefix=pgflow_database_prefix
+    ) as url:
         engine = create_engine(url, poolclass=sa.pool.NullPool)
         try:
             with engine.begin() as connection:
