@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pgflow._deprecated import moved_attribute
 from pgflow.context import Context
 from pgflow.dsl import Flow, Job, map_step, step, wait_step
+from pgflow.dsl_subflow import subflow
 from pgflow.errors import NonRetryableError, PgflowError
 from pgflow.flow_control import Concurrency
 from pgflow.results import (
@@ -84,6 +85,7 @@ __all__ = [
     "start_flow_and_wait_async",
     "start_flow_async",
     "step",
+    "subflow",
     "wait_for_run",
     "wait_for_run_async",
     "wait_step",

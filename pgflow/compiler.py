@@ -28,9 +28,9 @@ def compile_flow(definition: FlowDefinition) -> list[str]:
     """``create_flow`` then one ``add_step`` per step, in declaration order.
 
     A job gets one more statement (our additive ``flows.flow_type`` column), and so do each
-    step with a condition (our ``step_conditions`` table, extension/0061), each wait step and
-    a ``run_timeout`` (extension/0070-0071); TypeScript 0.8.1 has none of them, so parity
-    with ``compileFlow`` holds for every flow without them.
+    step with a condition (our ``step_conditions`` table, extension/0061), each wait step,
+    subflow step and a ``run_timeout`` (extension/0070-0073); TypeScript 0.8.1 has none of
+    them, so parity with ``compileFlow`` holds for every flow without them.
     """
     statements = [
         f"SELECT pgflow.create_flow('{definition.slug}'{_options_clause(definition.options)});"
@@ -54,6 +54,11 @@ def compile_flow(definition: FlowDefinition) -> list[str]:
             f"UPDATE pgflow.flows SET flow_type = 'job' WHERE flow_slug = '{definition.slug}';"
         )
     statements += [_wait_statement(definition.slug, s) for s in definition.steps if s.wait]
+    statements += [
+        f"SELECT pgflow_python.set_subflow_step('{definition.slug}', '{s.slug}', '{s.subflow}');"
+        for s in definition.steps
+        if s.subflow is not None
+    ]
     if definition.run_timeout is not None:
         statements.append(
             f"SELECT pgflow_python.set_flow_run_timeout('{definition.slug}', "

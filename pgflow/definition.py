@@ -170,6 +170,8 @@ class StepDefinition:
     """Seconds a wait step waits before ``on_timeout`` applies; None: for ever."""
     on_timeout: OnTimeout | None = None
     """What a wait step's timeout does; omitted: ``"fail"``."""
+    subflow: str | None = None
+    """Slug of the flow a subflow step runs (``@subflow``); its run's output is the output."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "step_type", StepType(self.step_type))
@@ -221,6 +223,8 @@ class StepDefinition:
                 if v is not None
             }
         )
+        if self.subflow is not None:
+            data["subflow"] = self.subflow
         return data
 
     @property
@@ -341,6 +345,7 @@ def _validate(flow: FlowDefinition) -> None:
             _validate_option(where, name, getattr(step, name))
         _validate_condition(where, step)
         _validate_wait(where, step)
+        _validate_subflow(where, step)
     _check_dependencies(flow, seen)
 
 
@@ -412,6 +417,20 @@ def _validate_wait(where: str, step: StepDefinition) -> None:
         raise FlowDefinitionError(
             f"{where}: a wait step runs no handler, so {', '.join(given)} would mean nothing; "
             "its only options are timeout and on_timeout"
+        )
+
+
+def _validate_subflow(where: str, step: StepDefinition) -> None:
+    if step.subflow is None:
+        return
+    validate_slug(step.subflow, f"{where}: subflow")
+    if step.wait is not None:
+        raise FlowDefinitionError(f"{where}: a step is a wait step or a subflow step, not both")
+    if step.start_delay is not None:
+        raise FlowDefinitionError(
+            f"{where}: a subflow step starts its child as soon as it is ready; start_delay "
+            "would mean nothing (its options max_attempts, base_delay and timeout apply to "
+            "the method that computes the child's input)"
         )
 
 

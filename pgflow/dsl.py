@@ -369,6 +369,7 @@ class Flow:
     __pgflow_definition__: ClassVar[FlowDefinition]
     __pgflow_handlers__: ClassVar[dict[str, HandlerSpec]]
     __pgflow_schedules__: ClassVar[tuple[Cron, ...]]
+    __pgflow_subflows__: ClassVar[dict[str, HandlerSpec]]
 
     def __init_subclass__(
         cls,
@@ -406,6 +407,50 @@ class Flow:
             concurrency=concurrency,
             priority=priority,
         )
+        # @subflow methods (pgflow.dsl_subflow) compute child inputs; the worker runs them.
+        cls.__pgflow_subflows__ = {
+            m.slug: _handler_spec(cls, attr, m.function)
+            for attr, m in steps.items()
+            if getattr(m, "child", None) is not None
+        }
+        _refuse_subflow_cycle(cls)
+
+
+# flow slug -> the flow slugs its subflow steps run, for every flow class defined so far (a
+# class defined again under the same slug replaces its entry).
+_SUBFLOW_EDGES: dict[str, tuple[str, ...]] = {}
+
+
+def _refuse_subflow_cycle(cls: type[Flow]) -> None:
+    """A flow that would start itself, directly or through other flows, is refused: its runs
+    would never end. Children named by slug and defined later are checked when they are."""
+    definition = cls.__pgflow_definition__
+    children = tuple(s.subflow for s in definition.steps if s.subflow is not None)
+    edges = {**_SUBFLOW_EDGES, definition.slug: children}
+    path = _path_back(definition.slug, edges)
+    if path:
+        raise FlowDefinitionError(
+            f"{cls.__module__}.{cls.__qualname__}: subflow cycle {' -> '.join(path)}: a flow "
+            "cannot run itself as a subflow, directly or through other flows"
+        )
+    _SUBFLOW_EDGES[definition.slug] = children
+
+
+def _path_back(start: str, edges: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A path start -> ... -> start through ``edges``, or None."""
+    seen: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        for child in edges.get(node, ()):
+            if child == start:
+                return [*path, child]
+            if child not in seen:
+                seen.add(child)
+                if found := visit(child, [*path, child]):
+                    return found
+        return None
+
+    return visit(start, [start])
 
 
 class Job(Flow, abstract=True):
@@ -488,6 +533,7 @@ def _attach(
         raise FlowDefinitionError(f"{cls.__module__}.{cls.__qualname__}: {exc}") from None
     cls.__pgflow_definition__ = definition
     cls.__pgflow_handlers__ = handlers
+    cls.__pgflow_subflows__ = {}
     cls.__pgflow_schedules__ = bind_declared(
         f"{cls.__module__}.{cls.__qualname__}", definition, schedule
     )

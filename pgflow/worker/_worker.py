@@ -52,6 +52,7 @@ from pgflow.worker._services import (
 from pgflow.worker._session import ServedFlow, ServingSession
 from pgflow.worker._statistics import StatisticsUpkeep
 from pgflow.worker._store import WorkerStore
+from pgflow.worker._subflows import SubflowStarter
 from pgflow.worker._threads import HandlerThreads
 
 FORCED_EXIT_GRACE = 10.0
@@ -262,6 +263,7 @@ class Worker:
             OverdueHandlers(),
             StatisticsUpkeep(),
             DeadlineSweep(),
+            SubflowStarter(),
         ]
         if self.options.scheduler:
             services.append(SchedulerService())

@@ -42,6 +42,15 @@ const handlers = {
     draft: (input) => ({ by: 'node', amount: input.run.amount }),
     publish: (input) => ({ amount: input.draft.amount, approved_by: input.approve.by }),
   },
+  // Subflows (pgflow-python's extension/0073): payment starts a ts_charge run per cart and has
+  // no message, so it never comes here; the child's output reaches receipt.
+  ts_checkout: {
+    cart: (input) => ({ by: 'node', total: input.run.prices.reduce((a, b) => a + b, 0) }),
+    receipt: (input) => ({ paid: input.payment.charge.charged }),
+  },
+  ts_charge: {
+    charge: (input) => ({ by: 'node', charged: input.run.amount }),
+  },
   gate: {
     enrich: (input) => ({ by: 'node', id: input.run.id }),
     check: () => ({ by: 'node' }),

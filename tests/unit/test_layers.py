@@ -15,7 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pgflow", "alembic_pgflow")
 
 # The bottom of the tree: values, definitions and the DSL that builds them.
-DEFINITION_MODULES = ("pgflow.definition", "pgflow.dsl", "pgflow.cron", "pgflow.compiler")
+DEFINITION_MODULES = (
+    "pgflow.definition",
+    "pgflow.dsl",
+    "pgflow.dsl_subflow",
+    "pgflow.cron",
+    "pgflow.compiler",
+)
 FEATURE_PACKAGES = (
     "pgflow.client",
     "pgflow.worker",

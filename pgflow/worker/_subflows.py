@@ -1,0 +1,236 @@
+"""The subflow starter: runs ``@subflow`` methods and starts child runs (docs/waiting.md).
+
+A subflow step never has a message in its flow's queue (extension/0073): when it becomes ready
+the database records one pending child start per task. A worker serving the parent flow leases
+pending starts (``claim_child_starts``: another worker takes a start whose lease ran out), calls
+the step's method with the task's input, and hands its result to ``start_child``, which starts
+the child run unless one was started already — so a slow worker, a retry or a second worker
+never start a second child. A method that raises (or returns something that is not JSON) is
+retried after upstream's backoff while the step has attempts left; then the step and the run
+fail. Children that ended are logged here too (``subflow.child_ended``): their end reached the
+parent inside the transaction that ended them.
+
+Only workers serving a flow with subflow steps run this service; it polls every
+``poll_interval`` (at most every second) while idle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+from sqlalchemy.engine import Engine
+
+from pgflow import _sql, telemetry
+from pgflow.context import Context
+from pgflow.dsl import Flow, HandlerSpec
+from pgflow.worker._executor import describe, sanitize
+from pgflow.worker._repeats import RepeatedFailure
+from pgflow.worker._session import ServingSession
+
+BATCH = 10
+"""Child starts leased per round (their methods run concurrently)."""
+LEASE_MARGIN = 10
+"""Seconds a lease outlives the method's timeout."""
+DEFAULT_TIMEOUT = 60
+"""Seconds a method may take when neither the step nor the flow sets a timeout (upstream's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStart:
+    run_id: uuid.UUID
+    flow_slug: str
+    step_slug: str
+    task_index: int
+    attempt: int
+    child_flow_slug: str
+    input: Any
+    flow_input: Any
+
+
+class SubflowStarter:
+    """Leases pending child starts of the flows served, runs their methods, starts children."""
+
+    async def run(self, session: ServingSession) -> None:
+        served = {
+            f.slug: (f.instance, f.flow_class.__pgflow_subflows__, f.flow_class)
+            for f in session.flows
+            if getattr(f.flow_class, "__pgflow_subflows__", None)
+        }
+        if not served:
+            await anyio.sleep_forever()
+        slugs = sorted(served)
+        lease = LEASE_MARGIN + max(
+            _timeout(flow_class, step) for _, specs, flow_class in served.values() for step in specs
+        )
+        interval = min(session.options.poll_interval, 1.0)
+        failures = RepeatedFailure("subflow.starter_failed")
+        while True:
+            try:
+                starts = await anyio.to_thread.run_sync(_claim, session.engine, slugs, lease, BATCH)
+                async with anyio.create_task_group() as group:
+                    for start in starts:
+                        instance, specs, flow_class = served[start.flow_slug]
+                        group.start_soon(
+                            _start_one,
+                            session.engine,
+                            instance,
+                            specs[start.step_slug],
+                            flow_class,
+                            start,
+                        )
+                await anyio.to_thread.run_sync(_announce_ended, session.engine, slugs)
+            except Exception as exc:  # the next round tries again; a start only comes late
+                failures.failed(error=str(exc))
+                starts = []
+            else:
+                failures.succeeded()
+            if len(starts) < BATCH:
+                await anyio.sleep(interval)
+
+
+def _timeout(flow_class: type[Flow], step_slug: str) -> int:
+    definition = flow_class.__pgflow_definition__
+    return definition.step(step_slug).timeout or definition.timeout or DEFAULT_TIMEOUT
+
+
+def _claim(engine: Engine, slugs: list[str], lease: int, limit: int) -> list[ChildStart]:
+    with engine.begin() as connection:
+        rows = connection.execute(
+            _sql.query("claim_child_starts"),
+            {"flow_slugs": slugs, "lease_seconds": lease, "row_limit": limit},
+        ).all()
+    return [ChildStart(*row) for row in rows]
+
+
+async def _start_one(
+    engine: Engine,
+    instance: Flow,
+    spec: HandlerSpec,
+    flow_class: type[Flow],
+    start: ChildStart,
+) -> None:
+    fields: dict[str, Any] = {
+        "flow": start.flow_slug,
+        "run_id": str(start.run_id),
+        "step": start.step_slug,
+        "task_index": start.task_index,
+        "attempt": start.attempt,
+        "child_flow": start.child_flow_slug,
+    }
+    timeout = _timeout(flow_class, start.step_slug)
+    context = Context(
+        run_id=start.run_id,
+        flow_slug=start.flow_slug,
+        step_slug=start.step_slug,
+        task_index=start.task_index,
+        attempt=start.attempt,
+        engine=engine,
+        known_flow_input=start.flow_input,
+        event_loop=anyio.lowlevel.current_token(),
+    )
+    error: str | None = None
+    try:
+        child_input = await _call(instance, spec, start.input, context, timeout)
+    except TimeoutError:
+        error = f"TimeoutError: the subflow method took longer than {timeout} s"
+    except Exception as exc:
+        error = sanitize(describe(exc))
+    else:
+        try:
+            text = json.dumps(child_input, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            error = sanitize(
+                "ValueError: the subflow method must return the child's input as JSON "
+                f"(dicts, lists, strings, numbers, booleans, None): {exc}"
+            )
+    if error is not None:
+        outcome, retry_at = await anyio.to_thread.run_sync(_start_failed, engine, start, error)
+        telemetry.emit(
+            "subflow.start_failed",
+            level=logging.WARNING,
+            **fields,
+            error=error,
+            outcome=outcome,
+            retry_at=None if retry_at is None else retry_at.isoformat(),
+        )
+        return
+    outcome, child_run_id = await anyio.to_thread.run_sync(_start_child, engine, start, text)
+    telemetry.emit(
+        "subflow.child_started",
+        **fields,
+        outcome=outcome,
+        child_run_id=None if child_run_id is None else str(child_run_id),
+    )
+
+
+async def _call(
+    instance: Flow, spec: HandlerSpec, value: Any, context: Context, timeout: int
+) -> Any:
+    method = getattr(instance, spec.attribute)
+    arguments = (value, context) if spec.takes_context else (value,)
+    with anyio.fail_after(timeout):
+        if spec.is_async:
+            return await method(*arguments)
+        return await anyio.to_thread.run_sync(lambda: method(*arguments), abandon_on_cancel=True)
+
+
+def _start_child(engine: Engine, start: ChildStart, text: str) -> tuple[str, uuid.UUID | None]:
+    with engine.begin() as connection:
+        row = connection.execute(
+            _sql.query("start_child"),
+            {
+                "run_id": start.run_id,
+                "step_slug": start.step_slug,
+                "task_index": start.task_index,
+                "child_input": text,
+            },
+        ).one()
+    return str(row.outcome), row.child_run_id
+
+
+def _start_failed(engine: Engine, start: ChildStart, error: str) -> tuple[str, Any]:
+    with engine.begin() as connection:
+        row = connection.execute(
+            _sql.query("child_start_failed"),
+            {
+                "run_id": start.run_id,
+                "step_slug": start.step_slug,
+                "task_index": start.task_index,
+                "attempt": start.attempt,
+                "error_message": error,
+            },
+        ).one()
+    return str(row.outcome), row.retry_at
+
+
+def _announce_ended(engine: Engine, slugs: list[str]) -> None:
+    with engine.begin() as connection:
+        rows = connection.execute(
+            _sql.query("take_ended_children"), {"flow_slugs": slugs, "row_limit": 100}
+        ).all()
+    for row in rows:
+        duration = (
+            None
+            if row.child_started_at is None
+            else math.floor((row.ended_at - row.child_started_at).total_seconds() * 1000)
+        )
+        telemetry.emit(
+            "subflow.child_ended",
+            level=logging.INFO if row.outcome == "completed" else logging.WARNING,
+            flow=row.flow_slug,
+            run_id=str(row.run_id),
+            step=row.step_slug,
+            task_index=row.task_index,
+            child_flow=row.child_flow_slug,
+            child_run_id=str(row.child_run_id),
+            outcome=row.outcome,
+            duration_ms=duration,
+        )

@@ -1,0 +1,253 @@
+"""Subflow steps (extension/0073_subflows.sql, ``@subflow``): a step runs another flow and waits,
+holding no worker, until that run ends; its output becomes the step's output."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pgflow import Flow, get_run_with_states, start_flow, step, subflow
+from pgflow.operations import cancel_run, resume_run
+from tests.helpers.database import register_flows
+from tests.helpers.workers import EventLog, running_worker, wait_until_finished
+
+DECLINING: set[str] = {"cards"}
+"""While not empty, a charge with ``fail`` set is declined (a test clears it to let a resumed
+child succeed)."""
+
+
+class Charge(Flow, slug="sub_charge", max_attempts=1):
+    @step
+    def charge(self, input: dict[str, Any]) -> dict[str, Any]:
+        if input.get("fail") and DECLINING:
+            raise RuntimeError(f"card declined for {input['amount']}")
+        return {"charged": input["amount"]}
+
+
+class Checkout(Flow, slug="sub_checkout", max_attempts=1):
+    @step
+    def cart(self, input: dict[str, Any]) -> dict[str, Any]:
+        return {"total": sum(input["prices"]), "fail": input.get("fail", False)}
+
+    @subflow(Charge, depends_on=[cart])
+    def payment(self, deps: dict[str, Any]) -> dict[str, Any]:
+        return {"amount": deps["cart"]["total"], "fail": deps["cart"]["fail"]}
+
+    @step(depends_on=[payment])
+    def receipt(self, deps: dict[str, Any]) -> dict[str, Any]:
+        return {"paid": deps["payment"]["charge"]["charged"]}
+
+
+class FanOut(Flow, slug="sub_fan_out", max_attempts=1):
+    @step
+    def items(self, input: dict[str, Any]) -> list[int]:
+        return list(range(input["n"]))
+
+    @subflow(Charge, array=items)
+    def charges(self, item: int) -> dict[str, Any]:
+        return {"amount": item, "fail": False}
+
+    @step(depends_on=[charges])
+    def total(self, deps: dict[str, Any]) -> int:
+        return sum(c["charge"]["charged"] for c in deps["charges"])
+
+
+def links(engine: Engine, run_id: uuid.UUID) -> list[dict[str, Any]]:
+    with engine.begin() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT c.task_index, c.child_run_id, c.outcome, r.status AS child_status"
+                " FROM pgflow_python.subflow_children AS c"
+                " LEFT JOIN pgflow.runs AS r ON r.run_id = c.child_run_id"
+                " WHERE c.run_id = :r ORDER BY c.step_slug, c.task_index"
+            ),
+            {"r": run_id},
+        )
+        return [dict(r) for r in rows.mappings()]
+
+
+def run_status(engine: Engine, run_id: uuid.UUID) -> str:
+    with engine.begin() as connection:
+        return str(
+            connection.execute(
+                sa.text("SELECT status FROM pgflow.runs WHERE run_id = :r"), {"r": run_id}
+            ).scalar_one()
+        )
+
+
+@pytest.mark.anyio
+async def test_the_child_runs_output_reaches_the_parent(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, Charge, Checkout)
+    events = EventLog()
+    try:
+        async with running_worker(pgflow_engine, Checkout, Charge, poll_interval=0.1):
+            run_id = start_flow(pgflow_engine, Checkout, {"prices": [3, 4]})
+            run = await wait_until_finished(pgflow_engine, run_id)
+            await _wait_for(lambda: events.named("subflow.child_ended"))
+    finally:
+        events.close()
+    assert run == {"status": "completed", "output": {"receipt": {"paid": 7}}}
+    [link] = links(pgflow_engine, run_id)
+    assert link["outcome"] == "completed"
+    assert link["child_status"] == "completed"
+    with pgflow_engine.begin() as connection:
+        parent = connection.execute(
+            sa.text("SELECT parent_run_id FROM pgflow_python.run_parents WHERE run_id = :c"),
+            {"c": link["child_run_id"]},
+        ).scalar_one()
+        payment = connection.execute(
+            sa.text(
+                "SELECT output, message_id, last_worker_id FROM pgflow.step_tasks"
+                " WHERE run_id = :r AND step_slug = 'payment'"
+            ),
+            {"r": run_id},
+        ).one()
+    assert parent == run_id
+    assert payment.output == {"charge": {"charged": 7}}
+    assert payment.message_id is None
+    assert payment.last_worker_id is None
+    [(started, _)] = events.named("subflow.child_started")
+    assert started["outcome"] == "started"
+    assert started["child_run_id"] == str(link["child_run_id"])
+    [(ended, _)] = events.named("subflow.child_ended")
+    assert ended["outcome"] == "completed"
+    assert ended["child_flow"] == "sub_charge"
+
+
+async def _wait_for(condition: Any, timeout: float = 20.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.05)
+
+
+@pytest.mark.anyio
+async def test_a_map_over_a_subflow_runs_one_child_per_element(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, Charge, FanOut)
+    async with running_worker(pgflow_engine, FanOut, Charge, poll_interval=0.1):
+        run_id = start_flow(pgflow_engine, FanOut, {"n": 50})
+        run = await wait_until_finished(pgflow_engine, run_id, timeout=120)
+    assert run == {"status": "completed", "output": {"total": sum(range(50))}}
+    children = links(pgflow_engine, run_id)
+    assert [c["task_index"] for c in children] == list(range(50))
+    assert {c["outcome"] for c in children} == {"completed"}
+    assert len({c["child_run_id"] for c in children}) == 50
+
+
+def test_a_subflow_step_has_no_message_and_starts_nothing_without_a_python_worker(
+    pgflow_engine: Engine,
+) -> None:
+    register_flows(pgflow_engine, Charge, Checkout)
+    run_id = start_flow(pgflow_engine, Checkout, {"prices": [1]})
+    worker_id = uuid.uuid4()
+    with pgflow_engine.begin() as connection:  # cart, as a (TypeScript) worker would run it
+        connection.execute(
+            sa.text(
+                "INSERT INTO pgflow.workers (worker_id, queue_name, function_name)"
+                " VALUES (:w, 'sub_checkout', 'test')"
+            ),
+            {"w": worker_id},
+        )
+        ids = connection.execute(sa.text("SELECT msg_id FROM pgmq.read('sub_checkout', 30, 10)"))
+        connection.execute(
+            sa.text("SELECT * FROM pgflow.start_tasks('sub_checkout', :ids, :w)"),
+            {"ids": [i for (i,) in ids], "w": worker_id},
+        )
+    with pgflow_engine.begin() as connection:
+        connection.execute(
+            sa.text("SELECT pgflow.complete_task(:r, 'cart', 0, :o)"),
+            {"r": run_id, "o": '{"total": 1, "fail": false}'},
+        )
+        queued = connection.execute(
+            sa.text("SELECT count(*) FROM pgmq.q_sub_checkout WHERE message->>'run_id' = :r"),
+            {"r": str(run_id)},
+        ).scalar_one()
+    with pgflow_engine.begin() as connection:
+        run = get_run_with_states(connection, run_id)
+    assert run is not None
+    assert {s.step_slug: str(s.status) for s in run.steps}["payment"] == "started"
+    # cart's message is archived by complete_task; payment never had one.
+    assert queued == 0
+    [link] = links(pgflow_engine, run_id)
+    assert link["child_run_id"] is None
+    assert link["outcome"] is None
+
+
+@pytest.mark.anyio
+async def test_a_failed_child_fails_the_parent_and_resuming_the_parent_resumes_the_child(
+    pgflow_engine: Engine,
+) -> None:
+    register_flows(pgflow_engine, Charge, Checkout)
+    async with running_worker(pgflow_engine, Checkout, Charge, poll_interval=0.1):
+        run_id = start_flow(pgflow_engine, Checkout, {"prices": [5], "fail": True})
+        run = await wait_until_finished(pgflow_engine, run_id)
+        assert run["status"] == "failed"
+        [link] = links(pgflow_engine, run_id)
+        assert link["outcome"] == "failed"
+        assert link["child_status"] == "failed"
+        with pgflow_engine.begin() as connection:
+            error = connection.execute(
+                sa.text(
+                    "SELECT error_message FROM pgflow.step_states"
+                    " WHERE run_id = :r AND step_slug = 'payment'"
+                ),
+                {"r": run_id},
+            ).scalar_one()
+        assert f"child run {link['child_run_id']}" in error
+        assert "card declined for 5" in error
+
+        DECLINING.clear()  # the card issuer recovers
+        try:
+            with pgflow_engine.begin() as connection:
+                assert str(resume_run(connection, run_id).outcome) == "resumed"
+            run = await wait_until_finished(pgflow_engine, run_id)
+        finally:
+            DECLINING.add("cards")
+    assert run == {"status": "completed", "output": {"receipt": {"paid": 5}}}
+    [again] = links(pgflow_engine, run_id)
+    assert again["child_run_id"] == link["child_run_id"]  # resumed in place, not a new child
+    assert again["outcome"] == "completed"
+
+
+class Slow(Flow, slug="sub_slow", max_attempts=1):
+    @step
+    async def wait(self, input: Any) -> Any:
+        await anyio.sleep(60)
+        return input
+
+
+class SlowFanOut(Flow, slug="sub_slow_fan_out", max_attempts=1):
+    @step
+    def items(self, input: Any) -> list[int]:
+        return [1, 2, 3]
+
+    @subflow(Slow, array=items)
+    def waits(self, item: int) -> int:
+        return item
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_parent_cancels_its_running_children(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, Slow, SlowFanOut)
+    async with running_worker(pgflow_engine, SlowFanOut, Slow, poll_interval=0.1):
+        run_id = start_flow(pgflow_engine, SlowFanOut, None)
+        await _wait_for(
+            lambda: len([c for c in links(pgflow_engine, run_id) if c["child_run_id"]]) == 3
+        )
+        with pgflow_engine.begin() as connection:
+            assert str(cancel_run(connection, run_id, reason="user").outcome) == "cancelled"
+        children = links(pgflow_engine, run_id)
+        assert {c["outcome"] for c in children} == {"cancelled"}
+        assert {c["child_status"] for c in children} == {"failed"}
+        with pgflow_engine.begin() as connection:
+            reasons = connection.execute(
+                sa.text(
+                    "SELECT reason FROM pgflow_python.run_cancellations WHERE run_id = ANY(:ids)"
+                ),
+                {"ids": [c["child_run_id"] for c in children]},
+            ).scalars()
+            assert {r.split(" (")[0] for r in reasons} == {f"parent run {run_id} ended"}
