@@ -7,15 +7,16 @@ options is a warning (``flow.options_differ``), not an error: the database's val
 
 from __future__ import annotations
 
+import difflib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy.engine import Connection, RowMapping
 
 from pgflow import _sql, telemetry
 from pgflow._shape import StepShape, shape_changes, shape_of
 from pgflow.definition import FLOW_OPTIONS, FlowDefinition
-from pgflow.errors import FlowNotReadyError
+from pgflow.errors import FlowNotReadyError, FlowNotRegisteredError
 
 # pgflow.create_flow's defaults in @pgflow/core 0.8.1; the database's own signature wins.
 CREATE_FLOW_DEFAULTS: Mapping[str, int] = {"max_attempts": 3, "base_delay": 5, "timeout": 60}
@@ -25,6 +26,24 @@ def stored_rows(connection: Connection, slug: str) -> Sequence[RowMapping]:
     """The flow's steps as stored (empty when the flow is not in the database)."""
     result = connection.execute(_sql.query("registered_flow"), {"flow_slug": slug})
     return result.mappings().all()
+
+
+def not_registered(connection: Connection, slug: str) -> FlowNotRegisteredError:
+    """The error for a slug that names no stored flow, suggesting the closest stored ones."""
+    stored = connection.execute(_sql.query("registered_flow_slugs")).scalars().all()
+    return FlowNotRegisteredError(slug, similar=difflib.get_close_matches(slug, stored, n=3))
+
+
+def require_registered(connection: Connection, slugs: Iterable[str]) -> None:
+    """:class:`FlowNotRegisteredError` for the first of ``slugs`` that names no stored flow."""
+    wanted = set(slugs)
+    if not wanted:
+        return
+    stored = set(connection.execute(_sql.query("registered_flow_slugs")).scalars())
+    for slug in sorted(wanted - stored):
+        raise FlowNotRegisteredError(
+            slug, similar=difflib.get_close_matches(slug, sorted(stored), n=3)
+        )
 
 
 def check_registered(

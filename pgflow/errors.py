@@ -7,6 +7,7 @@ The Alembic plugin's own errors are in :mod:`alembic_pgflow.errors`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from pgflow.results import Run, TaskFailure
 
@@ -102,10 +103,13 @@ class ConnectionLost(PgflowError):
 class FlowNotRegisteredError(PgflowError, LookupError):
     """The flow is not in ``pgflow.flows`` of this database."""
 
-    def __init__(self, flow_slug: str) -> None:
+    def __init__(self, flow_slug: str, *, similar: Sequence[str] = ()) -> None:
         self.flow_slug = flow_slug
+        self.similar = tuple(similar)
+        """Registered slugs close to ``flow_slug`` (a typo's likely meaning), closest first."""
+        hint = f" (did you mean {' or '.join(map(repr, self.similar))}?)" if similar else ""
         super().__init__(
-            f"flow {flow_slug!r} is not registered in this database. Register it with a "
+            f"flow {flow_slug!r} is not registered in this database{hint}. Register it with a "
             "migration (`alembic revision --autogenerate`, then `alembic upgrade heads`), or "
             "run the SQL printed by `pgflow compile your.module:YourFlow`; also check that the "
             "database URL points at the database your migrations ran on."

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from pgflow import _db
 from pgflow._logging import LOG_FORMATS, LOG_LEVELS
+from pgflow._registered import require_registered
 from pgflow.cli._render import to_json
 from pgflow.errors import (
     BadOptionsError,
@@ -132,6 +133,14 @@ def engine_for(database_url: str | None) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def require_flows(engine: Engine, *slugs: str | None) -> None:
+    """Refuse a ``--flow`` that names no registered flow (exit 1, with a "did you mean")."""
+    wanted = [slug for slug in slugs if slug]
+    if wanted:
+        with engine.connect() as connection:
+            require_registered(connection, wanted)
 
 
 def finish(as_json: bool, result: Any, text: str, *, refused: bool = False) -> None:

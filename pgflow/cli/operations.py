@@ -22,6 +22,7 @@ from pgflow.cli._common import (
     json_option,
     read_url_option,
     reports_errors,
+    require_flows,
 )
 from pgflow.cli._render import (
     moment,
@@ -106,6 +107,8 @@ def runs_list(
         found = list_runs(
             engine, flow=flow, status=status, since=since, limit=limit, waiting=waiting
         )
+        if not found:
+            require_flows(engine, flow)  # a typo lists nothing: say so
     finish(as_json, found, runs_table(found))
 
 
@@ -259,6 +262,8 @@ def workers_list(
     """Worker rows, latest heartbeat first."""
     with engine_for(read_url or database_url) as engine:
         found = list_workers(engine, flow=flow, stale_after=stale_after, limit=limit)
+        if not found:
+            require_flows(engine, flow)
     finish(as_json, found, workers_table(found))
 
 
@@ -301,6 +306,7 @@ def prune_command(
     """Delete finished runs (with their steps, tasks, queue messages and records) and dead
     worker rows older than --older-than. Started runs are never touched."""
     with engine_for(database_url) as engine:
+        require_flows(engine, *flows)
         report = prune(
             engine,
             older_than=older_than,

@@ -13,7 +13,13 @@ import click
 from sqlalchemy.engine import Engine
 
 from pgflow._loading import flow_classes
-from pgflow.cli._common import database_url_option, engine_for, json_option, reports_errors
+from pgflow.cli._common import (
+    database_url_option,
+    engine_for,
+    json_option,
+    reports_errors,
+    require_flows,
+)
 from pgflow.cli._render import table, to_json
 from pgflow.schedules import (
     Schedule,
@@ -76,6 +82,8 @@ def list_command(database_url: str | None, flow_slug: str | None, as_json: bool)
     """Show every schedule: its cron, zone, state, next and last fire."""
     with engine_for(database_url) as engine:
         found = list_schedules(engine, flow_slug)
+        if not found:
+            require_flows(engine, flow_slug)
     if as_json:
         click.echo(to_json([as_plain(schedule) for schedule in found]))
     else:

@@ -23,13 +23,13 @@ from pgflow._binds import (
     resolve_flow,
     run_async,
 )
+from pgflow._registered import not_registered
 from pgflow._sql import query
 from pgflow.client._inputs import check_input_shape, encode_input
 from pgflow.client._registered import check_definition_once
 from pgflow.definition import FlowDefinition, FlowType
 from pgflow.dsl import Job
 from pgflow.errors import (
-    FlowNotRegisteredError,
     MapInputNotArrayError,
     NotAJobError,
     PgflowError,
@@ -272,7 +272,7 @@ def _start_run(
         .one_or_none()
     )
     if row is None:
-        raise FlowNotRegisteredError(slug)
+        raise not_registered(connection, slug)
     if row["run_id"] is not None:
         started: uuid.UUID = row["run_id"]
         if request.deadline is not None and row["created"]:

@@ -26,10 +26,10 @@ from pgflow._binds import (
     resolve_flow,
     run_async,
 )
+from pgflow._registered import not_registered
 from pgflow._sql import query
 from pgflow.cron import Cron, Missed, schedules_of, validate_name
 from pgflow.errors import (
-    FlowNotRegisteredError,
     InvalidScheduleError,
     MapInputNotArrayError,
     ScheduleError,
@@ -114,7 +114,7 @@ def _check_flow(connection: Connection, cron: Cron) -> None:
     slug = str(cron.flow_slug)
     row = connection.execute(query("schedules_flow_exists"), {"flow_slug": slug}).first()
     if row is None:
-        raise FlowNotRegisteredError(slug)
+        raise not_registered(connection, slug)
     if row.root_map_step is not None and not isinstance(cron.input, list):
         raise MapInputNotArrayError(slug, row.root_map_step, json_kind(cron.input))
 

@@ -49,6 +49,10 @@ FROM pgflow_python.fail_task_outcome(
     :retryable
 )
 
+-- name: registered_flow_slugs
+-- description: The slugs of the flows stored, to suggest one for a slug that names none (did you mean).
+SELECT f.flow_slug FROM pgflow.flows AS f ORDER BY f.flow_slug;
+
 -- name: registered_flow
 -- description: A flow as stored, one row per step (flow columns repeated), to compare with its class; no rows when it is not stored.
 SELECT f.flow_type,

@@ -291,3 +291,21 @@ def test_runs_show_of_a_resumed_run_shows_no_old_error_and_not_the_time_it_sat_f
     run_line = next(line for line in shown.stdout.splitlines() if line.startswith("duration"))
     assert re.search(r"\(not counting 6\d\.\dm failed before a resume\)$", run_line), run_line
     assert run_line.split()[1].endswith("s"), run_line
+
+
+def test_a_misspelt_flow_is_refused_with_a_did_you_mean(
+    pgflow_database: URL, runs: dict[str, uuid.UUID]
+) -> None:
+    for args in (
+        ("runs", "list", "--flow", "greetnig"),
+        ("workers", "list", "--flow", "greetnig"),
+        ("schedules", "list", "--flow", "greetnig"),
+        ("prune", "--older-than", "1d", "--flow", "greetnig"),
+    ):
+        refused = pgflow_cli(pgflow_database, *args)
+        assert refused.returncode == EXIT_REFUSED, (args, refused.stdout, refused.stderr)
+        assert refused.stderr.startswith(
+            "error: flow 'greetnig' is not registered in this database (did you mean 'greeting'?)"
+        ), refused.stderr
+    # A registered flow with nothing to list is not an error.
+    assert pgflow_cli(pgflow_database, "workers", "list", "--flow", "greeting").returncode == 0

@@ -137,6 +137,8 @@ def test_create_list_update_pause_resume_delete(engine: Engine) -> None:
 def test_api_refusals_say_what_is_wrong(engine: Engine) -> None:
     with pytest.raises(FlowNotRegisteredError):
         create_schedule(engine, "no_such_flow", Cron("* * * * *"))
+    with pytest.raises(FlowNotRegisteredError, match=r"'cleanpu' .* \(did you mean 'cleanup'\?\)"):
+        create_schedule(engine, "cleanpu", Cron("* * * * *"))
     create_schedule(engine, Cleanup, Cron("* * * * *"))
     with pytest.raises(ScheduleError, match="exists already"):
         create_schedule(engine, Cleanup, Cron("0 * * * *"))

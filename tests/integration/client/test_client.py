@@ -248,7 +248,17 @@ def test_an_unregistered_flow_names_the_migration_commands(engine: Engine) -> No
     assert "alembic revision --autogenerate" in message
     assert "alembic upgrade heads" in message
     assert "pgflow compile" in message
+    assert raised.value.similar == ()  # nothing registered is close to 'not_there'
     assert run_count(engine) == 1
+
+
+def test_a_misspelt_flow_slug_suggests_the_registered_one(engine: Engine) -> None:
+    with pytest.raises(FlowNotRegisteredError) as raised:
+        start_flow(engine, "greetnig", {"name": "ada"})
+    assert raised.value.similar[0] == "greeting"
+    assert "flow 'greetnig' is not registered in this database (did you mean 'greeting'" in str(
+        raised.value
+    )
 
 
 def test_a_root_map_input_must_be_a_list_checked_from_the_class_before_any_sql(
