@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pgflow._durations import short_duration
-from pgflow.operations import RunDetails, RunSummary, StepSummary, WorkerInfo
+from pgflow.operations import RunDetails, RunSummary, StepSummary, SubflowLink, WorkerInfo
 from pgflow.results import TaskFailure
 
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
@@ -160,6 +160,9 @@ def run_details(details: RunDetails) -> str:
         lines.append(f"retry of  {run.restart_of_run_id}")
     if run.retried_as_run_id:
         lines.append(f"retried   as {run.retried_as_run_id}")
+    if details.parent is not None:
+        lines.append(f"parent    {_link(details.parent)}")
+    lines += _children(details.children)
     for resume in details.resumes:
         what = "cancelled" if resume.was_cancelled else "failed"
         lines.append(
@@ -188,6 +191,33 @@ def run_details(details: RunDetails) -> str:
     )
     lines += _last_failures(details)
     return "\n".join(lines)
+
+
+def _link(link: SubflowLink) -> str:
+    """``<run id> (<flow>, step <slug>[<index>], <status>)``."""
+    return (
+        f"{link.run_id or 'not started yet'} ({link.flow_slug}, step {link.step_slug}"
+        f"[{link.task_index}], {link.status or link.outcome or 'pending'})"
+    )
+
+
+CHILDREN_SHOWN = 10
+"""Children listed one per line by ``runs show``; more are counted by status."""
+
+
+def _children(children: Sequence[SubflowLink]) -> list[str]:
+    if not children:
+        return []
+    counts: dict[str, int] = {}
+    for child in children:
+        key = child.status or child.outcome or "pending"
+        counts[key] = counts.get(key, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    lines = [f"children  {len(children)} ({summary})"]
+    lines += [f"          {_link(child)}" for child in children[:CHILDREN_SHOWN]]
+    if len(children) > CHILDREN_SHOWN:
+        lines.append(f"          ... and {len(children) - CHILDREN_SHOWN} more")
+    return lines
 
 
 def _time_failed(details: RunDetails, start: datetime, end: datetime | None) -> str:

@@ -37,6 +37,7 @@ from pgflow.operations._results import (
     RunDetails,
     RunSummary,
     StepSummary,
+    SubflowLink,
     WorkerInfo,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "RunDetails",
     "RunSummary",
     "StepSummary",
+    "SubflowLink",
     "WorkerInfo",
     "cancel_run",
     "cancel_run_async",

@@ -18,6 +18,7 @@ from pgflow.operations._results import (
     RunDetails,
     RunSummary,
     StepSummary,
+    SubflowLink,
     WorkerInfo,
 )
 
@@ -150,6 +151,20 @@ def _describe(connection: Connection, run_id: RunId) -> RunDetails | None:
     steps = connection.execute(query("ops_run_steps"), {"run_id": run_id}).mappings()
     resumes = connection.execute(query("ops_run_resumes"), {"run_id": run_id}).mappings()
     deadline = connection.execute(query("ops_run_deadline"), {"run_id": run_id}).mappings().first()
+    links = connection.execute(query("subflow_links"), {"run_id": run_id}).mappings().all()
+    subflow: dict[str, list[SubflowLink]] = {"parent": [], "child": []}
+    for row in links:
+        subflow[row["relation"]].append(
+            SubflowLink(
+                run_id=row["other_run_id"],
+                flow_slug=row["other_flow_slug"],
+                step_slug=row["step_slug"],
+                task_index=row["task_index"],
+                status=row["other_status"],
+                outcome=row["outcome"],
+                started_at=row["child_started_at"],
+            )
+        )
     return RunDetails(
         run=run,
         steps=tuple(StepSummary.from_row(row) for row in steps),
@@ -157,6 +172,8 @@ def _describe(connection: Connection, run_id: RunId) -> RunDetails | None:
         failures=get_task_failures(connection, run_id),
         deadline_at=None if deadline is None else deadline["deadline_at"],
         deadline_source=None if deadline is None else deadline["source"],
+        parent=subflow["parent"][0] if subflow["parent"] else None,
+        children=tuple(subflow["child"]),
     )
 
 

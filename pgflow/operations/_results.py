@@ -239,6 +239,24 @@ class StepSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class SubflowLink:
+    """A run's parent, or one of its children: a run a subflow step started (docs/waiting.md)."""
+
+    run_id: uuid.UUID | None
+    """The other run; None for a child whose start is still pending."""
+    flow_slug: str
+    step_slug: str
+    """The parent's subflow step."""
+    task_index: int
+    status: str | None
+    """The other run's status (None: not started, or pruned)."""
+    outcome: str | None
+    """How the child's end reached the parent: ``completed``, ``failed``, ``cancelled`` (the
+    parent ended first), ``abandoned`` (the parent ended before it started); None: going."""
+    started_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class ResumeRecord:
     resumed_at: datetime
     failed_at: datetime | None
@@ -290,6 +308,10 @@ class RunDetails:
     ``run_timeout``); None: no deadline."""
     deadline_source: str | None = None
     """``start_flow`` or ``run_timeout``."""
+    parent: SubflowLink | None = None
+    """The run whose subflow step started this run (its ``parent_run_id``); None: none."""
+    children: tuple[SubflowLink, ...] = ()
+    """The runs this run's subflow steps started (or will start), by step and task index."""
 
     def time_failed(self, start: datetime | None, end: datetime | None) -> timedelta:
         """How much of ``start`` to ``end`` the run sat failed or cancelled before a resume."""

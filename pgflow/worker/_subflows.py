@@ -27,6 +27,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from pgflow import _sql, telemetry
 from pgflow.context import Context
@@ -152,22 +153,34 @@ async def _start_one(
                 f"(dicts, lists, strings, numbers, booleans, None): {exc}"
             )
     if error is not None:
-        outcome, retry_at = await anyio.to_thread.run_sync(_start_failed, engine, start, error)
-        telemetry.emit(
-            "subflow.start_failed",
-            level=logging.WARNING,
-            **fields,
-            error=error,
-            outcome=outcome,
-            retry_at=None if retry_at is None else retry_at.isoformat(),
+        await _report_failure(engine, start, fields, error)
+        return
+    try:
+        outcome, child_run_id = await anyio.to_thread.run_sync(_start_child, engine, start, text)
+    except DBAPIError as exc:  # the child's start refused its input (a trigger, a bad map)
+        await _report_failure(
+            engine, start, fields, sanitize(f"the child run could not start: {exc.orig}")
         )
         return
-    outcome, child_run_id = await anyio.to_thread.run_sync(_start_child, engine, start, text)
     telemetry.emit(
         "subflow.child_started",
         **fields,
         outcome=outcome,
         child_run_id=None if child_run_id is None else str(child_run_id),
+    )
+
+
+async def _report_failure(
+    engine: Engine, start: ChildStart, fields: dict[str, Any], error: str
+) -> None:
+    outcome, retry_at = await anyio.to_thread.run_sync(_start_failed, engine, start, error)
+    telemetry.emit(
+        "subflow.start_failed",
+        level=logging.WARNING,
+        **fields,
+        error=error,
+        outcome=outcome,
+        retry_at=None if retry_at is None else retry_at.isoformat(),
     )
 
 

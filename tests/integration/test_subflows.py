@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from pgflow import Flow, get_run_with_states, start_flow, step, subflow
-from pgflow.operations import cancel_run, resume_run
+from pgflow.cli._render import run_details
+from pgflow.operations import cancel_run, describe_run, resume_run
 from tests.helpers.database import register_flows
 from tests.helpers.workers import EventLog, running_worker, wait_until_finished
 
@@ -251,3 +252,143 @@ async def test_cancelling_the_parent_cancels_its_running_children(pgflow_engine:
                 {"ids": [c["child_run_id"] for c in children]},
             ).scalars()
             assert {r.split(" (")[0] for r in reasons} == {f"parent run {run_id} ended"}
+
+
+@pytest.mark.anyio
+async def test_runs_show_links_a_parent_and_its_children(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, Charge, FanOut)
+    async with running_worker(pgflow_engine, FanOut, Charge, poll_interval=0.1):
+        run_id = start_flow(pgflow_engine, FanOut, {"n": 12})
+        await wait_until_finished(pgflow_engine, run_id, timeout=60)
+    parent = describe_run(pgflow_engine, run_id)
+    assert parent is not None
+    assert parent.parent is None
+    assert [c.task_index for c in parent.children] == list(range(12))
+    assert {(c.flow_slug, c.step_slug, c.status, c.outcome) for c in parent.children} == {
+        ("sub_charge", "charges", "completed", "completed")
+    }
+    child = describe_run(pgflow_engine, parent.children[3].run_id)  # type: ignore[arg-type]
+    assert child is not None
+    assert child.parent is not None
+    assert (child.parent.run_id, child.parent.step_slug, child.parent.task_index) == (
+        run_id,
+        "charges",
+        3,
+    )
+    text = run_details(parent)
+    assert "children  12 (12 completed)" in text
+    assert f"{parent.children[0].run_id} (sub_charge, step charges[0], completed)" in text
+    assert "... and 2 more" in text
+    assert f"parent    {run_id} (sub_fan_out, step charges[3], completed)" in run_details(child)
+
+
+class Broken(Flow, slug="sub_broken", max_attempts=2, base_delay=1):
+    @subflow(Charge)
+    def explodes(self, input: Any) -> Any:
+        raise ValueError(f"no amount in {input!r}")
+
+
+class NotJSON(Flow, slug="sub_not_json", max_attempts=1):
+    @subflow(Charge)
+    def odd(self, input: Any) -> Any:
+        return {"amount": {1, 2}}
+
+
+class Nowhere(Flow, slug="sub_nowhere_parent", max_attempts=1):
+    @subflow("sub_nowhere")
+    def lost(self, input: Any) -> Any:
+        return input
+
+
+def step_error(engine: Engine, run_id: uuid.UUID, step_slug: str) -> str:
+    with engine.begin() as connection:
+        return str(
+            connection.execute(
+                sa.text(
+                    "SELECT error_message FROM pgflow.step_states"
+                    " WHERE run_id = :r AND step_slug = :s"
+                ),
+                {"r": run_id, "s": step_slug},
+            ).scalar_one()
+        )
+
+
+@pytest.mark.anyio
+async def test_a_method_that_keeps_raising_is_retried_then_fails_the_step_and_the_run(
+    pgflow_engine: Engine,
+) -> None:
+    register_flows(pgflow_engine, Charge, Broken, NotJSON, Nowhere)
+    events = EventLog()
+    try:
+        async with running_worker(
+            pgflow_engine, Broken, NotJSON, Nowhere, Charge, poll_interval=0.1
+        ):
+            broken = start_flow(pgflow_engine, Broken, {"x": 1})
+            odd = start_flow(pgflow_engine, NotJSON, 1)
+            lost = start_flow(pgflow_engine, Nowhere, 1)
+            for run_id in (broken, odd, lost):
+                assert (await wait_until_finished(pgflow_engine, run_id))["status"] == "failed"
+    finally:
+        events.close()
+    assert step_error(pgflow_engine, broken, "explodes") == "ValueError: no amount in {'x': 1}"
+    failures = [e for e, _ in events.named("subflow.start_failed") if e["step"] == "explodes"]
+    assert [(e["attempt"], e["outcome"]) for e in failures] == [(1, "retry"), (2, "failed")]
+    assert failures[0]["retry_at"] is not None
+    assert "must return the child's input as JSON" in step_error(pgflow_engine, odd, "odd")
+    assert step_error(pgflow_engine, lost, "lost") == (
+        'subflow step "lost" runs flow "sub_nowhere", which is not in the database: register '
+        "it (pgflow db migrate / compile) before starting runs"
+    )
+    for run_id in (broken, odd, lost):  # no child was started
+        [link] = links(pgflow_engine, run_id)
+        assert link["child_run_id"] is None
+        assert link["outcome"] == "failed"
+
+
+def test_a_child_is_started_once_however_often_its_start_is_repeated(
+    pgflow_engine: Engine,
+) -> None:
+    register_flows(pgflow_engine, Charge, Nowhere)
+    with pgflow_engine.begin() as connection:  # Nowhere's step, now pointed at a real flow
+        connection.execute(
+            sa.text(
+                "SELECT pgflow_python.set_subflow_step('sub_nowhere_parent', 'lost', 'sub_charge')"
+            )
+        )
+    run_id = start_flow(pgflow_engine, Nowhere, {"amount": 1})
+
+    def claim() -> list[Any]:
+        with pgflow_engine.begin() as connection:
+            return list(
+                connection.execute(
+                    sa.text(
+                        "SELECT * FROM pgflow_python.claim_child_starts("
+                        "ARRAY['sub_nowhere_parent'], :lease, 10)"
+                    ),
+                    {"lease": 0},
+                ).all()
+            )
+
+    def start_child() -> tuple[str, uuid.UUID]:
+        with pgflow_engine.begin() as connection:
+            outcome, child = connection.execute(
+                sa.text(
+                    "SELECT * FROM pgflow_python.start_child(:r, 'lost', 0, '{\"amount\": 1}')"
+                ),
+                {"r": run_id},
+            ).one()
+        return outcome, child
+
+    [first] = claim()
+    assert (first.input, first.flow_input, first.attempt) == ({"amount": 1}, {"amount": 1}, 1)
+    [second] = claim()  # a lease of 0 s ran out: another worker takes it
+    assert second.attempt == 2
+    started = start_child()
+    assert started[0] == "started"
+    assert start_child() == ("already_started", started[1])
+    assert claim() == []
+    with pgflow_engine.begin() as connection:
+        children = connection.execute(
+            sa.text("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'sub_charge'")
+        ).scalar_one()
+    assert children == 1

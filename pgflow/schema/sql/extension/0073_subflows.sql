@@ -348,7 +348,8 @@ COMMENT ON FUNCTION pgflow_python.claim_child_starts(text[], integer, integer) I
 
 -- Starts the child of a subflow task with child_input, once: outcome 'started' (child_run_id:
 -- the new run), 'already_started' (the first child's id; nothing changed), 'too_late' (the
--- parent no longer waits: its run ended), 'unknown'. The parent run is locked first, as
+-- parent no longer waits: its run ended), 'failed' (the child's flow is not in the database:
+-- the step and the run failed), 'unknown'. The parent run is locked first, as
 -- complete_task does, so a start racing with a cancel either lands before it (and the cancel
 -- cancels the child) or sees the run ended.
 CREATE OR REPLACE FUNCTION pgflow_python.start_child(
@@ -388,6 +389,22 @@ BEGIN
           AND t.message_id IS NULL AND r.status = 'started'
     ) THEN
         outcome := 'too_late';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pgflow.flows AS f WHERE f.flow_slug = link.child_flow_slug) THEN
+        UPDATE pgflow_python.subflow_children AS c
+        SET ended_at = pg_catalog.clock_timestamp(), outcome = 'failed', lease_until = NULL,
+            last_error = pg_catalog.format('flow "%s" is not in the database',
+                                           link.child_flow_slug)
+        WHERE c.run_id = start_child.run_id AND c.step_slug = start_child.step_slug
+          AND c.task_index = start_child.task_index;
+        PERFORM pgflow_python.fail_subflow_task(
+            start_child.run_id, start_child.step_slug, start_child.task_index,
+            pg_catalog.format('subflow step "%s" runs flow "%s", which is not in the database: '
+                              'register it (pgflow db migrate / compile) before starting runs',
+                              start_child.step_slug, link.child_flow_slug));
+        outcome := 'failed';
         RETURN NEXT;
         RETURN;
     END IF;
