@@ -47,7 +47,7 @@ def render(schedules: list[Schedule]) -> str:
                 schedule.cron.expression,
                 schedule.cron.timezone,
                 "paused" if schedule.paused else "active",
-                "-" if schedule.paused else _when(schedule.next_fire_at),  # none while paused
+                _when(schedule.next_fire_at),  # none while paused
                 _when(schedule.last_fire_at),
                 (schedule.last_error or "-").splitlines()[0][:60],
             )

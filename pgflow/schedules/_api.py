@@ -47,7 +47,8 @@ class Schedule:
     """Declared on a Flow/Job class (Alembic autogenerate manages it) rather than by the API."""
     paused_at: datetime | None
     next_fire_at: datetime | None
-    """None until a scheduler computes it (after a change made by SQL, e.g. a migration)."""
+    """None while paused (resuming computes it from then), and until a scheduler computes it
+    (after a change made by SQL, e.g. a migration)."""
     last_fire_at: datetime | None
     last_run_id: uuid.UUID | None
     last_error: str | None
@@ -72,7 +73,7 @@ def schedule_from_row(row: Mapping[Any, Any]) -> Schedule:
         cron=cron_from_row(row),
         declared=row["declared"],
         paused_at=row["paused_at"],
-        next_fire_at=row["next_fire_at"],
+        next_fire_at=None if row["paused_at"] is not None else row["next_fire_at"],
         last_fire_at=row["last_fire_at"],
         last_run_id=row["last_run_id"],
         last_error=row["last_error"],

@@ -228,8 +228,12 @@ def test_none_still_fires_a_tick_within_grace(engine: Engine) -> None:
 
 def test_a_paused_schedule_does_not_fire_and_resumes_from_now(engine: Engine) -> None:
     create_schedule(engine, Cleanup, Cron("0 3 * * *"))
-    pause_schedule(engine, "cleanup")
+    paused = pause_schedule(engine, "cleanup")
     set_next_fire(engine, "cleanup", T0)
+    # A paused schedule has no next fire, wherever it is read (the API, --json, the dashboard).
+    assert paused.next_fire_at is None
+    assert [s.next_fire_at for s in list_schedules(engine)] == [None]
+    assert get_schedule(engine, "cleanup").next_fire_at is None
     assert fire(engine, T0 + DAY) == []
     resumed = resume_schedule(engine, "cleanup")
     assert resumed.next_fire_at is not None
@@ -245,7 +249,13 @@ def test_trigger_starts_a_run_now_and_keeps_the_next_tick(engine: Engine) -> Non
     assert (run["run_id"], run["manual"], run["schedule_name"]) == (run_id, True, "cleanup")
     assert run["input"]["deep"] is True
     assert datetime.fromisoformat(run["input"]["scheduled_at"]) == run["fire_time"]
-    assert get_schedule(engine, "cleanup").next_fire_at == before.next_fire_at
+    with engine.begin() as connection:  # paused, it shows none; the stored tick is kept
+        stored = connection.execute(
+            sa.text(
+                "SELECT next_fire_at FROM pgflow_python.schedules WHERE schedule_name = 'cleanup'"
+            )
+        ).scalar_one()
+    assert stored == before.next_fire_at
 
 
 def test_a_run_that_cannot_start_is_recorded_and_the_schedule_moves_on(engine: Engine) -> None:
