@@ -115,4 +115,17 @@ def _shape_changes(definition: FlowDefinition, stored: StoredFlow) -> list[str]:
                 f"step {step.slug!r} "
                 + ("no longer waits for a signal" if waits else "becomes a wait step")
             )
+        child = definition.step(step.slug).subflow
+        if step.subflow != child:
+            # Runs in flight wait for children of the old flow, or have tasks of the old kind.
+            changes.append(
+                f"step {step.slug!r} "
+                + (
+                    f"becomes a subflow step running {child!r}"
+                    if step.subflow is None
+                    else f"no longer runs subflow {step.subflow!r}"
+                    if child is None
+                    else f"runs subflow {child!r} instead of {step.subflow!r}"
+                )
+            )
     return changes

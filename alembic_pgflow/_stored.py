@@ -27,6 +27,8 @@ class StoredStep:
     """Condition options as stored (``CONDITION_OPTIONS``); empty for a step without any."""
     wait: Mapping[str, Any] = field(default_factory=dict)
     """``wait``, ``wait_timeout``, ``on_timeout`` of a wait step; empty for other steps."""
+    subflow: str | None = None
+    """The flow a subflow step runs (extension/0073); None for other steps."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class StoredFlow:
             item.update({k: v for k, v in step.options.items() if v is not None})
             item.update({k: v for k, v in step.condition.items() if v is not None})
             item.update({k: v for k, v in step.wait.items() if v is not None})
+            if step.subflow is not None:
+                item["subflow"] = step.subflow
             steps.append(item)
         data["steps"] = steps
         return data
@@ -97,6 +101,10 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
             }
         for row in connection.execute(query("stored_run_timeouts")).mappings():
             run_timeouts[row["flow_slug"]] = row["run_timeout"]
+    subflows: dict[tuple[str, str], str] = {}
+    if connection.execute(query("subflows_present")).scalar_one():
+        for row in connection.execute(query("stored_subflow_steps")).mappings():
+            subflows[(row["flow_slug"], row["step_slug"])] = row["subflow"]
     steps: dict[str, list[StoredStep]] = {}
     for row in connection.execute(query("stored_steps")).mappings():
         steps.setdefault(row["flow_slug"], []).append(
@@ -107,6 +115,7 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
                 options={name: row[name] for name in STEP_OPTIONS},
                 condition=conditions.get((row["flow_slug"], row["step_slug"]), {}),
                 wait=waits.get((row["flow_slug"], row["step_slug"]), {}),
+                subflow=subflows.get((row["flow_slug"], row["step_slug"])),
             )
         )
     limits = _per_flow(connection, "concurrency_limits_present", "stored_concurrency")

@@ -126,3 +126,12 @@ SELECT 1 FROM pgflow_python.set_step_options(:flow_slug, :step_slug, CAST(:optio
 -- name: delete_flow
 -- description: Delete a flow, its queue and (when :delete_runs) its runs (extension/0002_flow_admin.sql).
 SELECT pgflow_python.delete_flow(:flow_slug, delete_runs => :delete_runs)
+
+-- name: subflows_present
+-- description: Whether this database has our subflow_steps table (extension/0073_subflows.sql).
+SELECT to_regclass('pgflow_python.subflow_steps') IS NOT NULL
+
+-- name: stored_subflow_steps
+-- description: Every subflow step and the flow it runs (extension/0073_subflows.sql).
+SELECT s.flow_slug, s.step_slug, s.child_flow_slug AS subflow
+FROM pgflow_python.subflow_steps AS s
