@@ -135,7 +135,7 @@ WHERE s.flow_slug = :flow_slug
 ORDER BY s.step_index;
 
 -- name: dashboard_run
--- description: One run with its flow's type, cancellation, lineage and resumes; input and output as text cut at :preview_chars, with their full lengths.
+-- description: One run with its flow's type, cancellation, lineage, resumes, subflow parent and children (the first 20); input and output as text cut at :preview_chars, with their full lengths.
 SELECT
     r.run_id,
     r.flow_slug,
@@ -154,12 +154,20 @@ SELECT
     origin.restart_of_run_id,
     retry.run_id AS retried_as_run_id,
     (SELECT count(*) FROM pgflow_python.run_resumes AS rr WHERE rr.run_id = r.run_id)
-        AS resume_count
+        AS resume_count,
+    parent.run_id AS parent_run_id,
+    parent.step_slug AS parent_step_slug,
+    ARRAY(SELECT k.child_run_id FROM pgflow_python.subflow_children AS k
+          WHERE k.run_id = r.run_id AND k.child_run_id IS NOT NULL
+          ORDER BY k.step_slug, k.task_index LIMIT 20) AS child_run_ids,
+    (SELECT count(*) FROM pgflow_python.subflow_children AS k
+     WHERE k.run_id = r.run_id AND k.child_run_id IS NOT NULL) AS child_count
 FROM pgflow.runs AS r
 JOIN pgflow.flows AS f ON f.flow_slug = r.flow_slug
 LEFT JOIN pgflow_python.run_cancellations AS c ON c.run_id = r.run_id
 LEFT JOIN pgflow_python.run_lineage AS origin ON origin.run_id = r.run_id
 LEFT JOIN pgflow_python.run_lineage AS retry ON retry.restart_of_run_id = r.run_id
+LEFT JOIN pgflow_python.subflow_children AS parent ON parent.child_run_id = r.run_id
 WHERE r.run_id = :run_id;
 
 -- name: dashboard_run_failures

@@ -13,7 +13,9 @@ from sqlalchemy.engine import Engine
 
 from pgflow import Flow, get_run_with_states, start_flow, step, subflow
 from pgflow.cli._render import run_details
+from pgflow.dashboard import create_app
 from pgflow.operations import cancel_run, describe_run, resume_run
+from tests.helpers.dashboard import http_client
 from tests.helpers.database import register_flows
 from tests.helpers.workers import EventLog, running_worker, wait_until_finished
 
@@ -392,3 +394,23 @@ def test_a_child_is_started_once_however_often_its_start_is_repeated(
             sa.text("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'sub_charge'")
         ).scalar_one()
     assert children == 1
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_run_page_links_parent_and_children(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, Charge, FanOut)
+    async with running_worker(pgflow_engine, FanOut, Charge, poll_interval=0.1):
+        run_id = start_flow(pgflow_engine, FanOut, {"n": 3})
+        await wait_until_finished(pgflow_engine, run_id, timeout=60)
+    children = [c["child_run_id"] for c in links(pgflow_engine, run_id)]
+
+    def pages() -> tuple[str, str]:
+        with http_client(create_app(pgflow_engine)) as client:
+            return client.get(f"/runs/{run_id}").text, client.get(f"/runs/{children[1]}").text
+
+    parent_page, child_page = await anyio.to_thread.run_sync(pages)
+    assert "3 child runs:" in parent_page
+    for child in children:
+        assert f'href="/runs/{child}"' in parent_page
+    assert f'id="parent-run" href="/runs/{run_id}"' in child_page
+    assert "(step charges)" in child_page
