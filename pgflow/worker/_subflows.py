@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from pgflow import _sql, telemetry
@@ -75,7 +75,10 @@ class SubflowStarter:
         failures = RepeatedFailure("subflow.starter_failed")
         while True:
             try:
-                starts = await anyio.to_thread.run_sync(_claim, session.engine, slugs, lease, BATCH)
+                starts, ended = await anyio.to_thread.run_sync(
+                    _round, session.engine, slugs, lease, BATCH
+                )
+                _announce_ended(ended)
                 async with anyio.create_task_group() as group:
                     for start in starts:
                         instance, specs, flow_class = served[start.flow_slug]
@@ -87,7 +90,6 @@ class SubflowStarter:
                             flow_class,
                             start,
                         )
-                await anyio.to_thread.run_sync(_announce_ended, session.engine, slugs)
             except Exception as exc:  # the next round tries again; a start only comes late
                 failures.failed(error=str(exc))
                 starts = []
@@ -102,13 +104,30 @@ def _timeout(flow_class: type[Flow], step_slug: str) -> int:
     return definition.step(step_slug).timeout or definition.timeout or DEFAULT_TIMEOUT
 
 
-def _claim(engine: Engine, slugs: list[str], lease: int, limit: int) -> list[ChildStart]:
+def _round(
+    engine: Engine, slugs: list[str], lease: int, limit: int
+) -> tuple[list[ChildStart], list[Any]]:
+    """One transaction: lease pending starts, take ended children to log."""
     with engine.begin() as connection:
-        rows = connection.execute(
-            _sql.query("claim_child_starts"),
-            {"flow_slugs": slugs, "lease_seconds": lease, "row_limit": limit},
+        starts = _claim_on(connection, slugs, lease, limit)
+        ended = connection.execute(
+            _sql.query("take_ended_children"), {"flow_slugs": slugs, "row_limit": 100}
         ).all()
+    return starts, list(ended)
+
+
+def _claim_on(connection: Connection, slugs: list[str], lease: int, limit: int) -> list[ChildStart]:
+    rows = connection.execute(
+        _sql.query("claim_child_starts"),
+        {"flow_slugs": slugs, "lease_seconds": lease, "row_limit": limit},
+    ).all()
     return [ChildStart(*row) for row in rows]
+
+
+def _claim(engine: Engine, slugs: list[str], lease: int, limit: int) -> list[ChildStart]:
+    """Lease pending starts (a round without the logging of ended children)."""
+    with engine.begin() as connection:
+        return _claim_on(connection, slugs, lease, limit)
 
 
 async def _start_one(
@@ -224,11 +243,7 @@ def _start_failed(engine: Engine, start: ChildStart, error: str) -> tuple[str, A
     return str(row.outcome), row.retry_at
 
 
-def _announce_ended(engine: Engine, slugs: list[str]) -> None:
-    with engine.begin() as connection:
-        rows = connection.execute(
-            _sql.query("take_ended_children"), {"flow_slugs": slugs, "row_limit": 100}
-        ).all()
+def _announce_ended(rows: list[Any]) -> None:
     for row in rows:
         duration = (
             None
