@@ -114,11 +114,14 @@ def call_step(
 
     ``input`` is what the handler receives (flow input, ``{dep: output}`` or a map element);
     ``flow_input`` is what ``ctx.flow_input()`` returns. Async handlers are run to completion.
+    For a ``@subflow`` step it calls the method and returns the child run's input.
     """
     import anyio  # noqa: PLC0415 - only call_step needs an event loop
 
     definition = definition_of(flow)
-    spec = flow.__pgflow_handlers__[definition.step(step_slug).slug]
+    slug = definition.step(step_slug).slug
+    # A @subflow step's method computes its child's input: callable the same way.
+    spec = {**flow.__pgflow_handlers__, **flow.__pgflow_subflows__}[slug]
     context = Context(
         run_id=run_id or uuid.uuid4(),
         flow_slug=definition.slug,

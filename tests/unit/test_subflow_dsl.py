@@ -11,6 +11,7 @@ from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition, StepDefinition, StepType, WaitKind
 from pgflow.dsl import definition_of
 from pgflow.errors import FlowDefinitionError
+from pgflow.testing import call_step
 
 
 class Payment(Flow, slug="unit_payment"):
@@ -129,3 +130,8 @@ def test_a_method_with_the_wrong_parameters_is_refused() -> None:
         class Wrong(Flow, slug="unit_wrong_sub"):
             @subflow(Payment)
             def pay(self) -> Any: ...
+
+
+def test_call_step_calls_a_subflow_method_and_returns_the_childs_input() -> None:
+    assert call_step(Order, "pay", {"lines": [1, 2, 3]}) == {"amount": 3}
+    assert call_step(Order, "each", {"sku": 1}) == {"sku": 1}
