@@ -3,6 +3,7 @@ holding no worker, until that run ends; its output becomes the step's output."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pgflow import Flow, get_run_with_states, start_flow, step, subflow
+from pgflow import Context, Flow, get_run_with_states, start_flow, step, subflow
 from pgflow.cli._render import run_details
 from pgflow.dashboard import create_app
 from pgflow.operations import cancel_run, describe_run, resume_run
@@ -414,3 +415,80 @@ async def test_the_dashboard_run_page_links_parent_and_children(pgflow_engine: E
         assert f'href="/runs/{child}"' in parent_page
     assert f'id="parent-run" href="/runs/{run_id}"' in child_page
     assert "(step charges)" in child_page
+
+
+class DeclineLast(Flow, slug="sub_decline_last", max_attempts=1):
+    @step
+    def charge(self, input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        if input["fail"] and DECLINING:
+            # Declined only once the other children completed: their outputs are kept.
+            assert ctx.engine is not None
+            deadline = time.monotonic() + 20
+            while _completed_runs(ctx.engine, "sub_decline_last") < input["others"]:
+                assert time.monotonic() < deadline, "the other children did not complete"
+                time.sleep(0.05)
+            raise RuntimeError("declined")
+        return {"charged": input["amount"]}
+
+
+class PartialFanOut(Flow, slug="sub_partial_fan_out", max_attempts=1):
+    @step
+    def items(self, input: Any) -> list[dict[str, Any]]:
+        return [{"amount": n, "fail": n == 2, "others": 2} for n in range(3)]
+
+    @subflow(DeclineLast, array=items)
+    def charges(self, item: dict[str, Any]) -> dict[str, Any]:
+        return item
+
+    @step(depends_on=[charges])
+    def total(self, deps: dict[str, Any]) -> int:
+        return sum(c["charge"]["charged"] for c in deps["charges"])
+
+
+def _completed_runs(engine: Engine, flow_slug: str) -> int:
+    with engine.begin() as connection:
+        return int(
+            connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pgflow.runs WHERE flow_slug = :f AND status = 'completed'"
+                ),
+                {"f": flow_slug},
+            ).scalar_one()
+        )
+
+
+@pytest.mark.anyio
+async def test_resuming_a_map_over_a_subflow_keeps_completed_children_and_resumes_the_failed(
+    pgflow_engine: Engine,
+) -> None:
+    register_flows(pgflow_engine, DeclineLast, PartialFanOut)
+    async with running_worker(pgflow_engine, PartialFanOut, DeclineLast, poll_interval=0.1):
+        run_id = start_flow(pgflow_engine, PartialFanOut, None)
+        assert (await wait_until_finished(pgflow_engine, run_id))["status"] == "failed"
+        before = links(pgflow_engine, run_id)
+        assert [(c["outcome"], c["child_status"]) for c in before] == [
+            ("completed", "completed"),
+            ("completed", "completed"),
+            ("failed", "failed"),
+        ]
+        DECLINING.clear()
+        try:
+            with pgflow_engine.begin() as connection:
+                assert str(resume_run(connection, run_id).outcome) == "resumed"
+            run = await wait_until_finished(pgflow_engine, run_id)
+        finally:
+            DECLINING.add("cards")
+    assert run == {"status": "completed", "output": {"total": 0 + 1 + 2}}
+    after = links(pgflow_engine, run_id)
+    assert [c["child_run_id"] for c in after] == [c["child_run_id"] for c in before]
+    assert {c["outcome"] for c in after} == {"completed"}
+    assert _completed_runs(pgflow_engine, "sub_decline_last") == 3  # none ran twice
+    with pgflow_engine.begin() as connection:
+        attempts = connection.execute(
+            sa.text(
+                "SELECT step_slug, sum(attempts_count) FROM pgflow.step_tasks"
+                " WHERE run_id = ANY(:ids) GROUP BY 1"
+            ),
+            {"ids": [c["child_run_id"] for c in after]},
+        ).all()
+    assert dict(attempts) == {"charge": 3}  # the resumed child's task was queued afresh
