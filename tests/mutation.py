@@ -199,14 +199,26 @@ MUTANTS = [
     Mutant(
         "a leaf map's outputs in reverse order in the run's output",
         COMPLETION,
-        "jsonb_agg(lt.output ORDER BY lt.task_index), '[]'::jsonb",
-        "jsonb_agg(lt.output ORDER BY lt.task_index DESC), '[]'::jsonb",
+        "jsonb_agg(lt.output ORDER BY lt.task_index)",
+        "jsonb_agg(lt.output ORDER BY lt.task_index DESC)",
     ),
     Mutant(
         "a map's outputs in reverse order in step:completed",
         COMPLETION,
-        "SELECT coalesce(jsonb_agg(st.output ORDER BY st.task_index), '[]'::jsonb)",
-        "SELECT coalesce(jsonb_agg(st.output ORDER BY st.task_index DESC), '[]'::jsonb)",
+        "jsonb_agg(st.output ORDER BY st.task_index)",
+        "jsonb_agg(st.output ORDER BY st.task_index DESC)",
+    ),
+    Mutant(
+        "step:completed without a single step's output",
+        COMPLETION,
+        "                    ELSE d.output\n",
+        "                    ELSE NULL\n",
+    ),
+    Mutant(
+        "a run's output without its single leaf steps' outputs",
+        COMPLETION,
+        "                                  AND lt.task_index = 0\n",
+        "                                  AND lt.task_index = 1\n",
     ),
     Mutant(
         "sibling steps start in reverse order",
@@ -248,20 +260,20 @@ MUTANTS = [
     Mutant(
         "a map of a map reads the previous element",
         CLAIM,
-        "AND o.task_index = p.task_index AND o.status = 'completed'",
-        "AND o.task_index = greatest(p.task_index - 1, 0) AND o.status = 'completed'",
+        "AND o.task_index = p.task_index",
+        "AND o.task_index = greatest(p.task_index - 1, 0)",
     ),
     Mutant(
         "a map of a map passes SQL NULL where upstream passes JSON null",
         CLAIM,
-        "SELECT coalesce(o.output, 'null'::jsonb)",
-        "SELECT o.output",
+        "THEN coalesce(o.output, 'null'::jsonb) END",
+        "THEN o.output END",
     ),
     Mutant(
         "a map dependency's outputs in reverse order",
         CLAIM,
-        "SELECT coalesce(jsonb_agg(o.output ORDER BY o.task_index), '[]'::jsonb)",
-        "SELECT coalesce(jsonb_agg(o.output ORDER BY o.task_index DESC), '[]'::jsonb)",
+        "jsonb_agg(o.output ORDER BY o.task_index)",
+        "jsonb_agg(o.output ORDER BY o.task_index DESC)",
     ),
     Mutant(
         "a single step's input without the run's input",

@@ -66,6 +66,7 @@ DECLARE
     done_runs uuid[];
     done_steps text[];
     done_types text[];
+    done_outputs jsonb[];
     archived_count bigint;
     cascade_run uuid;
     item integer;
@@ -141,8 +142,11 @@ BEGIN
                        task_indexes[i] AS task_index, outputs[i] AS output
                 FROM unnest(fast_items) AS i
             ) f
+            -- No status test: owned locked each of these tasks 'started' by this worker, and
+            -- without one no partial index on status looks usable (with statistics taken
+            -- before any task started, the planner would scan every started task per position).
             WHERE t.run_id = f.run_id AND t.step_slug = f.step_slug
-              AND t.task_index = f.task_index AND t.status = 'started'
+              AND t.task_index = f.task_index
             RETURNING t.flow_slug, t.run_id, t.step_slug, t.message_id, t.output
         ),
         per_step AS (
@@ -175,9 +179,9 @@ BEGIN
                        CASE
                            WHEN c.step_type = 'map' THEN
                                c.finished_tasks + (
-                                   SELECT count(*)::integer FROM pgflow.step_tasks pt
+                                   SELECT (count(*) FILTER (WHERE pt.status = 'completed'))::integer
+                                   FROM pgflow.step_tasks pt
                                    WHERE pt.run_id = c.run_id AND pt.step_slug = c.step_slug
-                                     AND pt.status = 'completed'
                                )
                            WHEN jsonb_typeof(c.single_output) = 'array' THEN
                                jsonb_array_length(c.single_output)
@@ -219,14 +223,19 @@ BEGIN
         SELECT (SELECT count(*) FROM archived),
                array_agg(c.run_id ORDER BY c.run_id, c.step_slug),
                array_agg(c.step_slug ORDER BY c.run_id, c.step_slug),
-               array_agg(c.step_type ORDER BY c.run_id, c.step_slug)
-        INTO archived_count, done_runs, done_steps, done_types
+               array_agg(c.step_type ORDER BY c.run_id, c.step_slug),
+               array_agg(c.single_output ORDER BY c.run_id, c.step_slug)
+        INTO archived_count, done_runs, done_steps, done_types, done_outputs
         FROM completed_steps c;
     END IF;
 
     IF done_runs IS NOT NULL THEN
         -- The steps completed in this transaction, so completed_at is now(); no join (a join on
         -- step_states planned with stale statistics scanned every step of the flow per step).
+        -- A single step's output is its one task's, just written; a map's outputs are read by
+        -- the primary key's prefix, the status a filter: with a status test in WHERE, statistics
+        -- taken before any task completed make a partial index on completed tasks look empty,
+        -- and the planner scanned all of them for every step.
         PERFORM realtime.send(
             jsonb_build_object(
                 'event_type', 'step:completed',
@@ -235,17 +244,15 @@ BEGIN
                 'status', 'completed',
                 'output', CASE
                     WHEN d.step_type = 'map' THEN (
-                        SELECT coalesce(jsonb_agg(st.output ORDER BY st.task_index), '[]'::jsonb)
+                        SELECT coalesce(
+                            jsonb_agg(st.output ORDER BY st.task_index)
+                                FILTER (WHERE st.status = 'completed'),
+                            '[]'::jsonb
+                        )
                         FROM pgflow.step_tasks st
                         WHERE st.run_id = d.run_id AND st.step_slug = d.step_slug
-                          AND st.status = 'completed'
                     )
-                    ELSE (
-                        SELECT st.output FROM pgflow.step_tasks st
-                        WHERE st.run_id = d.run_id AND st.step_slug = d.step_slug
-                          AND st.status = 'completed'
-                        LIMIT 1
-                    )
+                    ELSE d.output
                 END,
                 'completed_at', now()
             ),
@@ -253,8 +260,8 @@ BEGIN
             concat('pgflow:run:', d.run_id),
             false
         )
-        FROM unnest(done_runs, done_steps, done_types) WITH ORDINALITY
-             AS d(run_id, step_slug, step_type, n)
+        FROM unnest(done_runs, done_steps, done_types, done_outputs) WITH ORDINALITY
+             AS d(run_id, step_slug, step_type, output, n)
         ORDER BY d.n;
 
         -- Upstream cascades after every completion; it only acts where a map child learnt it
@@ -342,19 +349,21 @@ BEGIN
                     SELECT jsonb_object_agg(
                         leaf.step_slug,
                         CASE
+                            -- By the primary key, the status a filter (as step:completed).
                             WHEN leaf_step.step_type = 'map' THEN (
                                 SELECT coalesce(
-                                    jsonb_agg(lt.output ORDER BY lt.task_index), '[]'::jsonb
+                                    jsonb_agg(lt.output ORDER BY lt.task_index)
+                                        FILTER (WHERE lt.status = 'completed'),
+                                    '[]'::jsonb
                                 )
                                 FROM pgflow.step_tasks lt
                                 WHERE lt.run_id = leaf.run_id AND lt.step_slug = leaf.step_slug
-                                  AND lt.status = 'completed'
                             )
                             ELSE (
-                                SELECT lt.output FROM pgflow.step_tasks lt
+                                SELECT CASE WHEN lt.status = 'completed' THEN lt.output END
+                                FROM pgflow.step_tasks lt
                                 WHERE lt.run_id = leaf.run_id AND lt.step_slug = leaf.step_slug
-                                  AND lt.status = 'completed'
-                                LIMIT 1
+                                  AND lt.task_index = 0
                             )
                         END
                     )

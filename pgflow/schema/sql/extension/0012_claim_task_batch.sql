@@ -38,19 +38,26 @@ BEGIN
         FROM picked p
         WHERE t.message_id = p.message_id AND t.flow_slug = p.flow_slug AND t.status = 'queued'
     ),
-    -- Inputs of single steps: the run's input and each dependency's output.
+    -- Inputs of single steps: the run's input and each dependency's output. Outputs are read
+    -- by the primary key (a single step's one task has index 0), the status a filter: with a
+    -- status test in WHERE, statistics taken before any task completed make a partial index on
+    -- completed tasks look empty, and the planner scanned every completed task per lookup.
     dep_outputs AS (
         SELECT p.run_id, p.step_slug,
                jsonb_object_agg(
                    d.dep_slug,
                    CASE WHEN ds.step_type = 'map' THEN (
-                            SELECT coalesce(jsonb_agg(o.output ORDER BY o.task_index), '[]'::jsonb)
+                            SELECT coalesce(
+                                jsonb_agg(o.output ORDER BY o.task_index)
+                                    FILTER (WHERE o.status = 'completed'),
+                                '[]'::jsonb)
                             FROM pgflow.step_tasks o
-                            WHERE o.run_id = p.run_id AND o.step_slug = d.dep_slug AND o.status = 'completed')
+                            WHERE o.run_id = p.run_id AND o.step_slug = d.dep_slug)
                         ELSE (
-                            SELECT o.output FROM pgflow.step_tasks o
-                            WHERE o.run_id = p.run_id AND o.step_slug = d.dep_slug AND o.status = 'completed'
-                            LIMIT 1)
+                            SELECT CASE WHEN o.status = 'completed' THEN o.output END
+                            FROM pgflow.step_tasks o
+                            WHERE o.run_id = p.run_id AND o.step_slug = d.dep_slug
+                              AND o.task_index = 0)
                    END
                ) AS outputs
         FROM (SELECT DISTINCT pk.run_id, pk.step_slug, pk.flow_slug FROM picked pk) p
@@ -79,10 +86,10 @@ BEGIN
                    CASE
                        WHEN d.dep_slug IS NULL THEN r.input
                        WHEN ds.step_type = 'single' THEN (
-                           SELECT o.output FROM pgflow.step_tasks o
+                           SELECT CASE WHEN o.status = 'completed' THEN o.output END
+                           FROM pgflow.step_tasks o
                            WHERE o.run_id = p.run_id AND o.step_slug = d.dep_slug
-                             AND o.status = 'completed'
-                           LIMIT 1)
+                             AND o.task_index = 0)
                    END AS source
             FROM (SELECT DISTINCT pk.run_id, pk.step_slug, pk.flow_slug FROM picked pk) p
             JOIN pgflow.steps ms
@@ -98,10 +105,11 @@ BEGIN
                    SELECT CASE
                               WHEN m.dep_type = 'map' THEN (
                                   -- jsonb_agg would turn an SQL NULL output into JSON null
-                                  SELECT coalesce(o.output, 'null'::jsonb)
+                                  SELECT CASE WHEN o.status = 'completed'
+                                              THEN coalesce(o.output, 'null'::jsonb) END
                                   FROM pgflow.step_tasks o
                                   WHERE o.run_id = p.run_id AND o.step_slug = m.dep_slug
-                                    AND o.task_index = p.task_index AND o.status = 'completed'
+                                    AND o.task_index = p.task_index
                               )
                               ELSE jsonb_array_element(m.elements, p.task_index)
                           END
