@@ -3,6 +3,11 @@
 The waiter LISTENs on channel ``pgflow`` before its first status check, so a run that ends in
 between is seen either by that check or by a notification. Where ``realtime.send`` is not our
 shim (Supabase) no notification comes, and the status is polled every ``poll_interval`` seconds.
+
+Round trips of a start-and-wait that is notified: LISTEN, the start, the run (read once its end
+is announced), UNLISTEN. A run started on the listening connection cannot have ended before the
+start returned (no worker sees it before it commits), so no status check follows the start; a
+notification of the run's end is followed by reading the run, which carries its status.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ def start_flow_and_wait(
         # In autocommit the one start statement commits by itself.
         started = start_run(connection, request)
         telemetry.emit("run.started", flow=request.slug, run_id=str(started))
-        return _Waiter(started, timeout, poll_interval)
+        return _Waiter(started, timeout, poll_interval, just_started=True)
 
     return _wait_reconnecting(engine_of(bind), listen, start, starting=request.slug)
 
@@ -128,7 +133,7 @@ async def start_flow_and_wait_async(
     async def start(connection: AsyncConnection) -> _Waiter:
         started = await connection.run_sync(start_run, request)
         telemetry.emit("run.started", flow=request.slug, run_id=str(started))
-        return _Waiter(started, timeout, poll_interval)
+        return _Waiter(started, timeout, poll_interval, just_started=True)
 
     return await _wait_reconnecting_async(
         async_engine_of(bind), listen, start, starting=request.slug
@@ -244,9 +249,21 @@ async def _wait_reconnecting_async(
 class _Waiter:
     """The waiting policy, shared by the sync and async loops (which only do the I/O)."""
 
-    def __init__(self, run_id: uuid.UUID, timeout: float | None, poll_interval: float) -> None:
+    def __init__(
+        self,
+        run_id: uuid.UUID,
+        timeout: float | None,
+        poll_interval: float,
+        *,
+        just_started: bool = False,
+    ) -> None:
         self.check_arguments(timeout, poll_interval)
         self.run_id = run_id
+        self.just_started = just_started
+        """Started on the waiting connection after its LISTEN: nothing to check before the first
+        notification (consumed by the first wait; a reconnected wait checks first)."""
+        self.ended = False
+        """A notification announced the run's end: read it at once, without a status check."""
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.deadline = None if timeout is None else time.monotonic() + timeout
@@ -259,14 +276,22 @@ class _Waiter:
         if not (math.isfinite(poll_interval) and poll_interval > 0):
             raise ValueError(f"poll_interval must be > 0 seconds (finite), got {poll_interval}")
 
+    def first_check_needed(self, listening: bool) -> bool:
+        """Whether to check the run before waiting for the first notification."""
+        just_started, self.just_started = self.just_started, False
+        return not (listening and just_started)
+
     def check(self, connection: Connection) -> Run | None:
         """The finished run, ``None`` to keep waiting, or the error that ends the wait."""
-        status = connection.execute(
-            query("client_run_status"), {"run_id": self.run_id}
-        ).scalar_one_or_none()
-        if status is None:
-            raise UnknownRunError(self.run_id)
-        if RunStatus(status).is_terminal or self.remaining() <= 0:
+        ended, self.ended = self.ended, False
+        if not ended:
+            status = connection.execute(
+                query("client_run_status"), {"run_id": self.run_id}
+            ).scalar_one_or_none()
+            if status is None:
+                raise UnknownRunError(self.run_id)
+            ended = RunStatus(status).is_terminal
+        if ended or self.remaining() <= 0:
             run = read_run(connection, self.run_id)
             if run is None:  # deleted in between
                 raise UnknownRunError(self.run_id)
@@ -275,6 +300,8 @@ class _Waiter:
             if run.status is RunStatus.FAILED:
                 raise _failure(connection, run)
             if run.status is RunStatus.STARTED:
+                if self.remaining() > 0:
+                    return None  # announced but not visible yet: keep waiting
                 raise RunTimeoutError(run, cast(float, self.timeout))
             return run
         return None
@@ -294,7 +321,14 @@ class _Waiter:
         if not isinstance(message, dict) or message.get("topic") != self.topic:
             return False
         event = message.get("event")
-        return isinstance(event, str) and event.startswith("run:") and event != "run:started"
+        if not (isinstance(event, str) and event.startswith("run:") and event != "run:started"):
+            return False
+        self.ended = event in _RUN_ENDS
+        return True
+
+
+# Events after which the run is read at once (others, e.g. a future run event, check the status).
+_RUN_ENDS = frozenset({"run:completed", "run:failed"})
 
 
 def _failure(connection: Connection, run: Run) -> RunFailedError:
@@ -318,7 +352,9 @@ def _failure(connection: Connection, run: Run) -> RunFailedError:
 
 
 def _wait(connection: Connection, driver: psycopg.Connection[Any] | None, waiter: _Waiter) -> Run:
-    while (run := waiter.check(connection)) is None:
+    first = waiter.first_check_needed(driver is not None)
+    while (run := waiter.check(connection) if first else None) is None:
+        first = True
         if driver is None:
             time.sleep(waiter.pause())
             continue
@@ -335,7 +371,9 @@ def _wait(connection: Connection, driver: psycopg.Connection[Any] | None, waiter
 async def _wait_async(
     connection: AsyncConnection, driver: psycopg.AsyncConnection[Any] | None, waiter: _Waiter
 ) -> Run:
-    while (run := await connection.run_sync(waiter.check)) is None:
+    first = waiter.first_check_needed(driver is not None)
+    while (run := await connection.run_sync(waiter.check) if first else None) is None:
+        first = True
         if driver is None:
             await anyio.sleep(waiter.pause())
             continue

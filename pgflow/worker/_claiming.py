@@ -150,8 +150,20 @@ async def _release_unstarted(session: ServingSession, served: ServedFlow) -> Non
         )
 
 
+# How long a poller that found no more work waits for a wake-up before it asks when the next
+# message becomes visible (seconds). A flow in use is woken again within moments: the look-up
+# would only compete for the server and the GIL with the tasks just claimed. Delays are whole
+# seconds (start_delay, retry back-off), so a delayed message is claimed at most this late.
+QUIET_BEFORE_LOOKUP = 0.05
+
+
 async def _idle(session: ServingSession, served: ServedFlow, wakeup: anyio.Event) -> None:
     wait = session.options.poll_interval
+    quiet = min(wait, QUIET_BEFORE_LOOKUP)
+    with anyio.move_on_after(quiet):
+        await wakeup.wait()
+        return
+    wait -= quiet
     try:
         at = await session.store.next_visible_at(served.slug)
         if at is not None:

@@ -134,13 +134,15 @@ def run_count(engine: Engine) -> int:
 
 
 def waiter_is_waiting(engine: Engine) -> bool:
-    """A client waiter has checked the run's status and is idle, i.e. waiting for a NOTIFY."""
+    """A client waiter is idle after checking the run's status, or after starting the run on its
+    listening connection (start_flow_and_wait checks nothing before the first NOTIFY), i.e.
+    waiting for a NOTIFY."""
     return bool(
         query_one(
             engine,
             "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid() AND state = 'idle'"
-            " AND query LIKE '%A run''s status alone%')",
+            " AND (query LIKE '%A run''s status alone%' OR query LIKE '%Start a run unless%'))",
         )
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -69,6 +70,38 @@ def test_a_notification_wakes_the_waiter(engine: Engine) -> None:
     assert run.run_id == run_id
     assert run.output == {"greeting": "Hello, Ada!"}
     assert waited < WOKEN_WITHIN
+
+
+def test_a_notified_start_and_wait_makes_four_round_trips(engine: Engine) -> None:
+    """LISTEN, the start, the run once its end is announced, UNLISTEN: no status check after the
+    start (nothing can end a run before its start commits) nor before reading the ended run."""
+    statements: list[str] = []
+    caller = threading.get_ident()
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if threading.get_ident() == caller:  # not the queue driver's (a thread of its own)
+            statements.append(statement)
+
+    with driving(engine, Greeting, GREETING_HANDLERS):
+        # The first start of a class in a process also compares the class with the stored flow.
+        start_flow_and_wait(engine, Greeting, {"name": "bob"}, timeout=TIMEOUT)
+        sa.event.listen(engine, "before_cursor_execute", record)
+        try:
+            run = start_flow_and_wait(
+                engine, Greeting, {"name": "ada"}, timeout=TIMEOUT, poll_interval=NEVER_POLL
+            )
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", record)
+    assert run.output == {"greeting": "Hello, Ada!"}
+    described = [
+        next((line for line in s.splitlines() if line.startswith("-- description")), s.strip())
+        for s in statements
+    ]
+    assert len(described) == 4, described
+    assert described[0].startswith("-- description: Subscribe to the run and step events")
+    assert described[1].startswith("-- description: Start a run unless")
+    assert described[2].startswith("-- description: One run as JSON")
+    assert described[3].startswith("-- description: Unsubscribe")
 
 
 def test_without_notifications_the_waiter_polls(engine: Engine) -> None:

@@ -141,6 +141,13 @@ COMMENT ON FUNCTION pgflow_python.start_claimed_tasks(text, bigint[], uuid) IS
 -- forever. When fewer tasks were claimed than messages read, such messages are archived (kept
 -- in pgmq.a_<flow> for inspection). A task's message is sent in the statement that inserts the
 -- task, so a message this read sees always has its task visible to the next statement.
+--
+-- The claim commits without waiting for its WAL to reach disk (synchronous_commit off for this
+-- transaction only): a claim lost in a server crash only puts its tasks back in the queue, where
+-- they are claimed again (delivery is at-least-once, and the first worker's late report is
+-- fenced off). A later synchronous commit (the completion) flushes the WAL up to itself, so a
+-- durable completion never rests on a claim that was lost. It spares every task one disk flush,
+-- 1-4 ms of its start-to-finish time on a busy disk.
 CREATE OR REPLACE FUNCTION pgflow_python.claim_task_batch(
     queue text, claiming_worker uuid, batch integer, reservation integer, margin integer
 )
@@ -150,6 +157,7 @@ DECLARE
     read_ids bigint[];
     claimed_count bigint;
 BEGIN
+    PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
     SELECT coalesce(array_agg(r.msg_id), '{}') INTO read_ids
     FROM pgmq.read(queue, reservation, batch) AS r;
     IF cardinality(read_ids) = 0 THEN
