@@ -42,7 +42,9 @@ BEGIN
     -- by the primary key (a single step's one task has index 0), the status a filter: with a
     -- status test in WHERE, statistics taken before any task completed make a partial index on
     -- completed tasks look empty, and the planner scanned every completed task per lookup.
-    dep_outputs AS (
+    -- Materialized: inlined, it was planned as the inner side of a nested loop and computed
+    -- again for every claimed task (quadratic in the batch's size).
+    dep_outputs AS MATERIALIZED (
         SELECT p.run_id, p.step_slug,
                jsonb_object_agg(
                    d.dep_slug,
