@@ -121,3 +121,18 @@ def test_claim_task_batch_matches_upstream_start_tasks(arms: tuple[Arm, Arm]) ->
     [(attempts,)] = ours.execute("SELECT max(attempts_count) FROM pgflow.step_tasks")
     assert attempts == 2, "no task was retried"
     assert handed_out >= 10
+
+
+def test_a_claim_commits_without_waiting_for_its_wal_flush(arms: tuple[Arm, Arm]) -> None:
+    """synchronous_commit is off for the claim's own transaction (a lost claim is claimed again)
+    and only for it: the session's setting is back once that transaction ends."""
+    _, ours = arms
+    ours.start_run(FLOW.slug, uuid.UUID(int=0xC1A2), [1])
+    connection = ours.connection
+    with connection.transaction():
+        [(before,)] = ours.execute("SELECT current_setting('synchronous_commit')")
+        assert _claim(ours, batch=1), "nothing was claimed"
+        [(during,)] = ours.execute("SELECT current_setting('synchronous_commit')")
+    [(after,)] = ours.execute("SELECT current_setting('synchronous_commit')")
+    assert during == "off"
+    assert after == before
