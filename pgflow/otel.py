@@ -418,9 +418,11 @@ def instrument(
     return _active
 
 
-def serve_prometheus(port: int, *, addr: str = "0.0.0.0") -> metrics.MeterProvider:  # noqa: S104
+def serve_prometheus(port: int, *, addr: str = "127.0.0.1") -> metrics.MeterProvider:
     """Serve metrics for Prometheus at ``http://addr:port/metrics``; returns the meter provider
-    to pass to :func:`instrument` (needs the SDK and the Prometheus exporter: the otel extra)."""
+    to pass to :func:`instrument` (needs the SDK and the Prometheus exporter: the otel extra).
+    The endpoint has no authentication: it binds loopback unless ``addr`` says otherwise
+    (``"0.0.0.0"`` in a container scraped from outside), as ``--metrics-host`` does."""
     from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
     from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
     from prometheus_client import start_http_server  # noqa: PLC0415
