@@ -24,6 +24,7 @@ from pgflow.cli._common import (
     reports_errors,
     require_flows,
 )
+from pgflow.cli._progress import PruneProgress
 from pgflow.cli._render import (
     moment,
     parse_duration,
@@ -305,16 +306,21 @@ def prune_command(
 ) -> None:
     """Delete finished runs (with their steps, tasks, queue messages and records) and dead
     worker rows older than --older-than. Started runs are never touched."""
+    progress = PruneProgress()
     with engine_for(database_url) as engine:
         require_flows(engine, *flows)
-        report = prune(
-            engine,
-            older_than=older_than,
-            statuses=statuses or PRUNABLE_STATUSES,
-            flows=flows or None,
-            dry_run=dry_run,
-            batch_size=batch_size,
-        )
+        try:
+            report = prune(
+                engine,
+                older_than=older_than,
+                statuses=statuses or PRUNABLE_STATUSES,
+                flows=flows or None,
+                dry_run=dry_run,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        finally:
+            progress.finish()
     verb = "would delete" if dry_run else "deleted"
     text = (
         f"{verb} {report.runs} run(s) finished before {moment(report.cutoff)} UTC: "

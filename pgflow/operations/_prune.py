@@ -80,13 +80,15 @@ def prune(
     flows: Sequence[str] | None = None,
     dry_run: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[PruneReport], None] | None = None,
 ) -> PruneReport:
     """Delete runs that finished (``completed`` or ``failed``, cancelled included) more than
     ``older_than`` ago, of ``flows`` (default: all), with their step states, tasks, pgmq
     messages (archived or not) and our rows about them; and worker rows of those flows that sent
     no heartbeat for ``older_than``. A ``started`` run is never touched. ``dry_run`` counts
     instead of deleting. Idempotency keys of pruned runs are forgotten (the key can start a new
-    run)."""
+    run). ``progress`` is called after each batch of runs with the counts so far (``seconds``
+    is the time taken so far)."""
     request = _PruneRequest.make(older_than, statuses, flows, dry_run, batch_size)
 
     def execute(
@@ -105,6 +107,7 @@ def prune(
                 after: _Cursor = None
                 while True:
                     report, after, more = execute(_prune_batch, request, report, status, after)
+                    _report_progress(progress, report, began)
                     if not more:
                         break
             while True:
@@ -122,6 +125,7 @@ async def prune_async(
     flows: Sequence[str] | None = None,
     dry_run: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[PruneReport], None] | None = None,
 ) -> PruneReport:
     """:func:`prune` for an async bind (an AsyncEngine gives each batch its own transaction)."""
     request = _PruneRequest.make(older_than, statuses, flows, dry_run, batch_size)
@@ -137,6 +141,7 @@ async def prune_async(
                     report, after, more = await run_async(
                         bind, _prune_batch, request, report, status, after
                     )
+                    _report_progress(progress, report, began)
                     if not more:
                         break
             while True:
@@ -144,6 +149,13 @@ async def prune_async(
                 if not more:
                     break
         return replace(report, seconds=time.perf_counter() - began)
+
+
+def _report_progress(
+    progress: Callable[[PruneReport], None] | None, report: PruneReport, began: float
+) -> None:
+    if progress is not None:
+        progress(replace(report, seconds=time.perf_counter() - began))
 
 
 def _start(connection: Connection, request: _PruneRequest) -> PruneReport:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import subprocess
 import sys
@@ -309,3 +310,48 @@ def test_a_misspelt_flow_is_refused_with_a_did_you_mean(
         ), refused.stderr
     # A registered flow with nothing to list is not an error.
     assert pgflow_cli(pgflow_database, "workers", "list", "--flow", "greeting").returncode == 0
+
+
+def test_prune_shows_progress_as_plain_lines_when_not_a_terminal(
+    pgflow_database: URL, runs: dict[str, uuid.UUID]
+) -> None:
+    pruned = pgflow_cli(pgflow_database, "prune", "--older-than", "0s", "--batch-size", "1")
+    assert pruned.returncode == EXIT_OK, pruned.stderr
+    assert pruned.stdout.startswith("deleted 2 run(s)")
+    progress = [line for line in pruned.stderr.splitlines() if line.startswith("pruning:")]
+    # The first batch at once, then at most a line every few seconds, and the last one.
+    # Batches of one run: completed (1 run, then an empty one), failed (the same).
+    assert progress[0].startswith("pruning: batch 1, 1 run(s) and 3 task(s) removed ("), progress
+    assert progress[-1].startswith("pruning: batch 4, 2 run(s) and 5 task(s) removed ("), progress
+    assert re.search(r"\(\d+ rows\), \d+ runs/s, \d+\.\ds$", progress[-1]), progress
+    assert "\r" not in pruned.stderr
+
+
+def test_prune_shows_progress_on_one_line_on_a_terminal(
+    pgflow_database: URL, runs: dict[str, uuid.UUID]
+) -> None:
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "DATABASE_URL": database.libpq_url(pgflow_database)}
+    command = [sys.executable, "-m", "pgflow", "prune", "--older-than", "0s", "--batch-size", "1"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=terminal, env=env) as process:
+        os.close(terminal)
+        shown = b""
+        while chunk := _read_terminal(controller):
+            shown += chunk
+        stdout = process.stdout.read() if process.stdout else b""
+    os.close(controller)
+    assert process.returncode == EXIT_OK, shown
+    assert stdout.startswith(b"deleted 2 run(s)")
+    text = shown.decode()
+    # Rewritten in place: each batch's counts after a carriage return, erasing the rest.
+    updates = re.findall(r"\r(pruning: batch \d+, \d+ run\(s\)[^\r\x1b]*)\x1b\[K", text)
+    assert updates[0].startswith("pruning: batch 1, 1 run(s)"), text
+    assert updates[-1].startswith("pruning: batch 4, 2 run(s)"), text
+    assert text.endswith("\x1b[K\r\n"), text  # one newline at the end (the terminal adds \r)
+
+
+def _read_terminal(controller: int) -> bytes:
+    try:
+        return os.read(controller, 4096)
+    except OSError:  # EIO: the other side closed
+        return b""
