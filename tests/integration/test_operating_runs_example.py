@@ -10,33 +10,18 @@ import anyio
 import pytest
 
 import operating_runs
+from tests.helpers import docs
 
 ROOT = Path(__file__).resolve().parents[2]
+OPENING = "Operating runs: cancel, resume, retry, idempotent starts, pruning"
 
 
 def test_the_operating_runs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     anyio.run(operating_runs.main)
-    assert capsys.readouterr().out.splitlines() == [
-        "same run for order-42: True",
-        "checkout failed at price: RuntimeError: lamp is out of stock",
-        "resume: resumed, 2 task(s) queued again",
-        "checkout {'charge': {'charged': 675}}",
-        "priced again: ['desk', 'lamp']",
-        "cancel: cancelled, 1 task(s) ended",
-        "export: run <run> of flow 'export' was cancelled: customer closed the tab",
-        "cancel again: already_cancelled",
-        "notify failed: ConnectionError: mail server unavailable",
-        "retry: {'perform': 'sent to ada@example.org'}, restart of the failed run: True",
-        "failed run points to its retry: True",
-        "notify    completed",
-        "notify    failed",
-        "export    cancelled",
-        "checkout  completed",
-        "price: completed, 3/3 tasks, 3 attempts",
-        "charge: completed, 1/1 tasks, 1 attempts",
-        "older than 30 days: 0 run(s)",
-        "pruned 2 notify run(s) and 2 task(s)",
-    ]
+    shown = docs.console(docs.block("operations.md", OPENING, "console"))
+    assert shown.commands == ["python examples/operating_runs.py"]
+    assert capsys.readouterr().out.splitlines() == shown.output
+    assert "pruned 2 notify run(s) and 2 task(s)" in shown.output  # the page shows it all
 
 
 def test_the_page_shows_the_example_verbatim() -> None:
