@@ -34,6 +34,10 @@ RUN_BY_TESTS = {
     ("docs/operations.md", "$ python examples/operating_runs.py"): (
         "tests/integration/test_operating_runs_example.py::test_the_operating_runs_example_runs"
     ),
+    ("docs/waiting.md", "$ python examples/subflows.py"): (
+        "tests/integration/test_waiting_example.py::"
+        "test_the_subflows_example_prints_what_the_page_shows"
+    ),
     ("docs/waiting.md", "$ python examples/waiting.py"): (
         "tests/integration/test_waiting_example.py::"
         "test_the_waiting_example_prints_what_the_page_shows"
