@@ -52,7 +52,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=",".join(name for name in SYSTEMS if name not in OPT_IN_SYSTEMS),
         help=f"comma-separated, of {', '.join(SYSTEMS)} (default: all but {OPT_IN_SYSTEMS})",
     )
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="P1,P2,P3,P4,P6")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help="P1,P2,P3,P4,P6; P10 (waiting runs, pgflow-python only) on request",
+    )
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=10_000, help="P1/P5/P6 jobs drained")
     parser.add_argument("--backlog", type=int, default=1_000_000, help="P6 jobs queued behind")
@@ -134,6 +138,16 @@ def main(argv: list[str]) -> int:
     }
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
+    if "P10" in workloads:  # what waiting runs cost: pgflow-python only, bench/waits.py
+        workloads.remove("P10")
+        from bench import waits  # noqa: PLC0415 - it imports this module
+
+        waits.main(
+            [f"--{name}={getattr(args, name)}" for name in ("jobs", "samples", "repetitions")]
+            + [f"--scale={args.scale}", f"--server={args.server}"]
+        )
+        if not workloads:
+            return 0
     results = Results(sizes=sizes, repetitions=args.repetitions)
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
