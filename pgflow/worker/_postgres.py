@@ -1,11 +1,11 @@
-"""The worker's store on PostgreSQL: sync psycopg connections, driven from anyio through threads.
+"""The worker's store on PostgreSQL: one psycopg connection per activity (see _connection.py).
 
-psycopg's async connections only run on asyncio; blocking connections in threads work the same
-on asyncio and trio. Each connection belongs to one activity (claiming, reporting, the service
-calls, heartbeats, LISTEN), so no two threads ever share one. A lost connection is reopened on
-next use; the callers decide when to retry. The start-up checks, the scheduler and the
-statistics upkeep share code with the rest of the library, which speaks SQLAlchemy: they use
-the worker's engine.
+Claims, reports and service calls run on the event loop on asyncio and in threads elsewhere;
+heartbeats and LISTEN have threads of their own. Each connection belongs to one activity
+(claiming, reporting, the service calls, heartbeats, LISTEN), so no two ever share one. A lost
+connection is reopened on next use; the callers decide when to retry. The start-up checks, the
+scheduler and the statistics upkeep share code with the rest of the library, which speaks
+SQLAlchemy: they use the worker's engine.
 
 Directly on the server every statement is prepared at first use (the claim and completion
 statements are large; planning them each time costs the server CPU). Through a transaction
@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,13 +25,17 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import psycopg
-from psycopg.rows import dict_row
 from sqlalchemy.engine import Engine
 
 from pgflow import _db, _sql, _tracing
 from pgflow.definition import FlowDefinition
-from pgflow.errors import ConnectionLost
 from pgflow.schedules import fire_due
+from pgflow.worker._connection import (
+    CONNECT_TIMEOUT,
+    Connection,
+    Row,
+    on_asyncio_selector_loop,
+)
 from pgflow.worker._executor import Failed
 from pgflow.worker._startup import check_flows
 from pgflow.worker._store import (
@@ -49,79 +52,6 @@ from pgflow.worker._store import (
     SchedulerPass,
     TaskKey,
 )
-
-Row = dict[str, Any]
-CONNECT_TIMEOUT = 5
-PREPARE_AFTER_USES = 5  # psycopg's default; statements run with prepare=True skip the wait
-
-
-class Connection:
-    """One lazily (re)opened autocommit connection, used from a single activity at a time."""
-
-    def __init__(self, conninfo: str, *, application_name: str, prepare: bool = True) -> None:
-        self._conninfo = conninfo
-        self._application_name = application_name
-        self._prepare = prepare
-        self._connection: psycopg.Connection[Row] | None = None
-        self._lock = anyio.CapacityLimiter(1)
-
-    def connect(self) -> psycopg.Connection[Row]:
-        if self._connection is None or self._connection.closed:
-            try:
-                self._connection = psycopg.connect(
-                    self._conninfo,
-                    autocommit=True,
-                    row_factory=dict_row,
-                    application_name=self._application_name,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    prepare_threshold=PREPARE_AFTER_USES if self._prepare else None,
-                )
-            except psycopg.OperationalError as exc:
-                raise ConnectionLost(str(exc)) from exc
-        return self._connection
-
-    def discard(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
-
-    def fetch_blocking(self, name: str, params: Mapping[str, Any]) -> list[Row]:
-        with self._reporting_lost_connections() as connection:
-            cursor = connection.execute(_sql.psycopg_text(name), params, prepare=self._prepare)
-            return cursor.fetchall() if cursor.description else []
-
-    def fetch_all_blocking(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Row]:
-        """Run the statements in one transaction; the rows of the last one."""
-        rows: list[Row] = []
-        with self._reporting_lost_connections() as connection, connection.transaction():
-            for name, params in statements:
-                cursor = connection.execute(_sql.psycopg_text(name), params, prepare=self._prepare)
-                rows = cursor.fetchall() if cursor.description else []
-        return rows
-
-    @contextmanager
-    def _reporting_lost_connections(self) -> Iterator[psycopg.Connection[Row]]:
-        connection = self.connect()
-        try:
-            yield connection
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            if connection.broken or connection.closed or isinstance(exc, psycopg.InterfaceError):
-                self.discard()
-                raise ConnectionLost(str(exc)) from exc
-            raise  # e.g. a statement timeout or a serialization failure: the statement's own
-
-    async def fetch_all(self, *statements: tuple[str, Mapping[str, Any]]) -> list[Row]:
-        return await anyio.to_thread.run_sync(
-            self.fetch_all_blocking, statements, limiter=self._lock
-        )
-
-    async def fetch(self, name: str, **params: Any) -> list[Row]:
-        # The thread cannot be cancelled midway (the statement would run on regardless), so the
-        # caller waits for the reply even when cancelled; the connection stays consistent.
-        return await anyio.to_thread.run_sync(self.fetch_blocking, name, params, limiter=self._lock)
-
-    async def close(self) -> None:
-        await anyio.to_thread.run_sync(self.discard, limiter=self._lock)
 
 
 def claimed_from_rows(rows: Sequence[Row]) -> list[ClaimedTask]:
@@ -415,6 +345,32 @@ class PostgresStore:
                                 break
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 stop.wait(1.0)
+
+    async def wakeups_on_loop(self, wake: Callable[[str], None]) -> bool:
+        """:meth:`wait_for_wakeups` on the event loop (``wake`` is called there, with no thread
+        to wake first), until cancelled; False where psycopg's async connection cannot run (the
+        caller then uses :meth:`wait_for_wakeups` in a thread)."""
+        if self._listen_conninfo is None:
+            return True
+        if not on_asyncio_selector_loop():
+            return False
+        while True:
+            try:
+                connection = await psycopg.AsyncConnection.connect(
+                    self._listen_conninfo,
+                    autocommit=True,
+                    application_name="pgflow-worker:listen",
+                    connect_timeout=CONNECT_TIMEOUT,
+                )
+                try:
+                    await connection.execute(_sql.psycopg_text("listen_for_wakeups"))
+                    async for notice in connection.notifies():
+                        wake(notice.payload)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await connection.close()
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                await anyio.sleep(1.0)
 
     async def close(self) -> None:
         for connection in (self._claims, self._reports, self._service):

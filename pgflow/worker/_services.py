@@ -180,6 +180,12 @@ class WakeupListener:
     """Wakes the flows' pollers on NOTIFY from the queue triggers; polling covers any gap."""
 
     async def run(self, session: ServingSession) -> None:
+        # A store that can listen on the event loop (PostgresStore on asyncio) wakes the pollers
+        # from there: one thread wake-up fewer between a NOTIFY and the claim it causes.
+        on_loop = getattr(session.store, "wakeups_on_loop", None)
+        if on_loop is not None and await on_loop(session.wake):
+            return
+
         def wake(queue_name: str) -> None:
             _call_on_loop(session.wake, queue_name)
 
