@@ -37,6 +37,7 @@ class SubflowStepMethod(StepMethod):
         function: HandlerFunction,
         *,
         child: str,
+        child_class: type[Flow] | None = None,
         step_type: StepType,
         depends_on: Sequence[StepMethod | str],
         slug: str | None,
@@ -51,6 +52,8 @@ class SubflowStepMethod(StepMethod):
             condition=_condition(None, None, None, None),
         )
         self.child = child
+        self.child_class = child_class
+        """The child's class when given as one (``pgflow.testing.run_flow_inline`` serves it)."""
 
     def __repr__(self) -> str:
         return f"<subflow step {self.slug!r} running {self.child!r}>"
@@ -109,6 +112,7 @@ def subflow(
         return SubflowStepMethod(
             function,
             child=child_slug,
+            child_class=child if isinstance(child, type) else None,
             step_type=StepType.MAP if array is not None else StepType.SINGLE,
             depends_on=[array] if array is not None else depends_on,
             slug=slug,

@@ -137,6 +137,23 @@ def call_step(
     return handler(*args)
 
 
+def _with_subflows(flow: type[Flow]) -> list[type[Flow]]:
+    """``flow`` and every flow class its subflow steps run, directly or through others."""
+    found: list[type[Flow]] = []
+    pending = [flow]
+    while pending:
+        current = pending.pop()
+        if current in found:
+            continue
+        found.append(current)
+        for klass in current.__mro__:
+            for value in vars(klass).values():
+                child = getattr(value, "child_class", None)
+                if isinstance(child, type) and issubclass(child, Flow):
+                    pending.append(child)
+    return found
+
+
 def run_flow_inline(
     flow: type[Flow],
     input: Any,
@@ -146,8 +163,9 @@ def run_flow_inline(
     fire_schedules: bool = False,
 ) -> Any:
     """Run ``flow`` to completion in this process through the real SQL and the real worker code,
-    registering the flow first if it is missing. Returns the finished :class:`pgflow.results.Run`
-    (raises :class:`pgflow.errors.RunFailedError` if it fails).
+    registering the flow first if it is missing. The flows its ``@subflow`` steps run (those
+    given as classes, and theirs) are registered and served too. Returns the finished
+    :class:`pgflow.results.Run` (raises :class:`pgflow.errors.RunFailedError` if it fails).
 
     The worker fires no schedules unless ``fire_schedules=True``: a test pointed at a shared
     development database must not start that database's scheduled runs."""
@@ -159,9 +177,10 @@ def run_flow_inline(
     from pgflow.worker._startup import check_flows  # noqa: PLC0415
 
     engine = database if isinstance(database, Engine) else create_engine(database)
-    check_flows(engine, [definition_of(flow)], compile_missing=True)
+    flows = _with_subflows(flow)
+    check_flows(engine, [definition_of(f) for f in flows], compile_missing=True)
     options = WorkerOptions(poll_interval=0.2, shutdown_timeout=1, scheduler=fire_schedules)
-    worker = Worker([flow], engine, options=options)
+    worker = Worker(flows, engine, options=options)
 
     async def main() -> Any:
         async with anyio.create_task_group() as group:

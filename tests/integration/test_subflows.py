@@ -16,6 +16,7 @@ from pgflow import Context, Flow, get_run_with_states, start_flow, step, subflow
 from pgflow.cli._render import run_details
 from pgflow.dashboard import create_app
 from pgflow.operations import cancel_run, describe_run, resume_run
+from pgflow.testing import run_flow_inline
 from tests.helpers.dashboard import http_client
 from tests.helpers.database import register_flows
 from tests.helpers.workers import EventLog, running_worker, wait_until_finished
@@ -492,3 +493,8 @@ async def test_resuming_a_map_over_a_subflow_keeps_completed_children_and_resume
             {"ids": [c["child_run_id"] for c in after]},
         ).all()
     assert dict(attempts) == {"charge": 3}  # the resumed child's task was queued afresh
+
+
+def test_run_flow_inline_serves_the_child_flows_too(pgflow_engine: Engine) -> None:
+    run = run_flow_inline(Checkout, {"prices": [2, 5]}, pgflow_engine)
+    assert run.output == {"receipt": {"paid": 7}}
