@@ -1,4 +1,4 @@
-"""Flows for the subflow process test (``pgflow run-worker tests.helpers.subflow_process_flows``)."""
+"""Flows of the subflow process test (`pgflow run-worker tests.helpers.subflow_process_flows`)."""
 
 from __future__ import annotations
 
