@@ -178,7 +178,7 @@ def run_details(details: RunDetails) -> str:
             [
                 f"{branch} {step.step_slug}" + (" [map]" if step.step_type == "map" else ""),
                 ", ".join(step.depends_on) or "-",
-                _step_status(step),
+                _step_status(step, details.children),
                 f"{step.completed_tasks}/{step.tasks}" if step.tasks else "-",
                 str(step.attempts),
                 duration(details.active_duration(step.started_at, _step_end(step))),
@@ -229,7 +229,11 @@ def _step_end(step: StepSummary) -> datetime | None:
     return step.completed_at or step.failed_at
 
 
-def _step_status(step: StepSummary) -> str:
+def _step_status(step: StepSummary, children: Sequence[SubflowLink] = ()) -> str:
+    mine = [c for c in children if c.step_slug == step.step_slug]
+    if mine and step.status == "started":
+        done = sum(c.outcome == "completed" for c in mine)
+        return f"waiting for {len(mine)} child run{'s' if len(mine) != 1 else ''} ({done} done)"
     if step.skip_reason and step.status == "skipped":
         return f"{step.status} ({_SKIP_REASONS.get(step.skip_reason, step.skip_reason)})"
     if step.waiting:

@@ -3,6 +3,7 @@ holding no worker, until that run ends; its output becomes the step's output."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pgflow import Context, Flow, get_run_with_states, start_flow, step, subflow
+from pgflow import Context, Flow, StepStatus, get_run_with_states, start_flow, step, subflow
 from pgflow.cli._render import run_details
 from pgflow.dashboard import create_app
 from pgflow.operations import cancel_run, describe_run, resume_run
@@ -283,6 +284,16 @@ async def test_runs_show_links_a_parent_and_its_children(pgflow_engine: Engine) 
     assert "children  12 (12 completed)" in text
     assert f"{parent.children[0].run_id} (sub_charge, step charges[0], completed)" in text
     assert "... and 2 more" in text
+    waiting = dataclasses.replace(
+        parent,
+        steps=tuple(
+            dataclasses.replace(s, status=StepStatus.STARTED) if s.step_slug == "charges" else s
+            for s in parent.steps
+        ),
+        children=tuple(dataclasses.replace(c, outcome=None) for c in parent.children[:5])
+        + parent.children[5:],
+    )
+    assert "waiting for 12 child runs (7 done)" in run_details(waiting)
     assert f"parent    {run_id} (sub_fan_out, step charges[3], completed)" in run_details(child)
 
 
