@@ -23,10 +23,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from pgflow import Flow, get_run, signal, start_flow, step, wait_for_run, wait_step
+from pgflow import Flow, get_run, signal, start_flow, step, subflow, wait_for_run, wait_step
 from pgflow._db import create_engine
 from pgflow.errors import InsufficientPrivilegeError, WorkerAccessError
-from pgflow.operations import cancel_run, prune, resume_run, retry_run
+from pgflow.operations import cancel_run, describe_run, prune, resume_run, retry_run
 from pgflow.worker import Worker, WorkerOptions
 from pgflow.worker._privileges import WORKER_CONNECTIONS
 from tests.helpers.database import libpq_url, register_flows, run_sql
@@ -384,3 +384,51 @@ def test_an_operator_role_operates_runs_and_a_client_is_told_which_role_may(
             ops.dispose()
     finally:
         run_sql(roles.database, f'DROP OWNED BY "{operator}"; DROP ROLE "{operator}"')
+
+
+class AccessCharge(Flow, slug="access_charge"):
+    @step
+    def charge(self, input: Any) -> Any:
+        return {"charged": input}
+
+
+class AccessOrder(Flow, slug="access_order"):
+    @subflow(AccessCharge)
+    def pay(self, input: Any) -> Any:
+        return input * 10
+
+
+async def test_granted_roles_run_subflows(roles: Roles, pgflow_engine: Engine) -> None:
+    """A client starts a parent (the gate writes the pending child start as its owner); the
+    worker role runs the method and starts the child; a readonly role reads both links."""
+    register_flows(pgflow_engine, AccessCharge, AccessOrder)
+    done = pgflow_grant(
+        roles.database,
+        "--worker",
+        roles.worker,
+        "--client",
+        roles.client,
+        "--readonly",
+        roles.readonly,
+    )
+    assert done.returncode == 0, done.stderr
+    run_sql(
+        roles.database, f'ALTER ROLE "{roles.client}" LOGIN; ALTER ROLE "{roles.readonly}" LOGIN'
+    )
+    worker_engine = roles.engine(roles.worker_login)
+    client = roles.engine(roles.client)
+    reader = roles.engine(roles.readonly)
+    try:
+        async with running_worker(worker_engine, AccessOrder, AccessCharge, poll_interval=0.1):
+            order = start_flow(client, AccessOrder, 4)
+            run = await anyio.to_thread.run_sync(
+                functools.partial(wait_for_run, client, order, timeout=30)
+            )
+        assert run.output == {"pay": {"charge": {"charged": 40}}}
+        details = describe_run(reader, order)
+        assert details is not None
+        [child] = details.children
+        assert (child.flow_slug, child.status) == ("access_charge", "completed")
+    finally:
+        for engine in (worker_engine, client, reader):
+            engine.dispose()
