@@ -85,6 +85,9 @@ def _flow_control_changes(definition: FlowDefinition, stored: StoredFlow) -> dic
         changes["concurrency"] = (stored.concurrency, wanted_limit)
     if stored.priority != definition.priority:
         changes["priority"] = (stored.priority, definition.priority)
+    wanted_rate = None if definition.rate_limit is None else definition.rate_limit.to_dict()
+    if stored.rate_limit != wanted_rate:
+        changes["rate_limit"] = (stored.rate_limit, wanted_rate)
     return changes
 
 

@@ -28,11 +28,18 @@ from pgflow.definition import (
     FlowDefinition,
     FlowType,
 )
-from pgflow.flow_control import Concurrency, checked_priority
+from pgflow.flow_control import Concurrency, RateLimit, checked_priority
 
 FlowData = Mapping[str, Any]
 StepOptions = Mapping[str, Mapping[str, Any]]
-_FLOW_KEYS = (*FLOW_OPTIONS, "flow_type", "concurrency", "run_timeout", "priority")
+_FLOW_KEYS = (
+    *FLOW_OPTIONS,
+    "flow_type",
+    "concurrency",
+    "run_timeout",
+    "priority",
+    "rate_limit",
+)
 _WAIT = ("wait_timeout", "on_timeout")  # a wait step's options (extension/0070)
 
 
@@ -224,6 +231,8 @@ def _update_flow_options(operations: Operations, operation: UpdateFlowOptionsOp)
     flow_options = dict(operation.flow)
     if "concurrency" in flow_options:
         _set_concurrency(operations, slug, flow_options.pop("concurrency"))
+    if "rate_limit" in flow_options:
+        _set_rate_limit(operations, slug, flow_options.pop("rate_limit"))
     if "priority" in flow_options:
         priority = flow_options.pop("priority")
         if priority is not None:
@@ -266,6 +275,20 @@ def _update_flow_options(operations: Operations, operation: UpdateFlowOptionsOp)
                     flow_slug=slug, step_slug=step, options=json.dumps(condition, sort_keys=True)
                 )
             )
+
+
+def _set_rate_limit(operations: Operations, slug: str, wanted: Any) -> None:
+    """``op.update_flow_options(slug, flow={"rate_limit": {...} or None})`` (extension/0082)."""
+    limit = None if wanted is None else RateLimit.from_dict(wanted)
+    operations.execute(
+        query("set_rate_limit").bindparams(
+            flow_slug=slug,
+            max_starts=None if limit is None else limit.limit,
+            seconds=None if limit is None else limit.seconds,
+            key_path=None if limit is None or not limit.key_path else list(limit.key_path),
+            name=None if limit is None else limit.name,
+        )
+    )
 
 
 def _set_concurrency(operations: Operations, slug: str, wanted: Any) -> None:

@@ -5,6 +5,7 @@ The only import a revision needs is ``import alembic_pgflow`` (it registers the 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from alembic.autogenerate import renderers
@@ -56,6 +57,8 @@ def _flat(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if value is None or isinstance(value, bool | int):
         return repr(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)  # a rate limit's period in seconds
     raise TypeError(f"cannot render {value!r} as literal flow data")
 
 

@@ -44,6 +44,8 @@ class StoredFlow:
     run_timeout: int | None = None
     priority: int | None = None
     """The flow's default priority (extension/0081); None: none."""
+    rate_limit: Mapping[str, Any] | None = None
+    """The flow's rate limit as ``RateLimit.to_dict`` (extension/0082); None: none."""
 
     def to_dict(self) -> dict[str, Any]:
         """The same plain data as ``FlowDefinition.to_dict`` (options at their stored values)."""
@@ -57,6 +59,8 @@ class StoredFlow:
             data["run_timeout"] = self.run_timeout
         if self.priority is not None:
             data["priority"] = self.priority
+        if self.rate_limit is not None:
+            data["rate_limit"] = dict(self.rate_limit)
         steps = []
         for step in self.steps:
             item: dict[str, Any] = {"slug": step.slug}
@@ -120,6 +124,7 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
         )
     limits = _per_flow(connection, "concurrency_limits_present", "stored_concurrency")
     priorities = _per_flow(connection, "flow_priorities_present", "stored_priorities")
+    rates = _per_flow(connection, "rate_limits_present", "stored_rate_limits")
     runs = {row["flow_slug"]: row for row in connection.execute(query("run_counts")).mappings()}
     flows = {}
     for row in connection.execute(query("stored_flows")).mappings():
@@ -135,6 +140,7 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
             concurrency=limits.get(slug),
             run_timeout=run_timeouts.get(slug),
             priority=priorities.get(slug),
+            rate_limit=rates.get(slug),
         )
     return flows
 

@@ -1,19 +1,22 @@
 """Flow control, as docs/flow-control.md shows: at most two syncs per tenant at once, across
-every worker, while one worker could run ten; an urgent digest overtaking a backlog.
+every worker, while one worker could run ten; an urgent digest overtaking a backlog; at most
+two calls a second to a shared API.
 
     python examples/flow_control.py    # DATABASE_URL, else a local or embedded PostgreSQL
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import sqlalchemy as sa
 
-from pgflow import Concurrency, Job, enqueue, wait_for_run
+from pgflow import Concurrency, Job, RateLimit, enqueue, wait_for_run
 from pgflow.compiler import compile_flow
 from pgflow.dsl import definition_of
 from pgflow.errors import ConcurrencyKeyError
@@ -41,6 +44,31 @@ class Digest(Job, slug="digest", concurrency=Concurrency(1)):
 
 ORDER: list[str] = []
 
+GEOCODER = RateLimit.named("geocoder", 2, per=timedelta(seconds=1))
+
+
+class Geocode(Job, slug="geocode", rate_limit=GEOCODER):
+    async def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        CALLS.append(time.monotonic())
+
+
+class Reverse(Job, slug="reverse_geocode", rate_limit=GEOCODER):
+    async def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        CALLS.append(time.monotonic())
+
+
+CALLS: list[float] = []
+
+
+def geocode(engine: sa.Engine) -> None:
+    runs = [enqueue(engine, Geocode, {"address": n}) for n in range(4)]
+    runs += [enqueue(engine, Reverse, {"point": n}) for n in range(2)]
+    for run_id in runs:
+        wait_for_run(engine, run_id, timeout=60)
+    # (windows of 0.9 s: a tenth of the period allowed for the workers' start latency)
+    busiest = max(sum(1 for t in CALLS if s <= t < s + 0.9) for s in CALLS)
+    print(f"geocoder: 6 calls, at most {busiest} per second")
+
 
 def backlog(engine: sa.Engine) -> list[Any]:
     runs = [enqueue(engine, Digest, {"name": f"weekly-{n}"}) for n in range(3)]
@@ -62,6 +90,7 @@ def sync(engine: sa.Engine, digests: list[Any]) -> None:
     for run_id in digests:
         wait_for_run(engine, run_id, timeout=60)
     print("digests ran in this order:", ", ".join(ORDER))
+    geocode(engine)
 
 
 async def main() -> None:
@@ -69,12 +98,12 @@ async def main() -> None:
         install(url)
         engine = sa.create_engine(url)
         with engine.begin() as connection:  # what a migration would apply
-            for flow in (TenantSync, Digest):
+            for flow in (TenantSync, Digest, Geocode, Reverse):
                 for statement in compile_flow(definition_of(flow)):
                     connection.execute(sa.text(statement))
         digests = backlog(engine)  # queued before any worker runs
         options = WorkerOptions(concurrency=10, poll_interval=0.2, shutdown_timeout=2)
-        worker = Worker([TenantSync, Digest], engine, options=options)
+        worker = Worker([TenantSync, Digest, Geocode, Reverse], engine, options=options)
         async with anyio.create_task_group() as group:
             group.start_soon(worker.serve)
             await anyio.to_thread.run_sync(sync, engine, digests)

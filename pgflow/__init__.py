@@ -19,7 +19,7 @@ from pgflow.context import Context
 from pgflow.dsl import Flow, Job, map_step, step, wait_step
 from pgflow.dsl_subflow import subflow
 from pgflow.errors import NonRetryableError, PgflowError
-from pgflow.flow_control import Concurrency
+from pgflow.flow_control import Concurrency, RateLimit
 from pgflow.results import (
     Run,
     RunStatus,
@@ -60,6 +60,7 @@ __all__ = [
     "Job",
     "NonRetryableError",
     "PgflowError",
+    "RateLimit",
     "Run",
     "RunStatus",
     "RunWithStates",

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 
 from pgflow.definition import FlowDefinition, FlowType, OnTimeout, StepDefinition, StepType
-from pgflow.flow_control import Concurrency
+from pgflow.flow_control import Concurrency, RateLimit
 
 _OPTION_ORDER = ("max_attempts", "base_delay", "timeout", "start_delay")
 
@@ -66,6 +66,8 @@ def compile_flow(definition: FlowDefinition) -> list[str]:
         )
     if definition.concurrency is not None:
         statements.append(_concurrency_statement(definition.slug, definition.concurrency))
+    if definition.rate_limit is not None:
+        statements.append(rate_limit_statement(definition.slug, None, definition.rate_limit))
     if definition.priority is not None:
         statements.append(
             f"SELECT pgflow_python.set_flow_priority('{definition.slug}', {definition.priority});"
@@ -83,6 +85,21 @@ def _concurrency_statement(flow_slug: str, concurrency: Concurrency) -> str:
     return (
         f"SELECT pgflow_python.set_concurrency_limit('{flow_slug}', NULL, "
         f"{concurrency.limit}, {key});"
+    )
+
+
+def rate_limit_statement(flow_slug: str, step_slug: str | None, limit: RateLimit) -> str:
+    """Our ``rate_limits`` row (extension/0082); key parts and names are validated."""
+    key = (
+        "ARRAY[" + ", ".join(f"'{part}'" for part in limit.key_path) + "]"
+        if limit.key_path
+        else "NULL"
+    )
+    step = "NULL" if step_slug is None else f"'{step_slug}'"
+    name = "NULL" if limit.name is None else f"'{limit.name}'"
+    return (
+        f"SELECT pgflow_python.set_rate_limit('{flow_slug}', {step}, {limit.limit}, "
+        f"make_interval(secs => {limit.seconds!r}), {key}, {name});"
     )
 
 

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, TypedDict, TypeVar
 
 from pgflow.errors import FlowDefinitionError
-from pgflow.flow_control import Concurrency, checked_priority
+from pgflow.flow_control import Concurrency, RateLimit, checked_priority
 
 SLUG_MAX_LENGTH = 128
 RESERVED_SLUGS = frozenset({"run"})
@@ -256,6 +256,8 @@ class FlowDefinition:
     ``create_flow``); None: no deadline."""
     concurrency: Concurrency | None = None
     """Per-key limit on the flow's tasks in flight, all steps together (docs/flow-control.md)."""
+    rate_limit: RateLimit | None = None
+    """Per-key limit on the flow's task starts per period, all steps together."""
     priority: int | None = None
     """Default priority of the flow's runs (higher starts first); None: 0, with no trigger."""
     _by_slug: dict[str, StepDefinition] = field(init=False, repr=False, compare=False)
@@ -265,6 +267,8 @@ class FlowDefinition:
         object.__setattr__(self, "flow_type", FlowType(self.flow_type))
         if self.concurrency is not None:
             object.__setattr__(self, "concurrency", Concurrency.from_dict(self.concurrency))
+        if self.rate_limit is not None:
+            object.__setattr__(self, "rate_limit", RateLimit.from_dict(self.rate_limit))
         _validate(self)
         object.__setattr__(self, "_by_slug", {s.slug: s for s in self.steps})
 
@@ -299,6 +303,8 @@ class FlowDefinition:
             data["run_timeout"] = self.run_timeout
         if self.concurrency is not None:
             data["concurrency"] = self.concurrency.to_dict()
+        if self.rate_limit is not None:
+            data["rate_limit"] = self.rate_limit.to_dict()
         if self.priority is not None:
             data["priority"] = self.priority
         data["steps"] = [s.to_dict() for s in self.steps]

@@ -36,7 +36,7 @@ from pgflow.definition import (
     options_given,
 )
 from pgflow.errors import FlowDefinitionError
-from pgflow.flow_control import Concurrency
+from pgflow.flow_control import Concurrency, RateLimit
 
 HandlerFunction = Callable[..., Any]
 WhenUnmetName = Literal["fail", "skip", "skip-cascade"]
@@ -362,7 +362,9 @@ class Flow:
     going that long after it started is cancelled; docs/waiting.md), ``concurrency`` (a
     ``Concurrency(limit, key=...)``: at most ``limit`` of the flow's tasks with the same key
     value in flight at once, across all workers; docs/flow-control.md), ``priority`` (the
-    default priority of its runs, -32767..32767: higher starts first), ``abstract=True`` for a
+    default priority of its runs, -32767..32767: higher starts first), ``rate_limit`` (a
+    ``RateLimit(limit, per=..., key=...)``: at most ``limit`` task starts per period with the
+    same key value), ``abstract=True`` for a
     base class whose steps are inherited but which is not itself a flow.
     """
 
@@ -380,6 +382,7 @@ class Flow:
         run_timeout: timedelta | float | None = None,
         concurrency: Concurrency | None = None,
         priority: int | None = None,
+        rate_limit: RateLimit | None = None,
         **options: Unpack[FlowOptions],
     ) -> None:
         super().__init_subclass__()
@@ -406,6 +409,7 @@ class Flow:
             run_timeout=_whole_seconds(run_timeout, f"flow {cls.__qualname__}: run_timeout"),
             concurrency=concurrency,
             priority=priority,
+            rate_limit=rate_limit,
         )
         # @subflow methods (pgflow.dsl_subflow) compute child inputs; the worker runs them.
         cls.__pgflow_subflows__ = {
@@ -468,6 +472,7 @@ class Job(Flow, abstract=True):
         run_timeout: timedelta | float | None = None,
         concurrency: Concurrency | None = None,
         priority: int | None = None,
+        rate_limit: RateLimit | None = None,
         **options: Unpack[StepOptions],
     ) -> None:
         super(Flow, cls).__init_subclass__()
@@ -503,6 +508,7 @@ class Job(Flow, abstract=True):
             run_timeout=_whole_seconds(run_timeout, f"job {cls.__qualname__}: run_timeout"),
             concurrency=concurrency,
             priority=priority,
+            rate_limit=rate_limit,
         )
 
 
@@ -518,6 +524,7 @@ def _attach(
     run_timeout: int | None = None,
     concurrency: Concurrency | None = None,
     priority: int | None = None,
+    rate_limit: RateLimit | None = None,
 ) -> None:
     try:
         definition = FlowDefinition(
@@ -527,6 +534,7 @@ def _attach(
             run_timeout=run_timeout,
             concurrency=concurrency,
             priority=priority,
+            rate_limit=rate_limit,
             **options,
         )
     except FlowDefinitionError as exc:

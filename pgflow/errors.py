@@ -124,13 +124,21 @@ class ConcurrencyKeyError(FlowInputError):
     """The flow has a concurrency limit keyed on a part of the input that is missing or not a
     string, number or boolean (docs/flow-control.md). Nothing was started."""
 
+    limit_kind = "concurrency limit"
+
     def __init__(self, flow_slug: str, key: str, problem: str) -> None:
         self.flow_slug = flow_slug
         self.key = key
         super().__init__(
-            f"flow {flow_slug!r} has a concurrency limit keyed on {key!r}, but the input "
+            f"flow {flow_slug!r} has a {self.limit_kind} keyed on {key!r}, but the input "
             f"{problem}; the key's value must be a string, number or boolean"
         )
+
+
+class RateLimitKeyError(ConcurrencyKeyError):
+    """The same for a rate limit's key (a ``ConcurrencyKeyError`` too: catch either)."""
+
+    limit_kind = "rate limit"
 
 
 class InvalidPriorityError(FlowDefinitionError):

@@ -1,4 +1,4 @@
-"""Flow control options (docs/flow-control.md): per-key concurrency limits, priorities.
+"""Flow control options (docs/flow-control.md): per-key concurrency and rate limits, priorities.
 
 Plain, validated data; enforced by our SQL (extension/0080) on the flow's queue, so a limit
 holds for every worker, Python or TypeScript, and for runs started from SQL.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pgflow.errors import FlowDefinitionError, InvalidPriorityError
@@ -44,16 +45,7 @@ class Concurrency:
     @property
     def key_path(self) -> tuple[str, ...]:
         """The key as path parts (empty: no key)."""
-        key = self.key
-        if key is None:
-            return ()
-        parts = tuple(key.split(".")) if isinstance(key, str) else tuple(key)
-        if not parts or any(not isinstance(p, str) or not _KEY_PART.match(p) for p in parts):
-            raise FlowDefinitionError(
-                "Concurrency key must be a key name, a dotted path or a sequence of names "
-                f"(letters, digits, '_', '-'; a digit part indexes an array), got {key!r}"
-            )
-        return parts
+        return _key_path(self.key, "Concurrency")
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"limit": self.limit}
@@ -87,3 +79,115 @@ def checked_priority(value: object, where: str) -> int:
             f"first; 0 is the default), got {value!r}"
         )
     return value
+
+
+def _key_path(key: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
+    if key is None:
+        return ()
+    parts = tuple(key.split(".")) if isinstance(key, str) else tuple(key)
+    if not parts or any(not isinstance(p, str) or not _KEY_PART.match(p) for p in parts):
+        raise FlowDefinitionError(
+            f"{what} key must be a key name, a dotted path or a sequence of names "
+            f"(letters, digits, '_', '-'; a digit part indexes an array), got {key!r}"
+        )
+    return parts
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+_LONGEST_PERIOD = timedelta(days=366)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``limit`` task starts per ``per`` (a ``timedelta`` or seconds) with the same key
+    value, across all workers; tasks over it wait, invisible, until the budget allows them.
+
+    ``key`` as for :class:`Concurrency`. ``name`` (see :meth:`named`) shares one budget between
+    every flow, job and step that uses a limit of that name; declare it once and reuse the
+    object, since every use must give the same numbers.
+    """
+
+    limit: int
+    per: timedelta | float
+    """A ``timedelta`` once constructed (seconds are converted)."""
+    key: str | Sequence[str] | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int):
+            raise FlowDefinitionError(f"RateLimit limit must be a whole number, got {self.limit!r}")
+        if not 1 <= self.limit <= _INT4_MAX:
+            raise FlowDefinitionError(
+                f"RateLimit limit must be at least 1 (at most {_INT4_MAX}) starts per period, "
+                f"got {self.limit}"
+            )
+        per: object = self.per
+        if isinstance(per, (int, float)) and not isinstance(per, bool):
+            per = timedelta(seconds=per)
+        if not isinstance(per, timedelta):
+            raise FlowDefinitionError(
+                f"RateLimit per must be a timedelta (or seconds), got {self.per!r}"
+            )
+        if not timedelta(0) < per <= _LONGEST_PERIOD:
+            raise FlowDefinitionError(
+                f"RateLimit per must be a positive period of at most 366 days, got {per}"
+            )
+        object.__setattr__(self, "per", per)
+        object.__setattr__(self, "key", _key_path(self.key, "RateLimit") or None)
+        if self.name is not None and (not isinstance(self.name, str) or not _NAME.match(self.name)):
+            raise FlowDefinitionError(
+                "RateLimit name must be 1-100 letters, digits, '_', '.' or '-' (not starting "
+                f"with '.' or '-'), got {self.name!r}"
+            )
+
+    @classmethod
+    def named(
+        cls,
+        name: str,
+        limit: int,
+        *,
+        per: timedelta | float,
+        key: str | Sequence[str] | None = None,
+    ) -> RateLimit:
+        """A limit whose budget is shared by every flow, job and step using ``name``."""
+        return cls(limit, per, key, name)
+
+    @property
+    def key_path(self) -> tuple[str, ...]:
+        """The key as path parts (empty: no key)."""
+        return _key_path(self.key, "RateLimit")
+
+    @property
+    def seconds(self) -> float:
+        """The period in seconds."""
+        per = self.per
+        return per.total_seconds() if isinstance(per, timedelta) else float(per)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"limit": self.limit, "per": self.seconds}
+        if self.key_path:
+            data["key"] = list(self.key_path)
+        if self.name is not None:
+            data["name"] = self.name
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RateLimit:
+        """From ``to_dict``'s form (as stored in Alembic revisions), or a ``RateLimit``."""
+        if isinstance(data, RateLimit):
+            return data
+        if (
+            not isinstance(data, dict)
+            or set(data) - {"limit", "per", "key", "name"}
+            or not {"limit", "per"} <= set(data)
+        ):
+            raise FlowDefinitionError(
+                f"rate_limit must be RateLimit(limit, per=..., key=...), got {data!r}"
+            )
+        key = data.get("key")
+        return cls(
+            data["limit"],
+            data["per"],
+            tuple(key) if isinstance(key, list) else key,
+            data.get("name"),
+        )

@@ -8,7 +8,12 @@ from typing import Any
 
 from pgflow._binds import json_kind
 from pgflow.definition import FlowDefinition, StepType
-from pgflow.errors import ConcurrencyKeyError, InputNotJSONError, MapInputNotArrayError
+from pgflow.errors import (
+    ConcurrencyKeyError,
+    InputNotJSONError,
+    MapInputNotArrayError,
+    RateLimitKeyError,
+)
 
 # An escaped NUL: \u0000 preceded by an even number of backslashes (an odd number would mean the
 # backslash itself is escaped and "u0000" is plain text).
@@ -51,10 +56,14 @@ def encode_input(flow_slug: str, value: Any) -> str:
 
 
 def check_input_shape(definition: FlowDefinition, value: Any) -> None:
-    """Upstream's root map rule and our concurrency key (extension/0080 checks it again, for
-    starts from SQL), checked from the definition before any SQL runs."""
+    """Upstream's root map rule and our limits' keys (extension/0080 and 0082 check them
+    again, for starts from SQL), checked from the definition before any SQL runs."""
     if definition.concurrency is not None and definition.concurrency.key_path:
         _check_concurrency_key(definition.slug, definition.concurrency.key_path, value)
+    if definition.rate_limit is not None and definition.rate_limit.key_path:
+        _check_concurrency_key(
+            definition.slug, definition.rate_limit.key_path, value, RateLimitKeyError
+        )
     for step in definition.steps:
         if step.step_type is StepType.MAP and not step.depends_on:
             if not isinstance(value, list | tuple):
@@ -62,7 +71,12 @@ def check_input_shape(definition: FlowDefinition, value: Any) -> None:
             return
 
 
-def _check_concurrency_key(flow_slug: str, path: tuple[str, ...], value: Any) -> None:
+def _check_concurrency_key(
+    flow_slug: str,
+    path: tuple[str, ...],
+    value: Any,
+    error: type[ConcurrencyKeyError] = ConcurrencyKeyError,
+) -> None:
     """The key's value as PostgreSQL's ``#>`` finds it: an object member, or an array element
     for a digit part."""
     found = value
@@ -72,6 +86,6 @@ def _check_concurrency_key(flow_slug: str, path: tuple[str, ...], value: Any) ->
         elif isinstance(found, list | tuple) and part.isdigit() and int(part) < len(found):
             found = found[int(part)]
         else:
-            raise ConcurrencyKeyError(flow_slug, ".".join(path), "has no such key")
+            raise error(flow_slug, ".".join(path), "has no such key")
     if found is None or not isinstance(found, str | int | float | bool):
-        raise ConcurrencyKeyError(flow_slug, ".".join(path), f"has {json_kind(found)} there")
+        raise error(flow_slug, ".".join(path), f"has {json_kind(found)} there")

@@ -100,6 +100,28 @@ FROM pgflow_python.flow_priorities AS f
 -- description: Set or remove (priority NULL) a flow's default priority (extension/0081_priorities.sql).
 SELECT pgflow_python.set_flow_priority(:flow_slug, CAST(:priority AS integer))
 
+-- name: rate_limits_present
+-- description: Whether this database has our rate_limits table (extension/0082_rate_limits.sql).
+SELECT to_regclass('pgflow_python.rate_limits') IS NOT NULL
+
+-- name: stored_rate_limits
+-- description: Every flow's rate limit (extension/0082_rate_limits.sql), as RateLimit.to_dict.
+SELECT l.flow_slug,
+       jsonb_strip_nulls(jsonb_build_object(
+           'limit', l.max_starts,
+           'per', extract(epoch FROM l.period)::float8,
+           'key', to_jsonb(l.key_path),
+           'name', CASE WHEN l.budget LIKE ':%' THEN NULL ELSE l.budget END)) AS rate_limit
+FROM pgflow_python.rate_limits AS l
+WHERE l.step_slug = ''
+
+-- name: set_rate_limit
+-- description: Set or remove (limit NULL) a flow's rate limit (extension/0082_rate_limits.sql).
+SELECT pgflow_python.set_rate_limit(
+    :flow_slug, NULL, CAST(:max_starts AS integer),
+    make_interval(secs => CAST(:seconds AS float8)), CAST(:key_path AS text[]),
+    CAST(:name AS text))
+
 -- name: stored_deps
 -- description: Dependencies in the order their steps were declared (the deps table keeps no order).
 SELECT d.flow_slug, d.step_slug, d.dep_slug

@@ -13,7 +13,7 @@ from pgflow.client import enqueue
 from tests.acceptance.test_worker_processes import WorkerFactory, spawn_worker
 from tests.helpers.database import register_flows
 from tests.helpers.process_flows import SlowStep, TenSteps
-from tests.helpers.ranked_flows import RankedJob
+from tests.helpers.ranked_flows import PacedJob, RankedJob
 from tests.helpers.waiting import wait_until
 
 __all__ = ["spawn_worker"]
@@ -28,7 +28,7 @@ def starts(log: Path) -> list[dict[str, Any]]:
 def test_urgent_runs_overtake_a_backlog(
     pgflow_engine: Engine, spawn_worker: WorkerFactory, tmp_path: Path
 ) -> None:
-    register_flows(pgflow_engine, RankedJob, TenSteps, SlowStep)
+    register_flows(pgflow_engine, RankedJob, PacedJob, TenSteps, SlowStep)
     log = tmp_path / "starts.jsonl"
     common = {"log": str(log), "seconds": 0.2}
     with pgflow_engine.begin() as connection:

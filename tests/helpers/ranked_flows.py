@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pgflow import Context, Job
+from pgflow import Context, Job, RateLimit
 from tests.helpers.limited_flows import record
 
 
@@ -15,3 +15,9 @@ class RankedJob(Job, slug="ranked_job"):
     def perform(self, input: dict[str, Any], ctx: Context) -> None:
         record(input["log"], event="start", at=time.time(), n=input["n"], kind=input["kind"])
         time.sleep(input["seconds"])
+
+
+class PacedJob(Job, slug="paced_job", rate_limit=RateLimit(6, per=3, key="tenant")):
+    def perform(self, input: dict[str, Any], ctx: Context) -> None:
+        record(input["log"], event="start", at=time.time(), n=input["n"], kind=input["tenant"])
+        time.sleep(0.1)

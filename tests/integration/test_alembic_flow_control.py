@@ -67,3 +67,47 @@ def test_adding_changing_and_removing_a_priority(applied: AlembicProject) -> Non
     assert priorities(applied.url) == {"send_mail": 3}
     applied.downgrade(first)
     assert priorities(applied.url) == {}
+
+
+RATED = FLOWS.replace(
+    "from pgflow.dsl import", "from pgflow import RateLimit\nfrom pgflow.dsl import"
+).replace(JOB, JOB + ', rate_limit=RateLimit(60, per=60, key="to")')
+RENAMED = RATED.replace('RateLimit(60, per=60, key="to")', 'RateLimit.named("smtp", 10, per=1.5)')
+
+
+def rate_limits(url: URL) -> dict[str, Any]:
+    return stored(
+        url,
+        "SELECT flow_slug, jsonb_build_array(max_starts, extract(epoch FROM period)::float8,"
+        " key_path, budget) FROM pgflow_python.rate_limits",
+    )
+
+
+def test_adding_changing_and_removing_a_rate_limit(applied: AlembicProject) -> None:
+    first = applied.revision_files()[0].name.split("_")[0]
+    applied.write("acme/flows.py", RATED)
+    text = applied.revision("rate-limit send_mail")
+    assert flow_calls(text, "upgrade") == [
+        (
+            ["update_flow_options", "send_mail"],
+            {"flow": {"rate_limit": {"limit": 60, "per": 60.0, "key": ["to"]}}},
+        )
+    ]
+    assert flow_calls(text, "downgrade") == [
+        (["update_flow_options", "send_mail"], {"flow": {"rate_limit": None}})
+    ]
+    applied.upgrade("heads")
+    assert rate_limits(applied.url) == {"send_mail": [60, 60.0, ["to"], ":send_mail:"]}
+    applied.run("check")
+    second = revision_id(text)
+
+    applied.write("acme/flows.py", RENAMED)
+    applied.revision("share a budget")
+    applied.upgrade("heads")
+    assert rate_limits(applied.url) == {"send_mail": [10, 1.5, None, "smtp"]}
+    applied.run("check")
+
+    applied.downgrade(second)
+    assert rate_limits(applied.url) == {"send_mail": [60, 60.0, ["to"], ":send_mail:"]}
+    applied.downgrade(first)
+    assert rate_limits(applied.url) == {}

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_example_prints_what_the_page_shows(capsys: pytest.CaptureFixture[str]) -> None:
     anyio.run(flow_control.main)
-    title = "Flow control: concurrency limits and priorities"
+    title = "Flow control: concurrency limits, priorities, rate limits"
     shown = console(block("flow-control.md", title, "console"))
     assert shown.commands == ["python examples/flow_control.py"]
     assert capsys.readouterr().out.splitlines() == shown.output

@@ -36,6 +36,10 @@ const handlers = {
   ranked_node: {
     perform: (input) => ({ by: 'node', n: input.run.n }),
   },
+  // Rate limits (pgflow-python's extension/0082): messages over budget stay invisible.
+  paced_node: {
+    perform: (input) => ({ by: 'node', n: input.run.n }),
+  },
   // Wait steps (pgflow-python's extension/0070): approve has no message, so it never comes
   // here; a signal completes it and publish gets its output.
   ts_approval: {

@@ -3,11 +3,12 @@ definition round trip that Alembic revisions rely on."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from pgflow import Concurrency, Flow, Job, step
+from pgflow import Concurrency, Flow, Job, RateLimit, step
 from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition
 from pgflow.dsl import definition_of
@@ -89,3 +90,45 @@ def test_a_default_priority_compiles_and_round_trips() -> None:
     )
     assert FlowDefinition.from_dict(definition_of(Ranked).to_dict()) == definition_of(Ranked)
     assert not any("priority" in s for s in compile_flow(definition_of(Pipeline)))
+
+
+class Geocode(
+    Job, slug="geocode", rate_limit=RateLimit.named("geo", 2, per=timedelta(seconds=1.5))
+):
+    def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        return None
+
+
+class PerTenant(Job, slug="per_tenant", rate_limit=RateLimit(60, per=60, key="tenant")):
+    def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        return None
+
+
+def test_a_rate_limit_compiles_and_round_trips() -> None:
+    assert compile_flow(definition_of(Geocode))[-1] == (
+        "SELECT pgflow_python.set_rate_limit('geocode', NULL, 2, make_interval(secs => 1.5), "
+        "NULL, 'geo');"
+    )
+    assert compile_flow(definition_of(PerTenant))[-1] == (
+        "SELECT pgflow_python.set_rate_limit('per_tenant', NULL, 60, "
+        "make_interval(secs => 60.0), ARRAY['tenant'], NULL);"
+    )
+    for job in (Geocode, PerTenant):
+        assert FlowDefinition.from_dict(definition_of(job).to_dict()) == definition_of(job)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: RateLimit(0, per=1), "at least 1"),
+        (lambda: RateLimit(1, per=0), "positive period"),
+        (lambda: RateLimit(1, per=timedelta(days=400)), "at most 366 days"),
+        (lambda: RateLimit(1, per=1, key="a..b"), "key name"),
+        (lambda: RateLimit.named("", 1, per=1), "name"),
+        (lambda: RateLimit.named("-x", 1, per=1), "name"),
+        (lambda: RateLimit.from_dict({"limit": 1}), "RateLimit"),
+    ],
+)
+def test_bad_rate_limits(make: Any, message: str) -> None:
+    with pytest.raises(FlowDefinitionError, match=message):
+        make()
