@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from pgflow._logging import configure_logging
-from pgflow.cli import dashboard, db, flows, operations, schedules, worker
+from pgflow.cli import dashboard, db, flows, limits, operations, schedules, worker
 from pgflow.cli._common import OneLineUsageErrors, log_format_option, log_level_option
 
 __all__ = ["main"]
@@ -39,5 +39,6 @@ for _command in (
     operations.runs,
     operations.workers,
     operations.prune_command,
+    limits.limits_command,
 ):
     main.add_command(_command)

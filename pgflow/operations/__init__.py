@@ -24,6 +24,7 @@ from pgflow.operations._inspect import (
     list_workers_async,
     resolve_run_id,
 )
+from pgflow.operations._limits import LimitUse, list_limits, list_limits_async
 from pgflow.operations._prune import DEFAULT_BATCH_SIZE, PRUNABLE_STATUSES, prune, prune_async
 from pgflow.operations._results import (
     CancelOutcome,
@@ -47,6 +48,7 @@ __all__ = [
     "PRUNABLE_STATUSES",
     "CancelOutcome",
     "CancelResult",
+    "LimitUse",
     "PruneReport",
     "ResumeOutcome",
     "ResumeRecord",
@@ -62,6 +64,8 @@ __all__ = [
     "cancel_run_async",
     "describe_run",
     "describe_run_async",
+    "list_limits",
+    "list_limits_async",
     "list_runs",
     "list_runs_async",
     "list_workers",

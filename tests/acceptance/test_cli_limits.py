@@ -1,0 +1,59 @@
+"""``pgflow limits``: every concurrency and rate limit with its live use per key value, as a
+table and as JSON; an unknown --flow exits 1 naming it."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy.engine import URL, Engine
+
+from pgflow.client import enqueue
+from pgflow.operations import list_limits
+from tests.acceptance.test_cli_runs import pgflow_cli
+from tests.helpers.database import register_flows
+from tests.helpers.limited_flows import TenantSync
+from tests.integration.test_rate_limits_sql import Paced
+
+
+def test_limits_show_in_flight_held_and_booked_starts(
+    pgflow_engine: Engine, pgflow_database: URL
+) -> None:
+    register_flows(pgflow_engine, TenantSync, Paced)
+    with pgflow_engine.begin() as connection:
+        for n in range(5):
+            enqueue(connection, TenantSync, {"tenant": "acme", "n": n})
+        enqueue(connection, TenantSync, {"tenant": "globex", "n": 0})
+        for n in range(4):
+            enqueue(connection, Paced, {"tenant": "acme", "n": n})
+    # Nothing read yet: the rate limit's starts are booked, none happened.
+    uses = {
+        (u.flow_slug, u.kind, u.key_value): (u.in_use, u.waiting)
+        for u in list_limits(pgflow_engine)
+    }
+    assert uses == {
+        ("tenant_sync", "concurrency", "acme"): (2, 3),
+        ("tenant_sync", "concurrency", "globex"): (1, 0),
+        ("rate_paced", "rate", "acme"): (0, 1),
+    }
+
+    shown = pgflow_cli(pgflow_database, "limits")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["FLOW", "KIND", "LIMIT", "KEY", "VALUE", "IN", "USE", "WAITING"]
+    assert ["rate_paced", "rate", "3/2s", "tenant", '"acme"', "0/3", "1"] in [
+        l.split() for l in lines
+    ]
+    assert ["tenant_sync", "concurrency", "2", "tenant", '"acme"', "2/2", "3"] in [
+        l.split() for l in lines
+    ]
+
+    as_json = pgflow_cli(pgflow_database, "limits", "--flow", "tenant_sync", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert {(u["key_value"], u["in_use"], u["waiting"]) for u in json.loads(as_json.stdout)} == {
+        ("acme", 2, 3),
+        ("globex", 1, 0),
+    }
+
+    unknown = pgflow_cli(pgflow_database, "limits", "--flow", "nope")
+    assert unknown.returncode == 1
+    assert "nope" in unknown.stderr
