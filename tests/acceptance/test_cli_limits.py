@@ -39,13 +39,10 @@ def test_limits_show_in_flight_held_and_booked_starts(
     shown = pgflow_cli(pgflow_database, "limits")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
+    cells = [line.split() for line in lines]
     assert lines[0].split() == ["FLOW", "KIND", "LIMIT", "KEY", "VALUE", "IN", "USE", "WAITING"]
-    assert ["rate_paced", "rate", "3/2s", "tenant", '"acme"', "0/3", "1"] in [
-        l.split() for l in lines
-    ]
-    assert ["tenant_sync", "concurrency", "2", "tenant", '"acme"', "2/2", "3"] in [
-        l.split() for l in lines
-    ]
+    assert ["rate_paced", "rate", "3/2s", "tenant", '"acme"', "0/3", "1"] in cells
+    assert ["tenant_sync", "concurrency", "2", "tenant", '"acme"', "2/2", "3"] in cells
 
     as_json = pgflow_cli(pgflow_database, "limits", "--flow", "tenant_sync", "--json")
     assert as_json.returncode == 0, as_json.stderr
