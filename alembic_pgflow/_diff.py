@@ -71,6 +71,9 @@ def diff_flow(
             default = CONDITION_DEFAULTS.get(name)
             if (default if old is None else old) != (default if new is None else new):
                 steps.setdefault(stored_step.slug, {})[name] = (old, new)
+        limits = _step_limit_changes(definition, stored_step)
+        if limits:
+            steps.setdefault(stored_step.slug, {}).update(limits)
         waits = _wait_changes(definition, stored_step)
         if waits:
             steps.setdefault(stored_step.slug, {}).update(waits)
@@ -88,6 +91,18 @@ def _flow_control_changes(definition: FlowDefinition, stored: StoredFlow) -> dic
     wanted_rate = None if definition.rate_limit is None else definition.rate_limit.to_dict()
     if stored.rate_limit != wanted_rate:
         changes["rate_limit"] = (stored.rate_limit, wanted_rate)
+    return changes
+
+
+def _step_limit_changes(definition: FlowDefinition, stored_step: StoredStep) -> dict[str, Change]:
+    """A step's own limits are options (docs/flow-control.md)."""
+    target = definition.step(stored_step.slug)
+    changes: dict[str, Change] = {}
+    for name, value in (("concurrency", target.concurrency), ("rate_limit", target.rate_limit)):
+        wanted = None if value is None else value.to_dict()
+        old = stored_step.flow_control.get(name)
+        if (None if old is None else dict(old)) != wanted:
+            changes[name] = (old, wanted)
     return changes
 
 

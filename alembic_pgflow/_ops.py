@@ -41,6 +41,7 @@ _FLOW_KEYS = (
     "rate_limit",
 )
 _WAIT = ("wait_timeout", "on_timeout")  # a wait step's options (extension/0070)
+_STEP_LIMITS = ("concurrency", "rate_limit")  # a step's own limits (extension/0080, 0082)
 
 
 def _plain(definition: FlowData | FlowDefinition) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def _check_keys(flow: FlowData, steps: StepOptions) -> None:
     if unknown:
         raise ValueError(f"unknown flow options {unknown}; known: {list(_FLOW_KEYS)}")
     for step, options in steps.items():
-        known = (*STEP_OPTIONS, *CONDITION_OPTIONS, *_WAIT)
+        known = (*STEP_OPTIONS, *CONDITION_OPTIONS, *_WAIT, *_STEP_LIMITS)
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise ValueError(f"step {step!r}: unknown options {unknown}; known: {known}")
@@ -254,7 +255,12 @@ def _update_flow_options(operations: Operations, operation: UpdateFlowOptionsOp)
             )
         )
     for step, options in operation.steps.items():
-        plain = {k: v for k, v in options.items() if k not in CONDITION_OPTIONS and k not in _WAIT}
+        _set_step_limits(operations, slug, step, options)
+        plain = {
+            k: v
+            for k, v in options.items()
+            if k not in CONDITION_OPTIONS and k not in _WAIT and k not in _STEP_LIMITS
+        }
         condition = {k: v for k, v in options.items() if k in CONDITION_OPTIONS}
         wait = {k: v for k, v in options.items() if k in _WAIT}
         if wait:
@@ -277,12 +283,25 @@ def _update_flow_options(operations: Operations, operation: UpdateFlowOptionsOp)
             )
 
 
-def _set_rate_limit(operations: Operations, slug: str, wanted: Any) -> None:
+def _set_step_limits(
+    operations: Operations, slug: str, step: str, options: Mapping[str, Any]
+) -> None:
+    """A step's own limits in ``op.update_flow_options(slug, steps={step: {...}})``."""
+    if "concurrency" in options:
+        _set_concurrency(operations, slug, options["concurrency"], step)
+    if "rate_limit" in options:
+        _set_rate_limit(operations, slug, options["rate_limit"], step)
+
+
+def _set_rate_limit(
+    operations: Operations, slug: str, wanted: Any, step: str | None = None
+) -> None:
     """``op.update_flow_options(slug, flow={"rate_limit": {...} or None})`` (extension/0082)."""
     limit = None if wanted is None else RateLimit.from_dict(wanted)
     operations.execute(
         query("set_rate_limit").bindparams(
             flow_slug=slug,
+            step_slug=step,
             max_starts=None if limit is None else limit.limit,
             seconds=None if limit is None else limit.seconds,
             key_path=None if limit is None or not limit.key_path else list(limit.key_path),
@@ -291,13 +310,16 @@ def _set_rate_limit(operations: Operations, slug: str, wanted: Any) -> None:
     )
 
 
-def _set_concurrency(operations: Operations, slug: str, wanted: Any) -> None:
+def _set_concurrency(
+    operations: Operations, slug: str, wanted: Any, step: str | None = None
+) -> None:
     """``op.update_flow_options(slug, flow={"concurrency": {...} or None})``: validated as the
     DSL validates it, then set (or removed) at once (extension/0080)."""
     limit = None if wanted is None else Concurrency.from_dict(wanted)
     operations.execute(
         query("set_concurrency_limit").bindparams(
             flow_slug=slug,
+            step_slug=step,
             max_running=None if limit is None else limit.limit,
             key_path=None if limit is None or not limit.key_path else list(limit.key_path),
         )

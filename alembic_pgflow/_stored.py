@@ -29,6 +29,8 @@ class StoredStep:
     """``wait``, ``wait_timeout``, ``on_timeout`` of a wait step; empty for other steps."""
     subflow: str | None = None
     """The flow a subflow step runs (extension/0073); None for other steps."""
+    flow_control: Mapping[str, Any] = field(default_factory=dict)
+    """The step's own ``concurrency`` / ``rate_limit`` as ``to_dict`` forms, where set."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class StoredFlow:
             item.update({k: v for k, v in step.wait.items() if v is not None})
             if step.subflow is not None:
                 item["subflow"] = step.subflow
+            item.update({k: dict(v) for k, v in step.flow_control.items()})
             steps.append(item)
         data["steps"] = steps
         return data
@@ -109,6 +112,7 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
     if connection.execute(query("subflows_present")).scalar_one():
         for row in connection.execute(query("stored_subflow_steps")).mappings():
             subflows[(row["flow_slug"], row["step_slug"])] = row["subflow"]
+    step_limits = _step_limits(connection)
     steps: dict[str, list[StoredStep]] = {}
     for row in connection.execute(query("stored_steps")).mappings():
         steps.setdefault(row["flow_slug"], []).append(
@@ -120,6 +124,7 @@ def read_flows(connection: Connection) -> dict[str, StoredFlow]:
                 condition=conditions.get((row["flow_slug"], row["step_slug"]), {}),
                 wait=waits.get((row["flow_slug"], row["step_slug"]), {}),
                 subflow=subflows.get((row["flow_slug"], row["step_slug"])),
+                flow_control=step_limits.get((row["flow_slug"], row["step_slug"]), {}),
             )
         )
     limits = _per_flow(connection, "concurrency_limits_present", "stored_concurrency")
@@ -151,3 +156,16 @@ def _per_flow(connection: Connection, present: str, stored: str) -> dict[str, An
     if not connection.execute(query(present)).scalar_one():
         return {}
     return {row[0]: row[1] for row in connection.execute(query(stored))}
+
+
+def _step_limits(connection: Connection) -> dict[tuple[str, str], dict[str, Any]]:
+    """Steps' own limits (extension/0080, 0082) by (flow, step); none on an older schema."""
+    present = ("concurrency_limits_present", "rate_limits_present")
+    if not all(connection.execute(query(name)).scalar_one() for name in present):
+        return {}
+    return {
+        (row["flow_slug"], row["step_slug"]): {
+            name: row[name] for name in ("concurrency", "rate_limit") if row[name] is not None
+        }
+        for row in connection.execute(query("stored_step_limits")).mappings()
+    }

@@ -16,7 +16,17 @@ import anyio
 import anyio.to_thread
 import sqlalchemy as sa
 
-from pgflow import Concurrency, Job, RateLimit, enqueue, wait_for_run
+from pgflow import (
+    Concurrency,
+    Flow,
+    Job,
+    RateLimit,
+    enqueue,
+    map_step,
+    start_flow,
+    step,
+    wait_for_run,
+)
 from pgflow.compiler import compile_flow
 from pgflow.dsl import definition_of
 from pgflow.errors import ConcurrencyKeyError
@@ -60,14 +70,27 @@ class Reverse(Job, slug="reverse_geocode", rate_limit=GEOCODER):
 CALLS: list[float] = []
 
 
+class Enrich(Flow, slug="enrich"):
+    @step
+    def accounts(self, input: dict[str, Any]) -> list[str]:
+        return list(input["accounts"])
+
+    @map_step(array=accounts, concurrency=Concurrency(4), rate_limit=GEOCODER)
+    def locate(self, account: str) -> str:
+        return account
+
+
 def geocode(engine: sa.Engine) -> None:
     runs = [enqueue(engine, Geocode, {"address": n}) for n in range(4)]
     runs += [enqueue(engine, Reverse, {"point": n}) for n in range(2)]
+    enriched = start_flow(engine, Enrich, {"accounts": ["a", "b", "c"]})
     for run_id in runs:
         wait_for_run(engine, run_id, timeout=60)
     # (windows of 0.9 s: a tenth of the period allowed for the workers' start latency)
     busiest = max(sum(1 for t in CALLS if s <= t < s + 0.9) for s in CALLS)
     print(f"geocoder: 6 calls, at most {busiest} per second")
+    output = wait_for_run(engine, enriched, timeout=60).output
+    print(f"enrich: located {output['locate']} within the same budget")
 
 
 def backlog(engine: sa.Engine) -> list[Any]:
@@ -98,12 +121,13 @@ async def main() -> None:
         install(url)
         engine = sa.create_engine(url)
         with engine.begin() as connection:  # what a migration would apply
-            for flow in (TenantSync, Digest, Geocode, Reverse):
+            for flow in (TenantSync, Digest, Geocode, Reverse, Enrich):
                 for statement in compile_flow(definition_of(flow)):
                     connection.execute(sa.text(statement))
         digests = backlog(engine)  # queued before any worker runs
         options = WorkerOptions(concurrency=10, poll_interval=0.2, shutdown_timeout=2)
-        worker = Worker([TenantSync, Digest, Geocode, Reverse], engine, options=options)
+        flows = [TenantSync, Digest, Geocode, Reverse, Enrich]
+        worker = Worker(flows, engine, options=options)
         async with anyio.create_task_group() as group:
             group.start_soon(worker.serve)
             await anyio.to_thread.run_sync(sync, engine, digests)

@@ -68,6 +68,11 @@ def compile_flow(definition: FlowDefinition) -> list[str]:
         statements.append(_concurrency_statement(definition.slug, definition.concurrency))
     if definition.rate_limit is not None:
         statements.append(rate_limit_statement(definition.slug, None, definition.rate_limit))
+    for step in definition.steps:
+        if step.concurrency is not None:
+            statements.append(_concurrency_statement(definition.slug, step.concurrency, step.slug))
+        if step.rate_limit is not None:
+            statements.append(rate_limit_statement(definition.slug, step.slug, step.rate_limit))
     if definition.priority is not None:
         statements.append(
             f"SELECT pgflow_python.set_flow_priority('{definition.slug}', {definition.priority});"
@@ -75,7 +80,9 @@ def compile_flow(definition: FlowDefinition) -> list[str]:
     return statements
 
 
-def _concurrency_statement(flow_slug: str, concurrency: Concurrency) -> str:
+def _concurrency_statement(
+    flow_slug: str, concurrency: Concurrency, step_slug: str | None = None
+) -> str:
     """Our ``concurrency_limits`` row (extension/0080); key parts are validated names."""
     key = (
         "ARRAY[" + ", ".join(f"'{part}'" for part in concurrency.key_path) + "]"
@@ -83,7 +90,8 @@ def _concurrency_statement(flow_slug: str, concurrency: Concurrency) -> str:
         else "NULL"
     )
     return (
-        f"SELECT pgflow_python.set_concurrency_limit('{flow_slug}', NULL, "
+        f"SELECT pgflow_python.set_concurrency_limit('{flow_slug}', "
+        f"{'NULL' if step_slug is None else repr(step_slug)}, "
         f"{concurrency.limit}, {key});"
     )
 

@@ -172,9 +172,17 @@ class StepDefinition:
     """What a wait step's timeout does; omitted: ``"fail"``."""
     subflow: str | None = None
     """Slug of the flow a subflow step runs (``@subflow``); its run's output is the output."""
+    concurrency: Concurrency | None = None
+    """Per-key limit on this step's tasks in flight (replaces the flow's for them)."""
+    rate_limit: RateLimit | None = None
+    """Per-key limit on this step's task starts per period (with the flow's, if any)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "step_type", StepType(self.step_type))
+        if self.concurrency is not None:
+            object.__setattr__(self, "concurrency", Concurrency.from_dict(self.concurrency))
+        if self.rate_limit is not None:
+            object.__setattr__(self, "rate_limit", RateLimit.from_dict(self.rate_limit))
         if self.wait is not None:
             object.__setattr__(self, "wait", _enum(WaitKind, self.wait, f"step {self.slug!r}"))
         if self.on_timeout is not None:
@@ -225,6 +233,10 @@ class StepDefinition:
         )
         if self.subflow is not None:
             data["subflow"] = self.subflow
+        if self.concurrency is not None:
+            data["concurrency"] = self.concurrency.to_dict()
+        if self.rate_limit is not None:
+            data["rate_limit"] = self.rate_limit.to_dict()
         return data
 
     @property

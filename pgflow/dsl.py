@@ -74,6 +74,8 @@ class StepMethod:
         self.explicit_slug = slug
         self.slug = slug or function.__name__
         self.options = options
+        # Step-level limits (docs/flow-control.md): concurrency, rate_limit when given.
+        self.flow_control: dict[str, Any] = {}
         self.attribute = function.__name__
         self.__doc__ = function.__doc__
         self.__wrapped__ = function
@@ -101,7 +103,7 @@ class StepMethod:
         return True
 
     def definition(self) -> StepDefinition:
-        given: dict[str, Any] = {**self.options, **self.condition}
+        given: dict[str, Any] = {**self.options, **self.condition, **self.flow_control}
         return StepDefinition(
             slug=self.slug,
             step_type=self.step_type,
@@ -155,9 +157,11 @@ def _declarer(
     slug: str | None,
     options: dict[str, int | None],
     condition: dict[str, Any],
+    *,
+    flow_control: dict[str, Any] | None = None,
 ) -> Callable[[HandlerFunction], StepMethod]:
     def decorate(function: HandlerFunction) -> StepMethod:
-        return StepMethod(
+        method = StepMethod(
             function,
             step_type=step_type,
             depends_on=depends_on,
@@ -165,6 +169,8 @@ def _declarer(
             options=options,
             condition=condition,
         )
+        method.flow_control = {k: v for k, v in (flow_control or {}).items() if v is not None}
+        return method
 
     return decorate
 
@@ -180,6 +186,8 @@ def step(
     if_not: Any = None,
     when_unmet: WhenUnmetName | None = None,
     retries_exhausted: WhenUnmetName | None = None,
+    concurrency: Concurrency | None = None,
+    rate_limit: RateLimit | None = None,
     **options: Unpack[StepOptions],
 ) -> Callable[[HandlerFunction], StepMethod]: ...
 def step(
@@ -192,6 +200,8 @@ def step(
     if_not: Any = None,
     when_unmet: WhenUnmetName | None = None,
     retries_exhausted: WhenUnmetName | None = None,
+    concurrency: Concurrency | None = None,
+    rate_limit: RateLimit | None = None,
     **options: Unpack[StepOptions],
 ) -> StepMethod | Callable[[HandlerFunction], StepMethod]:
     """Declare a step. A root step gets the flow input; a dependent step gets
@@ -202,6 +212,8 @@ def step(
     ``when_unmet`` decides: ``"skip"`` (default), ``"skip-cascade"`` or ``"fail"``.
     ``retries_exhausted`` decides the same when the step runs out of attempts (default
     ``"fail"``).
+
+    ``concurrency`` and ``rate_limit`` limit this step's tasks alone (docs/flow-control.md).
     """
     if isinstance(depends_on, (str, StepMethod)):
         depends_on = [depends_on]
@@ -211,6 +223,7 @@ def step(
         slug,
         options_given(options, STEP_OPTIONS, "step()"),
         _condition(if_, if_not, when_unmet, retries_exhausted),
+        flow_control={"concurrency": concurrency, "rate_limit": rate_limit},
     )
     return decorate(function) if function is not None else decorate
 
@@ -226,6 +239,8 @@ def map_step(
     if_not: Any = None,
     when_unmet: WhenUnmetName | None = None,
     retries_exhausted: WhenUnmetName | None = None,
+    concurrency: Concurrency | None = None,
+    rate_limit: RateLimit | None = None,
     **options: Unpack[StepOptions],
 ) -> Callable[[HandlerFunction], StepMethod]: ...
 def map_step(
@@ -238,6 +253,8 @@ def map_step(
     if_not: Any = None,
     when_unmet: WhenUnmetName | None = None,
     retries_exhausted: WhenUnmetName | None = None,
+    concurrency: Concurrency | None = None,
+    rate_limit: RateLimit | None = None,
     **options: Unpack[StepOptions],
 ) -> StepMethod | Callable[[HandlerFunction], StepMethod]:
     """Declare a map step: one task per element of an array, outputs collected in order.
@@ -255,6 +272,7 @@ def map_step(
         slug,
         options_given(options, STEP_OPTIONS, "map_step()"),
         _condition(if_, if_not, when_unmet, retries_exhausted),
+        flow_control={"concurrency": concurrency, "rate_limit": rate_limit},
     )
     return decorate(function) if function is not None else decorate
 

@@ -58,12 +58,14 @@ def encode_input(flow_slug: str, value: Any) -> str:
 def check_input_shape(definition: FlowDefinition, value: Any) -> None:
     """Upstream's root map rule and our limits' keys (extension/0080 and 0082 check them
     again, for starts from SQL), checked from the definition before any SQL runs."""
-    if definition.concurrency is not None and definition.concurrency.key_path:
-        _check_concurrency_key(definition.slug, definition.concurrency.key_path, value)
-    if definition.rate_limit is not None and definition.rate_limit.key_path:
-        _check_concurrency_key(
-            definition.slug, definition.rate_limit.key_path, value, RateLimitKeyError
-        )
+    concurrency = [definition.concurrency, *(s.concurrency for s in definition.steps)]
+    rates = [definition.rate_limit, *(s.rate_limit for s in definition.steps)]
+    for limit in concurrency:
+        if limit is not None and limit.key_path:
+            _check_concurrency_key(definition.slug, limit.key_path, value)
+    for rate in rates:
+        if rate is not None and rate.key_path:
+            _check_concurrency_key(definition.slug, rate.key_path, value, RateLimitKeyError)
     for step in definition.steps:
         if step.step_type is StepType.MAP and not step.depends_on:
             if not isinstance(value, list | tuple):

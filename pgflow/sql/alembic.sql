@@ -84,8 +84,9 @@ FROM pgflow_python.concurrency_limits AS l
 WHERE l.step_slug = ''
 
 -- name: set_concurrency_limit
--- description: Set or remove (limit NULL) a flow's concurrency limit (extension/0080_concurrency_limits.sql).
-SELECT pgflow_python.set_concurrency_limit(:flow_slug, NULL, :max_running, CAST(:key_path AS text[]))
+-- description: Set or remove (limit NULL) a flow's (step_slug NULL) or a step's concurrency limit (extension/0080_concurrency_limits.sql).
+SELECT pgflow_python.set_concurrency_limit(
+    :flow_slug, CAST(:step_slug AS text), :max_running, CAST(:key_path AS text[]))
 
 -- name: flow_priorities_present
 -- description: Whether this database has our flow_priorities table (extension/0081_priorities.sql).
@@ -116,11 +117,30 @@ FROM pgflow_python.rate_limits AS l
 WHERE l.step_slug = ''
 
 -- name: set_rate_limit
--- description: Set or remove (limit NULL) a flow's rate limit (extension/0082_rate_limits.sql).
+-- description: Set or remove (limit NULL) a flow's (step_slug NULL) or a step's rate limit (extension/0082_rate_limits.sql).
 SELECT pgflow_python.set_rate_limit(
-    :flow_slug, NULL, CAST(:max_starts AS integer),
+    :flow_slug, CAST(:step_slug AS text), CAST(:max_starts AS integer),
     make_interval(secs => CAST(:seconds AS float8)), CAST(:key_path AS text[]),
     CAST(:name AS text))
+
+-- name: stored_step_limits
+-- description: Every step's own concurrency and rate limits (extension/0080, 0082), as Concurrency.to_dict / RateLimit.to_dict (NULL: none).
+SELECT coalesce(c.flow_slug, r.flow_slug) AS flow_slug,
+       coalesce(c.step_slug, r.step_slug) AS step_slug,
+       CASE WHEN c.flow_slug IS NULL THEN NULL
+            WHEN c.key_path IS NULL THEN jsonb_build_object('limit', c.max_running)
+            ELSE jsonb_build_object('limit', c.max_running, 'key', to_jsonb(c.key_path))
+       END AS concurrency,
+       CASE WHEN r.flow_slug IS NULL THEN NULL
+            ELSE jsonb_strip_nulls(jsonb_build_object(
+                'limit', r.max_starts,
+                'per', extract(epoch FROM r.period)::float8,
+                'key', to_jsonb(r.key_path),
+                'name', CASE WHEN r.budget LIKE ':%' THEN NULL ELSE r.budget END))
+       END AS rate_limit
+FROM (SELECT * FROM pgflow_python.concurrency_limits WHERE step_slug <> '') AS c
+FULL JOIN (SELECT * FROM pgflow_python.rate_limits WHERE step_slug <> '') AS r
+    ON r.flow_slug = c.flow_slug AND r.step_slug = c.step_slug
 
 -- name: stored_deps
 -- description: Dependencies in the order their steps were declared (the deps table keeps no order).

@@ -111,3 +111,33 @@ def test_adding_changing_and_removing_a_rate_limit(applied: AlembicProject) -> N
     assert rate_limits(applied.url) == {"send_mail": [60, 60.0, ["to"], ":send_mail:"]}
     applied.downgrade(first)
     assert rate_limits(applied.url) == {}
+
+
+STEP_LIMITED = FLOWS.replace(
+    "from pgflow.dsl import", "from pgflow import Concurrency, RateLimit\nfrom pgflow.dsl import"
+).replace(
+    "    @map_step\n    def resize",
+    '    @map_step(concurrency=Concurrency(3), rate_limit=RateLimit.named("cdn", 9, per=1))\n'
+    "    def resize",
+)
+
+
+def test_a_steps_own_limits_are_options(applied: AlembicProject) -> None:
+    first = applied.revision_files()[0].name.split("_")[0]
+    applied.write("acme/flows.py", STEP_LIMITED)
+    text = applied.revision("limit resize")
+    wanted = {
+        "concurrency": {"limit": 3},
+        "rate_limit": {"limit": 9, "per": 1.0, "name": "cdn"},
+    }
+    assert flow_calls(text, "upgrade") == [
+        (["update_flow_options", "thumbnails"], {"steps": {"resize": wanted}})
+    ]
+    applied.upgrade("heads")
+    applied.run("check")
+    assert stored(
+        applied.url, "SELECT step_slug, max_running FROM pgflow_python.concurrency_limits"
+    ) == {"resize": 3}
+    assert rate_limits(applied.url) == {"thumbnails": [9, 1.0, None, "cdn"]}
+    applied.downgrade(first)
+    assert rate_limits(applied.url) == {}

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 import sql_only_flow
-from pgflow import Concurrency, Job, RateLimit
+from pgflow import Concurrency, Flow, Job, RateLimit, map_step, step
 from pgflow.client import enqueue
 from pgflow.errors import FlowDefinitionError, RateLimitKeyError
 from tests.helpers.database import register_flows
@@ -207,3 +207,53 @@ def test_bad_names_and_bad_sql_arguments(pgflow_engine: Engine) -> None:
                 ),
                 {"m": max_starts, "p": period},
             )
+
+
+class Pipeline(Flow, slug="rate_pipeline"):
+    @step(concurrency=Concurrency(1, key="tenant"))
+    def fetch(self, input: dict[str, Any]) -> list[int]:
+        return [1, 2, 3]
+
+    @map_step(array=fetch, rate_limit=RateLimit(2, per=TWO_SECONDS, key="tenant"))
+    def call(self, item: int) -> int:
+        return item
+
+
+def test_a_steps_own_limits(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, Pipeline)
+    worker = sql_only_flow.register_worker(pgflow_engine, "rate_pipeline")
+    with pgflow_engine.begin() as connection:
+        for n in range(3):
+            sql_only_flow.start_run(connection, "rate_pipeline", {"tenant": "a", "n": n})
+        held = connection.execute(sa.text("SELECT count(*) FROM pgflow_python.held_tasks"))
+        assert held.scalar_one() == 2  # fetch: one at a time per tenant
+    with pgflow_engine.begin() as connection:
+        ids = connection.execute(sa.text("SELECT msg_id FROM pgmq.read('rate_pipeline', 30, 10)"))
+        task = connection.execute(
+            sa.text(
+                "SELECT run_id, step_slug, task_index"
+                " FROM pgflow.start_tasks('rate_pipeline', CAST(:ids AS bigint[]), :w)"
+            ),
+            {"ids": list(ids.scalars()), "w": worker},
+        ).one()
+        connection.execute(
+            sa.text("SELECT pgflow.complete_task(:r, 'fetch', 0, '[1, 2, 3]'::jsonb)"),
+            {"r": task.run_id},
+        )
+    # The map's three tasks: two now, one a period later; the next fetch released.
+    with pgflow_engine.begin() as connection:
+        steps = connection.execute(
+            sa.text(
+                "SELECT message ->> 'step_slug' AS step,"
+                " CASE WHEN vt = 'infinity' THEN -1"
+                " ELSE round(extract(epoch FROM vt - clock_timestamp())) END AS wait"
+                " FROM pgmq.q_rate_pipeline ORDER BY 1, 2"
+            )
+        ).all()
+    assert [(s.step, int(s.wait) if s.wait < 0 else max(int(s.wait), 0)) for s in steps] == [
+        ("call", 0),
+        ("call", 0),
+        ("call", 2),
+        ("fetch", -1),  # the third run's, still held
+        ("fetch", 0),
+    ]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pgflow import Concurrency, Flow, Job, RateLimit, step
+from pgflow import Concurrency, Flow, Job, RateLimit, map_step, step
 from pgflow.compiler import compile_flow
 from pgflow.definition import FlowDefinition
 from pgflow.dsl import definition_of
@@ -132,3 +132,26 @@ def test_a_rate_limit_compiles_and_round_trips() -> None:
 def test_bad_rate_limits(make: Any, message: str) -> None:
     with pytest.raises(FlowDefinitionError, match=message):
         make()
+
+
+class Enrich(Flow, slug="enrich"):
+    @step(concurrency=Concurrency(2, key="tenant"))
+    def fetch(self, input: Any) -> list[int]:
+        return [1]
+
+    @map_step(array=fetch, rate_limit=RateLimit(5, per=1))
+    def call(self, item: int) -> int:
+        return item
+
+
+def test_a_steps_own_limits_compile_and_round_trip() -> None:
+    assert compile_flow(definition_of(Enrich))[-2:] == [
+        "SELECT pgflow_python.set_concurrency_limit('enrich', 'fetch', 2, ARRAY['tenant']);",
+        "SELECT pgflow_python.set_rate_limit('enrich', 'call', 5, make_interval(secs => 1.0), "
+        "NULL, NULL);",
+    ]
+    assert FlowDefinition.from_dict(definition_of(Enrich).to_dict()) == definition_of(Enrich)
+    assert definition_of(Enrich).step("fetch").to_dict()["concurrency"] == {
+        "limit": 2,
+        "key": ["tenant"],
+    }
