@@ -4,15 +4,21 @@ table and as JSON; an unknown --flow exits 1 naming it."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from sqlalchemy.engine import URL, Engine
 
+from pgflow import Job, RateLimit
 from pgflow.client import enqueue
 from pgflow.operations import list_limits
 from tests.acceptance.test_cli_runs import pgflow_cli
 from tests.helpers.database import register_flows
 from tests.helpers.limited_flows import TenantSync
-from tests.integration.test_rate_limits_sql import Paced
+
+
+class Paced(Job, slug="cli_paced", rate_limit=RateLimit(3, per=600, key="tenant")):
+    def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        return None
 
 
 def test_limits_show_in_flight_held_and_booked_starts(
@@ -33,7 +39,7 @@ def test_limits_show_in_flight_held_and_booked_starts(
     assert uses == {
         ("tenant_sync", "concurrency", "acme"): (2, 3),
         ("tenant_sync", "concurrency", "globex"): (1, 0),
-        ("rate_paced", "rate", "acme"): (0, 1),
+        ("cli_paced", "rate", "acme"): (0, 1),
     }
 
     shown = pgflow_cli(pgflow_database, "limits")
@@ -41,7 +47,7 @@ def test_limits_show_in_flight_held_and_booked_starts(
     lines = shown.stdout.splitlines()
     cells = [line.split() for line in lines]
     assert lines[0].split() == ["FLOW", "KIND", "LIMIT", "KEY", "VALUE", "IN", "USE", "WAITING"]
-    assert ["rate_paced", "rate", "3/2s", "tenant", '"acme"', "0/3", "1"] in cells
+    assert ["cli_paced", "rate", "3/600s", "tenant", '"acme"', "0/3", "1"] in cells
     assert ["tenant_sync", "concurrency", "2", "tenant", '"acme"', "2/2", "3"] in cells
 
     as_json = pgflow_cli(pgflow_database, "limits", "--flow", "tenant_sync", "--json")

@@ -298,6 +298,19 @@ BEGIN
 END;
 $$;
 
+-- Whether table (a qualified name) has a trigger of that name.
+CREATE OR REPLACE FUNCTION pgflow_python.has_trigger(table_name text, trigger_name text)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path = ''
+AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_trigger AS t
+        WHERE t.tgrelid = pg_catalog.to_regclass(table_name) AND t.tgname = trigger_name
+    )
+$$;
+
 -- Start-time check (AFTER INSERT on pgflow.runs; created with the first keyed rate limit): the
 -- input of a run of a flow with a keyed rate limit must have a string, number or boolean at the
 -- key, so that start_flow fails naming the key instead of a run being limited wrongly.
@@ -402,8 +415,21 @@ BEGIN
     ON CONFLICT ON CONSTRAINT rate_limits_pkey DO UPDATE
     SET budget = excluded.budget, max_starts = excluded.max_starts, period = excluded.period,
         key_path = excluded.key_path;
-    -- Names sort after 0080's admit_or_hold and keep_held: a message is admitted into a
-    -- concurrency slot (or held) before its start is booked.
+    -- DDL only where a trigger is missing (a changed limit needs none), pgflow.runs' first:
+    -- workers lock a run, then its queue (see extension/0083). The queue triggers' names sort
+    -- after 0080's admit_or_hold and keep_held: a message is admitted into a concurrency slot
+    -- (or held) before its start is booked.
+    IF key_path IS NOT NULL
+       AND NOT pgflow_python.has_trigger('pgflow.runs', 'pgflow_python_check_rate_limit_keys')
+    THEN
+        CREATE OR REPLACE TRIGGER pgflow_python_check_rate_limit_keys
+            AFTER INSERT ON pgflow.runs
+            FOR EACH ROW EXECUTE FUNCTION pgflow_python.check_rate_limit_keys();
+    END IF;
+    IF pgflow_python.has_trigger(pg_catalog.format('pgmq.%I', queue_table),
+                                 'pgflow_python_rate_postpone') THEN
+        RETURN;
+    END IF;
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER pgflow_python_rate_book BEFORE INSERT ON pgmq.%I '
         'FOR EACH ROW EXECUTE FUNCTION pgflow_python.book_on_send(%L)',
@@ -422,11 +448,6 @@ BEGIN
         'CREATE OR REPLACE TRIGGER pgflow_python_rate_postpone AFTER UPDATE ON pgmq.%I '
         'FOR EACH STATEMENT EXECUTE FUNCTION pgflow_python.postpone_refused_reads(%L)',
         queue_table, flow_slug);
-    IF key_path IS NOT NULL THEN
-        CREATE OR REPLACE TRIGGER pgflow_python_check_rate_limit_keys
-            AFTER INSERT ON pgflow.runs
-            FOR EACH ROW EXECUTE FUNCTION pgflow_python.check_rate_limit_keys();
-    END IF;
 END;
 $$;
 
