@@ -509,3 +509,23 @@ async def test_resuming_a_map_over_a_subflow_keeps_completed_children_and_resume
 def test_run_flow_inline_serves_the_child_flows_too(pgflow_engine: Engine) -> None:
     run = run_flow_inline(Checkout, {"prices": [2, 5]}, pgflow_engine)
     assert run.output == {"receipt": {"paid": 7}}
+
+
+class Outer(Flow, slug="sub_outer", max_attempts=1):
+    @subflow(Checkout)
+    def checkout(self, input: Any) -> Any:
+        return {"prices": input}
+
+
+def test_subflows_nest_a_grandchilds_output_reaches_the_grandparent(pgflow_engine: Engine) -> None:
+    run = run_flow_inline(Outer, [1, 2, 3], pgflow_engine)
+    assert run.output == {"checkout": {"receipt": {"paid": 6}}}
+    parent = describe_run(pgflow_engine, run.run_id)
+    assert parent is not None
+    [child] = parent.children
+    assert child.run_id is not None
+    middle = describe_run(pgflow_engine, child.run_id)
+    assert middle is not None
+    assert middle.parent is not None
+    assert middle.parent.run_id == run.run_id
+    assert [(c.flow_slug, c.status) for c in middle.children] == [("sub_charge", "completed")]
