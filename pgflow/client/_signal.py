@@ -110,11 +110,20 @@ def _apply(
         outcome=str(result.outcome),
     )
     if result.outcome is SignalOutcome.COMPLETED:
+        waited: dict[str, Any] = {}
+        if row["waiting_since"] is not None:
+            waited = {
+                "waiting_since": row["waiting_since"].isoformat(),
+                "waited_ms": round(
+                    (row["signalled_at"] - row["waiting_since"]).total_seconds() * 1000, 1
+                ),
+            }
         telemetry.emit(
             "wait.ended",
             flow=row["flow_slug"],
             run_id=str(run_id),
             step=step_slug,
             outcome="signalled",
+            **waited,
         )
     return result, str(row["flow_slug"])

@@ -147,9 +147,13 @@ LISTEN pgflow;
 UNLISTEN pgflow;
 
 -- name: client_signal
--- description: Send the output of a wait step (extension/0070); one row: outcome, flow_slug, run_status, step_status, signalled_at.
-SELECT outcome, flow_slug, run_status, step_status, signalled_at
-FROM pgflow_python.signal(CAST(:run_id AS uuid), :step_slug, CAST(:output AS jsonb))
+-- description: Send the output of a wait step (extension/0070); one row: outcome, flow_slug, run_status, step_status, signalled_at, and since when the step waited (NULL: it did not wait yet).
+-- The join reads the wait as it was when the statement began (its start time is not changed
+-- by the signal), for the wait.ended event.
+SELECT s.outcome, s.flow_slug, s.run_status, s.step_status, s.signalled_at, w.waiting_since
+FROM pgflow_python.signal(CAST(:run_id AS uuid), :step_slug, CAST(:output AS jsonb)) AS s
+LEFT JOIN pgflow_python.waits AS w
+    ON w.run_id = CAST(:run_id AS uuid) AND w.step_slug = :step_slug AND w.task_index = 0
 
 -- name: client_set_run_deadline
 -- description: Give a run started in this transaction a deadline (extension/0071): in :deadline_seconds from now, or at :deadline_at.

@@ -128,6 +128,11 @@ SELECT run_id, step_slug, task_index
 FROM pgflow_python.release_unstarted_tasks(:worker_id, :run_ids, :step_slugs, :task_indexes)
 
 -- name: enforce_deadlines
--- description: Time out waits and cancel runs past their deadline, at most :row_limit of each (extension/0071); one row per action.
-SELECT kind, run_id, step_slug, action
-FROM pgflow_python.enforce_deadlines(:row_limit)
+-- description: Time out waits and cancel runs past their deadline, at most :row_limit of each (extension/0071); one row per action, a wait's with since when it waited and for how long (ms).
+-- The join reads each wait as it was when the statement began (its start time is not changed
+-- by the sweep), for the wait.ended events.
+SELECT d.kind, d.run_id, d.step_slug, d.action, w.waiting_since,
+       1000 * extract(epoch FROM clock_timestamp() - w.waiting_since) AS waited_ms
+FROM pgflow_python.enforce_deadlines(:row_limit) AS d
+LEFT JOIN pgflow_python.waits AS w
+    ON w.run_id = d.run_id AND w.step_slug = d.step_slug AND w.task_index = 0

@@ -11,6 +11,8 @@ anything: a waiting run costs a worker nothing until its timeout falls due.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+from typing import Any
 
 import anyio
 
@@ -20,6 +22,12 @@ from pgflow.worker._session import ServingSession
 
 ROW_LIMIT = 500
 """Deadlines dealt with per transaction; the sweep goes on at once while it finds more."""
+
+
+def _waited(since: datetime | None, waited_ms: float | None) -> dict[str, Any]:
+    if since is None or waited_ms is None:
+        return {}
+    return {"waiting_since": since.isoformat(), "waited_ms": round(waited_ms, 1)}
 
 
 class DeadlineSweep:
@@ -54,6 +62,7 @@ class DeadlineSweep:
                                 step=a.step_slug,
                                 outcome="abandoned" if a.action == "abandoned" else "timed_out",
                                 action=a.action,
+                                **_waited(a.waiting_since, a.waited_ms),
                             )
                     if len(actions) < ROW_LIMIT:
                         break

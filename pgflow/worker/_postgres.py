@@ -289,7 +289,17 @@ class PostgresStore:
     def _enforce_deadlines(self, limit: int) -> list[DeadlineAction]:
         with self._engine.begin() as connection:
             rows = connection.execute(_sql.query("enforce_deadlines"), {"row_limit": limit})
-            actions = [DeadlineAction(r.kind, r.run_id, r.step_slug, r.action) for r in rows]
+            actions = [
+                DeadlineAction(
+                    r.kind,
+                    r.run_id,
+                    r.step_slug,
+                    r.action,
+                    r.waiting_since,
+                    None if r.waited_ms is None else float(r.waited_ms),
+                )
+                for r in rows
+            ]
             # The waits this sweep ended, drawn in their runs' traces (when tracing is on).
             _tracing.record_ended_waits(
                 connection,

@@ -97,6 +97,10 @@ class DeadlineAction:
     step_slug: str | None
     action: str
     """``failed``/``skipped``/``abandoned`` (a wait), ``cancelled``/``ended`` (a run)."""
+    waiting_since: datetime | None = None
+    """A wait's: since when it waited."""
+    waited_ms: float | None = None
+    """A wait's: how long it waited, up to this sweep."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ says how each ended. In-memory OpenTelemetry exporter, real database and worker.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -128,10 +129,17 @@ def test_a_signal_is_a_span_and_the_wait_it_ends_is_a_span_in_the_runs_trace(
     ended_by = [link for link in wait.links if link.context.span_id == sent.context.span_id]
     assert [dict(link.attributes or {}) for link in ended_by] == [{"pgflow.link": "ended_by"}]
 
-    ended = [fields for event, fields in events if event == "wait.ended"]
-    assert ended == [
-        {"flow": "otel_approve", "run_id": str(run_id), "step": "approval", "outcome": "signalled"}
-    ]
+    [ended] = [fields for event, fields in events if event == "wait.ended"]
+    waited_ms = ended.pop("waited_ms")
+    since = datetime.fromisoformat(ended.pop("waiting_since"))
+    assert abs(since.timestamp() * 1e9 - began) < 1_000  # the same moment, to the microsecond
+    assert ended == {
+        "flow": "otel_approve",
+        "run_id": str(run_id),
+        "step": "approval",
+        "outcome": "signalled",
+    }
+    assert 0 <= waited_ms <= (wait.end_time - began) / 1e6 + 1
 
 
 def test_a_repeated_a_refused_and_a_rolled_back_signal(
@@ -180,5 +188,12 @@ async def test_the_deadline_sweep_records_each_timed_out_wait(
         # Its timeout is one second: it waited at least that long.
         assert span.end_time - span.start_time >= 1_000_000_000
         assert not span.links[1:]  # linked to the run's start only: no signal ended it
-    ended = sorted((f["step"], f["outcome"], f["action"]) for e, f in events if e == "wait.ended")
-    assert ended == [("maybe", "timed_out", "skipped"), ("reply", "timed_out", "failed")]
+    ended = sorted(
+        (f["step"], f["outcome"], f["action"], f["waited_ms"] >= 1000)
+        for e, f in events
+        if e == "wait.ended"
+    )
+    assert ended == [
+        ("maybe", "timed_out", "skipped", True),
+        ("reply", "timed_out", "failed", True),
+    ]
