@@ -37,7 +37,8 @@ FILTER_FIELDS = ("flow", "status", "since", "until", "q")
 class Host(Protocol):
     """What these pages need of the dashboard (``_app.Dashboard``)."""
 
-    engine: Engine
+    engine: Engine  # where pages read (a replica, when one is given)
+    writes: Engine  # the primary: every action goes there
     actions: dict[str, RunAction]
 
     @property
@@ -166,7 +167,7 @@ async def perform_bulk(host: Host, request: Request) -> Response:
         done, refused = 0, []
         for row in targets:
             try:
-                bulk.action.perform(host.engine, row["run_id"])
+                bulk.action.perform(host.writes, row["run_id"])
                 done += 1
             except PgflowError as exc:  # e.g. the run ended meanwhile: say so, go on
                 refused.append(f"{row['run_id']}: {exc}")
@@ -270,7 +271,7 @@ async def perform_schedule_action(host: Host, request: Request) -> Response:
     await _checked_form(request, host)
     schedule, action = await run_in_threadpool(_schedule_and_action, host, request)
     try:
-        result = await run_in_threadpool(action.perform, host.engine, schedule.name)
+        result = await run_in_threadpool(action.perform, host.writes, schedule.name)
     except PgflowError as exc:
         raise HTTPException(409, str(exc)) from None
     root = _root(request)

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from pgflow import _db
 from pgflow.dashboard import create_app
 from pgflow.operations import describe_run, list_runs, list_workers
+from pgflow.schedules import Cron, create_schedule, get_schedule, list_schedules
 from pgflow.schema import install
 from tests.helpers import database
 from tests.helpers.dashboard import (
@@ -118,6 +119,27 @@ def test_dashboard_reads_from_a_streaming_replica_and_acts_on_the_primary(
             wait_until(lambda: cancelled_on(replica, running), timeout=30, what="replay to resume")
             assert str(unseen) in client.get("/runs").text
             assert 'id="run-cancelled"' in client.get(f"/runs/{running}").text
+
+            # A bulk action and a schedule action reach the primary too.
+            confirm = client.get("/runs/bulk/cancel", params={"flow": "pipeline"}).text
+            fields = dict(re.findall(r'type="hidden" name="([^"]+)" value="([^"]*)"', confirm))
+            assert fields["expected"] == "1", confirm[-2000:]  # the one started after the pause
+            bulk = client.post("/runs/bulk/cancel", data=fields, headers=origin)
+            assert bulk.status_code == 200, bulk.text[-2000:]
+            assert re.search(r'id="bulk-done">1<', bulk.text), bulk.text[-2000:]
+            assert cancelled_on(primary, unseen)
+            create_schedule(primary, Pipeline, Cron("0 3 * * *", name="nightly"))
+            wait_until(
+                lambda: any(s.name == "nightly" for s in list_schedules(replica)),
+                timeout=30,
+                what="the replica to replay the schedule",
+            )
+            pause = "/schedules/nightly/actions/pause"
+            token = re.search(r'name="csrf_token" value="([^"]+)"', client.get(pause).text)
+            assert token is not None
+            paused = client.post(pause, data={"csrf_token": token[1]}, headers=origin)
+            assert paused.status_code == 303, paused.text[-2000:]
+            assert get_schedule(primary, "nightly").paused
 
         # The command line's read commands take the replica too (--read-url, PGFLOW_READ_URL).
         with replica.connect() as connection:
