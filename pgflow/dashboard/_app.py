@@ -33,7 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pgflow import _db
-from pgflow.dashboard import _charts, _control, _dag, _data, _format, _waits
+from pgflow.dashboard import _charts, _control, _dag, _data, _format, _limits, _waits
 from pgflow.dashboard._actions import RunAction, perform, run_control_actions
 from pgflow.dashboard._live import Broadcaster
 from pgflow.dashboard._run_view import run_view, task_view
@@ -478,6 +478,7 @@ def build_app(dashboard: Dashboard) -> Starlette:
         Route("/events", d.all_events, name="events"),
         *_control.routes(d),
         *_waits.routes(d, d.settings.page_size),
+        *_limits.routes(d),
         Route("/favicon.ico", _favicon),
         Mount("/static", StaticFiles(packages=[("pgflow.dashboard", "static")]), name="static"),
     ]
