@@ -262,11 +262,13 @@ class _QueueSample:
     ready_messages: int
     oldest_ready_seconds: float
     oldest_message_seconds: float
+    waiting_on_limit: int = 0
+    waiting_on_rate: int = 0
 
 
 class _QueueGauges:
     """Queue figures read at collection time (a scrape, a periodic export) on a connection of
-    their own: one query serves all four gauges of one collection."""
+    their own: one query serves all the gauges of one collection."""
 
     MAX_AGE = 0.25
     """Seconds a sample serves the other gauges' callbacks (of the same collection)."""
@@ -297,6 +299,16 @@ class _QueueGauges:
                 "s",
                 "How long the oldest claimable message has waited (0: none).",
                 "oldest_ready_seconds",
+            ),
+            "pgflow.queue.waiting_on_limit": (
+                "{task}",
+                "Tasks held for a concurrency limit's slot (docs/flow-control.md).",
+                "waiting_on_limit",
+            ),
+            "pgflow.queue.waiting_on_rate": (
+                "{task}",
+                "Task starts booked for later by a rate limit's budget.",
+                "waiting_on_rate",
             ),
         }
         for name, (unit, description, field) in gauges.items():

@@ -7,9 +7,14 @@ FROM pgflow_python.run_trace_contexts
 WHERE run_id = ANY(:run_ids);
 
 -- name: otel_queue_metrics
--- description: Per flow queue: messages, ready messages, oldest ready and oldest message age in seconds.
-SELECT flow_slug, messages, ready_messages, oldest_ready_seconds, oldest_message_seconds
-FROM pgflow_python.queue_metrics();
+-- description: Per flow queue: messages, ready messages, oldest ready and oldest message age in seconds, tasks held for a concurrency slot and starts booked for later by a rate limit (extension/0080, 0082).
+SELECT q.flow_slug, q.messages, q.ready_messages, q.oldest_ready_seconds,
+       q.oldest_message_seconds,
+       (SELECT count(*) FROM pgflow_python.held_tasks AS h
+        WHERE h.flow_slug = q.flow_slug)::integer AS waiting_on_limit,
+       (SELECT count(*) FROM pgflow_python.rate_starts AS s
+        WHERE s.flow_slug = q.flow_slug AND s.at > clock_timestamp())::integer AS waiting_on_rate
+FROM pgflow_python.queue_metrics() AS q;
 
 -- name: otel_ended_waits
 -- description: The ended waits of (:run_ids[i], :step_slugs[i]) pairs: flow, task, what they waited for, when they began and ended, how, and their run's stored trace context.
