@@ -23,7 +23,7 @@ from alembic_pgflow._registry import FlowRegistry
 from alembic_pgflow._render import _call, _flat, _import, literal
 from pgflow._sql import query
 from pgflow.cron import Cron
-from pgflow.schedules._api import cron_parameters, schedule_from_row
+from pgflow.schedules import declared_schedule_statement, list_schedules
 
 log = logging.getLogger("alembic.autogenerate.pgflow")
 
@@ -119,8 +119,7 @@ class DropScheduleOp(MigrateOperation):
 
 
 def _put(operations: Operations, definition: ScheduleData) -> None:
-    parameters = cron_parameters(Cron.from_dict(definition))
-    operations.execute(query("schedules_put_declared").bindparams(**parameters))
+    operations.execute(declared_schedule_statement(Cron.from_dict(definition)))
 
 
 @Operations.implementation_for(CreateScheduleOp)
@@ -161,12 +160,7 @@ def read_schedules(connection: Connection) -> dict[str, tuple[Cron, bool]]:
     """Stored schedules by name, with whether each was declared; empty without the table."""
     if not connection.execute(query("schedules_table_present")).scalar_one():
         return {}
-    rows = connection.execute(query("schedules_list"), {"flow_slug": None}).mappings()
-    found: dict[str, tuple[Cron, bool]] = {}
-    for row in rows:
-        schedule = schedule_from_row(row)
-        found[schedule.name] = (schedule.cron, schedule.declared)
-    return found
+    return {s.name: (s.cron, s.declared) for s in list_schedules(connection)}
 
 
 def plan_schedule_operations(

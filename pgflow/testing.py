@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL, Engine
 
 from pgflow._db import create_engine
 from pgflow._devserver import dev_server
+from pgflow._task_groups import sole_exception
 from pgflow.context import Context
 from pgflow.dsl import Flow, definition_of
 from pgflow.errors import InvalidDatabasePrefixError
@@ -174,17 +175,15 @@ def run_flow_inline(
 
     from pgflow.client import start_flow_and_wait  # noqa: PLC0415
     from pgflow.worker import Worker, WorkerOptions  # noqa: PLC0415
-    from pgflow.worker._startup import check_flows  # noqa: PLC0415
 
     engine = database if isinstance(database, Engine) else create_engine(database)
-    flows = _with_subflows(flow)
-    check_flows(engine, [definition_of(f) for f in flows], compile_missing=True)
     options = WorkerOptions(poll_interval=0.2, shutdown_timeout=1, scheduler=fire_schedules)
-    worker = Worker(flows, engine, options=options)
+    # The worker registers the flows it finds missing before it serves; the run starts then.
+    worker = Worker(_with_subflows(flow), engine, options=options, compile_missing=True)
 
     async def main() -> Any:
         async with anyio.create_task_group() as group:
-            group.start_soon(worker.serve)
+            await group.start(worker.serve)
             try:
                 return await anyio.to_thread.run_sync(
                     lambda: start_flow_and_wait(engine, flow, input, timeout=timeout)
@@ -195,9 +194,7 @@ def run_flow_inline(
     try:
         return anyio.run(main)
     except BaseExceptionGroup as group:
-        from pgflow.worker._worker import _sole_exception  # noqa: PLC0415
-
-        raise _sole_exception(group) from None
+        raise sole_exception(group) from None
     finally:
         if engine is not database:
             engine.dispose()

@@ -15,6 +15,7 @@ from datetime import datetime
 from types import EllipsisType
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pgflow._binds import (
@@ -99,6 +100,15 @@ def cron_parameters(cron: Cron) -> dict[str, Any]:
         "grace_seconds": cron.grace,
         "time_key": cron.time_key,
     }
+
+
+def declared_schedule_statement(cron: Cron) -> sa.TextClause:
+    """The statement that stores ``cron`` as a declared schedule: created, or its definition
+    replaced (a new expression or time zone recomputes its next tick at the next scheduler
+    pass; the pause state stays). Its parameters are bound: the Alembic plugin's
+    ``op.create_schedule`` and ``op.update_schedule`` run it, and an offline (``--sql``)
+    migration renders it."""
+    return query("schedules_put_declared").bindparams(**cron_parameters(cron))
 
 
 def _one(connection: Connection, name: str, statement: str, **parameters: Any) -> Schedule:

@@ -29,6 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from sqlalchemy.engine import URL, Engine
 
 from pgflow import _db, telemetry
+from pgflow._task_groups import sole_exception
 from pgflow.dsl import Flow
 from pgflow.errors import WorkerCrashedError
 from pgflow.worker._claiming import Claimed, poll
@@ -116,7 +117,7 @@ class Worker:
         try:
             anyio.run(self._serve_with_signals)
         except BaseExceptionGroup as group:
-            raise _sole_exception(group) from None
+            raise sole_exception(group) from None
         finally:
             ended.set()
 
@@ -358,19 +359,4 @@ async def _run_claimed(
 
 
 def _crash_text(error: BaseException) -> str:
-    return describe(_sole_exception(error) if isinstance(error, BaseExceptionGroup) else error)
-
-
-def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """Task groups wrap even a single error; unwrap it so callers see e.g. FlowNotReadyError."""
-    leaves: list[BaseException] = []
-
-    def collect(error: BaseException) -> None:
-        if isinstance(error, BaseExceptionGroup):
-            for inner in error.exceptions:
-                collect(inner)
-        else:
-            leaves.append(error)
-
-    collect(group)
-    return leaves[0] if len(leaves) == 1 else group
+    return describe(sole_exception(error) if isinstance(error, BaseExceptionGroup) else error)
