@@ -77,6 +77,24 @@ def _duration(_context: click.Context, _parameter: click.Parameter, value: str) 
         raise click.BadParameter(str(exc)) from None
 
 
+def _key_filter(
+    _context: click.Context, _parameter: click.Parameter, value: str | None
+) -> tuple[str, Any] | None:
+    """``PATH=VALUE``: VALUE is JSON when it reads as a JSON scalar (7, true, "7"), else text."""
+    if value is None:
+        return None
+    path, sep, text = value.partition("=")
+    if not sep or not path or any(not part for part in path.split(".")):
+        raise click.BadParameter(f"expected PATH=VALUE (tenant=acme), got {value!r}")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = text
+    if isinstance(parsed, dict | list) or parsed is None:
+        parsed = text
+    return path, parsed
+
+
 @click.group()
 def runs() -> None:
     """List and inspect runs; cancel, retry or resume one; signal a waiting step."""
@@ -90,6 +108,12 @@ def runs() -> None:
 @click.option("--since", callback=_since, help="Started since: 2h, 7d, 2026-11-29T08:00.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--waiting", is_flag=True, help="Only runs with a step waiting for a signal.")
+@click.option(
+    "--key",
+    callback=_key_filter,
+    metavar="PATH=VALUE",
+    help="Only runs whose input has VALUE at PATH, as a limit's key: tenant=acme, customer.id=7.",
+)
 @json_option
 @reports_errors
 def runs_list(
@@ -101,12 +125,13 @@ def runs_list(
     since: datetime | None,
     limit: int,
     waiting: bool,
+    key: tuple[str, Any] | None,
     as_json: bool,
 ) -> None:
     """Runs, newest first."""
     with engine_for(read_url or database_url) as engine:
         found = list_runs(
-            engine, flow=flow, status=status, since=since, limit=limit, waiting=waiting
+            engine, flow=flow, status=status, since=since, limit=limit, waiting=waiting, key=key
         )
         if not found:
             require_flows(engine, flow)  # a typo lists nothing: say so

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
@@ -33,13 +35,16 @@ def list_runs(
     since: datetime | None = None,
     limit: int = 50,
     waiting: bool = False,
+    key: tuple[str, Any] | None = None,
 ) -> list[RunSummary]:
     """Runs, newest first. ``status`` is one of upstream's (``started``, ``completed``,
     ``failed``) or ``cancelled`` (failed runs that were cancelled); ``since`` bounds the start
-    time; ``waiting=True`` keeps the runs with a step waiting for a signal (docs/waiting.md)."""
+    time; ``waiting=True`` keeps the runs with a step waiting for a signal (docs/waiting.md);
+    ``key=("tenant", "acme")`` the runs whose input has that value at that (dotted) path, as a
+    limit's key reads it (docs/flow-control.md)."""
     _check_listing(status, limit)
     with connection_for(bind) as connection:
-        return _list_runs(connection, flow, status, since, limit, waiting=waiting)
+        return _list_runs(connection, flow, status, since, limit, waiting=waiting, key=key)
 
 
 async def list_runs_async(
@@ -50,10 +55,11 @@ async def list_runs_async(
     since: datetime | None = None,
     limit: int = 50,
     waiting: bool = False,
+    key: tuple[str, Any] | None = None,
 ) -> list[RunSummary]:
     """:func:`list_runs` for an async bind."""
     _check_listing(status, limit)
-    return await run_async(bind, _list_runs, flow, status, since, limit, waiting=waiting)
+    return await run_async(bind, _list_runs, flow, status, since, limit, waiting=waiting, key=key)
 
 
 def resolve_run_id(bind: SyncBind, run_id_or_prefix: str | uuid.UUID) -> uuid.UUID:
@@ -130,6 +136,7 @@ def _list_runs(
     limit: int,
     *,
     waiting: bool = False,
+    key: tuple[str, Any] | None = None,
 ) -> list[RunSummary]:
     rows = connection.execute(
         query("ops_list_runs"),
@@ -139,6 +146,8 @@ def _list_runs(
             "since": since,
             "row_limit": limit,
             "waiting": waiting,
+            "key_path": None if key is None else key[0].split("."),
+            "key_value": None if key is None else json.dumps(key[1]),
         },
     ).mappings()
     return [RunSummary.from_row(row) for row in rows]

@@ -49,7 +49,7 @@ FROM pgflow_python.prune_preview(
 ) AS p;
 
 -- name: ops_list_runs
--- description: Runs, newest first, filtered by flow, status ('cancelled' = failed with our marker), start time and (:waiting) a step waiting for a signal.
+-- description: Runs, newest first, filtered by flow, status ('cancelled' = failed with our marker), start time, (:waiting) a step waiting for a signal and (:key_path, :key_value) the JSON value at a path of the input (a limit's key).
 SELECT
     r.run_id, r.flow_slug, r.status, r.remaining_steps, r.started_at, r.completed_at,
     r.failed_at, c.cancelled_at, c.reason AS cancel_reason, l.restart_of_run_id,
@@ -68,6 +68,8 @@ WHERE (CAST(:flow_slug AS text) IS NULL OR r.flow_slug = CAST(:flow_slug AS text
       JOIN pgflow.step_tasks AS t
         ON t.run_id = w.run_id AND t.step_slug = w.step_slug AND t.task_index = w.task_index
       WHERE w.run_id = r.run_id AND w.ended_at IS NULL AND t.status = 'started')))
+  AND (CAST(:key_path AS text[]) IS NULL
+       OR r.input #> CAST(:key_path AS text[]) = CAST(:key_value AS jsonb))
 ORDER BY r.started_at DESC, r.run_id
 LIMIT CAST(:row_limit AS integer);
 

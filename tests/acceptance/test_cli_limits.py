@@ -60,3 +60,19 @@ def test_limits_show_in_flight_held_and_booked_starts(
     unknown = pgflow_cli(pgflow_database, "limits", "--flow", "nope")
     assert unknown.returncode == 1
     assert "nope" in unknown.stderr
+
+
+def test_runs_list_by_key(pgflow_engine: Engine, pgflow_database: URL) -> None:
+    register_flows(pgflow_engine, TenantSync)
+    acme = [enqueue(pgflow_engine, TenantSync, {"tenant": "acme", "n": n}) for n in range(2)]
+    enqueue(pgflow_engine, TenantSync, {"tenant": "globex", "n": 0})
+    enqueue(pgflow_engine, TenantSync, {"tenant": 7, "n": 0})
+
+    listed = pgflow_cli(pgflow_database, "runs", "list", "--key", "tenant=acme", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {r["run_id"] for r in json.loads(listed.stdout)} == {str(r) for r in acme}
+    numeric = pgflow_cli(pgflow_database, "runs", "list", "--key", "tenant=7", "--json")
+    assert len(json.loads(numeric.stdout)) == 1  # 7 is the number; "7" would be the text
+    bad = pgflow_cli(pgflow_database, "runs", "list", "--key", "tenant")
+    assert bad.returncode == 2
+    assert "PATH=VALUE" in bad.stderr
