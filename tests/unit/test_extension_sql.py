@@ -51,3 +51,63 @@ def test_extension_files_are_numbered_once_in_order() -> None:
     assert all(numbers), names
     values = [match.group(1) for match in numbers if match]
     assert values == sorted(set(values))
+
+
+# -- "Product SQL only": every function of ours has a caller -------------------------------------
+
+EXTENSION = ROOT / "pgflow" / "schema" / "sql" / "extension"
+_CREATED = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+pgflow_python\.(\w+)", re.I)
+# What names a function without calling it: its own definition's header, its comment, changes
+# of its attributes, grants, drops.
+_NOT_A_CALL = re.compile(
+    r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+pgflow_python\.\w+"
+    r"|(?:COMMENT\s+ON|ALTER|DROP)\s+FUNCTION\s+(?:IF\s+EXISTS\s+)?pgflow_python\.\w+"
+    r"|\b(?:GRANT|REVOKE)\b[^;]*;",
+    re.I,
+)
+
+
+def _without_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*", "", sql)
+
+
+def _product_text() -> str:
+    """The library's Python and named queries, where the library calls SQL functions."""
+    paths = [*(ROOT / "pgflow").rglob("*.py"), *(ROOT / "alembic_pgflow").rglob("*.py")]
+    paths += sorted((ROOT / "pgflow" / "sql").glob("*.sql"))
+    return "\n".join(path.read_text() for path in paths)
+
+
+def functions_without_a_caller(extension_sql: str, product: str) -> set[str]:
+    created = set(_CREATED.findall(extension_sql))
+    calls = _NOT_A_CALL.sub("", _without_comments(extension_sql))
+    uncalled = set()
+    for name in created:
+        qualified = re.compile(rf"pgflow_python\.{name}\b")
+        # Called by our SQL (a call, a trigger's EXECUTE FUNCTION, a name in dynamic SQL) or by
+        # the library (its named queries, the compiler's statements).
+        if qualified.search(calls) or f"'{name}'" in calls or qualified.search(product):
+            continue
+        uncalled.add(name)
+    return uncalled
+
+
+def test_every_function_of_the_extension_has_a_caller() -> None:
+    extension_sql = "\n".join(path.read_text() for path in sorted(EXTENSION.glob("*.sql")))
+    assert functions_without_a_caller(extension_sql, _product_text()) == set(), (
+        "SQL that no release calls leaves the schema (extension/README.md: Product SQL only)"
+    )
+
+
+def test_a_function_named_only_by_its_own_definition_has_no_caller() -> None:
+    sql = (
+        "CREATE OR REPLACE FUNCTION pgflow_python.lonely() RETURNS void LANGUAGE sql AS $$ $$;\n"
+        "COMMENT ON FUNCTION pgflow_python.lonely() IS 'x';\n"
+        "GRANT EXECUTE ON FUNCTION pgflow_python.lonely() TO someone;\n"
+        "-- pgflow_python.lonely() is called by nobody\n"
+        "CREATE FUNCTION pgflow_python.fired() RETURNS trigger LANGUAGE plpgsql AS $$ $$;\n"
+        "CREATE TRIGGER t AFTER INSERT ON x EXECUTE FUNCTION pgflow_python.fired();\n"
+        "CREATE FUNCTION pgflow_python.used() RETURNS void LANGUAGE sql AS $$ $$;\n"
+    )
+    product = "SELECT pgflow_python.used();"
+    assert functions_without_a_caller(sql, product) == {"lonely"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -121,3 +122,19 @@ def test_listeners_listen_on_the_channels_the_schema_notifies() -> None:
     run_events = _notified_channels(schema_sql / "realtime_shim.sql")
     assert run_events == {_listened_channel("listen_for_run_events")}
     assert sql_text("unlisten_run_events").splitlines()[-1] == f"UNLISTEN {run_events.pop()};"
+
+
+def _string_constants(paths: list[Path]) -> set[str]:
+    found: set[str] = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.add(node.value)
+    return found
+
+
+def test_every_named_query_is_run_by_the_library() -> None:
+    """SQL that no release calls leaves the product: each named query's name is a string in
+    the library's code (``query("name")``, ``fetch("name", ...)``); tests do not count."""
+    product = [*(ROOT / "pgflow").rglob("*.py"), *(ROOT / "alembic_pgflow").rglob("*.py")]
+    assert sorted(query_names() - _string_constants(product)) == []
