@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pgflow._durations import active_duration
 from pgflow.dashboard import _charts, _dag, _format
 from pgflow.dashboard._data import Row, RunDetail
 
@@ -53,12 +54,20 @@ def run_view(detail: RunDetail, *, now: datetime) -> dict[str, Any]:
         )
         for task in detail.tasks
     ]
+    # A resumed run's durations leave out the time it sat failed (as pgflow runs show does).
+    spans = list(zip(run["resumes_failed_at"], run["resumed_at"], strict=True))
+
+    def took(row: Row) -> str:
+        ended = active_duration(spans, row["started_at"], row["completed_at"] or row["failed_at"])
+        return _format.duration(None if ended is None else ended.total_seconds())
+
     # The timeline ends when the run did, or now while it runs (or at a late task's end).
     end = run["completed_at"] or run["failed_at"] or now
     for task in tasks:
         end = max(end, task["completed_at"] or task["failed_at"] or end)
     return {
         "run": run,
+        "run_took": took(run),
         "run_input": _format.json_preview(run["input_preview"], run["input_chars"]),
         "run_output": _format.json_preview(run["output_preview"], run["output_chars"]),
         "steps": [
@@ -66,6 +75,7 @@ def run_view(detail: RunDetail, *, now: datetime) -> dict[str, Any]:
                 **row,
                 "error": _format.text_preview(row["error_preview"], row["error_chars"]),
                 "label": labels[row["step_slug"]],
+                "took": took(row),
             }
             for row in detail.steps
         ],

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from pgflow._durations import FailedSpan, active_duration, time_failed
 from pgflow.results import Run, RunStatus, StepStatus, TaskFailure
 
 
@@ -142,10 +143,15 @@ class RunSummary:
     def cancelled(self) -> bool:
         return self.cancelled_at is not None
 
+    failed_spans: tuple[FailedSpan, ...] = ()
+    """``(failed_at, resumed_at)`` of each resume: when the run sat failed or cancelled."""
+
     @property
     def duration(self) -> timedelta | None:
-        ended = self.completed_at or self.failed_at
-        return None if ended is None else ended - self.started_at
+        """Start to end, without the time the run sat failed before a resume."""
+        return active_duration(
+            self.failed_spans, self.started_at, self.completed_at or self.failed_at
+        )
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> RunSummary:
@@ -162,6 +168,9 @@ class RunSummary:
             restart_of_run_id=row["restart_of_run_id"],
             schedule_name=row.get("schedule_name"),
             scheduled_for=row.get("scheduled_for"),
+            failed_spans=tuple(
+                zip(row.get("resumes_failed_at") or (), row.get("resumed_at") or (), strict=True)
+            ),
         )
 
 
@@ -315,18 +324,12 @@ class RunDetails:
 
     def time_failed(self, start: datetime | None, end: datetime | None) -> timedelta:
         """How much of ``start`` to ``end`` the run sat failed or cancelled before a resume."""
-        if start is None or end is None:
-            return timedelta()
-        total = timedelta()
-        for resume in self.resumes:
-            if resume.failed_at is not None:
-                overlap = min(end, resume.resumed_at) - max(start, resume.failed_at)
-                total += max(overlap, timedelta())
-        return total
+        return time_failed(self._failed_spans(), start, end)
 
     def active_duration(self, start: datetime | None, end: datetime | None) -> timedelta | None:
         """``end - start`` without the time the run sat failed or cancelled before a resume
         (a step or run of a resumed run); None while ``end`` is unknown."""
-        if start is None or end is None:
-            return None
-        return end - start - self.time_failed(start, end)
+        return active_duration(self._failed_spans(), start, end)
+
+    def _failed_spans(self) -> list[FailedSpan]:
+        return [(resume.failed_at, resume.resumed_at) for resume in self.resumes]

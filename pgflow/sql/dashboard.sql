@@ -135,7 +135,7 @@ WHERE s.flow_slug = :flow_slug
 ORDER BY s.step_index;
 
 -- name: dashboard_run
--- description: One run with its flow's type, cancellation, lineage, resumes, subflow parent and children (the first 20); input and output as text cut at :preview_chars, with their full lengths.
+-- description: One run with its flow's type, cancellation, lineage, resumes (count, and each one's failed_at and resumed_at: durations leave out the time the run sat failed), subflow parent and children (the first 20); input and output as text cut at :preview_chars, with their full lengths.
 SELECT
     r.run_id,
     r.flow_slug,
@@ -155,6 +155,10 @@ SELECT
     retry.run_id AS retried_as_run_id,
     (SELECT count(*) FROM pgflow_python.run_resumes AS rr WHERE rr.run_id = r.run_id)
         AS resume_count,
+    ARRAY(SELECT rr.failed_at FROM pgflow_python.run_resumes AS rr
+          WHERE rr.run_id = r.run_id ORDER BY rr.resumed_at) AS resumes_failed_at,
+    ARRAY(SELECT rr.resumed_at FROM pgflow_python.run_resumes AS rr
+          WHERE rr.run_id = r.run_id ORDER BY rr.resumed_at) AS resumed_at,
     parent.run_id AS parent_run_id,
     parent.step_slug AS parent_step_slug,
     ARRAY(SELECT k.child_run_id FROM pgflow_python.subflow_children AS k

@@ -49,11 +49,15 @@ FROM pgflow_python.prune_preview(
 ) AS p;
 
 -- name: ops_list_runs
--- description: Runs, newest first, filtered by flow, status ('cancelled' = failed with our marker), start time, (:waiting) a step waiting for a signal and (:key_path, :key_value) the JSON value at a path of the input (a limit's key).
+-- description: Runs, newest first, filtered by flow, status ('cancelled' = failed with our marker), start time, (:waiting) a step waiting for a signal and (:key_path, :key_value) the JSON value at a path of the input (a limit's key); with each resume's failed_at and resumed_at, so a duration leaves out the time the run sat failed.
 SELECT
     r.run_id, r.flow_slug, r.status, r.remaining_steps, r.started_at, r.completed_at,
     r.failed_at, c.cancelled_at, c.reason AS cancel_reason, l.restart_of_run_id,
-    sf.schedule_name, sf.fire_time AS scheduled_for
+    sf.schedule_name, sf.fire_time AS scheduled_for,
+    ARRAY(SELECT rr.failed_at FROM pgflow_python.run_resumes AS rr
+          WHERE rr.run_id = r.run_id ORDER BY rr.resumed_at) AS resumes_failed_at,
+    ARRAY(SELECT rr.resumed_at FROM pgflow_python.run_resumes AS rr
+          WHERE rr.run_id = r.run_id ORDER BY rr.resumed_at) AS resumed_at
 FROM pgflow.runs AS r
 LEFT JOIN pgflow_python.run_cancellations AS c ON c.run_id = r.run_id
 LEFT JOIN pgflow_python.run_lineage AS l ON l.run_id = r.run_id

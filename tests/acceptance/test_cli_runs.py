@@ -250,9 +250,9 @@ def test_an_ambiguous_prefix_is_refused_naming_two_matches(
     assert "give more digits" in refused.stderr
 
 
-def test_runs_show_of_a_resumed_run_shows_no_old_error_and_not_the_time_it_sat_failed(
-    pgflow_database: URL, pgflow_engine: Engine
-) -> None:
+def _resumed_after_an_hour_failed(pgflow_database: URL, pgflow_engine: Engine) -> uuid.UUID:
+    """A greeting run that failed, sat failed for an hour, was resumed and then completed (its
+    resumed task failing one attempt first)."""
     with pgflow_engine.begin() as connection:
         sql_only_flow.define_flow(
             connection, "greeting", sql_only_flow.GREETING_FLOW, max_attempts=2, base_delay=0
@@ -280,7 +280,13 @@ def test_runs_show_of_a_resumed_run_shows_no_old_error_and_not_the_time_it_sat_f
 
     steps = {**sql_only_flow.GREETING_FLOW, "greeting": (["name"], fails_once)}
     assert sql_only_flow.drive(pgflow_engine, "greeting", steps, run_id)["status"] == "completed"
+    return run_id
 
+
+def test_runs_show_of_a_resumed_run_shows_no_old_error_and_not_the_time_it_sat_failed(
+    pgflow_database: URL, pgflow_engine: Engine
+) -> None:
+    run_id = _resumed_after_an_hour_failed(pgflow_database, pgflow_engine)
     shown = pgflow_cli(pgflow_database, "runs", "show", str(run_id))
     assert shown.returncode == EXIT_OK, shown.stderr
     lines = {line.split()[1]: line for line in shown.stdout.splitlines() if "─ " in line}
@@ -292,6 +298,23 @@ def test_runs_show_of_a_resumed_run_shows_no_old_error_and_not_the_time_it_sat_f
     run_line = next(line for line in shown.stdout.splitlines() if line.startswith("duration"))
     assert re.search(r"\(not counting 6\d\.\dm failed before a resume\)$", run_line), run_line
     assert run_line.split()[1].endswith("s"), run_line
+
+
+def test_runs_list_of_a_resumed_run_leaves_out_the_time_it_sat_failed(
+    pgflow_database: URL, pgflow_engine: Engine
+) -> None:
+    run_id = _resumed_after_an_hour_failed(pgflow_database, pgflow_engine)
+    listed = pgflow_cli(pgflow_database, "runs", "list")
+    assert listed.returncode == EXIT_OK, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    row = next(line for line in rows if line.startswith(str(run_id)))
+    # RUN ID, FLOW, STATUS, STARTED (UTC) date and time, DURATION: not 60.0m.
+    duration = row.split()[5]
+    assert header.split()[6] == "DURATION"
+    assert re.fullmatch(r"\d+ms|\d+\.\ds", duration), row
+    listed_json = json_of(pgflow_database, "runs", "list")
+    (entry,) = [run for run in listed_json if run["run_id"] == str(run_id)]
+    assert len(entry["failed_spans"]) == 1
 
 
 def test_a_misspelt_flow_is_refused_with_a_did_you_mean(

@@ -20,7 +20,7 @@ from pgflow.dashboard import BasicAuth, DashboardSettings, TokenAuth, create_app
 from pgflow.dashboard._actions import RunAction
 from pgflow.dashboard._app import Dashboard, build_app
 from pgflow.dashboard._security import SecurityHeadersMiddleware
-from pgflow.operations import cancel_run
+from pgflow.operations import cancel_run, resume_run
 from tests.helpers.dashboard import (
     FANOUT_HANDLERS,
     PIPELINE_HANDLERS,
@@ -448,6 +448,33 @@ def test_run_control_actions_cancel_and_resume(engine: Engine) -> None:
         page = client.get(f"/runs/{run_id}").text
         assert 'data-status="started"' in page
         assert "resumed 1\N{MULTIPLICATION SIGN}" in page
+
+
+def test_the_run_page_of_a_resumed_run_leaves_out_the_time_it_sat_failed(engine: Engine) -> None:
+    run_id = start(engine, "pipeline", {"boom": "first try"})
+    assert drive(engine, "pipeline", PIPELINE_HANDLERS, run_id)["status"] == "failed"
+    # It sat failed for an hour before an operator resumed it; the resumed run completes.
+    with engine.begin() as connection:
+        for table, columns in {
+            "runs": ("started_at", "failed_at"),
+            "step_states": ("created_at", "started_at", "completed_at", "failed_at"),
+            "step_tasks": ("queued_at", "started_at", "completed_at", "failed_at"),
+        }.items():
+            moved = ", ".join(f"{c} = {c} - interval '1 hour'" for c in columns)
+            update = sa.text(f"UPDATE pgflow.{table} SET {moved} WHERE run_id = :id")
+            connection.execute(update, {"id": run_id})
+    resume_run(engine, run_id)
+    handlers = {**PIPELINE_HANDLERS, "fetch": lambda task: "fetched"}
+    assert drive(engine, "pipeline", handlers, run_id)["status"] == "completed"
+
+    with http_client(create_app(engine)) as client:
+        page = client.get(f"/runs/{run_id}").text
+    took = re.search(r'<span id="run-took">([^<]*)</span>', page)
+    assert took is not None
+    assert re.fullmatch(r"\d+ms|\d+\.\ds", took.group(1)), took.group(1)  # not 60.0m
+    # fetch started before the hour and ended after it: its Took column leaves it out too.
+    fetch_took = row_cells(page, "data-step", "fetch")[4]
+    assert re.fullmatch(r"\d+ms|\d+\.\ds", fetch_took), fetch_took
 
 
 @pytest.mark.parametrize(
