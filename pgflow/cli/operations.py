@@ -107,7 +107,11 @@ def runs() -> None:
 @click.option("--status", type=click.Choice(LISTABLE_STATUSES))
 @click.option("--since", callback=_since, help="Started since: 2h, 7d, 2026-11-29T08:00.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--waiting", is_flag=True, help="Only runs with a step waiting for a signal.")
+@click.option(
+    "--waiting",
+    is_flag=True,
+    help="Only runs with a step waiting (for a signal, or for child runs).",
+)
 @click.option(
     "--key",
     callback=_key_filter,

@@ -1,5 +1,6 @@
 """Waiting steps in the dashboard: the list of every open wait, a run's waits, and the form that
-sends a signal (docs/waiting.md).
+sends a signal (docs/waiting.md). A subflow step waiting for its child runs is listed too, with
+links to its children and no form: its children complete it.
 
 The form is a POST, CSRF-checked, absent and refused in read-only mode like the run actions; it
 calls the public :func:`pgflow.client.signal` on the primary. Output that is not JSON and a
@@ -32,7 +33,7 @@ from pgflow.results import SignalOutcome
 
 # A signal's output is typed into a form: larger than a run action's form, still bounded.
 MAX_SIGNAL_FORM_BYTES = 256 * 1024
-SIGNALLABLE = ("signal",)  # what a wait waits for that this form can end
+SIGNALLABLE = ("signal",)  # what a wait waits for that this form can end (not "subflow")
 
 
 class Host(Protocol):
@@ -52,9 +53,31 @@ class Host(Protocol):
 # --- reads ------------------------------------------------------------------------------------
 
 
+def _waits(
+    engine: Engine,
+    *,
+    run_id: uuid.UUID | None = None,
+    flow_slug: str | None = None,
+    after: tuple[datetime, uuid.UUID, str] | None = None,
+    limit: int | None = None,
+) -> list[_data.Row]:
+    return _data.rows(
+        engine,
+        "dashboard_waits",
+        run_id=run_id,
+        flow_slug=flow_slug,
+        after_since=after[0] if after else None,
+        after_run_id=after[1] if after else None,
+        after_step=after[2] if after else None,
+        limit=limit,
+    )
+
+
 def run_waits(engine: Engine, run_id: uuid.UUID) -> list[_data.Row]:
-    """The run's steps that wait now: waits_for, waiting_since, waiting_until, on_timeout."""
-    return _data.rows(engine, "dashboard_run_waits", run_id=run_id)
+    """The run's steps that wait now: waits_for (``signal``, or ``subflow`` with children,
+    children_done, children_unstarted, child_run_ids), waiting_since, waiting_until,
+    on_timeout."""
+    return _waits(engine, run_id=run_id)
 
 
 def _run_id(request: Request) -> uuid.UUID:
@@ -80,18 +103,11 @@ def _after(raw: str | None) -> tuple[datetime, uuid.UUID, str] | None:
 
 
 def waits_page(host: Host, request: Request, page_size: int) -> Response:
-    """Every step waiting now, longest waiting first, a page at a time."""
+    """Every step waiting now (for a signal, or a subflow step for its child runs), longest
+    waiting first, a page at a time."""
     flow_slug = request.query_params.get("flow") or None
     after = _after(request.query_params.get("after"))
-    rows = _data.rows(
-        host.engine,
-        "dashboard_waits_page",
-        flow_slug=flow_slug,
-        after_since=after[0] if after else None,
-        after_run_id=after[1] if after else None,
-        after_step=after[2] if after else None,
-        limit=page_size + 1,
-    )
+    rows = _waits(host.engine, flow_slug=flow_slug, after=after, limit=page_size + 1)
     next_query = None
     if len(rows) > page_size:
         rows = rows[:page_size]

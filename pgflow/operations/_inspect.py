@@ -39,9 +39,9 @@ def list_runs(
 ) -> list[RunSummary]:
     """Runs, newest first. ``status`` is one of upstream's (``started``, ``completed``,
     ``failed``) or ``cancelled`` (failed runs that were cancelled); ``since`` bounds the start
-    time; ``waiting=True`` keeps the runs with a step waiting for a signal (docs/waiting.md);
-    ``key=("tenant", "acme")`` the runs whose input has that value at that (dotted) path, as a
-    limit's key reads it (docs/flow-control.md)."""
+    time; ``waiting=True`` keeps the runs with a step waiting for a signal or, a subflow step,
+    for its child runs (docs/waiting.md); ``key=("tenant", "acme")`` the runs whose input has
+    that value at that (dotted) path, as a limit's key reads it (docs/flow-control.md)."""
     _check_listing(status, limit)
     with connection_for(bind) as connection:
         return _list_runs(connection, flow, status, since, limit, waiting=waiting, key=key)

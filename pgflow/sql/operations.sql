@@ -49,7 +49,7 @@ FROM pgflow_python.prune_preview(
 ) AS p;
 
 -- name: ops_list_runs
--- description: Runs, newest first, filtered by flow, status ('cancelled' = failed with our marker), start time, (:waiting) a step waiting for a signal and (:key_path, :key_value) the JSON value at a path of the input (a limit's key); with each resume's failed_at and resumed_at, so a duration leaves out the time the run sat failed.
+-- description: Runs, newest first, filtered by flow, status ('cancelled' = failed with our marker), start time, (:waiting) a step waiting for a signal or for its child runs (a subflow step) and (:key_path, :key_value) the JSON value at a path of the input (a limit's key); with each resume's failed_at and resumed_at, so a duration leaves out the time the run sat failed.
 SELECT
     r.run_id, r.flow_slug, r.status, r.remaining_steps, r.started_at, r.completed_at,
     r.failed_at, c.cancelled_at, c.reason AS cancel_reason, l.restart_of_run_id,
@@ -67,11 +67,15 @@ WHERE (CAST(:flow_slug AS text) IS NULL OR r.flow_slug = CAST(:flow_slug AS text
        OR (CAST(:status AS text) = 'cancelled' AND r.status = 'failed' AND c.run_id IS NOT NULL)
        OR r.status = CAST(:status AS text))
   AND (CAST(:since AS timestamptz) IS NULL OR r.started_at >= CAST(:since AS timestamptz))
-  AND (NOT CAST(:waiting AS boolean) OR (r.status = 'started' AND EXISTS (
+  AND (NOT CAST(:waiting AS boolean) OR (r.status = 'started' AND (EXISTS (
       SELECT 1 FROM pgflow_python.waits AS w
       JOIN pgflow.step_tasks AS t
         ON t.run_id = w.run_id AND t.step_slug = w.step_slug AND t.task_index = w.task_index
-      WHERE w.run_id = r.run_id AND w.ended_at IS NULL AND t.status = 'started')))
+      WHERE w.run_id = r.run_id AND w.ended_at IS NULL AND t.status = 'started')
+    OR EXISTS (
+      SELECT 1 FROM pgflow_python.subflow_children AS sc
+      JOIN pgflow.step_states AS ss ON ss.run_id = sc.run_id AND ss.step_slug = sc.step_slug
+      WHERE sc.run_id = r.run_id AND sc.ended_at IS NULL AND ss.status = 'started'))))
   AND (CAST(:key_path AS text[]) IS NULL
        OR r.input #> CAST(:key_path AS text[]) = CAST(:key_value AS jsonb))
 ORDER BY r.started_at DESC, r.run_id

@@ -13,6 +13,7 @@ from pgflow import Flow, start_flow, step, wait_step
 from pgflow.operations import list_runs
 from tests.acceptance.test_cli_runs import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, pgflow_cli
 from tests.helpers.database import register_flows
+from tests.integration.test_dashboard_waits import parent_waiting_on_children
 
 
 class Approval(Flow, slug="cli_approval"):
@@ -78,3 +79,19 @@ def test_bad_signals_from_the_shell_exit_non_zero_with_one_line(
     assert wrong_step.returncode == EXIT_REFUSED
     assert "not a wait step" in wrong_step.stderr
     assert len(wrong_step.stderr.strip().splitlines()) == 1
+
+
+def test_a_subflow_step_waiting_for_its_children_is_listed_as_waiting(
+    pgflow_engine: Engine, pgflow_database: URL
+) -> None:
+    parent, (_, running) = parent_waiting_on_children(pgflow_engine)
+    listed = pgflow_cli(pgflow_database, "runs", "list", "--waiting", "--json")
+    assert listed.returncode == EXIT_OK, listed.stderr
+    # The parent (its step waits for children) and the running child (it waits for a signal).
+    assert {run["run_id"] for run in json.loads(listed.stdout)} == {str(parent), str(running)}
+    only = list_runs(pgflow_engine, waiting=True, flow="dash_parent")
+    assert [r.run_id for r in only] == [parent]
+    shown = pgflow_cli(pgflow_database, "runs", "show", str(parent))
+    assert shown.returncode == EXIT_OK, shown.stderr
+    [kids_line] = [line for line in shown.stdout.splitlines() if "─ kids" in line]
+    assert "waiting for 3 child runs (1 done)" in kids_line

@@ -5,6 +5,7 @@ or what the database refuses with a message, and is absent and refused in read-o
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 from markupsafe import escape
 from sqlalchemy.engine import Engine
 
-from pgflow import Flow, signal, start_flow, step, wait_step
+from pgflow import Flow, signal, start_flow, step, subflow, wait_step
 from pgflow.dashboard import DashboardSettings, create_app
 from pgflow.operations import cancel_run
 from tests.helpers.dashboard import http_client, register, row_cells
@@ -229,3 +230,105 @@ def test_read_only_shows_the_wait_but_no_signal_and_refuses_one(engine: Engine) 
         posted = client.post(f"/runs/{run_id}/steps/approval/signal", data={"output": "1"})
         assert posted.status_code == 403
     assert _step_state(engine, run_id, "approval") == ("started", None)
+
+
+class Child(Flow, slug="dash_child"):
+    @wait_step
+    def ok(self) -> None: ...
+
+
+class Parent(Flow, slug="dash_parent"):
+    @wait_step
+    def items(self) -> None: ...
+
+    @subflow(Child, array=items)
+    def kids(self, item: int) -> dict[str, Any]:
+        return {"item": item}
+
+
+def parent_waiting_on_children(engine: Engine) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """A Parent run whose step ``kids`` waits for 3 children: the first completed, the second
+    running (waiting for its own signal), the third not started yet. No worker: the children are
+    started as the subflow starter starts them (``pgflow_python.start_child``)."""
+    register(engine, Child, Parent)
+    parent = start_flow(engine, Parent, None)
+    signal(engine, parent, "items", [1, 2, 3])
+    children = []
+    with engine.begin() as connection:
+        for index in (0, 1):
+            children.append(
+                connection.execute(
+                    sa.text(
+                        "SELECT child_run_id FROM pgflow_python.start_child("
+                        ":run, 'kids', :index, CAST(:input AS jsonb))"
+                    ),
+                    {"run": parent, "index": index, "input": f'{{"item": {index + 1}}}'},
+                ).scalar_one()
+            )
+    signal(engine, children[0], "ok", "paid")  # the child completes: its parent task too
+    return parent, children
+
+
+def test_a_subflow_step_waiting_for_its_children_is_listed_with_links_and_no_form(
+    engine: Engine, client: httpx.Client
+) -> None:
+    parent, (done, running) = parent_waiting_on_children(engine)
+    waiting_for = "3 child runs (1 done, 1 not started yet)"
+
+    listed = client.get("/waits").text
+    assert re.search(r'id="waiting-count">2<', listed)  # the parent's step, the child's wait
+    cells = row_cells(listed, "data-wait", f"{parent}/kids")
+    assert cells[:3] == [str(parent), "dash_parent", "kids"]
+    assert cells[3] == f"{waiting_for} {str(done)[:8]} {str(running)[:8]}"
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \(.* ago\)", cells[4]), cells
+    assert cells[5] == "no timeout: its child runs end it"
+    assert cells[6] == ""  # no Send signal
+    assert f'href="/runs/{done}"' in listed
+    assert f'href="/runs/{running}"' in listed
+    assert row_cells(listed, "data-wait", f"{running}/ok")[3] == "a signal"
+    assert f"/runs/{parent}/steps/kids/signal" not in listed
+    only = client.get("/waits", params={"flow": "dash_parent"}).text
+    assert re.search(r'id="waiting-count">1<', only)
+
+    page = client.get(f"/runs/{parent}").text
+    cells = row_cells(page, "data-wait", "kids")
+    assert cells[1] == f"{waiting_for} {str(done)[:8]} {str(running)[:8]}"
+    assert cells[2:4] == [cells[2], "no timeout: its child runs end it"]
+    assert 'data-signal="kids"' not in page
+    form = client.get(f"/runs/{parent}/steps/kids/signal").text
+    assert 'id="signal-subflow"' in form
+    assert "<textarea" not in form
+
+    # Once every child ended, the step no longer waits.
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("SELECT pgflow_python.start_child(:run, 'kids', 2, CAST('{}' AS jsonb))"),
+            {"run": parent},
+        )
+    signal(engine, running, "ok", "paid")
+    assert "3 child runs (2 done)" in client.get("/waits").text
+    [last] = [r for r in _children(engine, parent) if r not in (done, running)]
+    signal(engine, last, "ok", "paid")
+    assert f"{parent}/kids" not in client.get("/waits").text
+    assert 'data-wait="kids"' not in client.get(f"/runs/{parent}").text
+    with engine.connect() as connection:
+        kids = connection.execute(
+            sa.text(
+                "SELECT status FROM pgflow.step_states WHERE run_id = :run AND step_slug = 'kids'"
+            ),
+            {"run": parent},
+        ).scalar_one()
+    assert kids == "completed"
+
+
+def _children(engine: Engine, parent: uuid.UUID) -> list[uuid.UUID]:
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                sa.text(
+                    "SELECT run_id FROM pgflow_python.run_parents"
+                    " WHERE parent_run_id = :run ORDER BY parent_task_index"
+                ),
+                {"run": parent},
+            ).scalars()
+        )
