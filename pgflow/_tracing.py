@@ -7,7 +7,9 @@ global read per run start and per task.
 Waits (wait steps, and any other step that waits in the database) begin inside SQL, where no
 pgflow process takes part; they are traced when they end, by whoever ends them (the signal's
 caller, the worker's deadline sweep): :func:`record_ended_waits` reads the ended waits and the
-tracer draws each as a span from its begin to its end, in its run's trace.
+tracer draws each as a span from its begin to its end, in its run's trace. A subflow step's
+child run is drawn the same way, from the child's start to its end, in the parent run's trace:
+:func:`record_ended_children`, called by the worker that logs the child's end.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ class TaskAttempt:
 class EndedWait:
     """A wait that ended: a row of the ``otel_ended_waits`` query.
 
-    ``waits_for`` is what it waited for (``signal``; other kinds of wait add theirs) and
-    ``outcome`` how it ended (``signalled``, ``timed_out``, ``abandoned``: its run ended)."""
+    ``waits_for`` is what it waited for (``signal``; ``subflow``: a child run, a row of the
+    ``otel_ended_children`` query) and ``outcome`` how it ended (``signalled``, ``timed_out``,
+    ``abandoned``: its run ended; a child: ``completed``, ``failed``, ``cancelled``). A child
+    run's wait begins when the child started and names the child, with its own stored trace
+    context (``child_context``) when it has one."""
 
     flow_slug: str
     step_slug: str
@@ -52,6 +57,9 @@ class EndedWait:
     ended_at: datetime
     outcome: str
     run_context: Carrier | None
+    child_flow_slug: str | None = None
+    child_run_id: uuid.UUID | None = None
+    child_context: Carrier | None = None
 
 
 class StartSpan(Protocol):
@@ -91,7 +99,8 @@ class Tracer(Protocol):
 
     def wait_ended(self, wait: EndedWait, cause: Carrier | None = None) -> None:
         """Record ``wait`` as a span from its begin to its end, in its run's trace, linked to
-        ``cause`` (the span that ended it, when one did)."""
+        ``cause`` (the span that ended it, when one did) and to the child run's trace (a
+        subflow's child, when it has one)."""
 
 
 def carriers_by_run(rows: Iterable[Mapping[str, Any]]) -> dict[uuid.UUID, Carrier]:
@@ -105,27 +114,20 @@ def carriers_by_run(rows: Iterable[Mapping[str, Any]]) -> dict[uuid.UUID, Carrie
     return contexts
 
 
-def record_ended_waits(
-    connection: Connection,
-    ended: Sequence[tuple[uuid.UUID, str]],
-    cause: Carrier | None = None,
+def _carrier(traceparent: str | None, tracestate: str | None) -> Carrier | None:
+    if not traceparent:
+        return None
+    return {"traceparent": traceparent, **({"tracestate": tracestate} if tracestate else {})}
+
+
+def _record(
+    connection: Connection, query_name: str, keys: dict[str, list[Any]], cause: Carrier | None
 ) -> None:
-    """Trace the waits of ``ended`` ((run_id, step_slug) pairs) that have ended, on
-    ``connection`` (in the transaction that ended them, or after it). Nothing is read when no
-    tracer is installed or nothing ended."""
     tracer = current()
-    if tracer is None or not ended:
+    if tracer is None or not next(iter(keys.values())):
         return
-    rows = connection.execute(
-        query("otel_ended_waits"),
-        {"run_ids": [run_id for run_id, _ in ended], "step_slugs": [step for _, step in ended]},
-    ).mappings()
-    for row in rows:
-        carrier = None
-        if row["traceparent"]:
-            carrier = {"traceparent": row["traceparent"]}
-            if row["tracestate"]:
-                carrier["tracestate"] = row["tracestate"]
+    for row in connection.execute(query(query_name), keys).mappings():
+        child_run_id = row["child_run_id"]
         tracer.wait_ended(
             EndedWait(
                 flow_slug=row["flow_slug"],
@@ -136,10 +138,47 @@ def record_ended_waits(
                 began_at=row["waiting_since"],
                 ended_at=row["ended_at"],
                 outcome=row["outcome"],
-                run_context=carrier,
+                run_context=_carrier(row["traceparent"], row["tracestate"]),
+                child_flow_slug=row["child_flow_slug"],
+                child_run_id=child_run_id,
+                child_context=_carrier(row["child_traceparent"], row["child_tracestate"]),
             ),
             cause,
         )
+
+
+def record_ended_waits(
+    connection: Connection,
+    ended: Sequence[tuple[uuid.UUID, str]],
+    cause: Carrier | None = None,
+) -> None:
+    """Trace the waits of ``ended`` ((run_id, step_slug) pairs) that have ended, on
+    ``connection`` (in the transaction that ended them, or after it). Nothing is read when no
+    tracer is installed or nothing ended."""
+    _record(
+        connection,
+        "otel_ended_waits",
+        {"run_ids": [run_id for run_id, _ in ended], "step_slugs": [step for _, step in ended]},
+        cause,
+    )
+
+
+def record_ended_children(
+    connection: Connection, ended: Sequence[tuple[uuid.UUID, str, int]]
+) -> None:
+    """Trace the ended child runs of subflow tasks ``ended`` ((run_id, step_slug, task_index)
+    of the parent), each as a wait from the child's start to its end in the parent's trace. Like
+    :func:`record_ended_waits`, nothing is read when no tracer is installed or nothing ended."""
+    _record(
+        connection,
+        "otel_ended_children",
+        {
+            "run_ids": [run_id for run_id, _, _ in ended],
+            "step_slugs": [step for _, step, _ in ended],
+            "task_indexes": [index for _, _, index in ended],
+        },
+        None,
+    )
 
 
 _tracer: Tracer | None = None

@@ -69,6 +69,8 @@ ATTR_TASK_INDEX = "pgflow.task_index"
 ATTR_ATTEMPT = "pgflow.attempt"
 ATTR_OUTCOME = "pgflow.outcome"
 ATTR_WAITS_FOR = "pgflow.waits_for"
+ATTR_CHILD_FLOW = "pgflow.child_flow_slug"
+ATTR_CHILD_RUN = "pgflow.child_run_id"
 ATTRIBUTES = (
     ATTR_FLOW,
     ATTR_STEP,
@@ -191,25 +193,37 @@ class _Tracer:
             ended_by = trace.get_current_span(_PROPAGATOR.extract(cause)).get_span_context()
             if ended_by.is_valid:
                 links.append(trace.Link(ended_by, {"pgflow.link": "ended_by"}))
+        attributes: dict[str, str | int] = {
+            ATTR_FLOW: wait.flow_slug,
+            ATTR_STEP: wait.step_slug,
+            ATTR_RUN: str(wait.run_id),
+            ATTR_TASK_INDEX: wait.task_index,
+            ATTR_WAITS_FOR: wait.waits_for,
+            ATTR_OUTCOME: wait.outcome,
+        }
+        # A subflow's child run: its own span name, and a link to the child's trace.
+        kind = "pgflow.wait"
+        if wait.child_run_id is not None:
+            kind = "pgflow.subflow"
+            attributes[ATTR_CHILD_FLOW] = wait.child_flow_slug or ""
+            attributes[ATTR_CHILD_RUN] = str(wait.child_run_id)
+            if wait.child_context:
+                child = _PROPAGATOR.extract(wait.child_context)
+                child_started_in = trace.get_current_span(child).get_span_context()
+                if child_started_in.is_valid:
+                    links.append(trace.Link(child_started_in, {"pgflow.link": "child_run"}))
         began = _nanoseconds(wait.began_at)
         ended = max(_nanoseconds(wait.ended_at), began)
         span = self._tracer.start_span(
-            f"pgflow.wait {wait.flow_slug}.{wait.step_slug}",
+            f"{kind} {wait.flow_slug}.{wait.step_slug}",
             context=parent,
             kind=trace.SpanKind.INTERNAL,
             links=links,
             start_time=began,
-            attributes={
-                ATTR_FLOW: wait.flow_slug,
-                ATTR_STEP: wait.step_slug,
-                ATTR_RUN: str(wait.run_id),
-                ATTR_TASK_INDEX: wait.task_index,
-                ATTR_WAITS_FOR: wait.waits_for,
-                ATTR_OUTCOME: wait.outcome,
-            },
+            attributes=attributes,
         )
-        span.add_event("pgflow.wait.begin", timestamp=began)
-        span.add_event(f"pgflow.wait.{wait.outcome}", timestamp=ended)
+        span.add_event(f"{kind}.begin", timestamp=began)
+        span.add_event(f"{kind}.{wait.outcome}", timestamp=ended)
         span.end(end_time=ended)
 
 

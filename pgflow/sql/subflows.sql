@@ -10,6 +10,12 @@ FROM pgflow_python.claim_child_starts(:flow_slugs, :lease_seconds, :row_limit)
 SELECT outcome, child_run_id
 FROM pgflow_python.start_child(:run_id, :step_slug, :task_index, CAST(:child_input AS jsonb))
 
+-- name: store_child_trace_context
+-- description: The trace context child run :run_id was started in (the worker's pgflow.start_flow span; tracing on only), as a client's start_flow stores one.
+INSERT INTO pgflow_python.run_trace_contexts (run_id, traceparent, tracestate)
+VALUES (:run_id, :traceparent, :tracestate)
+ON CONFLICT (run_id) DO NOTHING
+
 -- name: child_start_failed
 -- description: A subflow step's method failed on attempt :attempt: retry the start later or fail the step and run; outcome and retry time.
 SELECT outcome, retry_at

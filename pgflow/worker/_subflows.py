@@ -7,8 +7,9 @@ the step's method with the task's input, and hands its result to ``start_child``
 the child run unless one was started already — so a slow worker, a retry or a second worker
 never start a second child. A method that raises (or returns something that is not JSON) is
 retried after upstream's backoff while the step has attempts left; then the step and the run
-fail. Children that ended are logged here too (``subflow.child_ended``): their end reached the
-parent inside the transaction that ended them.
+fail. Children that ended are logged here too (``subflow.child_ended``, and with tracing on a
+``pgflow.subflow`` span in the parent's trace): their end reached the parent inside the
+transaction that ended them.
 
 Only workers serving a flow with subflow steps run this service; it polls every
 ``poll_interval`` (at most every second) while idle.
@@ -29,7 +30,7 @@ import anyio.to_thread
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from pgflow import _sql, telemetry
+from pgflow import _sql, _tracing, telemetry
 from pgflow.context import Context
 from pgflow.dsl import Flow, HandlerSpec
 from pgflow.worker._executor import describe, sanitize
@@ -113,6 +114,10 @@ def _round(
         ended = connection.execute(
             _sql.query("take_ended_children"), {"flow_slugs": slugs, "row_limit": 100}
         ).all()
+        # Each child taken, from its start to its end, in the parent run's trace (tracing on).
+        _tracing.record_ended_children(
+            connection, [(row.run_id, row.step_slug, row.task_index) for row in ended]
+        )
     return starts, list(ended)
 
 
@@ -175,7 +180,7 @@ async def _start_one(
         await _report_failure(engine, start, fields, error)
         return
     try:
-        outcome, child_run_id = await anyio.to_thread.run_sync(_start_child, engine, start, text)
+        outcome, child_run_id = await _start_child_traced(engine, start, text)
     except DBAPIError as exc:  # the child's start refused its input (a trigger, a bad map)
         await _report_failure(
             engine, start, fields, sanitize(f"the child run could not start: {exc.orig}")
@@ -214,7 +219,27 @@ async def _call(
         return await anyio.to_thread.run_sync(lambda: method(*arguments), abandon_on_cancel=True)
 
 
-def _start_child(engine: Engine, start: ChildStart, text: str) -> tuple[str, uuid.UUID | None]:
+async def _start_child_traced(
+    engine: Engine, start: ChildStart, text: str
+) -> tuple[str, uuid.UUID | None]:
+    """Start the child; with tracing on, inside a ``pgflow.start_flow`` span whose context the
+    child run keeps (as a client's start stores one), so its tasks and its ``pgflow.subflow``
+    span in the parent's trace link to it."""
+    tracer = _tracing.current()
+    if tracer is None:
+        return await anyio.to_thread.run_sync(_start_child, engine, start, text, None)
+    with tracer.start_flow(start.child_flow_slug) as span:
+        outcome, child_run_id = await anyio.to_thread.run_sync(
+            _start_child, engine, start, text, span.carrier()
+        )
+        if child_run_id is not None:
+            span.started(child_run_id)
+        return outcome, child_run_id
+
+
+def _start_child(
+    engine: Engine, start: ChildStart, text: str, trace_context: _tracing.Carrier | None
+) -> tuple[str, uuid.UUID | None]:
     with engine.begin() as connection:
         row = connection.execute(
             _sql.query("start_child"),
@@ -225,6 +250,15 @@ def _start_child(engine: Engine, start: ChildStart, text: str) -> tuple[str, uui
                 "child_input": text,
             },
         ).one()
+        if trace_context and row.outcome == "started":
+            connection.execute(
+                _sql.query("store_child_trace_context"),
+                {
+                    "run_id": row.child_run_id,
+                    "traceparent": trace_context["traceparent"],
+                    "tracestate": trace_context.get("tracestate"),
+                },
+            )
     return str(row.outcome), row.child_run_id
 
 

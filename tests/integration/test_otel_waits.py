@@ -1,14 +1,17 @@
 """Waits in traces and events (pgflow.otel, pgflow._tracing.record_ended_waits): a signal is a
 span in the caller's context, a wait is a span from its begin to its end in its run's trace,
 recorded by whoever ends it (the signal, or the worker's deadline sweep), and ``wait.ended``
-says how each ended. In-memory OpenTelemetry exporter, real database and worker."""
+says how each ended; a subflow's child run is a span in its parent's trace, recorded by the worker
+that logs the child's end (record_ended_children). In-memory OpenTelemetry exporter, real database
+and worker."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -19,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import pgflow.otel
-from pgflow import Flow, signal, start_flow, step, telemetry, wait_step
+from pgflow import Flow, signal, start_flow, step, subflow, telemetry, wait_step
 from pgflow.errors import NotAWaitStepError
 from tests.helpers.database import register_flows
 from tests.helpers.workers import running_worker, wait_until_finished
@@ -197,3 +200,91 @@ async def test_the_deadline_sweep_records_each_timed_out_wait(
         ("maybe", "timed_out", "skipped", True),
         ("reply", "timed_out", "failed", True),
     ]
+
+
+class Kid(Flow, slug="otel_kid"):
+    @wait_step
+    def ok(self) -> None: ...
+
+
+class Parent(Flow, slug="otel_parent"):
+    @subflow(Kid)
+    def kid(self, input: Any) -> Any:
+        return input
+
+
+async def _until(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    with anyio.fail_after(timeout):
+        while not (result := condition()):
+            await anyio.sleep(0.05)
+    assert result, what
+    return result
+
+
+def _child(engine: Engine, parent: object) -> Any:
+    with engine.connect() as connection:
+        return connection.execute(
+            sa.text(
+                "SELECT child_run_id, child_started_at, ended_at"
+                " FROM pgflow_python.subflow_children WHERE run_id = :run"
+            ),
+            {"run": parent},
+        ).one_or_none()
+
+
+def _ns(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000_000)
+
+
+@pytest.mark.anyio
+async def test_a_child_run_is_a_span_in_the_parents_trace_linked_to_the_childs_trace(
+    pgflow_engine: Engine,
+    spans: InMemorySpanExporter,
+    events: list[tuple[str, dict[str, Any]]],
+) -> None:
+    register_flows(pgflow_engine, Kid, Parent)
+    parent = start_flow(pgflow_engine, Parent, {"order": 1})
+    async with running_worker(pgflow_engine, Parent, Kid, poll_interval=0.1):
+        child = await _until(
+            lambda: (row := _child(pgflow_engine, parent)) and row.child_run_id, "the child"
+        )
+        signal(pgflow_engine, child, "ok", "paid")  # the child completes, and so the parent
+        assert (await wait_until_finished(pgflow_engine, parent))["status"] == "completed"
+        await _until(lambda: _named(spans, "pgflow.subflow"), "the subflow span")
+    [sub] = _named(spans, "pgflow.subflow")
+    starts = {s.name: s for s in _named(spans, "pgflow.start_flow")}
+    parent_start = starts["pgflow.start_flow otel_parent"]
+    child_start = starts["pgflow.start_flow otel_kid"]  # the worker's start of the child
+    assert sub.name == "pgflow.subflow otel_parent.kid"
+    assert sub.kind is SpanKind.INTERNAL
+    assert dict(sub.attributes or {}) == {
+        "pgflow.flow_slug": "otel_parent",
+        "pgflow.step_slug": "kid",
+        "pgflow.run_id": str(parent),
+        "pgflow.task_index": 0,
+        "pgflow.waits_for": "subflow",
+        "pgflow.outcome": "completed",
+        "pgflow.child_flow_slug": "otel_kid",
+        "pgflow.child_run_id": str(child),
+    }
+    # From the child's start to its end (the database's times), in the parent's trace.
+    row = _child(pgflow_engine, parent)
+    assert (sub.start_time, sub.end_time) == (_ns(row.child_started_at), _ns(row.ended_at))
+    assert [e.name for e in sub.events] == ["pgflow.subflow.begin", "pgflow.subflow.completed"]
+    assert sub.context is not None
+    assert parent_start.context is not None
+    assert sub.context.trace_id == parent_start.context.trace_id
+    assert sub.parent is not None
+    assert sub.parent.span_id == parent_start.context.span_id
+    # Linked to the child run's trace: the span that started it, which the child keeps.
+    assert child_start.context is not None
+    assert child_start.context.trace_id != parent_start.context.trace_id
+    assert (child_start.attributes or {})["pgflow.run_id"] == str(child)
+    to_child = [link for link in sub.links if link.context.span_id == child_start.context.span_id]
+    assert [dict(link.attributes or {}) for link in to_child] == [{"pgflow.link": "child_run"}]
+    # The child's own wait is in the child's trace.
+    [kid_wait] = _named(spans, "pgflow.wait otel_kid.ok")
+    assert kid_wait.context is not None
+    assert kid_wait.context.trace_id == child_start.context.trace_id
+    [ended] = [fields for event, fields in events if event == "subflow.child_ended"]
+    assert (ended["child_run_id"], ended["outcome"]) == (str(child), "completed")
