@@ -1,5 +1,6 @@
 """A waiting run in a real browser: the run page and the list show its wait, and the signal
-form completes it (docs/dashboard.md, docs/waiting.md)."""
+form completes it; a subflow step waiting for its children links to them (docs/dashboard.md,
+docs/waiting.md)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 from pgflow import Flow, start_flow, step, wait_step
 from pgflow.dashboard import create_app
 from tests.helpers.dashboard import register, screenshot, serving, worker_in_thread
+from tests.integration.test_dashboard_waits import parent_waiting_on_children
 
 
 class Refund(Flow, slug="browser_refund"):
@@ -77,3 +79,22 @@ def test_a_waiting_run_shows_its_wait_and_is_completed_from_the_signal_form(
         # The step no longer waits: its form says so and offers nothing to send.
         page.goto(f"{base_url}/runs/{run_id}/steps/approval/signal")
         expect(page.locator("#signal-not-waiting")).to_be_visible()
+
+
+def test_a_subflow_step_waiting_for_its_children_links_to_them(
+    pgflow_engine: Engine, page: Page
+) -> None:
+    parent, (done, running) = parent_waiting_on_children(pgflow_engine)
+    with serving(create_app(pgflow_engine)) as base_url:
+        page.goto(f"{base_url}/waits")
+        listed = page.locator(f'tr[data-wait="{parent}/kids"]')
+        expect(listed).to_contain_text("3 child runs (1 done, 1 not started yet)")
+        expect(listed.locator("a[data-signal]")).to_have_count(0)
+        listed.locator(f'a[data-child-run][href$="/runs/{running}"]').click()
+        # The child's page: its own wait, and a link back to its parent.
+        expect(page.locator('#run-waits tr[data-wait="ok"]')).to_contain_text("a signal")
+        page.locator("#parent-run").click()
+        wait_row = page.locator('#run-waits tr[data-wait="kids"]')
+        expect(wait_row).to_contain_text("no timeout: its child runs end it")
+        expect(wait_row.locator("a[data-child-run]")).to_have_count(2)
+        expect(wait_row.locator(f'a[href$="/runs/{done}"]')).to_have_count(1)
