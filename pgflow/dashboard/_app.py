@@ -66,6 +66,8 @@ def _templates() -> jinja2.Environment:
     environment.filters["timestamp"] = _format.timestamp
     environment.filters["percent"] = _format.percent
     environment.globals["between"] = _format.between
+    environment.globals["took"] = _format.took
+    environment.globals["failed_spans"] = _format.failed_spans
     environment.globals["ago"] = _format.ago
     return environment
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import Connection, Engine
 
 from pgflow._sql import query
@@ -55,6 +56,23 @@ _fires = sa.table(
     sa.column("schedule_name", sa.Text),
     schema="pgflow_python",
 )
+_resumes = sa.table(
+    "run_resumes",
+    sa.column("run_id", PG_UUID(as_uuid=True)),
+    sa.column("failed_at", sa.DateTime(timezone=True)),
+    sa.column("resumed_at", sa.DateTime(timezone=True)),
+    schema="pgflow_python",
+)
+
+
+def _resume_times(column: sa.ColumnClause[Any]) -> sa.ScalarSelect[Any]:
+    """One of a run's resume times, oldest resume first (NULL: never resumed)."""
+    ordered = aggregate_order_by(column, _resumes.c.resumed_at)
+    return (
+        sa.select(sa.func.array_agg(ordered))
+        .where(_resumes.c.run_id == _runs.c.run_id)
+        .scalar_subquery()
+    )
 
 
 @contextmanager
@@ -230,6 +248,9 @@ def runs_page(
             _runs.c.started_at,
             _runs.c.completed_at,
             _runs.c.failed_at,
+            # Durations leave out the time a resumed run sat failed.
+            _resume_times(_resumes.c.failed_at).label("resumes_failed_at"),
+            _resume_times(_resumes.c.resumed_at).label("resumed_at"),
         ),
         run_filter,
     )

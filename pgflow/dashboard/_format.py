@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from pgflow._durations import short_duration
+from pgflow._durations import FailedSpan, active_duration, short_duration
 
 NOTHING = "\u2013"  # an en dash: no value
 
@@ -47,6 +49,17 @@ def between(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
         return NOTHING
     return duration((end - start).total_seconds())
+
+
+def took(start: datetime | None, end: datetime | None, failed_spans: Iterable[FailedSpan]) -> str:
+    """A run's or a step's duration without the time the run sat failed before a resume."""
+    active = active_duration(failed_spans, start, end)
+    return duration(None if active is None else active.total_seconds())
+
+
+def failed_spans(row: dict[str, Any]) -> list[FailedSpan]:
+    """A run row's resumes (its ``resumes_failed_at`` and ``resumed_at``) as pairs."""
+    return list(zip(row["resumes_failed_at"] or (), row["resumed_at"] or (), strict=True))
 
 
 def ago(moment: datetime | None, now: datetime) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pgflow._durations import active_duration
 from pgflow.dashboard import _charts, _dag, _format
 from pgflow.dashboard._data import Row, RunDetail
 
@@ -55,11 +54,10 @@ def run_view(detail: RunDetail, *, now: datetime) -> dict[str, Any]:
         for task in detail.tasks
     ]
     # A resumed run's durations leave out the time it sat failed (as pgflow runs show does).
-    spans = list(zip(run["resumes_failed_at"], run["resumed_at"], strict=True))
+    spans = _format.failed_spans(run)
 
     def took(row: Row) -> str:
-        ended = active_duration(spans, row["started_at"], row["completed_at"] or row["failed_at"])
-        return _format.duration(None if ended is None else ended.total_seconds())
+        return _format.took(row["started_at"], row["completed_at"] or row["failed_at"], spans)
 
     # The timeline ends when the run did, or now while it runs (or at a late task's end).
     end = run["completed_at"] or run["failed_at"] or now

@@ -450,7 +450,9 @@ def test_run_control_actions_cancel_and_resume(engine: Engine) -> None:
         assert "resumed 1\N{MULTIPLICATION SIGN}" in page
 
 
-def test_the_run_page_of_a_resumed_run_leaves_out_the_time_it_sat_failed(engine: Engine) -> None:
+def test_the_run_page_and_list_of_a_resumed_run_leave_out_the_time_it_sat_failed(
+    engine: Engine,
+) -> None:
     run_id = start(engine, "pipeline", {"boom": "first try"})
     assert drive(engine, "pipeline", PIPELINE_HANDLERS, run_id)["status"] == "failed"
     # It sat failed for an hour before an operator resumed it; the resumed run completes.
@@ -475,6 +477,11 @@ def test_the_run_page_of_a_resumed_run_leaves_out_the_time_it_sat_failed(engine:
     # fetch started before the hour and ended after it: its Took column leaves it out too.
     fetch_took = row_cells(page, "data-step", "fetch")[4]
     assert re.fullmatch(r"\d+ms|\d+\.\ds", fetch_took), fetch_took
+    # So does its Duration in the list of runs.
+    with http_client(create_app(engine)) as client:
+        listed = client.get("/runs").text
+    listed_took = row_cells(listed, "data-run-id", str(run_id))[4]
+    assert re.fullmatch(r"\d+ms|\d+\.\ds", listed_took), listed_took
 
 
 @pytest.mark.parametrize(
