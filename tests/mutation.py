@@ -288,6 +288,18 @@ MUTANTS = [
         "ARRAY(SELECT t.seconds FROM timeouts t ORDER BY t.msg_id)",
     ),
     Mutant(
+        "a uniform timeout's reservation without the margin",
+        CLAIM,
+        "coalesce(uniform_timeout + margin, reservation)",
+        "coalesce(uniform_timeout, reservation)",
+    ),
+    Mutant(
+        "messages reserved by a uniform timeout's read updated again",
+        CLAIM,
+        "        WHERE uniform_timeout IS NULL\n",
+        "",
+    ),
+    Mutant(
         "the flow's timeout instead of the step's",
         CLAIM,
         "SELECT c.msg_id, coalesce(s.opt_timeout, f.opt_timeout) AS seconds",

@@ -40,13 +40,13 @@ def arms(pgflow_server: Any, pgflow_template_database: str) -> Iterator[tuple[Ar
         yield pair
 
 
-def _claim(arm: Arm, batch: int) -> list[Any]:
+def _claim(arm: Arm, batch: int, slug: str = FLOW.slug) -> list[Any]:
     claim = ("pgflow_python", "claim_task_batch") if arm.set_based else ORACLE
     rows = arm.execute(
         sql.SQL("SELECT task, task_timeout, attempt FROM {}(%s, %s, %s, %s, %s)").format(
             sql.Identifier(*claim)
         ),
-        (FLOW.slug, WORKER, batch, RESERVATION, MARGIN),
+        (slug, WORKER, batch, RESERVATION, MARGIN),
     )
     # Message ids depend on the order of inserts; which task a record is for does not.
     return sorted(
@@ -58,7 +58,7 @@ def _claim(arm: Arm, batch: int) -> list[Any]:
     )
 
 
-def _reservations(arm: Arm) -> list[Any]:
+def _reservations(arm: Arm, slug: str = FLOW.slug) -> list[Any]:
     """Each queued message: its task, read count and how long it stays invisible: the task's
     timeout plus the margin after a claim (within 3 s: the two databases are read at slightly
     different times on a loaded machine), visible now, or something else (the raw seconds)."""
@@ -68,8 +68,8 @@ def _reservations(arm: Arm) -> list[Any]:
         "  WHEN m.vt - clock_timestamp() BETWEEN make_interval(secs => r.seconds - 3)"
         "   AND make_interval(secs => r.seconds) THEN 'reserved for timeout + margin'"
         "  ELSE extract(epoch FROM m.vt - clock_timestamp())::text END"
-        " FROM pgmq.q_claims m JOIN pgflow.step_tasks t"
-        "   ON t.flow_slug = 'claims' AND t.message_id = m.msg_id"
+        f" FROM pgmq.q_{slug} m JOIN pgflow.step_tasks t"
+        f"   ON t.flow_slug = '{slug}' AND t.message_id = m.msg_id"
         " JOIN pgflow.steps s ON s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug"
         " JOIN pgflow.flows f ON f.flow_slug = t.flow_slug"
         " CROSS JOIN LATERAL (SELECT coalesce(s.opt_timeout, f.opt_timeout) + %s AS seconds) r"
@@ -136,3 +136,49 @@ def test_a_claim_commits_without_waiting_for_its_wal_flush(arms: tuple[Arm, Arm]
     [(after,)] = ours.execute("SELECT current_setting('synchronous_commit')")
     assert during == "off"
     assert after == before
+
+
+# Every step has the flow's timeout: the read reserves each message for good.
+UNIFORM = FlowShape(
+    slug="uniform",
+    steps=(StepShape("items", (), is_map=True), StepShape("total", ("items",), is_map=False)),
+)
+
+
+def test_a_flow_with_one_timeout_is_reserved_by_the_read_alone(arms: tuple[Arm, Arm]) -> None:
+    """Where all steps share a timeout, the claim reserves each message once (the read), not
+    twice (the read, then set_vt_batch), with the same records and reservations as upstream."""
+    oracle, ours = arms
+    run_id = uuid.UUID(int=0xC1A3)
+    for arm in arms:
+        arm.create_flow(UNIFORM)
+        arm.start_run(UNIFORM.slug, run_id, [1, 2, 3])
+    rounds = 0
+    while True:
+        claimed = []
+        updates = []
+        for arm in arms:
+            # The session's count of updates not yet reported to the statistics: the
+            # difference across the claim is what the claim updated.
+            count = "SELECT pg_stat_get_xact_tuples_updated('pgmq.q_uniform'::regclass)"
+            with arm.connection.transaction():
+                [(before,)] = arm.execute(count)
+                claimed.append(_claim(arm, batch=2, slug=UNIFORM.slug))
+                [(after,)] = arm.execute(count)
+            updates.append(after - before)
+        assert claimed[0] == claimed[1], f"round {rounds}: different records"
+        assert _reservations(oracle, UNIFORM.slug) == _reservations(ours, UNIFORM.slug)
+        if not claimed[0]:
+            break
+        assert updates == [2 * len(claimed[0]), len(claimed[0])], "updates of the messages"
+        reports = [
+            Report(uuid.UUID(task["run_id"]), task["step_slug"], task["task_index"], 1)
+            for task, _, _ in claimed[0]
+        ]
+        for arm in arms:
+            arm.report(WORKER, reports)
+        rounds += 1
+    assert rounds == 3  # the map's three elements in two claims, then the fan-in
+    expected = oracle.snapshot([UNIFORM.slug], [run_id])
+    actual = ours.snapshot([UNIFORM.slug], [run_id])
+    assert actual == expected

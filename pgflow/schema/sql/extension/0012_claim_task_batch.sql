@@ -150,6 +150,12 @@ COMMENT ON FUNCTION pgflow_python.start_claimed_tasks(text, bigint[], uuid) IS
 -- fenced off). A later synchronous commit (the completion) flushes the WAL up to itself, so a
 -- durable completion never rests on a claim that was lost. It spares every task one disk flush,
 -- 1-4 ms of its start-to-finish time on a busy disk.
+--
+-- Where every step of the flow has the same timeout (the common case: only the flow's), the read
+-- reserves each message for that timeout plus the margin at once, and the second update of
+-- every claimed message (5 % of a task's SQL time, a tenth of its WAL) is not made. Only a
+-- message read but not claimed is kept longer than the short reservation then: one whose task
+-- is no longer queued (it is being run or has ended), which nobody can claim anyway.
 CREATE OR REPLACE FUNCTION pgflow_python.claim_task_batch(
     queue text, claiming_worker uuid, batch integer, reservation integer, margin integer
 )
@@ -158,10 +164,18 @@ LANGUAGE plpgsql VOLATILE SET search_path = '' AS $$
 DECLARE
     read_ids bigint[];
     claimed_count bigint;
+    uniform_timeout integer;
 BEGIN
     PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+    SELECT CASE WHEN min(coalesce(s.opt_timeout, f.opt_timeout))
+                     = max(coalesce(s.opt_timeout, f.opt_timeout))
+                THEN min(coalesce(s.opt_timeout, f.opt_timeout)) END
+    INTO uniform_timeout
+    FROM pgflow.steps s
+    JOIN pgflow.flows f ON f.flow_slug = s.flow_slug
+    WHERE s.flow_slug = queue;
     SELECT coalesce(array_agg(r.msg_id), '{}') INTO read_ids
-    FROM pgmq.read(queue, reservation, batch) AS r;
+    FROM pgmq.read(queue, coalesce(uniform_timeout + margin, reservation), batch) AS r;
     IF cardinality(read_ids) = 0 THEN
         RETURN;
     END IF;
@@ -175,6 +189,7 @@ BEGIN
         JOIN pgflow.steps s ON s.flow_slug = c.flow_slug AND s.step_slug = c.step_slug
         JOIN pgflow.flows f ON f.flow_slug = c.flow_slug
     ),
+    -- Not called at all when the read reserved them already (a one-time filter).
     extended AS (
         SELECT count(*) AS n
         FROM pgflow.set_vt_batch(
@@ -182,6 +197,7 @@ BEGIN
             ARRAY(SELECT t.msg_id FROM timeouts t ORDER BY t.msg_id),
             ARRAY(SELECT t.seconds + margin FROM timeouts t ORDER BY t.msg_id)
         )
+        WHERE uniform_timeout IS NULL
     )
     SELECT to_jsonb(c), t.seconds, st.attempts_count + 1
     FROM claimed c
