@@ -25,6 +25,7 @@ from pgflow._binds import (
 )
 from pgflow._registered import not_registered
 from pgflow._sql import query
+from pgflow.client._batched import execute_then
 from pgflow.client._inputs import check_input_shape, encode_input
 from pgflow.client._registered import check_definition_once
 from pgflow.definition import FlowDefinition, FlowType
@@ -233,44 +234,52 @@ def _delay_seconds(delay: Delay | None) -> int | None:
     return math.ceil(seconds)
 
 
-def start_run(connection: Connection, request: StartRequest) -> uuid.UUID:
-    return start_run_once(connection, request)[0]
+def start_run(
+    connection: Connection, request: StartRequest, *, then: str | None = None
+) -> uuid.UUID:
+    """The started run's id. ``then``: a parameterless named query sent with the start in one
+    round trip (the waiter's LISTEN; see ``_batched``)."""
+    return start_run_once(connection, request, then=then)[0]
 
 
-def start_run_once(connection: Connection, request: StartRequest) -> tuple[uuid.UUID, bool]:
+def start_run_once(
+    connection: Connection, request: StartRequest, *, then: str | None = None
+) -> tuple[uuid.UUID, bool]:
     """``(run_id, created)``: ``created`` is false when an idempotency key found its run."""
     if request.definition is not None:
         check_definition_once(connection, request.definition)
     tracer = _tracing.current()
     if tracer is None:
-        return _start_run(connection, request, {})
+        return _start_run(connection, request, {}, then)
     with tracer.start_flow(request.slug) as span:
-        started = _start_run(connection, request, span.carrier())
+        started = _start_run(connection, request, span.carrier(), then)
         span.started(started[0])
         return started
 
 
 def _start_run(
-    connection: Connection, request: StartRequest, trace_context: _tracing.Carrier
+    connection: Connection,
+    request: StartRequest,
+    trace_context: _tracing.Carrier,
+    then: str | None = None,
 ) -> tuple[uuid.UUID, bool]:
     slug = request.slug
-    row = (
-        connection.execute(
-            query("client_start_flow"),
-            {
-                "flow_slug": slug,
-                "input": request.encoded_input,
-                "run_id": request.run_id,
-                "idempotency_key": request.idempotency_key,
-                "priority": request.priority,
-                "require_job": request.require_job,
-                "traceparent": trace_context.get("traceparent"),
-                "tracestate": trace_context.get("tracestate"),
-            },
-        )
-        .mappings()
-        .one_or_none()
+    params = {
+        "flow_slug": slug,
+        "input": request.encoded_input,
+        "run_id": request.run_id,
+        "idempotency_key": request.idempotency_key,
+        "priority": request.priority,
+        "require_job": request.require_job,
+        "traceparent": trace_context.get("traceparent"),
+        "tracestate": trace_context.get("tracestate"),
+    }
+    result = (
+        connection.execute(query("client_start_flow"), params)
+        if then is None
+        else execute_then(connection, "client_start_flow", then, params)
     )
+    row = result.mappings().one_or_none()
     if row is None:
         raise not_registered(connection, slug)
     if row["run_id"] is not None:

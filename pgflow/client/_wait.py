@@ -4,10 +4,12 @@ The waiter LISTENs on channel ``pgflow`` before its first status check, so a run
 between is seen either by that check or by a notification. Where ``realtime.send`` is not our
 shim (Supabase) no notification comes, and the status is polled every ``poll_interval`` seconds.
 
-Round trips of a start-and-wait that is notified: LISTEN, the start, the run (read once its end
-is announced), UNLISTEN. A run started on the listening connection cannot have ended before the
-start returned (no worker sees it before it commits), so no status check follows the start; a
-notification of the run's end is followed by reading the run, which carries its status.
+Round trips of a start-and-wait that is notified: two. The start with LISTEN after it (one
+message, one transaction: the LISTEN is in effect from the start's commit, before any worker can
+see the run), then, once the run's end is announced, the run read with UNLISTEN after it
+(``_batched``). No status check follows the start (the run cannot have ended before it returned)
+and none precedes the read (it carries the status). Should the read show the run still going,
+the waiter LISTENs again and checks the status before it waits.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pgflow._binds import (
 )
 from pgflow._db import connect, connect_async, display_url, through_pooler, unavailable
 from pgflow._sql import query
+from pgflow.client._batched import execute_then
 from pgflow.client._read import read_run
 from pgflow.client._start import prepare_start, start_run
 from pgflow.errors import (
@@ -72,7 +75,7 @@ def wait_for_run(
     :class:`~pgflow.errors.DatabaseUnavailableError`.
     """
     waiter = _Waiter(as_run_id(run_id), timeout, poll_interval)
-    return _wait_reconnecting(engine_of(bind), listen, lambda _connection: waiter)
+    return _wait_reconnecting(engine_of(bind), listen, lambda _connection, _channel: waiter)
 
 
 def start_flow_and_wait(
@@ -90,9 +93,9 @@ def start_flow_and_wait(
     request = prepare_start(flow, input, run_id)
     _Waiter.check_arguments(timeout, poll_interval)
 
-    def start(connection: Connection) -> _Waiter:
-        # In autocommit the one start statement commits by itself.
-        started = start_run(connection, request)
+    def start(connection: Connection, channel: _Channel) -> _Waiter:
+        # In autocommit the start (with the LISTEN after it) commits by itself.
+        started = start_run(connection, request, then=channel.listen_now())
         telemetry.emit("run.started", flow=request.slug, run_id=str(started))
         return _Waiter(started, timeout, poll_interval, just_started=True)
 
@@ -110,7 +113,7 @@ async def wait_for_run_async(
     """:func:`wait_for_run` for an ``AsyncSession``, ``AsyncConnection`` or ``AsyncEngine``."""
     waiter = _Waiter(as_run_id(run_id), timeout, poll_interval)
 
-    async def known(_connection: AsyncConnection) -> _Waiter:
+    async def known(_connection: AsyncConnection, _channel: _Channel) -> _Waiter:
         return waiter
 
     return await _wait_reconnecting_async(async_engine_of(bind), listen, known)
@@ -130,8 +133,8 @@ async def start_flow_and_wait_async(
     request = prepare_start(flow, input, run_id)
     _Waiter.check_arguments(timeout, poll_interval)
 
-    async def start(connection: AsyncConnection) -> _Waiter:
-        started = await connection.run_sync(start_run, request)
+    async def start(connection: AsyncConnection, channel: _Channel) -> _Waiter:
+        started = await connection.run_sync(start_run, request, then=channel.listen_now())
         telemetry.emit("run.started", flow=request.slug, run_id=str(started))
         return _Waiter(started, timeout, poll_interval, just_started=True)
 
@@ -202,7 +205,7 @@ def _reason(exc: BaseException) -> str:
 def _wait_reconnecting(
     engine: Engine,
     listen: bool,
-    begin: Callable[[Connection], _Waiter],
+    begin: Callable[[Connection, _Channel], _Waiter],
     *,
     starting: str | None = None,
 ) -> Run:
@@ -213,10 +216,10 @@ def _wait_reconnecting(
     waiter: _Waiter | None = None
     while True:
         try:
-            with _waiting_connection(engine, listen) as (connection, driver):
+            with _waiting_connection(engine, listen) as (connection, driver, channel):
                 if waiter is None:
-                    waiter = begin(connection)
-                return _wait(connection, driver, waiter)
+                    waiter = begin(connection, channel)
+                return _wait(connection, driver, channel, waiter)
         except Exception as exc:
             pause = reconnects.pause_after(exc, waiter)
             if pause is None:
@@ -227,7 +230,7 @@ def _wait_reconnecting(
 async def _wait_reconnecting_async(
     engine: AsyncEngine,
     listen: bool,
-    begin: Callable[[AsyncConnection], Awaitable[_Waiter]],
+    begin: Callable[[AsyncConnection, _Channel], Awaitable[_Waiter]],
     *,
     starting: str | None = None,
 ) -> Run:
@@ -235,10 +238,14 @@ async def _wait_reconnecting_async(
     waiter: _Waiter | None = None
     while True:
         try:
-            async with _async_waiting_connection(engine, listen) as (connection, driver):
+            async with _async_waiting_connection(engine, listen) as (
+                connection,
+                driver,
+                channel,
+            ):
                 if waiter is None:
-                    waiter = await begin(connection)
-                return await _wait_async(connection, driver, waiter)
+                    waiter = await begin(connection, channel)
+                return await _wait_async(connection, driver, channel, waiter)
         except Exception as exc:
             pause = reconnects.pause_after(exc, waiter)
             if pause is None:
@@ -281,7 +288,7 @@ class _Waiter:
         just_started, self.just_started = self.just_started, False
         return not (listening and just_started)
 
-    def check(self, connection: Connection) -> Run | None:
+    def check(self, connection: Connection, channel: _Channel) -> Run | None:
         """The finished run, ``None`` to keep waiting, or the error that ends the wait."""
         ended, self.ended = self.ended, False
         if not ended:
@@ -292,7 +299,7 @@ class _Waiter:
                 raise UnknownRunError(self.run_id)
             ended = RunStatus(status).is_terminal
         if ended or self.remaining() <= 0:
-            run = read_run(connection, self.run_id)
+            run = _read_run(connection, channel, self.run_id)
             if run is None:  # deleted in between
                 raise UnknownRunError(self.run_id)
             # run.completed and run.failed are announced by the worker whose report ended the
@@ -331,6 +338,41 @@ class _Waiter:
 _RUN_ENDS = frozenset({"run:completed", "run:failed"})
 
 
+class _Channel:
+    """Whether the waiting connection wants notifications and whether it LISTENs now."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.wanted = wanted
+        self.listening = False
+
+    def listen_now(self) -> str | None:
+        """The query to send with the next statement to LISTEN, if wanted and not listening
+        (counted as listening from then on: on a failed statement the UNLISTEN is harmless)."""
+        if not self.wanted or self.listening:
+            return None
+        self.listening = True
+        return "listen_for_run_events"
+
+
+def _read_run(connection: Connection, channel: _Channel, run_id: uuid.UUID) -> Run | None:
+    """The run; UNLISTENing in the same round trip (the wait is most likely over)."""
+    if not channel.listening:
+        return read_run(connection, run_id)
+    channel.listening = False
+    row = execute_then(
+        connection, "client_get_run", "unlisten_run_events", {"run_id": run_id}
+    ).one_or_none()
+    return None if row is None else Run.from_json(row.run)
+
+
+def _listen_again(connection: Connection, channel: _Channel) -> bool:
+    """LISTEN if the read of a run that was still going stopped it; whether it did."""
+    then = channel.listen_now()
+    if then is not None:
+        connection.execute(query(then))
+    return then is not None
+
+
 def _failure(connection: Connection, run: Run) -> RunFailedError:
     if run.cancelled:
         return RunCancelledError(run)
@@ -351,10 +393,18 @@ def _failure(connection: Connection, run: Run) -> RunFailedError:
     )
 
 
-def _wait(connection: Connection, driver: psycopg.Connection[Any] | None, waiter: _Waiter) -> Run:
+def _wait(
+    connection: Connection,
+    driver: psycopg.Connection[Any] | None,
+    channel: _Channel,
+    waiter: _Waiter,
+) -> Run:
+    _listen_again(connection, channel)  # waiting for a known run, or after a reconnect
     first = waiter.first_check_needed(driver is not None)
-    while (run := waiter.check(connection) if first else None) is None:
+    while (run := waiter.check(connection, channel) if first else None) is None:
         first = True
+        if _listen_again(connection, channel):
+            continue  # check the status now that LISTEN is in effect
         if driver is None:
             time.sleep(waiter.pause())
             continue
@@ -369,11 +419,17 @@ def _wait(connection: Connection, driver: psycopg.Connection[Any] | None, waiter
 
 
 async def _wait_async(
-    connection: AsyncConnection, driver: psycopg.AsyncConnection[Any] | None, waiter: _Waiter
+    connection: AsyncConnection,
+    driver: psycopg.AsyncConnection[Any] | None,
+    channel: _Channel,
+    waiter: _Waiter,
 ) -> Run:
+    await connection.run_sync(_listen_again, channel)
     first = waiter.first_check_needed(driver is not None)
-    while (run := await connection.run_sync(waiter.check) if first else None) is None:
+    while (run := await connection.run_sync(waiter.check, channel) if first else None) is None:
         first = True
+        if await connection.run_sync(_listen_again, channel):
+            continue
         if driver is None:
             await anyio.sleep(waiter.pause())
             continue
@@ -390,30 +446,33 @@ async def _wait_async(
 @contextmanager
 def _waiting_connection(
     engine: Engine, listen: bool
-) -> Iterator[tuple[Connection, psycopg.Connection[Any] | None]]:
+) -> Iterator[tuple[Connection, psycopg.Connection[Any] | None, _Channel]]:
     """An autocommit connection (every status check sees the latest commit; notifications are
-    only delivered outside transactions), LISTENing if asked."""
+    only delivered outside transactions), to LISTEN on if asked: the LISTEN rides on the next
+    statement (``_Channel``); the connection goes back to the pool unlistened."""
     with connect(engine) as pooled:
         connection = pooled.execution_options(isolation_level="AUTOCOMMIT")
         driver = cast("psycopg.Connection[Any]", connection.connection.driver_connection)
         if not listen or through_pooler(driver):
             # Through a transaction pooler LISTEN would be accepted and then receive nothing.
-            yield connection, None
+            yield connection, None, _Channel(wanted=False)
             return
-        connection.execute(query("listen_for_run_events"))
+        channel = _Channel(wanted=True)
         try:
-            yield connection, driver
+            yield connection, driver, channel
         finally:
-            _unlisten(connection, driver)
+            _unlisten(connection, driver, channel)
 
 
-def _unlisten(connection: Connection, driver: psycopg.Connection[Any]) -> None:
+def _unlisten(connection: Connection, driver: psycopg.Connection[Any], channel: _Channel) -> None:
     # A pooled connection left listening would pile up every run's notifications; one that
     # cannot be told to stop is discarded instead. An invalidated one is closed already.
     if connection.invalidated:
         return
     try:
-        connection.execute(query("unlisten_run_events"))
+        if channel.listening:
+            connection.execute(query("unlisten_run_events"))
+            channel.listening = False
         for _ in driver.notifies(timeout=0):
             pass
     except (sa.exc.SQLAlchemyError, psycopg.Error):
@@ -423,34 +482,36 @@ def _unlisten(connection: Connection, driver: psycopg.Connection[Any]) -> None:
 @asynccontextmanager
 async def _async_waiting_connection(
     engine: AsyncEngine, listen: bool
-) -> AsyncIterator[tuple[AsyncConnection, psycopg.AsyncConnection[Any] | None]]:
+) -> AsyncIterator[tuple[AsyncConnection, psycopg.AsyncConnection[Any] | None, _Channel]]:
     pooled = await connect_async(engine)
     try:
         connection = await pooled.execution_options(isolation_level="AUTOCOMMIT")
         raw = await connection.get_raw_connection()
         driver = cast("psycopg.AsyncConnection[Any]", raw.driver_connection)
         if not listen or through_pooler(driver):
-            yield connection, None
+            yield connection, None, _Channel(wanted=False)
             return
-        await connection.execute(query("listen_for_run_events"))
+        channel = _Channel(wanted=True)
         try:
-            yield connection, driver
+            yield connection, driver, channel
         finally:
             # Shielded: a cancelled waiter must still not leave a pooled connection listening.
             with anyio.CancelScope(shield=True):
-                await _unlisten_async(connection, driver)
+                await _unlisten_async(connection, driver, channel)
     finally:
         with anyio.CancelScope(shield=True):
             await pooled.close()
 
 
 async def _unlisten_async(
-    connection: AsyncConnection, driver: psycopg.AsyncConnection[Any]
+    connection: AsyncConnection, driver: psycopg.AsyncConnection[Any], channel: _Channel
 ) -> None:
     if connection.invalidated:
         return
     try:
-        await connection.execute(query("unlisten_run_events"))
+        if channel.listening:
+            await connection.execute(query("unlisten_run_events"))
+            channel.listening = False
         async for _ in driver.notifies(timeout=0):
             pass
     except (sa.exc.SQLAlchemyError, psycopg.Error):

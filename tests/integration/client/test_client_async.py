@@ -146,6 +146,32 @@ async def test_start_flow_and_wait_async_is_woken_by_the_notification(
     assert waited < WOKEN_WITHIN
 
 
+async def test_a_notified_start_and_wait_async_makes_two_round_trips(
+    engine: Engine, async_engine: AsyncEngine
+) -> None:
+    """As the sync one: the start with LISTEN after it, the ended run with UNLISTEN after it."""
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement.rstrip())
+
+    with driving(engine, Greeting, GREETING_HANDLERS):
+        await start_flow_and_wait_async(async_engine, Greeting, {"name": "bob"}, timeout=TIMEOUT)
+        sa.event.listen(async_engine.sync_engine, "before_cursor_execute", record)
+        try:
+            run = await start_flow_and_wait_async(
+                async_engine, Greeting, {"name": "ada"}, timeout=TIMEOUT, poll_interval=2 * TIMEOUT
+            )
+        finally:
+            sa.event.remove(async_engine.sync_engine, "before_cursor_execute", record)
+    assert run.output == {"greeting": "Hello, Ada!"}
+    assert len(statements) == 2, statements
+    assert "-- description: Start a run unless" in statements[0]
+    assert statements[0].endswith("\nLISTEN pgflow;")
+    assert "-- description: One run as JSON" in statements[1]
+    assert statements[1].endswith("\nUNLISTEN pgflow;")
+
+
 @pytest.mark.parametrize("listen", [True, False])
 async def test_wait_for_run_async_polls_without_notifications(
     engine: Engine, async_engine: AsyncEngine, listen: bool

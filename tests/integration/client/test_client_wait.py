@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -72,9 +73,10 @@ def test_a_notification_wakes_the_waiter(engine: Engine) -> None:
     assert waited < WOKEN_WITHIN
 
 
-def test_a_notified_start_and_wait_makes_four_round_trips(engine: Engine) -> None:
-    """LISTEN, the start, the run once its end is announced, UNLISTEN: no status check after the
-    start (nothing can end a run before its start commits) nor before reading the ended run."""
+def test_a_notified_start_and_wait_makes_two_round_trips(engine: Engine) -> None:
+    """The start with LISTEN after it, then the run (once its end is announced) with UNLISTEN
+    after it: no status check after the start (nothing can end a run before its start commits)
+    nor before reading the ended run."""
     statements: list[str] = []
     caller = threading.get_ident()
 
@@ -97,11 +99,72 @@ def test_a_notified_start_and_wait_makes_four_round_trips(engine: Engine) -> Non
         next((line for line in s.splitlines() if line.startswith("-- description")), s.strip())
         for s in statements
     ]
-    assert len(described) == 4, described
-    assert described[0].startswith("-- description: Subscribe to the run and step events")
-    assert described[1].startswith("-- description: Start a run unless")
-    assert described[2].startswith("-- description: One run as JSON")
-    assert described[3].startswith("-- description: Unsubscribe")
+    assert len(described) == 2, described
+    assert described[0].startswith("-- description: Start a run unless")
+    assert described[1].startswith("-- description: One run as JSON")
+    assert statements[0].rstrip().endswith("LISTEN pgflow;"), statements[0]
+    assert statements[1].rstrip().endswith("UNLISTEN pgflow;"), statements[1]
+
+
+def test_a_read_that_finds_the_run_still_going_listens_again(engine: Engine) -> None:
+    """An end announced before the run's end is visible (here: a forged run:completed) makes
+    the waiter read the run with UNLISTEN; finding it still started, it LISTENs again and checks
+    the status, so the real end's NOTIFY wakes it (it would never poll)."""
+    run_id = uuid.uuid4()
+    forged: list[bool] = []
+
+    def status_checked() -> bool:
+        return bool(
+            query_one(
+                engine,
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE state = 'idle'"
+                " AND query LIKE '%A run''s status alone%')",
+            )
+        )
+
+    def gate() -> bool:
+        if not forged:
+            if not waiter_is_waiting(engine):
+                return False
+            message = {"topic": f"pgflow:run:{run_id}", "event": "run:completed"}
+            query_one(engine, "SELECT pg_notify('pgflow', :m)", m=json.dumps(message))
+            forged.append(True)
+            return False
+        return status_checked()  # read, LISTEN again, status check: now idle and listening
+
+    statements: list[str] = []
+    caller = threading.get_ident()
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if threading.get_ident() == caller:
+            lines = statement.rstrip().splitlines()
+            described = next((line for line in lines if line.startswith("-- description")), "")
+            statements.append(lines[-1] if "LISTEN" in lines[-1] else described[:36])
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        with driving(engine, Greeting, GREETING_HANDLERS, gate=gate):
+            began = time.monotonic()
+            run = start_flow_and_wait(
+                engine,
+                Greeting,
+                {"name": "ada"},
+                run_id=run_id,
+                timeout=TIMEOUT,
+                poll_interval=NEVER_POLL,
+            )
+            waited = time.monotonic() - began
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert run.output == {"greeting": "Hello, Ada!"}
+    assert waited < WOKEN_WITHIN
+    assert statements[-5:] == [
+        "LISTEN pgflow;",  # with the start
+        "UNLISTEN pgflow;",  # with the read after the forged end
+        "LISTEN pgflow;",
+        "-- description: A run's status alone",
+        "UNLISTEN pgflow;",  # with the read after the real end
+    ], statements
 
 
 def test_without_notifications_the_waiter_polls(engine: Engine) -> None:
