@@ -16,6 +16,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from pgflow import telemetry
 from pgflow.errors import ConnectionLost
+from pgflow.worker._connection import contention
 from pgflow.worker._executor import describe
 from pgflow.worker._repeats import RepeatedFailure
 from pgflow.worker._session import ServedFlow, ServingSession
@@ -103,6 +104,13 @@ async def _claim(
         outage.failed(flow=served.slug, error=str(exc))  # once a minute while it lasts
         return None
     except Exception as exc:
+        if contention(exc) is not None:
+            # A deadlock or lock timeout rolled the claim back whole: nothing is held and no
+            # message is to blame (isolating would fail a good task). Back off and claim again.
+            telemetry.emit(
+                "poll.failed", level=logging.WARNING, flow=served.slug, error=_first_line(exc)
+            )
+            return None
         telemetry.emit("poll.failed", level=logging.ERROR, flow=served.slug, error=_first_line(exc))
     else:
         outage.succeeded()

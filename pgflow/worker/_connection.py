@@ -43,6 +43,24 @@ def on_asyncio_selector_loop() -> bool:
     return proactor is None or not isinstance(loop, proactor)
 
 
+CONTENTION_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+"""Deadlock detected, serialization failure, lock not available (a lock timeout)."""
+
+
+def contention(exc: BaseException) -> str | None:
+    """The SQLSTATE when ``exc`` (psycopg's, or SQLAlchemy's wrapping one) means the statement
+    lost a race for a lock and was rolled back whole, so running it again is safe; else None."""
+    error: BaseException | None = exc
+    for _ in range(4):  # SQLAlchemy's DBAPIError.orig, or a ``raise ... from``
+        if error is None:
+            return None
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate in CONTENTION_SQLSTATES:
+            return sqlstate
+        error = getattr(error, "orig", None) or error.__cause__
+    return None
+
+
 def _lost(
     connection: psycopg.Connection[Row] | psycopg.AsyncConnection[Row], exc: Exception
 ) -> bool:

@@ -8,7 +8,9 @@ a busy one commits once per batch instead of once per task.
 Across a database outage a report is retried for as long as the process lives: every report is
 fenced in SQL (it counts only while this worker still holds the task), so repeating one whose
 first try did commit records nothing twice. Giving up instead would leave the task ``started``
-until the stalled-task sweep, then run the handler again.
+until the stalled-task sweep, then run the handler again. A report that lost a race for a lock
+(a deadlock, a serialization failure, a lock timeout) rolled back whole: it is retried the same
+way, never taken for the handler's failure.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import anyio.lowlevel
 
 from pgflow import telemetry
 from pgflow.errors import ConnectionLost
+from pgflow.worker._connection import contention
 from pgflow.worker._executor import Completed, Failed, Outcome, describe, sanitize
 from pgflow.worker._privileges import recording_privilege_error
 from pgflow.worker._store import ClaimedTask, WorkerStore
@@ -175,24 +178,28 @@ class Reporter:
 
     @staticmethod
     async def _until_recorded(call: Callable[[], Awaitable[T]], reports: list[_Report]) -> T:
-        """Retry ``call`` across lost connections until it goes through."""
+        """Retry ``call`` across lost connections and lost lock races until it goes through."""
         retry = 0
         while True:
             try:
                 return await call()
-            except ConnectionLost as exc:
-                delay = _BACKOFF[min(retry, len(_BACKOFF) - 1)]
-                retry += 1
-                for report in reports:
-                    telemetry.emit(
-                        "task.report_retry",
-                        level=logging.WARNING,
-                        retry=retry,
-                        error=str(exc),
-                        **report.fields,
-                    )
-                await anyio.sleep(delay)
             except Exception as exc:
+                sqlstate = None if isinstance(exc, ConnectionLost) else contention(exc)
+                if isinstance(exc, ConnectionLost) or sqlstate is not None:
+                    delay = _BACKOFF[min(retry, len(_BACKOFF) - 1)]
+                    retry += 1
+                    for report in reports:
+                        telemetry.emit(
+                            "task.report_retry",
+                            level=logging.WARNING,
+                            retry=retry,
+                            # A lock error's text goes on with the whole statement.
+                            error=str(exc).strip().split("\n", 1)[0] if sqlstate else str(exc),
+                            **({"sqlstate": sqlstate} if sqlstate else {}),
+                            **report.fields,
+                        )
+                    await anyio.sleep(delay)
+                    continue
                 # A missing grant is the role's problem, not the task's: keep the outcome and
                 # retry (reports are fenced) until an operator fixes the grant.
                 problem = recording_privilege_error(exc)
