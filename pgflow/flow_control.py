@@ -6,6 +6,7 @@ holds for every worker, Python or TypeScript, and for runs started from SQL.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ class RateLimit:
             )
         per: object = self.per
         if isinstance(per, (int, float)) and not isinstance(per, bool):
+            if not math.isfinite(per) or not 0 < per <= _LONGEST_PERIOD.total_seconds():
+                raise FlowDefinitionError(
+                    f"RateLimit per must be a positive period of at most 366 days, got {per!r}"
+                )
             per = timedelta(seconds=per)
         if not isinstance(per, timedelta):
             raise FlowDefinitionError(

@@ -155,3 +155,9 @@ def test_a_steps_own_limits_compile_and_round_trip() -> None:
         "limit": 2,
         "key": ["tenant"],
     }
+
+
+@pytest.mark.parametrize("per", [float("nan"), float("inf"), float("-inf"), 1e20, -1e20])
+def test_a_rate_limit_period_out_of_range_is_a_definition_error(per: float) -> None:
+    with pytest.raises(FlowDefinitionError, match="at most 366 days"):
+        RateLimit(1, per=per)

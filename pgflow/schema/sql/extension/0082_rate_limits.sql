@@ -311,6 +311,91 @@ AS $$
     )
 $$;
 
+-- AFTER DELETE on pgmq.q_<flow>, messages never read (WHEN: read_ct = 0): a task that never
+-- started (its run cancelled, failed or pruned, its message deleted or archived) gives its
+-- booked start back, and the key's latest booking becomes the latest one left, so the next start
+-- is booked as if it had never been. Messages already booked later keep their vt (a gap left
+-- between them is not filled).
+CREATE OR REPLACE FUNCTION pgflow_python.give_back_start()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    given record;
+BEGIN
+    FOR given IN
+        DELETE FROM pgflow_python.rate_starts AS s
+        WHERE s.flow_slug = TG_ARGV[0] AND s.msg_id = OLD.msg_id
+        RETURNING s.budget, s.key_value
+    LOOP
+        UPDATE pgflow_python.rate_budget_keys AS k
+        SET latest = coalesce((SELECT max(s.at) FROM pgflow_python.rate_starts AS s
+                               WHERE s.budget = given.budget AND s.key_value = given.key_value),
+                              '-infinity')
+        WHERE k.budget = given.budget AND k.key_value = given.key_value;
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+-- Deferred to the end of the transaction (a constraint trigger on rate_limits): every rule of
+-- a named budget has the same numbers and key, since they share one log of starts. A change of
+-- a named limit is made for all of its users in one transaction (a migration, a deploy).
+CREATE OR REPLACE FUNCTION pgflow_python.check_rate_budget()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    other pgflow_python.rate_limits%ROWTYPE;
+    mine pgflow_python.rate_limits%ROWTYPE;
+BEGIN
+    SELECT * INTO mine FROM pgflow_python.rate_limits AS l
+    WHERE l.flow_slug = NEW.flow_slug AND l.step_slug = NEW.step_slug;
+    IF NOT FOUND OR mine.budget LIKE ':%' THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO other FROM pgflow_python.rate_limits AS l
+    WHERE l.budget = mine.budget
+      AND (l.max_starts, l.period, l.key_path)
+          IS DISTINCT FROM (mine.max_starts, mine.period, mine.key_path)
+    ORDER BY l.flow_slug, l.step_slug
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'rate limit "%" is used with different values: % starts per % keyed on '
+                        '% (flow "%"%) and % starts per % keyed on % (flow "%"%)',
+            mine.budget, mine.max_starts, mine.period,
+            coalesce(pg_catalog.array_to_string(mine.key_path, '.'), 'nothing'),
+            mine.flow_slug,
+            CASE WHEN mine.step_slug = '' THEN ''
+                 ELSE pg_catalog.format(', step "%s"', mine.step_slug) END,
+            other.max_starts, other.period,
+            coalesce(pg_catalog.array_to_string(other.key_path, '.'), 'nothing'),
+            other.flow_slug,
+            CASE WHEN other.step_slug = '' THEN ''
+                 ELSE pg_catalog.format(', step "%s"', other.step_slug) END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Every use of a named rate limit must give the same numbers; change '
+                         'them for all of its flows and steps in one transaction.';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+DO $$
+BEGIN
+    IF NOT pgflow_python.has_trigger('pgflow_python.rate_limits',
+                                     'pgflow_python_check_rate_budget') THEN
+        CREATE CONSTRAINT TRIGGER pgflow_python_check_rate_budget
+            AFTER INSERT OR UPDATE ON pgflow_python.rate_limits
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION pgflow_python.check_rate_budget();
+    END IF;
+END;
+$$;
+
 -- Start-time check (AFTER INSERT on pgflow.runs; created with the first keyed rate limit): the
 -- input of a run of a flow with a keyed rate limit must have a string, number or boolean at the
 -- key, so that start_flow fails naming the key instead of a run being limited wrongly.
@@ -402,7 +487,8 @@ BEGIN
                 'DROP TRIGGER IF EXISTS pgflow_python_rate_book ON pgmq.%1$I; '
                 'DROP TRIGGER IF EXISTS pgflow_python_rate_book_again ON pgmq.%1$I; '
                 'DROP TRIGGER IF EXISTS pgflow_python_rate_read ON pgmq.%1$I; '
-                'DROP TRIGGER IF EXISTS pgflow_python_rate_postpone ON pgmq.%1$I',
+                'DROP TRIGGER IF EXISTS pgflow_python_rate_postpone ON pgmq.%1$I; '
+                'DROP TRIGGER IF EXISTS pgflow_python_rate_give_back ON pgmq.%1$I',
                 queue_table);
         END IF;
         RETURN;
@@ -427,7 +513,7 @@ BEGIN
             FOR EACH ROW EXECUTE FUNCTION pgflow_python.check_rate_limit_keys();
     END IF;
     IF pgflow_python.has_trigger(pg_catalog.format('pgmq.%I', queue_table),
-                                 'pgflow_python_rate_postpone') THEN
+                                 'pgflow_python_rate_give_back') THEN
         RETURN;
     END IF;
     EXECUTE pg_catalog.format(
@@ -447,6 +533,11 @@ BEGIN
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER pgflow_python_rate_postpone AFTER UPDATE ON pgmq.%I '
         'FOR EACH STATEMENT EXECUTE FUNCTION pgflow_python.postpone_refused_reads(%L)',
+        queue_table, flow_slug);
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE TRIGGER pgflow_python_rate_give_back AFTER DELETE ON pgmq.%I '
+        'FOR EACH ROW WHEN (OLD.read_ct = 0) '
+        'EXECUTE FUNCTION pgflow_python.give_back_start(%L)',
         queue_table, flow_slug);
 END;
 $$;

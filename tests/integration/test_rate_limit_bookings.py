@@ -1,0 +1,102 @@
+"""Rate bookings given back and named budgets kept consistent (extension/0082): a task whose
+message is deleted or archived before it was read (its run cancelled) gives its booked start
+back, so later starts are not booked behind dead ones; every use of a named limit must give
+the same numbers, checked when the transaction commits."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from pgflow import Job, RateLimit
+from pgflow.client import enqueue
+from pgflow.operations import cancel_run, list_limits
+from tests.helpers.database import register_flows
+
+
+class TenAMinute(Job, slug="rate_ten_a_minute", rate_limit=RateLimit(10, per=60)):
+    def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        return None
+
+
+class NamedA(Job, slug="rate_named_a", rate_limit=RateLimit.named("partner", 2, per=2)):
+    def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        return None
+
+
+class NamedB(Job, slug="rate_named_b", rate_limit=RateLimit.named("partner", 2, per=2)):
+    def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        return None
+
+
+def waiting(engine: Engine) -> int:
+    return sum(use.waiting for use in list_limits(engine, flow="rate_ten_a_minute"))
+
+
+def test_a_cancelled_runs_booking_is_given_back(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, TenAMinute)
+    runs = [enqueue(pgflow_engine, TenAMinute, {"n": n}) for n in range(30)]
+    assert waiting(pgflow_engine) == 20  # two more minutes' worth booked ahead
+    for run in runs[5:]:
+        cancel_run(pgflow_engine, run)
+    assert waiting(pgflow_engine) == 0
+    later = enqueue(pgflow_engine, TenAMinute, {"n": 30})
+    with pgflow_engine.begin() as connection:
+        wait = connection.execute(
+            sa.text(
+                "SELECT extract(epoch FROM q.vt - clock_timestamp())"
+                " FROM pgmq.q_rate_ten_a_minute AS q"
+                " WHERE (q.message ->> 'run_id')::uuid = :r"
+            ),
+            {"r": later},
+        ).scalar_one()
+    assert wait < 5  # six starts in the window: booked now, not two periods out
+    with pgflow_engine.begin() as connection:
+        starts = connection.execute(sa.text("SELECT count(*) FROM pgflow_python.rate_starts"))
+        assert starts.scalar_one() == 6
+
+
+def set_limit(connection: sa.Connection, flow: str, max_starts: int, period: str) -> None:
+    connection.execute(
+        sa.text(
+            "SELECT pgflow_python.set_rate_limit(:f, NULL, :m, CAST(:p AS interval),"
+            " NULL, 'partner')"
+        ),
+        {"f": flow, "m": max_starts, "p": period},
+    )
+
+
+def test_a_named_limit_with_other_numbers_is_refused(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, NamedA, NamedB)
+    with (
+        pytest.raises(sa.exc.DataError, match='rate limit "partner" is used with different'),
+        pgflow_engine.begin() as connection,
+    ):
+        set_limit(connection, "rate_named_a", 5, "2 seconds")
+    with pgflow_engine.begin() as connection:
+        numbers = connection.execute(
+            sa.text("SELECT DISTINCT max_starts FROM pgflow_python.rate_limits")
+        )
+        assert list(numbers.scalars()) == [2]
+
+
+def test_a_named_limit_changed_for_all_its_users_at_once(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, NamedA, NamedB)
+    with pgflow_engine.begin() as connection:
+        set_limit(connection, "rate_named_a", 5, "3 seconds")
+        set_limit(connection, "rate_named_b", 5, "3 seconds")
+    with pgflow_engine.begin() as connection:
+        # Its only user changes it alone.
+        connection.execute(
+            sa.text("SELECT pgflow_python.set_rate_limit('rate_named_b', NULL, NULL, NULL)")
+        )
+        set_limit(connection, "rate_named_a", 7, "3 seconds")
+    with pgflow_engine.begin() as connection:
+        rules = connection.execute(
+            sa.text("SELECT flow_slug, max_starts, period FROM pgflow_python.rate_limits")
+        ).all()
+    assert [tuple(r) for r in rules] == [("rate_named_a", 7, timedelta(seconds=3))]
