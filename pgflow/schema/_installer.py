@@ -109,6 +109,8 @@ def install(bind: Bind, *, pgmq_mode: PgmqMode | str | None = None) -> InstallRe
             run.apply("upstream", runnable, recorded_as=migration)
         for extension_sql in state.pending_extension():
             run.apply("extension", extension_sql)
+        # No function of ours is executable by PUBLIC, whichever file created it.
+        run_script(connection, _sources.own_sql("function_privileges.sql").sql)
         return InstallReport(mode, tuple(run.applied), tuple(run.adopted))
 
 

@@ -262,6 +262,10 @@ def test_a_role_that_does_not_own_the_queue_can_ensure_the_triggers(
     db.execute(f'CREATE ROLE "{role}" LOGIN')
     try:
         db.execute(f'GRANT USAGE ON SCHEMA pgflow_python, pgmq TO "{role}"')
+        # PUBLIC may execute no function of ours (sql/function_privileges.sql).
+        db.execute(
+            f'GRANT EXECUTE ON FUNCTION pgflow_python.ensure_wakeup_trigger(text) TO "{role}"'
+        )
         as_worker = pgflow_database.set(username=role, password=None)
         with psycopg.connect(database.libpq_url(as_worker), autocommit=True) as worker:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

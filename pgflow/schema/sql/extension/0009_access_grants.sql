@@ -10,7 +10,10 @@
 --          schedules and prune (operators, and dashboards that are not --read-only). Cancelling
 --          archives a run's messages and pruning deletes runs with everything about them, so it
 --          writes every table as a worker does; it claims and records nothing only by choice.
--- readonly reads everything (dashboards with --read-only, reporting); changes nothing.
+-- readonly reads everything (dashboards with --read-only, reporting); changes nothing. It may
+--          execute only our read-only functions that its reads call (below): PUBLIC may execute
+--          no function of schema pgflow_python (the installer revokes it after every install,
+--          sql/function_privileges.sql), since some are SECURITY DEFINER and write.
 --
 -- No role here may create, alter or drop objects: migrations run as the owner.
 -- A table that the client's start path writes must be listed below (in a later extension file
@@ -91,6 +94,15 @@ BEGIN
         FROM pg_catalog.pg_proc AS p
         JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
         WHERE n.nspname = ANY (schemas) AND p.prokind IN ('f', 'p');
+    ELSE
+        -- No function of ours is executable by PUBLIC (sql/function_privileges.sql); readonly
+        -- gets the read-only ones its read paths call: run_facts (get_run, describe_run),
+        -- queue_metrics (metrics). Upstream's and pgmq's functions keep PUBLIC's EXECUTE.
+        RETURN QUERY
+        SELECT 'function', p.oid::regprocedure::text, 'EXECUTE'
+        FROM pg_catalog.pg_proc AS p
+        WHERE p.oid::regprocedure::text IN ('pgflow_python.run_facts(uuid)',
+                                            'pgflow_python.queue_metrics()');
     END IF;
 END;
 $$;
@@ -144,6 +156,10 @@ BEGIN
         EXECUTE pg_catalog.format(
             'ALTER DEFAULT PRIVILEGES IN SCHEMA pgflow, pgmq, pgflow_python'
             ' GRANT USAGE, SELECT ON SEQUENCES TO %I', grantee);
+        -- Functions an upgrade adds later: PUBLIC may not execute them (function_privileges.sql).
+        EXECUTE pg_catalog.format(
+            'ALTER DEFAULT PRIVILEGES IN SCHEMA pgflow_python GRANT EXECUTE ON ROUTINES TO %I',
+            grantee);
     END IF;
     RETURN granted;
 END;

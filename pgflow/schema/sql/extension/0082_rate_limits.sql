@@ -95,13 +95,14 @@ COMMENT ON TABLE pgflow_python.rate_refused_reads IS
 
 -- Books one start of a message against every rate limit of its step (the step's own and the
 -- flow's), no earlier than not_before, and returns the time booked (not_before when the flow
--- has no rate limit for the step). Budgets are locked in name order.
+-- has no rate limit for the step). Budgets are locked in name order. SECURITY INVOKER: its
+-- callers, the queue triggers below, are SECURITY DEFINER and call it as the owner. A time
+-- that is not finite is refused: booked, it would push every later start of the key there.
 CREATE OR REPLACE FUNCTION pgflow_python.book_rate_start(
     flow text, step text, run uuid, message bigint, not_before timestamptz
 )
 RETURNS timestamptz
 LANGUAGE plpgsql
-SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
@@ -114,6 +115,10 @@ DECLARE
     periods interval[] := '{}';
     i integer;
 BEGIN
+    IF not_before IS NULL OR NOT pg_catalog.isfinite(not_before) THEN
+        RAISE EXCEPTION 'a start of flow % cannot be booked at %',
+            flow, coalesce(not_before::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     FOR rule IN
         SELECT l.budget, l.max_starts, l.period, l.key_path
         FROM pgflow_python.rate_limits AS l
