@@ -84,11 +84,12 @@ def prune(
 ) -> PruneReport:
     """Delete runs that finished (``completed`` or ``failed``, cancelled included) more than
     ``older_than`` ago, of ``flows`` (default: all), with their step states, tasks, pgmq
-    messages (archived or not) and our rows about them; and worker rows of those flows that sent
-    no heartbeat for ``older_than``. A ``started`` run is never touched. ``dry_run`` counts
-    instead of deleting. Idempotency keys of pruned runs are forgotten (the key can start a new
-    run). ``progress`` is called after each batch of runs with the counts so far (``seconds``
-    is the time taken so far)."""
+    messages (archived or not) and our rows about them; worker rows of those flows that sent
+    no heartbeat for ``older_than``; and rate-limit keys with no booking or read within their
+    period (counted in ``extension_rows``; workers forget them too, every upkeep round). A
+    ``started`` run is never touched. ``dry_run`` counts instead of deleting. Idempotency keys
+    of pruned runs are forgotten (the key can start a new run). ``progress`` is called after
+    each batch of runs with the counts so far (``seconds`` is the time taken so far)."""
     request = _PruneRequest.make(older_than, statuses, flows, dry_run, batch_size)
 
     def execute(
@@ -112,6 +113,10 @@ def prune(
                         break
             while True:
                 report, more = execute(_prune_workers, request, report)
+                if not more:
+                    break
+            while True:
+                report, more = execute(_prune_rate_keys, report)
                 if not more:
                     break
         return replace(report, seconds=time.perf_counter() - began)
@@ -146,6 +151,10 @@ async def prune_async(
                         break
             while True:
                 report, more = await run_async(bind, _prune_workers, request, report)
+                if not more:
+                    break
+            while True:
+                report, more = await run_async(bind, _prune_rate_keys, report)
                 if not more:
                     break
         return replace(report, seconds=time.perf_counter() - began)
@@ -241,3 +250,15 @@ def _prune_workers(
         {"cutoff": report.workers_cutoff, "flows": request.flows, "row_limit": _WORKER_BATCH},
     ).scalar_one()
     return replace(report, workers=report.workers + deleted), deleted >= _WORKER_BATCH
+
+
+def _prune_rate_keys(connection: Connection, report: PruneReport) -> tuple[PruneReport, bool]:
+    """Rate-limit keys with no booking or read within their period (extension/0082), counted
+    with our rows."""
+    forgotten: int = connection.execute(
+        query("prune_rate_log"), {"row_limit": _WORKER_BATCH}
+    ).scalar_one()
+    return (
+        replace(report, extension_rows=report.extension_rows + forgotten),
+        forgotten >= _WORKER_BATCH,
+    )

@@ -2,7 +2,7 @@
 -- pgflow.operations.list_limits and the dashboard's limits page.
 
 -- name: flow_control_limits
--- description: Every concurrency and rate limit (of :flow_slug, or all when NULL) with its live use per key value: in_use (concurrency: tasks in flight; rate: starts within the last period) and waiting (concurrency: tasks held for a slot; rate: starts booked for later). A limit not used yet has one row with key_value NULL and zeros.
+-- description: Every concurrency and rate limit (of :flow_slug, or all when NULL) with its live use per key value: in_use (concurrency: tasks in flight; rate: starts within the last period) and waiting (concurrency: tasks held for a slot; rate: starts booked for later). Rate keys only while in use (a booking or a read within the period). A limit not in use has one row with key_value NULL and zeros.
 WITH concurrency_use AS (
     SELECT u.flow_slug, u.step_slug, u.key_value,
            sum(u.in_flight)::integer AS in_use, sum(u.held)::integer AS waiting
@@ -35,6 +35,15 @@ SELECT 'rate', l.flow_slug, nullif(l.step_slug, ''), l.max_starts,
                  WHERE s.budget = l.budget AND s.key_value = k.key_value
                    AND s.at > clock_timestamp()), 0)::integer
 FROM pgflow_python.rate_limits AS l
-LEFT JOIN pgflow_python.rate_budget_keys AS k ON k.budget = l.budget
+LEFT JOIN pgflow_python.rate_budget_keys AS k
+    ON k.budget = l.budget
+   AND (k.latest > clock_timestamp() - l.period
+        OR EXISTS (SELECT 1 FROM pgflow_python.rate_reads AS r
+                   WHERE r.budget = l.budget AND r.key_value = k.key_value
+                     AND r.at > clock_timestamp() - l.period))
 WHERE CAST(:flow_slug AS text) IS NULL OR l.flow_slug = CAST(:flow_slug AS text)
 ORDER BY 2, 3 NULLS FIRST, 1, 8
+
+-- name: prune_rate_log
+-- description: Forget at most :row_limit rate-limit keys with no booking or read within their period (the worker's upkeep round, pgflow prune); returns how many.
+SELECT pgflow_python.prune_rate_log(:row_limit) AS forgotten

@@ -53,6 +53,9 @@ from pgflow.worker._store import (
     TaskKey,
 )
 
+_RATE_KEYS_PER_ROUND = 1000
+"""Idle rate-limit keys one upkeep round forgets at most."""
+
 
 def claimed_from_rows(rows: Sequence[Row]) -> list[ClaimedTask]:
     tasks = []
@@ -281,7 +284,11 @@ class PostgresStore:
             rows = connection.execute(
                 _sql.query("refresh_statistics"), {"queue_names": queue_names}
             )
-            return [str(row.analyzed_table) for row in rows]
+            analyzed = [str(row.analyzed_table) for row in rows]
+        # The same upkeep round forgets idle rate-limit keys (extension/0082), a batch a round.
+        with self._engine.begin() as connection:
+            connection.execute(_sql.query("prune_rate_log"), {"row_limit": _RATE_KEYS_PER_ROUND})
+        return analyzed
 
     async def enforce_deadlines(self, limit: int) -> list[DeadlineAction]:
         return await anyio.to_thread.run_sync(self._enforce_deadlines, limit)

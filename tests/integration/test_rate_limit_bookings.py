@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from pgflow import Job, RateLimit
 from pgflow.client import enqueue
-from pgflow.operations import cancel_run, list_limits
+from pgflow.operations import cancel_run, list_limits, prune
 from tests.helpers.database import register_flows
 
 
@@ -100,3 +100,53 @@ def test_a_named_limit_changed_for_all_its_users_at_once(pgflow_engine: Engine) 
             sa.text("SELECT flow_slug, max_starts, period FROM pgflow_python.rate_limits")
         ).all()
     assert [tuple(r) for r in rules] == [("rate_named_a", 7, timedelta(seconds=3))]
+
+
+class PerTenant(Job, slug="rate_per_tenant", rate_limit=RateLimit(2, per=60, key="tenant")):
+    def perform(self, input: dict[str, Any], ctx: Any) -> None:
+        return None
+
+
+def test_idle_keys_are_forgotten_and_not_listed(pgflow_engine: Engine) -> None:
+    register_flows(pgflow_engine, PerTenant)
+    for tenant in ("old", "older", "live"):
+        run = enqueue(pgflow_engine, PerTenant, {"tenant": tenant})
+        with pgflow_engine.begin() as connection:
+            connection.execute(
+                sa.text("SELECT pgmq.read('rate_per_tenant', 30, 1)")
+            )  # a start: counted in rate_reads
+            if tenant != "live":  # booked and read two periods ago
+                connection.execute(
+                    sa.text(
+                        "SELECT pgmq.delete('rate_per_tenant', msg_id) FROM pgmq.q_rate_per_tenant"
+                    )
+                )
+                for table in ("rate_starts", "rate_reads"):
+                    connection.execute(
+                        sa.text(
+                            f"UPDATE pgflow_python.{table} SET at = at - interval '2 minutes'"
+                            " WHERE key_value = to_jsonb(CAST(:t AS text))"
+                        ),
+                        {"t": tenant},
+                    )
+                connection.execute(
+                    sa.text(
+                        "UPDATE pgflow_python.rate_budget_keys"
+                        " SET latest = latest - interval '2 minutes'"
+                        " WHERE key_value = to_jsonb(CAST(:t AS text))"
+                    ),
+                    {"t": tenant},
+                )
+        assert run is not None
+    listed = [use.key_value for use in list_limits(pgflow_engine, flow="rate_per_tenant")]
+    assert listed == ["live"]
+    report = prune(pgflow_engine, older_than=timedelta(days=1))
+    assert report.extension_rows == 2
+    with pgflow_engine.begin() as connection:
+        rows = {
+            table: connection.execute(
+                sa.text(f"SELECT count(*) FROM pgflow_python.{table}")
+            ).scalar_one()
+            for table in ("rate_budget_keys", "rate_starts", "rate_reads")
+        }
+    assert rows == {"rate_budget_keys": 1, "rate_starts": 1, "rate_reads": 1}

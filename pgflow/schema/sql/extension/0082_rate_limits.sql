@@ -549,3 +549,47 @@ $$;
 
 COMMENT ON FUNCTION pgflow_python.set_rate_limit(text, text, integer, interval, text[], text) IS
     'pgflow-python: set or remove (max_starts NULL) a per-key rate limit of a flow/step.';
+
+-- Forgets rate-limit keys that limit nothing any more: no booking and no read within their
+-- budget's period (its longest, or any age when no rule uses the budget), with their old
+-- bookings and reads; at most row_limit keys, skipping keys locked by a booking or a read.
+-- Called by every worker's upkeep round and by `pgflow prune`; returns the keys forgotten.
+CREATE OR REPLACE FUNCTION pgflow_python.prune_rate_log(row_limit integer)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    idle record;
+    forgotten integer := 0;
+BEGIN
+    FOR idle IN
+        SELECT k.budget, k.key_value
+        FROM pgflow_python.rate_budget_keys AS k
+        CROSS JOIN LATERAL (
+            SELECT pg_catalog.clock_timestamp()
+                   - coalesce(max(l.period), interval '0') AS cutoff
+            FROM pgflow_python.rate_limits AS l WHERE l.budget = k.budget
+        ) AS b
+        WHERE k.latest <= b.cutoff
+          AND NOT EXISTS (SELECT 1 FROM pgflow_python.rate_reads AS r
+                          WHERE r.budget = k.budget AND r.key_value = k.key_value
+                            AND r.at > b.cutoff)
+        ORDER BY k.latest
+        LIMIT row_limit
+        FOR UPDATE OF k SKIP LOCKED
+    LOOP
+        DELETE FROM pgflow_python.rate_starts AS s
+        WHERE s.budget = idle.budget AND s.key_value = idle.key_value;
+        DELETE FROM pgflow_python.rate_reads AS r
+        WHERE r.budget = idle.budget AND r.key_value = idle.key_value;
+        DELETE FROM pgflow_python.rate_budget_keys AS k
+        WHERE k.budget = idle.budget AND k.key_value = idle.key_value;
+        forgotten := forgotten + 1;
+    END LOOP;
+    RETURN forgotten;
+END;
+$$;
+
+COMMENT ON FUNCTION pgflow_python.prune_rate_log(integer) IS
+    'pgflow-python: forget rate-limit keys with no booking or read within their period.';
