@@ -21,6 +21,18 @@ ON CONFLICT (run_id) DO NOTHING
 SELECT outcome, retry_at
 FROM pgflow_python.child_start_failed(:run_id, :step_slug, :task_index, :attempt, :error_message)
 
+-- name: release_child_starts
+-- description: Give back unused the leases of these pending child starts (still leased on attempt :attempts): due again at once, the attempt not counted; the starts released.
+UPDATE pgflow_python.subflow_children AS c
+SET lease_until = NULL, start_attempts = c.start_attempts - 1
+FROM unnest(CAST(:run_ids AS uuid[]), CAST(:step_slugs AS text[]),
+            CAST(:task_indexes AS integer[]), CAST(:attempts AS integer[]))
+     AS u(run_id, step_slug, task_index, attempt)
+WHERE c.run_id = u.run_id AND c.step_slug = u.step_slug AND c.task_index = u.task_index
+  AND c.start_attempts = u.attempt AND c.child_run_id IS NULL AND c.ended_at IS NULL
+  AND c.lease_until > clock_timestamp()
+RETURNING c.run_id
+
 -- name: take_ended_children
 -- description: Up to :row_limit ended child runs of subflow steps of :flow_slugs not yet logged, each taken once.
 SELECT run_id, flow_slug, step_slug, task_index, child_flow_slug, child_run_id, outcome,

@@ -33,16 +33,20 @@ from sqlalchemy.exc import DBAPIError
 from pgflow import _sql, _tracing, telemetry
 from pgflow.context import Context
 from pgflow.dsl import Flow, HandlerSpec
+from pgflow.worker._connection import CONNECT_TIMEOUT, contention
 from pgflow.worker._executor import describe, sanitize
 from pgflow.worker._repeats import RepeatedFailure
 from pgflow.worker._session import ServingSession
 
 BATCH = 10
-"""Child starts leased per round (their methods run concurrently)."""
+"""Child starts whose methods run at once: a round leases only as many as are free, so one slow
+method holds back no other start."""
 LEASE_MARGIN = 10
 """Seconds a lease outlives the method's timeout."""
 DEFAULT_TIMEOUT = 60
 """Seconds a method may take when neither the step nor the flow sets a timeout (upstream's)."""
+REFUSALS = frozenset({"22", "23", "P0"})
+"""SQLSTATE classes by which the database refuses a child's start (data, constraints, RAISE)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,30 +78,125 @@ class SubflowStarter:
         )
         interval = min(session.options.poll_interval, 1.0)
         failures = RepeatedFailure("subflow.starter_failed")
-        while True:
+        # Leased starts whose method runs (no child started or failure recorded yet): given back
+        # if the worker is cancelled meanwhile, so a restart does not wait out their lease.
+        held: dict[_Key, ChildStart] = {}
+        freed = anyio.Event()
+
+        async def one(start: ChildStart) -> None:
+            nonlocal freed
+            instance, specs, flow_class = served[start.flow_slug]
             try:
-                starts, ended = await anyio.to_thread.run_sync(
-                    _round, session.engine, slugs, lease, BATCH
+                await _start_one(
+                    session.engine, instance, specs[start.step_slug], flow_class, start, held=held
                 )
-                _announce_ended(ended)
-                async with anyio.create_task_group() as group:
+            except Exception as exc:  # one start must not sink its siblings
+                held.pop(_key(start), None)  # its lease runs out
+                telemetry.emit(
+                    "subflow.start_interrupted",
+                    level=logging.WARNING,
+                    **_fields(start),
+                    error=_first_line(exc),
+                )
+            finally:  # cancelled in its method, it stays held: released below
+                freed.set()
+                freed = anyio.Event()
+
+        try:
+            async with anyio.create_task_group() as group:
+                while not session.stopping.is_set():
+                    free = BATCH - len(held)
+                    starts: list[ChildStart] = []
+                    try:
+                        # Shielded: leases taken are in ``held`` before any cancellation lands.
+                        with anyio.CancelScope(shield=True):
+                            starts, ended = await anyio.to_thread.run_sync(
+                                _round, session.engine, slugs, lease, free
+                            )
+                            for start in starts:
+                                held[_key(start)] = start
+                        _announce_ended(ended)
+                    except Exception as exc:  # the next round tries again; a start comes late
+                        failures.failed(error=str(exc))
+                    else:
+                        failures.succeeded()
                     for start in starts:
-                        instance, specs, flow_class = served[start.flow_slug]
-                        group.start_soon(
-                            _start_one,
-                            session.engine,
-                            instance,
-                            specs[start.step_slug],
-                            flow_class,
-                            start,
-                        )
-            except Exception as exc:  # the next round tries again; a start only comes late
-                failures.failed(error=str(exc))
-                starts = []
-            else:
-                failures.succeeded()
-            if len(starts) < BATCH:
-                await anyio.sleep(interval)
+                        group.start_soon(one, start)
+                    if free == 0 or len(starts) < free:
+                        await _first_of(interval, session.stopping, freed)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CONNECT_TIMEOUT):
+                await _release(session.engine, list(held.values()))
+
+
+_Key = tuple[uuid.UUID, str, int]
+
+
+def _key(start: ChildStart) -> _Key:
+    return (start.run_id, start.step_slug, start.task_index)
+
+
+async def _first_of(timeout: float, *events: anyio.Event) -> None:
+    """Return when any of ``events`` is set, or after ``timeout`` seconds."""
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as group:
+
+            async def wait(event: anyio.Event) -> None:
+                await event.wait()
+                group.cancel_scope.cancel()
+
+            for event in events:
+                group.start_soon(wait, event)
+
+
+async def _release(engine: Engine, starts: list[ChildStart]) -> None:
+    """Give leases back unused: due again at once, the attempt not counted."""
+    if not starts:
+        return
+    try:
+        count = await anyio.to_thread.run_sync(_release_blocking, engine, starts)
+    except Exception as exc:  # the leases run out by themselves
+        telemetry.emit("subflow.release_failed", level=logging.WARNING, error=_first_line(exc))
+        return
+    telemetry.emit("subflow.starts_released", count=count)
+
+
+def _release_blocking(engine: Engine, starts: list[ChildStart]) -> int:
+    with engine.begin() as connection:
+        rows = connection.execute(
+            _sql.query("release_child_starts"),
+            {
+                "run_ids": [s.run_id for s in starts],
+                "step_slugs": [s.step_slug for s in starts],
+                "task_indexes": [s.task_index for s in starts],
+                "attempts": [s.attempt for s in starts],
+            },
+        ).all()
+    return len(rows)
+
+
+def _fields(start: ChildStart) -> dict[str, Any]:
+    return {
+        "flow": start.flow_slug,
+        "run_id": str(start.run_id),
+        "step": start.step_slug,
+        "task_index": start.task_index,
+        "attempt": start.attempt,
+        "child_flow": start.child_flow_slug,
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = describe(exc) if not isinstance(exc, DBAPIError) else f"{exc.orig}"
+    return text.strip().split("\n", 1)[0]
+
+
+def _refused(exc: DBAPIError) -> bool:
+    """Whether the database refused the child's start itself (bad data, a constraint, a
+    trigger's RAISE): SQLSTATE classes 22, 23 and P0. Anything else (a lost connection, a
+    statement timeout, a deadlock, a missing grant) says nothing about the start."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in REFUSALS
 
 
 def _timeout(flow_class: type[Flow], step_slug: str) -> int:
@@ -141,15 +240,14 @@ async def _start_one(
     spec: HandlerSpec,
     flow_class: type[Flow],
     start: ChildStart,
+    *,
+    held: dict[_Key, ChildStart] | None = None,
 ) -> None:
-    fields: dict[str, Any] = {
-        "flow": start.flow_slug,
-        "run_id": str(start.run_id),
-        "step": start.step_slug,
-        "task_index": start.task_index,
-        "attempt": start.attempt,
-        "child_flow": start.child_flow_slug,
-    }
+    """Run the start's method, then start the child (or record the method's failure). While
+    the method runs the start is in ``held`` (the starter gives back what it holds when
+    cancelled)."""
+    held = {} if held is None else held
+    fields = _fields(start)
     timeout = _timeout(flow_class, start.step_slug)
     context = Context(
         run_id=start.run_id,
@@ -163,28 +261,45 @@ async def _start_one(
     )
     error: str | None = None
     try:
-        child_input = await _call(instance, spec, start.input, context, timeout)
-    except TimeoutError:
-        error = f"TimeoutError: the subflow method took longer than {timeout} s"
+        timed_out, child_input = await _call(instance, spec, start.input, context, timeout)
     except Exception as exc:
         error = sanitize(describe(exc))
     else:
-        try:
-            text = json.dumps(child_input, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            error = sanitize(
-                "ValueError: the subflow method must return the child's input as JSON "
-                f"(dicts, lists, strings, numbers, booleans, None): {exc}"
-            )
+        if timed_out:
+            error = f"TimeoutError: the subflow method took longer than {timeout} s"
+        else:
+            try:
+                text = json.dumps(child_input, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                error = sanitize(
+                    "ValueError: the subflow method must return the child's input as JSON "
+                    f"(dicts, lists, strings, numbers, booleans, None): {exc}"
+                )
+    # From here the lease is settled by what is written (or runs out): not released on stop.
+    held.pop(_key(start), None)
     if error is not None:
         await _report_failure(engine, start, fields, error)
         return
     try:
         outcome, child_run_id = await _start_child_traced(engine, start, text)
-    except DBAPIError as exc:  # the child's start refused its input (a trigger, a bad map)
-        await _report_failure(
-            engine, start, fields, sanitize(f"the child run could not start: {exc.orig}")
+    except DBAPIError as exc:
+        if _refused(exc):  # the child's start refused its input (a trigger, a bad map)
+            await _report_failure(
+                engine, start, fields, sanitize(f"the child run could not start: {exc.orig}")
+            )
+            return
+        # Not the start's fault: no attempt spent. A lost lock race gives the lease back (due
+        # again next round); otherwise it runs out (the start may even have committed).
+        sqlstate = contention(exc)
+        telemetry.emit(
+            "subflow.start_interrupted",
+            level=logging.WARNING,
+            **fields,
+            error=_first_line(exc),
+            **({"sqlstate": sqlstate} if sqlstate else {}),
         )
+        if sqlstate is not None:
+            await _release(engine, [start])
         return
     telemetry.emit(
         "subflow.child_started",
@@ -210,13 +325,22 @@ async def _report_failure(
 
 async def _call(
     instance: Flow, spec: HandlerSpec, value: Any, context: Context, timeout: int
-) -> Any:
+) -> tuple[bool, Any]:
+    """(True, None) when the method ran past ``timeout``; else (False, what it returned). A
+    TimeoutError the method raises itself is its own failure, not a timeout."""
     method = getattr(instance, spec.attribute)
     arguments = (value, context) if spec.takes_context else (value,)
-    with anyio.fail_after(timeout):
+    result: Any = None
+    with anyio.move_on_after(timeout) as scope:
         if spec.is_async:
-            return await method(*arguments)
-        return await anyio.to_thread.run_sync(lambda: method(*arguments), abandon_on_cancel=True)
+            result = await method(*arguments)
+        else:
+            result = await anyio.to_thread.run_sync(
+                lambda: method(*arguments), abandon_on_cancel=True
+            )
+    if scope.cancelled_caught:
+        return True, None
+    return False, result
 
 
 async def _start_child_traced(
