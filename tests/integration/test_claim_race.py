@@ -161,3 +161,35 @@ def test_messages_of_no_task_are_archived_not_read_again_forever(
         archived = connection.execute(sa.text("SELECT msg_id FROM pgmq.a_racy")).scalars().all()
     assert sorted(archived) == sorted(sent)
     assert len(queued) == 1  # the real task's message, reserved for its timeout
+
+
+def test_lock_contention_in_an_isolated_claim_fails_the_claim_not_the_task(
+    pgflow_engine: Engine,
+) -> None:
+    """A task whose row another transaction holds is not failed as "could not be started" (a
+    rejection costs an attempt and, the last one, the run): the isolated claim raises, the
+    worker backs off, and the task is claimed once the lock is gone."""
+    register_flows(pgflow_engine, Racy)
+    worker_id = registered_worker(pgflow_engine)
+    with pgflow_engine.begin() as starter:
+        run_id = start_flow(starter, Racy, {"x": 1})
+    arguments = {"flow_slug": "racy", "worker_id": worker_id, "qty": 10, "vt": 5, "margin": 5}
+    with pgflow_engine.connect() as holder, pgflow_engine.connect() as claimer:
+        holder.execute(
+            sa.text("SELECT 1 FROM pgflow.step_tasks WHERE run_id = :id FOR UPDATE"),
+            {"id": run_id},
+        )
+        claimer.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
+        with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+            claimer.execute(_sql.query("claim_tasks_isolated"), arguments).all()
+        claimer.rollback()
+        holder.rollback()
+        claimed = (
+            claimer.execute(_sql.query("claim_tasks_isolated"), {**arguments, "vt": 0})
+            .mappings()
+            .all()
+        )
+        claimer.commit()
+    assert [(row["task"]["run_id"], row["attempt"], row["rejection"]) for row in claimed] == [
+        (str(run_id), 1, None)
+    ]

@@ -33,7 +33,12 @@ BEGIN
             FROM pgflow_python.claim_read_messages(queue, claiming_worker, ARRAY[read_id], margin)
                 AS c;
             got := FOUND;
-        EXCEPTION WHEN OTHERS THEN
+        EXCEPTION
+            -- Contention says nothing about the task: the whole claim fails, the worker backs
+            -- off and claims again, and the task keeps its attempt.
+            WHEN deadlock_detected OR serialization_failure OR lock_not_available THEN
+                RAISE;
+            WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS failure = MESSAGE_TEXT;
             failure := pg_catalog.format(
                 'the task could not be started, so its handler never ran: %s', failure);
