@@ -150,3 +150,48 @@ def test_idle_keys_are_forgotten_and_not_listed(pgflow_engine: Engine) -> None:
             for table in ("rate_budget_keys", "rate_starts", "rate_reads")
         }
     assert rows == {"rate_budget_keys": 1, "rate_starts": 1, "rate_reads": 1}
+
+
+def read_one(connection: sa.Connection, msg_id: int) -> list[int]:
+    """What pgmq.read's UPDATE does to one message (the read the rate trigger sees)."""
+    return list(
+        connection.execute(
+            sa.text(
+                "UPDATE pgmq.q_rate_per_tenant SET read_ct = read_ct + 1,"
+                " vt = clock_timestamp() + interval '30 seconds'"
+                " WHERE msg_id = :m RETURNING msg_id"
+            ),
+            {"m": msg_id},
+        ).scalars()
+    )
+
+
+def test_readers_of_one_key_never_wait_for_each_other(pgflow_engine: Engine) -> None:
+    """Two claims reaching two keys in opposite orders: the second read of each key is
+    postponed instead of waiting for the other claim (which deadlocked)."""
+    register_flows(pgflow_engine, PerTenant)
+    for tenant in ("a", "b", "a", "b"):
+        enqueue(pgflow_engine, PerTenant, {"tenant": tenant})
+    with pgflow_engine.begin() as connection:
+        a1, b1, a2, b2 = connection.execute(
+            sa.text("SELECT msg_id FROM pgmq.q_rate_per_tenant ORDER BY msg_id")
+        ).scalars()
+    with pgflow_engine.connect() as first, pgflow_engine.connect() as second:
+        for connection in (first, second):
+            connection.execute(sa.text("SET lock_timeout = '5s'"))
+        assert read_one(first, a1) == [a1]
+        assert read_one(second, b1) == [b1]
+        assert read_one(first, b2) == []  # key b is being read by the other claim
+        assert read_one(second, a2) == []
+        first.commit()
+        second.commit()
+    with pgflow_engine.begin() as connection:
+        postponed = connection.execute(
+            sa.text(
+                "SELECT msg_id, read_ct, extract(epoch FROM vt - clock_timestamp()) AS wait"
+                " FROM pgmq.q_rate_per_tenant WHERE msg_id IN (:a, :b) ORDER BY msg_id"
+            ),
+            {"a": a2, "b": b2},
+        ).all()
+    assert [(row.msg_id, row.read_ct) for row in postponed] == [(a2, 0), (b2, 0)]
+    assert all(row.wait < 1 for row in postponed)  # back within 100 ms, not lost

@@ -211,6 +211,19 @@ BEGIN
 END;
 $$;
 
+-- A rate budget's key, locked for this transaction if free (readers and pruning; bookers lock
+-- the key's rate_budget_keys row instead). A hash: two keys may share a lock, which only makes
+-- one of them wait its turn.
+CREATE OR REPLACE FUNCTION pgflow_python.try_lock_rate_key(budget text, key_value jsonb)
+RETURNS boolean
+LANGUAGE sql
+VOLATILE
+SET search_path = ''
+AS $$
+    SELECT pg_catalog.pg_try_advisory_xact_lock(
+        pg_catalog.hashtext('pgflow_python.rate:' || budget), pg_catalog.hashtext(key_value::text))
+$$;
+
 -- BEFORE UPDATE on pgmq.q_<flow>, reads only (WHEN: read_ct raised): let the read through if
 -- every rate window of the step has room (and count it), else skip the row.
 CREATE OR REPLACE FUNCTION pgflow_python.admit_read()
@@ -243,15 +256,25 @@ BEGIN
             WHERE r.run_id = (NEW.message ->> 'run_id')::uuid;
         END IF;
         key := pgflow_python.concurrency_key(input, rule.key_path);
-        INSERT INTO pgflow_python.rate_budget_keys AS k (budget, key_value, latest)
-        VALUES (rule.budget, key, '-infinity')
-        ON CONFLICT ON CONSTRAINT rate_budget_keys_pkey DO UPDATE SET latest = k.latest;
-        SELECT s.at + rule.period INTO room_at FROM pgflow_python.rate_reads AS s
-        WHERE s.budget = rule.budget AND s.key_value = key
-          AND s.at > pg_catalog.clock_timestamp() - rule.period
-        ORDER BY s.at DESC
-        OFFSET rule.max_starts - 1 LIMIT 1;
-        IF FOUND THEN
+        -- Readers of one key take turns, without waiting: a read that finds the key's lock
+        -- taken (another transaction is reading it) is postponed by 100 ms, so two claims that
+        -- reach keys in different orders cannot deadlock.
+        IF NOT pgflow_python.try_lock_rate_key(rule.budget, key) THEN
+            room_at := pg_catalog.clock_timestamp() + interval '100 milliseconds';
+        ELSE
+            IF NOT EXISTS (SELECT 1 FROM pgflow_python.rate_budget_keys AS k
+                           WHERE k.budget = rule.budget AND k.key_value = key) THEN
+                INSERT INTO pgflow_python.rate_budget_keys AS k (budget, key_value, latest)
+                VALUES (rule.budget, key, '-infinity')
+                ON CONFLICT ON CONSTRAINT rate_budget_keys_pkey DO NOTHING;
+            END IF;
+            SELECT s.at + rule.period INTO room_at FROM pgflow_python.rate_reads AS s
+            WHERE s.budget = rule.budget AND s.key_value = key
+              AND s.at > pg_catalog.clock_timestamp() - rule.period
+            ORDER BY s.at DESC
+            OFFSET rule.max_starts - 1 LIMIT 1;
+        END IF;
+        IF room_at IS NOT NULL THEN
             INSERT INTO pgflow_python.rate_refused_reads AS f (flow_slug, msg_id, retry_at)
             VALUES (TG_ARGV[0], NEW.msg_id, room_at)
             ON CONFLICT ON CONSTRAINT rate_refused_reads_pkey DO UPDATE
@@ -579,6 +602,7 @@ BEGIN
         LIMIT row_limit
         FOR UPDATE OF k SKIP LOCKED
     LOOP
+        CONTINUE WHEN NOT pgflow_python.try_lock_rate_key(idle.budget, idle.key_value);
         DELETE FROM pgflow_python.rate_starts AS s
         WHERE s.budget = idle.budget AND s.key_value = idle.key_value;
         DELETE FROM pgflow_python.rate_reads AS r
