@@ -27,7 +27,7 @@ down_revision: str | None = "pgflow_0001"
 branch_labels: Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-EXTENSION_THROUGH = "0083_limit_changes.sql"
+EXTENSION_THROUGH = "0082_rate_limits.sql"
 """The newest extension file this revision ships (tests/unit/test_extension_sql.py checks that no
 file is newer: while this revision is unreleased a new file moves this forward; after the
 release it needs a new revision, see pgflow/schema/sql/extension/README.md)."""

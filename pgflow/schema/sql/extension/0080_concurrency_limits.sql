@@ -279,6 +279,10 @@ $$;
 -- of one of its steps. Used by compiled flows and migrations; takes effect at once: raising a
 -- limit releases held tasks into the new slots, removing one releases all of them. Lowering a
 -- limit stops nothing that already runs: new tasks wait until the count is under it.
+-- Only missing triggers are created, pgflow.runs' first: CREATE TRIGGER on the flow's queue,
+-- then on pgflow.runs, takes locks in the opposite order from a worker completing a task (its
+-- run, then its queue), so re-creating them on every call deadlocked a limit changed under
+-- load (tests/acceptance/test_flow_control_changes.py; pgflow_python.has_trigger: 0082).
 CREATE OR REPLACE FUNCTION pgflow_python.set_concurrency_limit(
     flow_slug text,
     step_slug text,
@@ -326,23 +330,31 @@ BEGIN
     END IF;
 
     IF max_running IS NOT NULL THEN
-        EXECUTE pg_catalog.format(
-            'CREATE OR REPLACE TRIGGER pgflow_python_admit_or_hold BEFORE INSERT ON pgmq.%I '
-            'FOR EACH ROW EXECUTE FUNCTION pgflow_python.admit_or_hold(%L)',
-            queue_table, flow_slug);
-        EXECUTE pg_catalog.format(
-            'CREATE OR REPLACE TRIGGER pgflow_python_keep_held BEFORE UPDATE OF vt ON pgmq.%I '
-            'FOR EACH ROW WHEN (OLD.vt = ''infinity'') '
-            'EXECUTE FUNCTION pgflow_python.keep_held(%L)',
-            queue_table, flow_slug);
-        EXECUTE pg_catalog.format(
-            'CREATE OR REPLACE TRIGGER pgflow_python_free_slot AFTER DELETE ON pgmq.%I '
-            'FOR EACH ROW EXECUTE FUNCTION pgflow_python.free_slot(%L)',
-            queue_table, flow_slug);
-        IF key_path IS NOT NULL THEN
+        -- DDL only where a trigger is missing (a changed limit needs none), and pgflow.runs'
+        -- before the queue's: workers lock a run, then its queue, and a trigger created on
+        -- the queue first deadlocked with them.
+        IF key_path IS NOT NULL AND NOT pgflow_python.has_trigger(
+            'pgflow.runs', 'pgflow_python_check_concurrency_keys'
+        ) THEN
             CREATE OR REPLACE TRIGGER pgflow_python_check_concurrency_keys
                 AFTER INSERT ON pgflow.runs
                 FOR EACH ROW EXECUTE FUNCTION pgflow_python.check_concurrency_keys();
+        END IF;
+        IF NOT pgflow_python.has_trigger(pg_catalog.format('pgmq.%I', queue_table),
+                                         'pgflow_python_free_slot') THEN
+            EXECUTE pg_catalog.format(
+                'CREATE OR REPLACE TRIGGER pgflow_python_admit_or_hold BEFORE INSERT ON pgmq.%I '
+                'FOR EACH ROW EXECUTE FUNCTION pgflow_python.admit_or_hold(%L)',
+                queue_table, flow_slug);
+            EXECUTE pg_catalog.format(
+                'CREATE OR REPLACE TRIGGER pgflow_python_keep_held BEFORE UPDATE OF vt ON pgmq.%I '
+                'FOR EACH ROW WHEN (OLD.vt = ''infinity'') '
+                'EXECUTE FUNCTION pgflow_python.keep_held(%L)',
+                queue_table, flow_slug);
+            EXECUTE pg_catalog.format(
+                'CREATE OR REPLACE TRIGGER pgflow_python_free_slot AFTER DELETE ON pgmq.%I '
+                'FOR EACH ROW EXECUTE FUNCTION pgflow_python.free_slot(%L)',
+                queue_table, flow_slug);
         END IF;
     END IF;
 

@@ -530,7 +530,7 @@ BEGIN
     SET budget = excluded.budget, max_starts = excluded.max_starts, period = excluded.period,
         key_path = excluded.key_path;
     -- DDL only where a trigger is missing (a changed limit needs none), pgflow.runs' first:
-    -- workers lock a run, then its queue (see extension/0083). The queue triggers' names sort
+    -- workers lock a run, then its queue (see set_concurrency_limit, extension/0080). The queue triggers' names sort
     -- after 0080's admit_or_hold and keep_held: a message is admitted into a concurrency slot
     -- (or held) before its start is booked.
     IF key_path IS NOT NULL
